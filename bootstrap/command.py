@@ -1,0 +1,86 @@
+"""The user command: which of the console's two forms it is, and the argv to exec.
+
+``run_train.sh [python|python3|bash|sh|...] FILE PARAMS...`` is the *file* form: the
+file is looked up in the code directory first, then in the current directory, and
+an ``s3://``/``obs://`` URL inside the code directory maps to its downloaded copy.
+
+``run_train.sh USER_COMMAND...`` is the *raw* form: argv is executed exactly as
+given (the platform's shell already split the words; re-splitting would break
+quoting). A single argument that holds shell syntax, as the console's one-string
+form does (``"python a.py && python b.py"``), is the *shell* form: ``/bin/sh -c``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from . import location as loc
+from .errors import UsageError
+
+_INTERPRETER = re.compile(r"^(python(\d+(\.\d+)?)?|bash|sh|dash|zsh|ksh)$")
+# Characters that only mean something to a shell: their presence in a lone
+# argument says the user typed a shell command line, not a program name.
+_SHELL_SYNTAX = re.compile(r"[\s;&|<>`$(){}*?~]")
+
+
+@dataclass(frozen=True)
+class Command:
+    argv: tuple[str, ...]
+    form: str  # "file" | "raw" | "shell"
+
+    @property
+    def file(self) -> Optional[str]:
+        return self.argv[1] if self.form == "file" else None
+
+
+def parse(argv: Sequence[str]) -> Command:
+    if not argv:
+        raise UsageError("no command given; usage: run_train.sh [python|bash|...] FILE "
+                         "[ARGS...]  or  run_train.sh COMMAND [ARGS...]")
+    first = argv[0]
+    if not first:
+        raise UsageError("the command is an empty string; give a program or a file to run")
+    if _INTERPRETER.match(os.path.basename(first)) and len(argv) >= 2 \
+            and argv[1] and not argv[1].startswith("-"):
+        return Command(tuple(argv), "file")
+    if len(argv) == 1 and _SHELL_SYNTAX.search(first.strip()):
+        return Command(tuple(argv), "shell")
+    return Command(tuple(argv), "raw")
+
+
+def resolve(command: Command, code_dir: Optional[Path], cwd: Path,
+            code_location: Optional[loc.Location]) -> tuple[str, ...]:
+    """The argv to exec: the file form's file made absolute, the shell form wrapped."""
+    if command.form == "shell":
+        return ("/bin/sh", "-c", command.argv[0])
+    if command.form == "raw":
+        return command.argv
+    given = command.argv[1]
+    path = _find_file(given, code_dir, cwd, code_location)
+    return (command.argv[0], str(path), *command.argv[2:])
+
+
+def _find_file(given: str, code_dir: Optional[Path], cwd: Path,
+               code_location: Optional[loc.Location]) -> Path:
+    if "://" in given:
+        relative = loc.key_inside(code_location, given) if code_location else None
+        if relative is None or code_dir is None:
+            where = code_location.url if code_location else "no DLS_APP_URL is set"
+            raise UsageError(f"{given} is not inside the code directory ({where}); only files "
+                             "of the downloaded code directory can be run by URL")
+        candidates = [code_dir / relative]
+    elif os.path.isabs(given):
+        candidates = [Path(given)]
+    else:
+        candidates = ([code_dir / given] if code_dir else []) + [cwd / given]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    looked = ", ".join(str(c) for c in dict.fromkeys(candidates))
+    raise UsageError(f"file {given!r} not found (looked in: {looked}); check the path in the "
+                     "run command against the code directory")

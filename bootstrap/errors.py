@@ -1,0 +1,87 @@
+"""One error hierarchy, mapped to exit codes in one place.
+
+Every failure the bootstrap can explain is a :class:`BootstrapError` carrying the
+exit code the README documents; ``__main__`` prints its message as one line
+(``run_train: error: ...``) and exits with that code. Nothing else decides exit
+codes, so a new failure mode means a new subclass here, not a ``sys.exit`` elsewhere.
+"""
+
+from __future__ import annotations
+
+import signal
+
+# Documented in README.md ("Exit codes"); keep the two in step.
+EXIT_USAGE = 2  # bad argv or configuration: fix the job definition
+EXIT_PEERS = 3  # peers never resolved / never answered within BOOTSTRAP_PEER_TIMEOUT
+EXIT_PREFLIGHT = 4  # this node failed its GPU/node checks
+EXIT_BARRIER = 5  # another node failed, or the start barrier broke
+EXIT_DEPENDENCIES = 6  # pip install of the code directory's requirements failed
+EXIT_INTERNAL = 70  # a bug in the bootstrap (EX_SOFTWARE)
+EXIT_NOT_EXECUTABLE = 126  # like a shell: the command exists but cannot be run
+EXIT_DOWNLOAD = 127  # the original run_train.sh's "App download error" code
+EXIT_NOT_FOUND = 127  # like a shell: command not found
+
+
+class BootstrapError(Exception):
+    """A failure with a one-line explanation for the user and a documented exit code."""
+
+    exit_code = EXIT_INTERNAL
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class UsageError(BootstrapError):
+    """The run command itself is wrong (no command, interpreter without file, ...)."""
+
+    exit_code = EXIT_USAGE
+
+
+class ConfigError(BootstrapError):
+    """An environment variable holds something the bootstrap cannot use."""
+
+    exit_code = EXIT_USAGE
+
+
+class DownloadError(BootstrapError):
+    """The code directory could not be fetched; the job cannot start without it."""
+
+    exit_code = EXIT_DOWNLOAD
+
+
+class CommandNotFound(BootstrapError):
+    exit_code = EXIT_NOT_FOUND
+
+
+class CommandNotExecutable(BootstrapError):
+    exit_code = EXIT_NOT_EXECUTABLE
+
+
+class PeersNotReady(BootstrapError):
+    exit_code = EXIT_PEERS
+
+
+class PreflightFailed(BootstrapError):
+    exit_code = EXIT_PREFLIGHT
+
+
+class BarrierFailed(BootstrapError):
+    exit_code = EXIT_BARRIER
+
+
+class DependencyInstallFailed(BootstrapError):
+    exit_code = EXIT_DEPENDENCIES
+
+
+class Terminated(BootstrapError):
+    """A signal asked the bootstrap to stop before the command started.
+
+    Exits like a shell would report a process killed by that signal: 128 + number,
+    so SIGTERM during the download gives 143, the same as a terminated command.
+    """
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"stopped by {signal.Signals(signum).name} before the command started")
+        self.signum = signum
+        self.exit_code = 128 + signum

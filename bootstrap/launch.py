@@ -1,0 +1,81 @@
+"""The last stage: the user command's environment, working directory and exec.
+
+What the user process gets (the original contract, plus what the bootstrap adds):
+
+* ``DLS_USER_HOME_DIR`` (BOOTSTRAP_HOME) and ``DLS_USER_JOB_DIR`` (its user-job-dir);
+* ``PYTHONPATH`` = code dir : job dir : the inherited PYTHONPATH;
+* ``PYTHONUNBUFFERED=1``, so print() reaches the platform's log view at once;
+* ``BOOTSTRAP_CODE_DIR`` = where the code landed, and the working directory is that
+  folder (without DLS_APP_URL: the current directory, unchanged);
+* ``TMPDIR=/cache`` where the node has the platform's NVMe SSD, unless TMPDIR is set;
+* every other variable, ``DLS_*`` and ``BATCH_*`` included, unchanged.
+
+The bootstrap then *replaces itself* with the command (execve), so the exit code
+and the signals are the command's own.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import NoReturn, Optional
+
+from .errors import CommandNotExecutable, CommandNotFound
+
+CACHE_DIR = "/cache"
+
+
+def user_environment(env: Mapping[str, str], home: Path, job_dir: Path,
+                     code_dir: Optional[Path], exports: Mapping[str, str]) -> dict[str, str]:
+    out = dict(env)
+    out["DLS_USER_HOME_DIR"] = str(home)
+    out["DLS_USER_JOB_DIR"] = str(job_dir)
+    paths = [str(code_dir)] if code_dir else []
+    paths.append(str(job_dir))
+    paths += [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    out["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+    out["PYTHONUNBUFFERED"] = "1"
+    if code_dir:
+        out["BOOTSTRAP_CODE_DIR"] = str(code_dir)
+    cache = env.get("BOOTSTRAP_CACHE_DIR", CACHE_DIR)
+    if "TMPDIR" not in env and os.path.isdir(cache) and os.access(cache, os.W_OK | os.X_OK):
+        out["TMPDIR"] = cache
+    out.update(exports)
+    return out
+
+
+def find_program(name: str, env: Mapping[str, str]) -> str:
+    """Resolves argv[0] like a shell would, with the shell's exit codes for failures."""
+    if "/" in name:
+        path: Optional[str] = name
+        if not os.path.exists(name):
+            path = None
+    else:
+        path = shutil.which(name, path=env.get("PATH", os.defpath))
+        if path is None and shutil.which(name, mode=os.F_OK, path=env.get("PATH", os.defpath)):
+            raise CommandNotExecutable(f"{name}: found on PATH but not executable; "
+                                       "chmod +x it or run it through its interpreter")
+    if path is None:
+        raise CommandNotFound(f"{name}: command not found; check the run command and PATH "
+                              "(or install it in the image)")
+    if os.path.isdir(path) or not os.access(path, os.X_OK):
+        raise CommandNotExecutable(f"{name}: not an executable file; chmod +x it or run it "
+                                   "through its interpreter (e.g. bash FILE)")
+    return path
+
+
+def exec_command(argv: Sequence[str], env: Mapping[str, str], cwd: Optional[Path]) -> NoReturn:
+    program = find_program(argv[0], env)
+    if cwd is not None:
+        os.chdir(cwd)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        os.execve(program, list(argv), dict(env))
+    except PermissionError:
+        raise CommandNotExecutable(f"{argv[0]}: permission denied") from None
+    except OSError as exc:  # ENOEXEC, a bad interpreter line, ...
+        raise CommandNotExecutable(f"{argv[0]}: cannot be executed: {exc.strerror}") from None

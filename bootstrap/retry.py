@@ -1,0 +1,82 @@
+"""Which object-store failures are worth another try, and how to wait between tries.
+
+Throttling (503 SlowDown), 5xx, timeouts, resets and short bodies are transient:
+OBS answers SlowDown by design when a large job starts hundreds of nodes at once.
+Wrong credentials, a missing bucket or a refused key are not, and fail at once.
+Waits are exponential with full jitter so that a fleet of nodes retrying together
+spreads out instead of returning in lock-step.
+"""
+
+from __future__ import annotations
+
+import http.client
+import socket
+from typing import Any, Callable, TypeVar
+
+from tenacity import (
+    Retrying,
+    retry_if_exception,
+    stop_after_attempt,
+    stop_after_delay,
+    wait_random_exponential,
+)
+
+T = TypeVar("T")
+
+RETRYABLE_CODES = frozenset({
+    "SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout", "Throttling",
+    "ThrottlingException", "RequestLimitExceeded", "TooManyRequests", "BadDigest",
+    "500", "502", "503", "504", "429",
+})
+
+
+class TransientError(Exception):
+    """A response that looked fine but was not (short body, digest mismatch): retry it."""
+
+
+def is_retryable(exc: BaseException) -> bool:
+    if isinstance(exc, (TransientError, socket.timeout, ConnectionError, TimeoutError,
+                        http.client.IncompleteRead)):
+        return True
+    try:
+        from botocore import exceptions as bce
+    except ImportError:  # pragma: no cover - boto3 is a dependency
+        return False
+    if isinstance(exc, bce.ClientError):
+        err = exc.response.get("Error", {})
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        return str(err.get("Code", "")) in RETRYABLE_CODES or status >= 500 or status == 429
+    transient = (bce.ConnectionError, bce.HTTPClientError, bce.IncompleteReadError,
+                 getattr(bce, "ResponseStreamingError", bce.HTTPClientError))
+    if isinstance(exc, transient):
+        return True
+    try:
+        from urllib3 import exceptions as u3
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(exc, (u3.ProtocolError, u3.ReadTimeoutError, u3.IncompleteRead))
+
+
+def retrying(attempts: int, deadline: float,
+             before_sleep: Callable[[Any], None] | None = None) -> Retrying:
+    return Retrying(
+        stop=stop_after_attempt(attempts) | stop_after_delay(deadline),
+        wait=wait_random_exponential(multiplier=0.25, max=8),
+        retry=retry_if_exception(is_retryable),
+        before_sleep=before_sleep,
+        reraise=True,
+    )
+
+
+def call(fn: Callable[[], T], attempts: int, deadline: float,
+         on_retry: Callable[[BaseException], None] | None = None) -> T:
+    def before_sleep(state: Any) -> None:
+        if on_retry is not None and state.outcome is not None:
+            exc = state.outcome.exception()
+            if exc is not None:
+                on_retry(exc)
+
+    for attempt in retrying(attempts, deadline, before_sleep):
+        with attempt:
+            return fn()
+    raise AssertionError("unreachable: tenacity reraises the last error")  # pragma: no cover

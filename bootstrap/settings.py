@@ -1,0 +1,113 @@
+"""Parse the environment into one frozen :class:`Settings`, once, at start-up.
+
+The platform fixes the run command, so flags cannot reach the bootstrap: its knobs
+are ``BOOTSTRAP_*`` variables (all listed in README.md). Parsing is pure: it takes a
+mapping and returns a value or raises :class:`ConfigError` with a message that names
+the variable, what it holds and what it should hold.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from .errors import ConfigError
+
+MiB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: Path  # BOOTSTRAP_HOME: the original script's $home (/home/work)
+    app_url: Optional[str]  # DLS_APP_URL: the code directory, None for local development
+    log_format: str  # "text" | "json"
+    download_workers: int
+    range_size: int  # bytes per ranged GET of a large object
+    multipart_threshold: int  # objects at least this large are fetched as ranges
+    retry_attempts: int  # per request, including the first
+    retry_deadline: float  # seconds a single request may keep retrying
+    connect_timeout: float
+    read_timeout: float
+    max_files: int  # refuse listings larger than this (hostile or mistaken prefixes)
+    addressing: str  # "auto" | "path" | "virtual"
+    peer_timeout: float  # seconds to wait for every peer (DNS and barrier)
+    task_index_hint: str  # DLS_TASK_INDEX / VC_TASK_INDEX, for log file names
+
+    @property
+    def job_dir(self) -> Path:
+        return self.home / "user-job-dir"
+
+
+def _number(env: Mapping[str, str], name: str, default: float, *, minimum: float,
+            integer: bool) -> float:
+    raw = env.get(name, "").strip()
+    if raw == "":
+        return default
+    try:
+        value = int(raw) if integer else float(raw)
+    except ValueError:
+        kind = "a whole number" if integer else "a number"
+        raise ConfigError(f"{name}={raw!r} is not {kind}; set it to {kind} >= {minimum:g} "
+                          f"or unset it for the default ({default:g})") from None
+    if value < minimum or value != value:  # NaN compares unequal to itself
+        raise ConfigError(f"{name}={raw!r} is below the minimum {minimum:g}; "
+                          f"unset it for the default ({default:g})")
+    return value
+
+
+def env_int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
+    return int(_number(env, name, default, minimum=minimum, integer=True))
+
+
+def env_float(env: Mapping[str, str], name: str, default: float, minimum: float = 0) -> float:
+    return _number(env, name, default, minimum=minimum, integer=False)
+
+
+def env_choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
+    raw = env.get(name, "").strip().lower() or default
+    if raw not in choices:
+        raise ConfigError(f"{name}={env[name]!r} is not one of {', '.join(choices)}")
+    return raw
+
+
+def env_flag(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if raw == "":
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name}={env[name]!r} is not a yes/no value; use 1 or 0")
+
+
+def default_home(env: Mapping[str, str]) -> Path:
+    """BOOTSTRAP_HOME, else the folder holding run_train.sh (run_train.sh exports it),
+    else $HOME: the original script used its own folder, i.e. /home/work."""
+    raw = env.get("BOOTSTRAP_HOME") or env.get("HOME") or os.getcwd()
+    return Path(raw).expanduser().absolute()
+
+
+def load(env: Mapping[str, str]) -> Settings:
+    app_url = env.get("DLS_APP_URL", "").strip() or None
+    return Settings(
+        home=default_home(env),
+        app_url=app_url,
+        log_format=env_choice(env, "BOOTSTRAP_LOG_FORMAT", "text", ("text", "json")),
+        download_workers=env_int(env, "BOOTSTRAP_DOWNLOAD_WORKERS", 32, minimum=1),
+        range_size=env_int(env, "BOOTSTRAP_RANGE_SIZE", 8 * MiB, minimum=64 * 1024),
+        multipart_threshold=env_int(env, "BOOTSTRAP_MULTIPART_THRESHOLD", 16 * MiB,
+                                    minimum=64 * 1024),
+        retry_attempts=env_int(env, "BOOTSTRAP_RETRY_ATTEMPTS", 8, minimum=1),
+        retry_deadline=env_float(env, "BOOTSTRAP_RETRY_DEADLINE", 120.0, minimum=0),
+        connect_timeout=env_float(env, "BOOTSTRAP_S3_CONNECT_TIMEOUT", 10.0, minimum=0.1),
+        read_timeout=env_float(env, "BOOTSTRAP_S3_READ_TIMEOUT", 30.0, minimum=0.1),
+        max_files=env_int(env, "BOOTSTRAP_MAX_FILES", 1_000_000, minimum=1),
+        addressing=env_choice(env, "BOOTSTRAP_S3_ADDRESSING", "auto",
+                              ("auto", "path", "virtual")),
+        peer_timeout=env_float(env, "BOOTSTRAP_PEER_TIMEOUT", 600.0, minimum=0),
+        task_index_hint=env.get("VC_TASK_INDEX") or env.get("DLS_TASK_INDEX") or "0",
+    )

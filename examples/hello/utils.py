@@ -1,0 +1,1 @@
+"""Imported by nothing: it shows that every file of the code directory is downloaded."""

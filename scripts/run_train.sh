@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# ModelArts training entrypoint: `bash /home/work/run_train.sh [python] FILE ARGS...`.
+# Thin on purpose: find a Python that can import the bootstrap and exec it with argv
+# untouched ("$@": the platform's shell already split the words; quoting survives).
+# Works when copied alone to /home/work/run_train.sh, as images do.
+
+# The original script's home was the folder holding it (/home/work); keep that default.
+if [ -z "${BOOTSTRAP_HOME:-}" ]; then
+    BOOTSTRAP_HOME=$(cd "$(dirname "${BASH_SOURCE[0]:-$0}")" && pwd) || exit 2
+    export BOOTSTRAP_HOME
+fi
+
+# Run by exec, so the bootstrap keeps this process's pid (PID 1 in a container).
+launcher='import sys
+try:
+    from bootstrap.__main__ import main
+except ImportError as exc:
+    sys.stderr.write("run_train: error: %s cannot import the bootstrap (%s); install it there "
+                     "(pip install modelarts-bootstrap) or set BOOTSTRAP_PYTHON\n" % (sys.executable, exc))
+    sys.exit(2)
+sys.exit(main())'
+
+if [ -n "${BOOTSTRAP_PYTHON:-}" ]; then
+    # An explicit choice: no probing (it costs a Python start-up), no silent fallback.
+    if ! command -v "$BOOTSTRAP_PYTHON" >/dev/null 2>&1; then
+        echo "run_train: error: BOOTSTRAP_PYTHON=$BOOTSTRAP_PYTHON is not an executable;" \
+             "point it at the Python the bootstrap is installed in" >&2
+        exit 2
+    fi
+    exec "$BOOTSTRAP_PYTHON" -c "$launcher" "$@"
+fi
+for py in python3 python; do
+    if command -v "$py" >/dev/null 2>&1 && "$py" -c 'import bootstrap' >/dev/null 2>&1; then
+        exec "$py" -c "$launcher" "$@"
+    fi
+done
+echo "run_train: error: no python3 or python on PATH can import the bootstrap;" \
+     "install it (pip install modelarts-bootstrap) or set BOOTSTRAP_PYTHON" >&2
+exit 2

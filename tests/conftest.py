@@ -1,0 +1,86 @@
+"""Shared fixtures: one real SeaweedFS S3 server per test run, fresh buckets per test,
+and a helper that runs the real entrypoint (scripts/run_train.sh) as a user would."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import pytest
+
+from devtools.s3server import S3Server
+
+REPO = Path(__file__).resolve().parent.parent
+RUN_TRAIN = REPO / "scripts" / "run_train.sh"
+VENV_BIN = str(Path(sys.executable).parent)
+
+
+@pytest.fixture(scope="session")
+def s3() -> Iterator[S3Server]:
+    with S3Server() as server:
+        yield server
+
+
+@dataclass
+class Bucket:
+    name: str
+    client: Any
+
+    def put(self, key: str, body: bytes = b"") -> None:
+        self.client.put_object(Bucket=self.name, Key=key, Body=body)
+
+    def put_tree(self, files: Mapping[str, bytes], prefix: str = "") -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(16) as pool:
+            list(pool.map(lambda kv: self.put(prefix + kv[0], kv[1]), files.items()))
+
+
+@pytest.fixture
+def bucket(s3: S3Server) -> Bucket:
+    name = "t-" + uuid.uuid4().hex[:12]
+    client = s3.client()
+    client.create_bucket(Bucket=name)
+    return Bucket(name, client)
+
+
+def base_env(home: Path, extra: Optional[Mapping[str, str]] = None) -> dict[str, str]:
+    """A clean environment: no platform variables leak in from the developer's shell."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("DLS_", "BATCH_", "VC_", "MA_", "BOOTSTRAP_", "AWS_", "S3_",
+                                "OBS_", "PET_", "MASTER_"))
+           and k not in ("WORLD_SIZE", "RANK", "NODE_RANK", "NNODES", "TMPDIR", "PYTHONPATH")}
+    env["PATH"] = VENV_BIN + os.pathsep + env.get("PATH", os.defpath)
+    env["BOOTSTRAP_HOME"] = str(home)
+    env["BOOTSTRAP_CACHE_DIR"] = str(home / "no-cache")  # tests never touch a real /cache
+    env.update(extra or {})
+    return env
+
+
+def run_train(argv: list[str], env: Mapping[str, str], cwd: Optional[Path] = None,
+              timeout: float = 120, script: Path = RUN_TRAIN) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["bash", str(script), *argv], env=dict(env), cwd=cwd,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    h = tmp_path / "home"
+    h.mkdir()
+    return h
+
+
+def assert_one_error_line(stderr: str, *needles: str) -> str:
+    """The user-error contract: exactly one ``run_train: error:`` line, no traceback."""
+    assert "Traceback" not in stderr, stderr
+    errors = [line for line in stderr.splitlines() if line.startswith("run_train: error: ")]
+    assert len(errors) == 1, stderr
+    for needle in needles:
+        assert needle in errors[0], errors[0]
+    return errors[0]

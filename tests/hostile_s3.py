@@ -1,0 +1,82 @@
+"""A deliberately hostile S3 endpoint for tests: it serves what SeaweedFS refuses to store.
+
+Keys with ``..``, absolute paths, backslashes; listings that never end; bodies whose
+length disagrees with the listing; plain HTML instead of XML. It answers path-style
+requests (``/bucket?list-type=2``, ``/bucket/key``) without checking signatures.
+Bound to 127.0.0.1 on a free port; stopped by the context manager.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections.abc import Mapping
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import TracebackType
+from typing import Optional
+from urllib.parse import parse_qs, unquote, urlsplit
+from xml.sax.saxutils import escape
+
+
+class HostileS3:
+    def __init__(self, objects: Mapping[str, bytes], *, endless_listing: bool = False,
+                 size_lie: int = 0, html: bool = False) -> None:
+        self.objects = dict(objects)
+        self.endless_listing = endless_listing
+        self.size_lie = size_lie  # added to every listed size
+        self.html = html
+        self.requests = 0
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+                owner.requests += 1
+                if owner.html:
+                    self._send(200, b"<html><body>Welcome to nginx!</body></html>", "text/html")
+                    return
+                parts = urlsplit(self.path)
+                bucket, _, key = parts.path.lstrip("/").partition("/")
+                if not key:
+                    self._send(200, owner.listing(parse_qs(parts.query)), "application/xml")
+                    return
+                body = owner.objects.get(unquote(key))
+                if body is None:
+                    self._send(404, b"<Error><Code>NoSuchKey</Code></Error>", "application/xml")
+                    return
+                self._send(200, body, "application/octet-stream")
+
+            def _send(self, status: int, body: bytes, ctype: str) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def listing(self, query: Mapping[str, list[str]]) -> bytes:
+        items = "".join(
+            f"<Contents><Key>{escape(k)}</Key><Size>{len(v) + self.size_lie}</Size>"
+            f"<ETag>&quot;{hashlib.md5(v).hexdigest()}&quot;</ETag></Contents>"
+            for k, v in self.objects.items())
+        truncated = "true" if self.endless_listing else "false"
+        token = "<NextContinuationToken>same-token</NextContinuationToken>" \
+            if self.endless_listing else ""
+        return (f'<?xml version="1.0" encoding="UTF-8"?><ListBucketResult>'
+                f"<Name>b</Name><Prefix>{escape(query.get('prefix', [''])[0])}</Prefix>"
+                f"<KeyCount>{len(self.objects)}</KeyCount><IsTruncated>{truncated}</IsTruncated>"
+                f"{token}{items}</ListBucketResult>").encode()
+
+    def __enter__(self) -> HostileS3:
+        self._thread.start()
+        return self
+
+    def __exit__(self, t: Optional[type[BaseException]], e: Optional[BaseException],
+                 tb: Optional[TracebackType]) -> None:
+        self.server.shutdown()
+        self.server.server_close()

@@ -1,0 +1,153 @@
+"""run_train.sh as users type it: command forms, quoting, exit codes, the env contract."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, RUN_TRAIN, assert_one_error_line, base_env, run_train
+
+NASTY = ["a b", "it's", 'say "hi"', "$HOME", "`id`", "ünï 文件", "--flag=x y", "", "*", "a\\b",
+         "semi;colon", "&&", "new\nline"]
+PRINT_ARGV = "import json,sys; print(json.dumps(sys.argv[1:]))"
+
+
+def test_raw_form_preserves_every_argument(home: Path) -> None:
+    r = run_train(["python", "-c", PRINT_ARGV, *NASTY], base_env(home))
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout) == NASTY
+
+
+def test_file_form_resolves_in_cwd_and_preserves_arguments(home: Path, tmp_path: Path) -> None:
+    (tmp_path / "show.py").write_text(PRINT_ARGV.replace("; ", "\n"))
+    r = run_train(["python", "show.py", *NASTY], base_env(home), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout) == NASTY
+    (tmp_path / "show.sh").write_text('for a in "$@"; do printf "[%s]" "$a"; done\n')
+    r = run_train(["bash", "show.sh", "a b", "$x"], base_env(home), cwd=tmp_path)
+    assert r.stdout == "[a b][$x]"
+
+
+def test_shell_form_runs_a_command_line(home: Path) -> None:
+    r = run_train(["echo one && echo 'two  three' | tr a-z A-Z"], base_env(home))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "one\nTWO  THREE\n"
+
+
+@pytest.mark.parametrize("code", [0, 1, 42])
+def test_exit_codes_pass_through(home: Path, code: int) -> None:
+    r = run_train(["python", "-c", f"import sys; sys.exit({code})"], base_env(home))
+    assert r.returncode == code
+    r = run_train([f"exit {code}"], base_env(home))
+    assert r.returncode == code
+
+
+def test_the_command_replaces_the_bootstrap(home: Path) -> None:
+    """exec: same pid as the shell that ran run_train.sh, so signals reach the command."""
+    proc = subprocess.Popen(["bash", str(RUN_TRAIN), "python", "-c",
+                             "import os; print(os.getpid())"],
+                            env=base_env(home), stdout=subprocess.PIPE, text=True)
+    out, _ = proc.communicate(timeout=60)
+    assert int(out) == proc.pid
+
+
+@pytest.mark.parametrize("argv, code, needle", [
+    ([], 2, "no command"),
+    (["python", "missing.py"], 2, "not found (looked in"),
+    (["no-such-command-xyz"], 127, "command not found"),
+    (["./not-executable.sh"], 126, "not an executable"),
+])
+def test_bad_commands(home: Path, tmp_path: Path, argv: list[str], code: int,
+                      needle: str) -> None:
+    (tmp_path / "not-executable.sh").write_text("echo hi\n")
+    r = run_train(argv, base_env(home), cwd=tmp_path)
+    assert r.returncode == code
+    assert_one_error_line(r.stderr, needle)
+
+
+def test_env_contract(home: Path, tmp_path: Path) -> None:
+    src = tmp_path / "new"
+    src.mkdir()
+    (src / "show_env.py").write_text(
+        "import json, os\nprint(json.dumps({k: os.environ.get(k) for k in "
+        "['DLS_USER_HOME_DIR','DLS_USER_JOB_DIR','PYTHONPATH','PYTHONUNBUFFERED',"
+        "'BOOTSTRAP_CODE_DIR','DLS_TASK_INDEX','BATCH_CUSTOM0_HOSTS','TMPDIR','CWD']} | "
+        "{'CWD': os.getcwd()}))\n")
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    env = base_env(home, {"DLS_APP_URL": str(src), "DLS_TASK_INDEX": "0",
+                          "BATCH_CUSTOM0_HOSTS": "host-0:6666", "PYTHONPATH": "/extra",
+                          "BOOTSTRAP_CACHE_DIR": str(cache)})
+    r = run_train(["python", "show_env.py"], env)
+    assert r.returncode == 0, r.stderr
+    got = json.loads(r.stdout)
+    code = home / "user-job-dir" / "new"
+    assert got == {
+        "DLS_USER_HOME_DIR": str(home), "DLS_USER_JOB_DIR": str(home / "user-job-dir"),
+        "PYTHONPATH": f"{code}:{home / 'user-job-dir'}:/extra", "PYTHONUNBUFFERED": "1",
+        "BOOTSTRAP_CODE_DIR": str(code), "DLS_TASK_INDEX": "0",
+        "BATCH_CUSTOM0_HOSTS": "host-0:6666", "TMPDIR": str(cache), "CWD": str(code)}
+    env["TMPDIR"] = "/mine"
+    got = json.loads(run_train(["python", "show_env.py"], env).stdout)
+    assert got["TMPDIR"] == "/mine"
+
+
+def test_run_train_copied_alone_into_an_image_home(tmp_path: Path) -> None:
+    """As in an image: /home/work/run_train.sh alone, the bootstrap installed in a Python."""
+    work = tmp_path / "home" / "work"
+    work.mkdir(parents=True)
+    script = work / "run_train.sh"
+    shutil.copy(RUN_TRAIN, script)
+    env = base_env(work)
+    del env["BOOTSTRAP_HOME"]  # the default: the folder holding run_train.sh
+    env["PYTHONPATH"] = str(REPO)  # "installed": importable from anywhere
+    r = subprocess.run(["bash", str(script), "python", "-c",
+                        "import os; print(os.environ['DLS_USER_JOB_DIR'])"],
+                       env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == str(work / "user-job-dir")
+
+
+def test_no_usable_python_is_one_clear_line(tmp_path: Path) -> None:
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    for tool in ("dirname", "bash"):
+        os.symlink(shutil.which(tool), bindir / tool)  # type: ignore[arg-type]
+    env = {"PATH": str(bindir), "HOME": str(tmp_path)}
+    r = subprocess.run(["bash", str(RUN_TRAIN), "true"], env=env, capture_output=True,
+                       text=True, timeout=60, cwd=tmp_path)
+    assert r.returncode == 2
+    assert_one_error_line(r.stderr, "BOOTSTRAP_PYTHON")
+    r = subprocess.run(["bash", str(RUN_TRAIN), "true"], capture_output=True, text=True,
+                       env={**env, "BOOTSTRAP_PYTHON": "/nonexistent/python"}, timeout=60)
+    assert r.returncode == 2
+    assert_one_error_line(r.stderr, "BOOTSTRAP_PYTHON=/nonexistent/python")
+    # A Python that exists but lacks the bootstrap (the system one, outside the venv).
+    system = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
+    r = subprocess.run(["bash", str(RUN_TRAIN), "true"], capture_output=True, text=True,
+                       env={**env, "BOOTSTRAP_PYTHON": system}, timeout=60, cwd=tmp_path)
+    assert r.returncode == 2
+    assert_one_error_line(r.stderr, "cannot import the bootstrap")
+
+
+def test_json_log_format(home: Path) -> None:
+    r = run_train(["true"], base_env(home, {"BOOTSTRAP_LOG_FORMAT": "json"}))
+    assert r.returncode == 0
+    records = [json.loads(line) for line in r.stderr.splitlines()]
+    assert any(rec["msg"].startswith("exec:") for rec in records)
+
+
+def test_secrets_never_reach_the_log(home: Path) -> None:
+    env = base_env(home, {"AWS_SECRET_ACCESS_KEY": "MARKER-SECRET-0001",
+                          "OBS_SECURITY_TOKEN": "MARKER-TOKEN-0002",
+                          "AWS_ACCESS_KEY_ID": "AKIDMARKER0003"})
+    r = run_train(["echo", "MARKER-SECRET-0001", "--token=abc"], env)
+    assert "MARKER-SECRET-0001" in r.stdout  # the command itself gets its arguments
+    assert "MARKER-SECRET-0001" not in r.stderr and "abc" not in r.stderr
+    assert "MARKER-TOKEN-0002" not in r.stderr and "AKIDMARKER0003" not in r.stderr

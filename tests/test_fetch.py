@@ -1,0 +1,165 @@
+"""The download engine against the real SeaweedFS server, through the real entrypoint."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Bucket, assert_one_error_line, base_env, run_train
+from tests.hostile_s3 import HostileS3
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def fetch_env(s3, home: Path, url: str, **extra: str) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    return base_env(home, {**s3.env(), "DLS_APP_URL": url, **extra})
+
+
+def tree_digest(root: Path) -> dict[str, str]:
+    return {p.relative_to(root).as_posix(): hashlib.md5(p.read_bytes()).hexdigest()
+            for p in root.rglob("*") if p.is_file()}
+
+
+def test_tree_lands_byte_for_byte(s3, bucket: Bucket, home: Path) -> None:  # type: ignore[no-untyped-def]
+    rng = random.Random(7)
+    files = {
+        "train.py": b"print('ok')\n",
+        "with space/ünïcødé 文件.txt": "héllo".encode(),
+        "/".join(f"d{i}" for i in range(12)) + "/deep.txt": b"deep",
+        "big.bin": rng.randbytes(300 * 1024 + 17),  # > range size below: fetched as ranges
+        "empty.txt": b"",
+    }
+    files.update({f"many/{i:04d}.py": rng.randbytes(rng.randint(1, 2048)) for i in range(1100)})
+    bucket.put_tree(files, "new/")
+    bucket.put("new/only-a-folder/")  # a directory marker
+    env = fetch_env(s3, home, f"s3://{bucket.name}/new", BOOTSTRAP_RANGE_SIZE="65536",
+                    BOOTSTRAP_MULTIPART_THRESHOLD="131072")
+    r = run_train(["python", "-c", "import os; print(os.getcwd())"], env)
+    assert r.returncode == 0, r.stderr
+    code = home / "user-job-dir" / "new"
+    assert r.stdout.strip() == str(code)
+    assert tree_digest(code) == {k: hashlib.md5(v).hexdigest() for k, v in files.items()}
+    assert (code / "only-a-folder").is_dir()
+    assert not list(code.rglob("*.bootstrap-tmp"))
+    assert "1105 files" in r.stderr
+
+
+def test_rerun_skips_unchanged_files(s3, bucket: Bucket, home: Path) -> None:  # type: ignore[no-untyped-def]
+    bucket.put_tree({f"f{i}.txt": os.urandom(100) for i in range(20)}, "code/")
+    env = fetch_env(s3, home, f"s3://{bucket.name}/code/")
+    assert run_train(["true"], env).returncode == 0
+    target = home / "user-job-dir" / "code" / "f3.txt"
+    before = target.stat().st_mtime_ns
+    bucket.put("code/f5.txt", b"changed")  # one object changes between runs
+    r = run_train(["true"], env)
+    assert r.returncode == 0, r.stderr
+    assert "1 files" in r.stderr and "19 unchanged skipped" in r.stderr
+    assert target.stat().st_mtime_ns == before
+    assert (home / "user-job-dir" / "code" / "f5.txt").read_bytes() == b"changed"
+    # A local edit invalidates the record: the file is fetched again.
+    target.write_bytes(b"edited locally!!")
+    r = run_train(["true"], env)
+    assert "1 files" in r.stderr, r.stderr
+    assert len(target.read_bytes()) == 100
+
+
+def test_bucket_root_lands_in_bucket_name(s3, bucket: Bucket, home: Path) -> None:  # type: ignore[no-untyped-def]
+    bucket.put("a.py", b"x")
+    r = run_train(["true"], fetch_env(s3, home, f"obs://{bucket.name}"))
+    assert r.returncode == 0, r.stderr
+    assert (home / "user-job-dir" / bucket.name / "a.py").read_bytes() == b"x"
+
+
+@pytest.mark.parametrize("case, needle", [
+    ("empty", "no objects under"),
+    ("missing-bucket", "does not exist"),
+    ("wrong-secret", "secret key does not match"),
+    ("wrong-key", "access key id is not known"),
+    ("refused", "cannot connect"),
+])
+def test_download_errors_exit_127_with_one_line(s3, bucket: Bucket, home: Path, case: str,  # type: ignore[no-untyped-def]
+                                                needle: str) -> None:
+    bucket.put("other/x.py", b"x")
+    env = fetch_env(s3, home, f"s3://{bucket.name}/code/", BOOTSTRAP_RETRY_ATTEMPTS="2")
+    if case == "missing-bucket":
+        env["DLS_APP_URL"] = "s3://no-such-bucket-here/code/"
+    elif case == "wrong-secret":
+        env["AWS_SECRET_ACCESS_KEY"] = "wrong-secret-value-xyz"
+    elif case == "wrong-key":
+        env["AWS_ACCESS_KEY_ID"] = "AKIDNOSUCHKEY"
+    elif case == "refused":
+        env["AWS_ENDPOINT_URL"] = "http://127.0.0.1:9"
+    r = run_train(["python", "-c", "print('must not run')"], env)
+    assert r.returncode == 127
+    assert "must not run" not in r.stdout
+    assert_one_error_line(r.stderr, needle)
+    assert s3.secret_key not in r.stderr + r.stdout
+
+
+@pytest.mark.parametrize("key", ["code/../escape.txt", "code//abs.txt", "code/a\\..\\b.txt"])
+def test_traversal_keys_from_a_hostile_server(home: Path, key: str) -> None:
+    with HostileS3({"code/ok.txt": b"ok", key: b"evil"}) as srv:
+        env = base_env(home, {"AWS_ENDPOINT_URL": srv.endpoint, "AWS_ACCESS_KEY_ID": "x",
+                              "AWS_SECRET_ACCESS_KEY": "y", "DLS_APP_URL": "s3://bkt/code/"})
+        r = run_train(["true"], env)
+    assert r.returncode == 127
+    assert_one_error_line(r.stderr, "refusing object key")
+    written = [p for p in home.rglob("*") if p.is_file()]
+    assert written == [], written
+
+
+def test_symlink_in_destination_is_not_followed(s3, bucket: Bucket, home: Path,  # type: ignore[no-untyped-def]
+                                                tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    code = home / "user-job-dir" / "code"
+    code.mkdir(parents=True)
+    (code / "sub").symlink_to(outside)
+    (code / "link.py").symlink_to(outside / "victim.py")
+    bucket.put_tree({"sub/x.py": b"x", "link.py": b"y"}, "code/")
+    r = run_train(["true"], fetch_env(s3, home, f"s3://{bucket.name}/code/"))
+    assert r.returncode == 127
+    assert_one_error_line(r.stderr, "symlink")
+    assert list(outside.iterdir()) == []
+
+
+def test_body_shorter_than_listing_is_an_error_not_a_file(home: Path) -> None:
+    with HostileS3({"code/a.txt": b"abc"}, size_lie=5) as srv:
+        env = base_env(home, {"AWS_ENDPOINT_URL": srv.endpoint, "AWS_ACCESS_KEY_ID": "x",
+                              "AWS_SECRET_ACCESS_KEY": "y", "DLS_APP_URL": "s3://bkt/code/",
+                              "BOOTSTRAP_RETRY_ATTEMPTS": "2"})
+        r = run_train(["true"], env)
+    assert r.returncode == 127
+    assert_one_error_line(r.stderr, "listing says")
+    assert not (home / "user-job-dir" / "code" / "a.txt").exists()
+
+
+def test_endless_listing_and_html_endpoint(home: Path) -> None:
+    base = {"AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "y",
+            "DLS_APP_URL": "s3://bkt/code/", "BOOTSTRAP_RETRY_ATTEMPTS": "2"}
+    with HostileS3({"code/a.txt": b"abc"}, endless_listing=True) as srv:
+        r = run_train(["true"], base_env(home, {**base, "AWS_ENDPOINT_URL": srv.endpoint}))
+    assert r.returncode == 127
+    assert_one_error_line(r.stderr, "never ends")
+    with HostileS3({}, html=True) as srv:
+        r = run_train(["true"], base_env(home, {**base, "AWS_ENDPOINT_URL": srv.endpoint}))
+    assert r.returncode == 127
+    assert_one_error_line(r.stderr)
+
+
+def test_local_code_dir_is_copied(home: Path, tmp_path: Path) -> None:
+    src = tmp_path / "src" / "proj"
+    (src / "pkg").mkdir(parents=True)
+    (src / "pkg" / "m.py").write_text("V = 3\n")
+    (src / "train.py").write_text("from pkg.m import V; print(V)\n")
+    for url in (str(src), f"file://{src}"):
+        r = run_train(["python", "train.py"], base_env(home, {"DLS_APP_URL": url}))
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.strip() == "3"
+    r = run_train(["true"], base_env(home, {"DLS_APP_URL": str(tmp_path / "nope")}))
+    assert r.returncode == 127
+    assert_one_error_line(r.stderr, "does not exist")
