@@ -1,7 +1,10 @@
 """The whole story of a job's start, stage by stage.
 
-settings -> command -> fetch -> launch. Each stage is a module named for its
-concern; this file only orders them, times them and hands values between them.
+settings -> command -> cluster -> fetch -> peers -> preflight -> barrier -> launch.
+Each stage is a module named for its concern; this file only orders them, times
+them and hands values between them. Everything that can be checked without I/O
+(settings, the command, the cluster description) is checked first, so a typo in
+the job spec fails in milliseconds, not after a download.
 """
 
 from __future__ import annotations
@@ -15,8 +18,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NoReturn, Optional
 
+from . import cluster as cluster_mod
 from . import command as command_mod
-from . import launch
+from . import launch, topology
 from . import location as loc
 from . import settings as settings_mod
 from .errors import Terminated
@@ -48,24 +52,70 @@ def run(argv: Sequence[str], environ: Mapping[str, str]) -> NoReturn:
     log = Log(Redactor(environ), settings.log_format)
     command = command_mod.parse(argv)
     location = loc.parse(settings.app_url) if settings.app_url else None
+    cluster = cluster_mod.discover(environ)
 
     log.info(f"user: uid={os.getuid()} gid={os.getgid()} pwd: {os.getcwd()}")
     log.info(f"app url: {settings.app_url or '(none: running from the current directory)'}")
     log.info(f"command: {shlex.join(log.redact.argv(argv))}")
+    if cluster.size > 1:
+        log.info(f"cluster: node {cluster.rank} of {cluster.size} ({cluster.source} contract), "
+                 f"master {cluster.master.host}:{cluster.master.port}")
 
     code_dir: Optional[Path] = None
     if location is not None:
-        code_dir = loc.destination(settings.job_dir, location)
         from . import fetch  # boto3 and tenacity load only when there is something to fetch
 
+        code_dir = loc.destination(settings.job_dir, location)
         with timed(log, "fetch") as info:
             stats = fetch.fetch(location, code_dir, settings, environ, log)
             info["detail"] = f"{stats.summary()} -> {code_dir}"
 
+    topo = _cluster_stage(cluster, settings, environ, log)
+    exports: dict[str, str] = {}
+    if topo is not None:
+        files = topology.write_files(topo, settings.job_dir)
+        exports = topology.without_user_overrides(topo.exports(files), environ)
+
     final_argv = command_mod.resolve(command, code_dir, Path.cwd(), location)
-    env = launch.user_environment(environ, settings.home, settings.job_dir, code_dir, {})
+    env = launch.user_environment(environ, settings.home, settings.job_dir, code_dir, exports)
     log.info(f"exec: {shlex.join(log.redact.argv(final_argv))}"
              + (f" (in {code_dir})" if code_dir else ""))
     for signum in STOP_SIGNALS:
         signal.signal(signum, signal.SIG_DFL)
     launch.exec_command(final_argv, env, code_dir)
+
+
+def _cluster_stage(cluster: cluster_mod.Cluster, settings: settings_mod.Settings,
+                   environ: Mapping[str, str], log: Log) -> Optional[topology.Topology]:
+    """Peers' readiness, the start barrier and the topology; None for a local one-node job
+    with no platform variables (nothing to hand the engines)."""
+    from . import barrier, ipoib
+
+    facts = topology.NodeFacts(gpus=0)
+    if cluster.size == 1:
+        if cluster.source == "local":
+            return None
+        return topology.Topology(cluster, {0: facts})
+
+    from . import peers
+
+    with timed(log, "peers") as info:
+        addresses = peers.wait_for_names(cluster.peers, settings.peer_timeout, log)
+        info["detail"] = f"{len(addresses)} peer name(s) resolved"
+
+    device = ipoib.device(environ)
+    ib_addr = ipoib.local_address(device)
+    facts = topology.NodeFacts(gpus=facts.gpus, ib_addr=ib_addr)
+    run_barrier = settings.barrier == "on" or (settings.barrier == "auto" and ib_addr)
+    if ib_addr is None:
+        log.info(f"ipoib: no address on {device}; no IB address map"
+                 + ("" if run_barrier else " and no start barrier"))
+    all_facts: dict[int, topology.NodeFacts] = {cluster.rank: facts}
+    if run_barrier:
+        with timed(log, "barrier") as info:
+            mine = barrier.Report(cluster.rank, True, "", facts)
+            reports = barrier.exchange(cluster, mine, addresses.get(cluster.master.host),
+                                       settings.peer_timeout, log)
+            all_facts = {r: rep.facts for r, rep in reports.items()}
+            info["detail"] = f"{len(reports)} node(s) ready"
+    return topology.Topology(cluster, all_facts, master_addr_ib=settings.master_addr_ib)

@@ -35,6 +35,8 @@ class Settings:
     addressing: str  # "auto" | "path" | "virtual"
     peer_timeout: float  # seconds to wait for every peer (DNS and barrier)
     task_index_hint: str  # DLS_TASK_INDEX / VC_TASK_INDEX, for log file names
+    barrier: str  # "auto" (when an IB device exists) | "on" | "off"
+    master_addr_ib: bool  # MASTER_ADDR = node 0's IPoIB address
 
     @property
     def job_dir(self) -> Path:
@@ -110,4 +112,6 @@ def load(env: Mapping[str, str]) -> Settings:
                               ("auto", "path", "virtual")),
         peer_timeout=env_float(env, "BOOTSTRAP_PEER_TIMEOUT", 600.0, minimum=0),
         task_index_hint=env.get("VC_TASK_INDEX") or env.get("DLS_TASK_INDEX") or "0",
+        barrier=env_choice(env, "BOOTSTRAP_BARRIER", "auto", ("auto", "on", "off")),
+        master_addr_ib=env_flag(env, "BOOTSTRAP_MASTER_ADDR_IB", False),
     )

@@ -33,9 +33,9 @@ ACCESS_KEY = "AKIDTESTBOOTSTRAP0001"
 SECRET_KEY = "test-secret-9f2c41d7e0b34a5c8d6e1f0a"
 
 
-def free_port() -> int:
+def free_port(ip: str = "127.0.0.1") -> int:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((ip, 0))
         return int(s.getsockname()[1])
 
 
@@ -56,6 +56,7 @@ class S3Server:
     endpoint: str = ""
     proc: Optional[subprocess.Popen[bytes]] = None
     workdir: str = ""
+    ip: str = "127.0.0.1"  # the multi-node tests bind it to their bridge's address
 
     def start(self, timeout: float = 60.0) -> S3Server:
         self.workdir = tempfile.mkdtemp(prefix="bootstrap-weed-")
@@ -65,22 +66,23 @@ class S3Server:
             "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}],
             "actions": ["Admin", "Read", "Write", "List", "Tagging"],
         }]}))
-        s3_port = free_port()
+        s3_port = free_port(self.ip)
         ports = {
-            "master.port": free_port(), "volume.port": free_port(), "filer.port": free_port(),
-            "s3.port": s3_port, "webdav.port": free_port(), "admin.port": free_port(),
+            "master.port": free_port(self.ip), "volume.port": free_port(self.ip),
+            "filer.port": free_port(self.ip), "s3.port": s3_port,
+            "webdav.port": free_port(self.ip), "admin.port": free_port(self.ip),
             "s3.port.iceberg": 0, "s3.port.lance": 0,
         }
         data = Path(self.workdir, "data")
         data.mkdir()
-        argv = [weed_binary(), "mini", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+        argv = [weed_binary(), "mini", f"-dir={data}", f"-ip={self.ip}", f"-ip.bind={self.ip}",
                 f"-s3.config={config}", "-s3.autoCreateBucket=false", "-webdav=false",
                 "-admin.ui=false"]
         argv += [f"-{k}={v}" for k, v in ports.items()]
         log = open(Path(self.workdir, "weed.log"), "wb")  # noqa: SIM115 - lives with the process
         self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
                                      start_new_session=True)
-        self.endpoint = f"http://127.0.0.1:{s3_port}"
+        self.endpoint = f"http://{self.ip}:{s3_port}"
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

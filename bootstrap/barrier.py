@@ -1,0 +1,228 @@
+"""The start barrier: every node reports to node 0 before anyone launches.
+
+It replaces the old images' ``get_cluster_ib_ip.py``: each node sends node 0 one JSON
+line (its rank, whether its checks passed, its IB address, its GPU count); node 0
+waits for all of them, then answers everyone with the full map and the verdict.
+So every node learns every node's IB address, and a node that failed its checks
+stops the whole job with a clear message instead of leaving the others hanging in
+``init_process_group`` until a NCCL timeout.
+
+Node 0 listens on its own port (the one ``MASTER_PORT`` names) and closes it before
+the user command starts, so the engines can bind it. Messages must carry the job's
+token (derived from the job id) and a valid rank: anything else, a stray scanner or
+another job's node, is refused and logged, and the wait goes on. Everything is
+bounded by one deadline.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import select
+import socket
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from .cluster import Cluster
+from .errors import BarrierFailed
+from .log import Log
+from .topology import NodeFacts
+
+MAGIC = "modelarts-bootstrap/barrier/1"
+MAX_LINE = 64 * 1024
+
+
+@dataclass(frozen=True)
+class Report:
+    rank: int
+    ok: bool
+    reason: str
+    facts: NodeFacts
+
+
+def token(cluster: Cluster) -> str:
+    return hashlib.sha256(f"{cluster.job_id}|{cluster.size}".encode()).hexdigest()[:32]
+
+
+def _encode(obj: Mapping[str, Any]) -> bytes:
+    return (json.dumps(obj) + "\n").encode()
+
+
+def _report_message(cluster: Cluster, report: Report) -> dict[str, Any]:
+    return {"magic": MAGIC, "token": token(cluster), "rank": report.rank, "ok": report.ok,
+            "reason": report.reason[:500], "gpus": report.facts.gpus,
+            "ib_addr": report.facts.ib_addr}
+
+
+def parse_report(line: bytes, cluster: Cluster) -> Report:
+    """Validates one node's message; ValueError says why it was refused."""
+    try:
+        msg = json.loads(line)
+    except ValueError:
+        raise ValueError("not JSON") from None
+    if not isinstance(msg, dict) or msg.get("magic") != MAGIC:
+        raise ValueError("not a bootstrap barrier message")
+    if msg.get("token") != token(cluster):
+        raise ValueError("from another job (token mismatch)")
+    rank = msg.get("rank")
+    if not isinstance(rank, int) or isinstance(rank, bool) or not 0 < rank < cluster.size:
+        raise ValueError(f"invalid rank {rank!r}")
+    gpus = msg.get("gpus", 0)
+    ib = msg.get("ib_addr")
+    if not isinstance(gpus, int) or gpus < 0 or (ib is not None and not isinstance(ib, str)):
+        raise ValueError("malformed facts")
+    return Report(rank, bool(msg.get("ok")), str(msg.get("reason", "")),
+                  NodeFacts(gpus=gpus, ib_addr=ib))
+
+
+class _Conn:
+    def __init__(self, sock: socket.socket, peer: str) -> None:
+        self.sock = sock
+        self.peer = peer
+        self.buf = b""
+
+
+def serve(cluster: Cluster, mine: Report, deadline: float, log: Log) -> dict[int, Report]:
+    """Node 0: collects every report, answers all, closes the port. Returns the map."""
+    port = cluster.master.port
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind(("", port))
+    except OSError as exc:
+        listener.close()
+        raise BarrierFailed(f"node 0 cannot listen on port {port} for the start barrier: "
+                            f"{exc.strerror}; is another process using it?") from None
+    listener.listen(max(cluster.size * 2, 16))
+    listener.setblocking(False)
+    reports: dict[int, Report] = {0: mine}
+    waiting: dict[int, _Conn] = {}  # rank -> connection that reported it
+    pending: dict[socket.socket, _Conn] = {}
+    try:
+        while len(reports) < cluster.size:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                missing = [n.host for n in cluster.nodes if n.rank not in reports]
+                raise BarrierFailed(f"start barrier timed out: {len(missing)} node(s) never "
+                                    f"reported to node 0: {', '.join(missing)}")
+            readable, _, _ = select.select([listener, *pending], [], [], min(left, 1.0))
+            for sock in readable:
+                if sock is listener:
+                    try:
+                        conn, addr = listener.accept()
+                    except BlockingIOError:
+                        continue
+                    conn.setblocking(False)
+                    pending[conn] = _Conn(conn, f"{addr[0]}:{addr[1]}")
+                    continue
+                c = pending[sock]
+                try:
+                    data = sock.recv(4096)
+                except OSError:
+                    data = b""
+                if not data:
+                    del pending[sock]
+                    sock.close()
+                    continue
+                c.buf += data
+                if b"\n" not in c.buf:
+                    if len(c.buf) > MAX_LINE:
+                        log.warn(f"barrier: refused {c.peer}: message too long")
+                        del pending[sock]
+                        sock.close()
+                    continue
+                line = c.buf.split(b"\n", 1)[0]
+                del pending[sock]
+                try:
+                    report = parse_report(line, cluster)
+                except ValueError as exc:
+                    log.warn(f"barrier: refused a message from {c.peer}: {exc}")
+                    sock.close()
+                    continue
+                if report.rank in waiting:  # a node that reconnected: keep the newest
+                    waiting[report.rank].sock.close()
+                reports[report.rank] = report
+                waiting[report.rank] = c
+        failed = {r: rep.reason for r, rep in reports.items() if not rep.ok}
+        answer = _encode({"magic": MAGIC, "token": token(cluster), "ok": not failed,
+                          "failed": {str(r): why for r, why in failed.items()},
+                          "facts": {str(r): {"gpus": rep.facts.gpus, "ib_addr": rep.facts.ib_addr}
+                                    for r, rep in reports.items()}})
+        for c in waiting.values():
+            try:
+                c.sock.setblocking(True)
+                c.sock.settimeout(5)
+                c.sock.sendall(answer)
+            except OSError as exc:
+                log.warn(f"barrier: could not answer {c.peer}: {exc}")
+    finally:
+        for c in list(pending.values()) + list(waiting.values()):
+            c.sock.close()
+        listener.close()  # the port is free again before the user command starts
+    _raise_if_failed(failed, cluster)
+    return reports
+
+
+def join(cluster: Cluster, mine: Report, address: str, deadline: float,
+         log: Log) -> dict[int, Report]:
+    """Nodes 1..N-1: report to node 0 (retrying until it listens), await the verdict."""
+    port = cluster.master.port
+    delay = 0.1
+    last_error = ""
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise BarrierFailed(f"start barrier timed out: node 0 ({cluster.master.host}:"
+                                f"{port}) never answered ({last_error or 'no answer'})")
+        try:
+            with socket.create_connection((address, port), timeout=min(left, 5)) as sock:
+                sock.sendall(_encode(_report_message(cluster, mine)))
+                sock.settimeout(max(deadline - time.monotonic(), 0.1))
+                answer = _read_line(sock)
+            break
+        except (OSError, ValueError) as exc:
+            last_error = str(exc) or type(exc).__name__
+            time.sleep(min(delay, max(deadline - time.monotonic(), 0)))
+            delay = min(delay * 1.5, 2.0)
+    try:
+        msg = json.loads(answer)
+        if msg.get("magic") != MAGIC or msg.get("token") != token(cluster):
+            raise ValueError("foreign answer")
+        facts = {int(r): NodeFacts(gpus=int(f.get("gpus", 0)), ib_addr=f.get("ib_addr"))
+                 for r, f in msg["facts"].items()}
+        failed = {int(r): str(why) for r, why in msg.get("failed", {}).items()}
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise BarrierFailed(f"node 0 ({cluster.master.host}:{port}) answered the start "
+                            "barrier with something that is not a bootstrap message") from None
+    _raise_if_failed(failed, cluster)
+    return {r: Report(r, True, "", f) for r, f in facts.items()}
+
+
+def _read_line(sock: socket.socket) -> bytes:
+    buf = b""
+    while b"\n" not in buf:
+        chunk = sock.recv(4096)
+        if not chunk:
+            raise ConnectionError("node 0 closed the barrier connection without an answer")
+        buf += chunk
+        if len(buf) > MAX_LINE * 64:
+            raise ValueError("answer too long")
+    return buf.split(b"\n", 1)[0]
+
+
+def _raise_if_failed(failed: Mapping[int, str], cluster: Cluster) -> None:
+    if failed:
+        detail = "; ".join(f"node {r} ({cluster.nodes[r].host}): {why}"
+                           for r, why in sorted(failed.items()))
+        raise BarrierFailed(f"{len(failed)} node(s) failed their checks, so no node starts: "
+                            f"{detail}")
+
+
+def exchange(cluster: Cluster, mine: Report, master_address: Optional[str], timeout: float,
+             log: Log) -> dict[int, Report]:
+    deadline = time.monotonic() + timeout
+    if cluster.rank == 0:
+        return serve(cluster, mine, deadline, log)
+    return join(cluster, mine, master_address or cluster.master.host, deadline, log)

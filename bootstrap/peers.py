@@ -1,0 +1,65 @@
+"""Wait until every peer's name resolves: DNS often lags a container's start by
+seconds, sometimes minutes, and a job that crashes on the first failed lookup
+crash-loops the whole cluster. Waits with backoff and jitter under one deadline
+(``BOOTSTRAP_PEER_TIMEOUT``), logging who is still missing; on timeout, one error
+naming the peers that never resolved (exit 3)."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Sequence
+
+from tenacity import (
+    RetryError,
+    Retrying,
+    retry_if_result,
+    stop_after_delay,
+    wait_random_exponential,
+)
+
+from .cluster import Node
+from .errors import PeersNotReady
+from .log import Log
+
+
+def resolve(host: str) -> str | None:
+    """The first IPv4/IPv6 address of ``host``, or None while it does not resolve."""
+    try:
+        infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError):
+        return None
+    return str(infos[0][4][0]) if infos else None
+
+
+def wait_for_names(peers: Sequence[Node], timeout: float, log: Log,
+                   report_every: float = 10.0) -> dict[str, str]:
+    """Maps every peer's host to an address, or raises PeersNotReady after ``timeout``."""
+    addresses: dict[str, str] = {}
+    pending = sorted({n.host for n in peers})
+    last_report = [time.monotonic()]
+
+    def attempt() -> list[str]:
+        for host in list(pending):
+            addr = resolve(host)
+            if addr is not None:
+                addresses[host] = addr
+                pending.remove(host)
+        now = time.monotonic()
+        if pending and now - last_report[0] >= report_every:
+            log.info(f"peers: waiting for DNS of {len(pending)}: {', '.join(pending[:8])}"
+                     + (" ..." if len(pending) > 8 else ""))
+            last_report[0] = now
+        return pending
+
+    retrying = Retrying(stop=stop_after_delay(timeout),
+                        wait=wait_random_exponential(multiplier=0.2, max=5),
+                        retry=retry_if_result(bool))
+    try:
+        retrying(attempt)
+    except RetryError:
+        raise PeersNotReady(
+            f"{len(pending)} peer(s) never resolved within {timeout:g} s "
+            f"(BOOTSTRAP_PEER_TIMEOUT): {', '.join(pending)}; check that those nodes "
+            "started and that their names are right") from None
+    return addresses

@@ -1,0 +1,135 @@
+"""What the distributed engines are handed: variables and files describing the cluster.
+
+The same variables come out whichever contract described the cluster, and a
+variable the user set explicitly is never overwritten.
+
+torchrun / torch.distributed (env://): ``MASTER_ADDR`` (node 0), ``MASTER_PORT`` (node
+0's port), ``NNODES``, ``NODE_RANK``, torchrun's ``PET_NNODES``, ``PET_NODE_RANK``,
+``PET_MASTER_ADDR``, ``PET_MASTER_PORT``, ``PET_NPROC_PER_NODE`` (GPUs here, 1 without),
+so an unmodified ``torchrun train.py`` picks the topology up; for one-process-per-node
+scripts ``WORLD_SIZE`` = nodes and ``RANK`` = node rank (torchrun overrides both for
+its workers).
+
+MPI / DeepSpeed / Horovod: a hostfile (``host slots=N``) at ``BOOTSTRAP_HOSTFILE``.
+Everyone: a JSON description at ``BOOTSTRAP_CLUSTER_FILE``. TensorFlow: ``TF_CONFIG``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from .cluster import Cluster
+
+
+@dataclass(frozen=True)
+class NodeFacts:
+    """What each node learned about itself (its GPUs, its IB address)."""
+
+    gpus: int = 0
+    ib_addr: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class Topology:
+    cluster: Cluster
+    facts: Mapping[int, NodeFacts] = field(default_factory=dict)  # by rank
+    master_addr_ib: bool = False  # MASTER_ADDR = node 0's IB address
+
+    def slots(self, rank: int) -> int:
+        return max(self.facts.get(rank, self._mine()).gpus, 1)
+
+    def _mine(self) -> NodeFacts:
+        return self.facts.get(self.cluster.rank, NodeFacts())
+
+    @property
+    def master_addr(self) -> str:
+        ib = self.facts.get(0, NodeFacts()).ib_addr
+        if self.master_addr_ib and ib:
+            return ib
+        return self.cluster.master.host
+
+    def describe(self) -> dict[str, Any]:
+        c = self.cluster
+        return {
+            "source": c.source,
+            "size": c.size,
+            "rank": c.rank,
+            "master": {"addr": self.master_addr, "port": c.master.port},
+            "nodes": [{"rank": n.rank, "host": n.host, "port": n.port,
+                       "gpus": self.facts.get(n.rank, self._mine()).gpus,
+                       "ib_addr": self.facts.get(n.rank, NodeFacts()).ib_addr}
+                      for n in c.nodes],
+        }
+
+    def hostfile(self) -> str:
+        return "".join(f"{n.host} slots={self.slots(n.rank)}\n" for n in self.cluster.nodes)
+
+    def ib_map(self) -> Optional[dict[str, dict[str, Optional[str]]]]:
+        """Every node's IPoIB address by rank, once the barrier exchanged them."""
+        if not any(f.ib_addr for f in self.facts.values()):
+            return None
+        return {str(n.rank): {"host": n.host,
+                              "ib_addr": self.facts.get(n.rank, NodeFacts()).ib_addr}
+                for n in self.cluster.nodes}
+
+    def tf_config(self) -> str:
+        c = self.cluster
+        return json.dumps({"cluster": {"worker": [f"{n.host}:{n.port}" for n in c.nodes]},
+                           "task": {"type": "worker", "index": c.rank}})
+
+    def exports(self, files: Mapping[str, Path]) -> dict[str, str]:
+        c = self.cluster
+        mine = self._mine()
+        out = {
+            "MASTER_ADDR": self.master_addr,
+            "MASTER_PORT": str(c.master.port),
+            "NNODES": str(c.size),
+            "NODE_RANK": str(c.rank),
+            "WORLD_SIZE": str(c.size),
+            "RANK": str(c.rank),
+            "PET_NNODES": str(c.size),
+            "PET_NODE_RANK": str(c.rank),
+            "PET_MASTER_ADDR": self.master_addr,
+            "PET_MASTER_PORT": str(c.master.port),
+            "PET_NPROC_PER_NODE": str(max(mine.gpus, 1)),
+            "TF_CONFIG": self.tf_config(),
+            "BOOTSTRAP_NUM_GPUS": str(mine.gpus),
+        }
+        out.update({name: str(path) for name, path in files.items()})
+        if mine.ib_addr:
+            out["BOOTSTRAP_IB_ADDR"] = mine.ib_addr
+        master_ib = self.facts.get(0, NodeFacts()).ib_addr
+        if master_ib:
+            out["BOOTSTRAP_MASTER_IB_ADDR"] = master_ib
+        return out
+
+
+def without_user_overrides(exports: Mapping[str, str], env: Mapping[str, str]) -> dict[str, str]:
+    """Drops every export the user already set: an explicit choice always wins."""
+    return {k: v for k, v in exports.items() if k not in env}
+
+
+def write_files(topology: Topology, job_dir: Path) -> dict[str, Path]:
+    """Writes the hostfile, the cluster JSON and (with IB) the IB map atomically;
+    returns the variables that point at them."""
+    job_dir.mkdir(parents=True, exist_ok=True)
+    files = {"BOOTSTRAP_HOSTFILE": job_dir / "hostfile",
+             "BOOTSTRAP_CLUSTER_FILE": job_dir / "cluster.json"}
+    _atomic_write(files["BOOTSTRAP_HOSTFILE"], topology.hostfile())
+    _atomic_write(files["BOOTSTRAP_CLUSTER_FILE"], json.dumps(topology.describe(), indent=2) + "\n")
+    ib_map = topology.ib_map()
+    if ib_map is not None:
+        files["BOOTSTRAP_IB_MAP_FILE"] = job_dir / "ib_map.json"
+        _atomic_write(files["BOOTSTRAP_IB_MAP_FILE"], json.dumps(ib_map, indent=2) + "\n")
+    return files
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
