@@ -1,4 +1,7 @@
-"""``python -m bootstrap [COMMAND...]``: the entry point run_train.sh execs.
+"""Entry points.
+
+* ``run_train.sh ARGS`` and ``python -m bootstrap ARGS``: the job (:func:`job_main`).
+* ``python -m bootstrap check [--json]`` / ``bootstrap-check``: the node preflight alone.
 
 Errors the bootstrap can explain print one line, ``run_train: error: ...``, and exit
 with the code errors.py documents. Anything else is a bug: one line too, exit 70,
@@ -11,6 +14,8 @@ from __future__ import annotations
 import os
 import sys
 import traceback
+from collections.abc import Sequence
+from typing import Callable, Optional
 
 from .errors import EXIT_INTERNAL, EXIT_USAGE, BootstrapError
 from .log import Redactor
@@ -22,11 +27,10 @@ def _fail(message: str) -> None:
     sys.stderr.flush()
 
 
-def main() -> int:
+def _guard(body: Callable[[], int]) -> int:
+    """Runs ``body`` and turns every failure into one line and a documented exit code."""
     try:
-        from . import main as story
-
-        story.run(sys.argv[1:], os.environ)
+        return body()
     except BootstrapError as exc:
         _fail(exc.message)
         return exc.exit_code
@@ -43,15 +47,38 @@ def main() -> int:
         _fail(f"internal error ({type(exc).__name__}: {exc}); rerun with BOOTSTRAP_DEBUG=1 "
               "and report it")
         return EXIT_INTERNAL
-    return 0  # pragma: no cover - run() execs or raises
 
 
-def check_main() -> int:
-    raise SystemExit("bootstrap-check: not available yet")
+def job_main(argv: Optional[Sequence[str]] = None) -> int:
+    """The job: what run_train.sh execs. Returns only on failure (success execs)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+
+    def body() -> int:
+        from . import main as story
+
+        story.run(args, os.environ)
+        return 0  # pragma: no cover - run() execs or raises
+
+    return _guard(body)
 
 
-def sync_main() -> int:
-    raise SystemExit("bootstrap-sync: not available yet")
+def check_main(argv: Optional[Sequence[str]] = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+
+    def body() -> int:
+        from . import checkcmd
+
+        return checkcmd.run(args, os.environ)
+
+    return _guard(body)
+
+
+def main() -> int:
+    """``python -m bootstrap``: ``check`` is a tool, anything else is a job."""
+    args = sys.argv[1:]
+    if args[:1] == ["check"]:
+        return check_main(args[1:])
+    return job_main(args)
 
 
 if __name__ == "__main__":

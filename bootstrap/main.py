@@ -20,10 +20,10 @@ from typing import Any, NoReturn, Optional
 
 from . import cluster as cluster_mod
 from . import command as command_mod
-from . import launch, topology
+from . import launch, preflight, topology
 from . import location as loc
 from . import settings as settings_mod
-from .errors import Terminated
+from .errors import BarrierFailed, PreflightFailed, Terminated
 from .log import Log, Redactor
 
 # Signals that stop the bootstrap itself before the command runs. A handler that
@@ -70,7 +70,14 @@ def run(argv: Sequence[str], environ: Mapping[str, str]) -> NoReturn:
             stats = fetch.fetch(location, code_dir, settings, environ, log)
             info["detail"] = f"{stats.summary()} -> {code_dir}"
 
-    topo = _cluster_stage(cluster, settings, environ, log)
+    with timed(log, "preflight") as info:
+        report = preflight.run(environ, settings.job_dir)
+        preflight.write(report, settings.job_dir)
+        for line in report.lines():
+            log.info(line)
+        info["detail"] = f"{report.gpu_count} GPU(s), " + ("ok" if report.ok else "FAILED")
+
+    topo = _cluster_stage(cluster, settings, environ, log, report)
     exports: dict[str, str] = {}
     if topo is not None:
         files = topology.write_files(topo, settings.job_dir)
@@ -85,14 +92,26 @@ def run(argv: Sequence[str], environ: Mapping[str, str]) -> NoReturn:
     launch.exec_command(final_argv, env, code_dir)
 
 
+def _local_failure(report: preflight.Report) -> PreflightFailed:
+    return PreflightFailed("this node failed its preflight: "
+                           + "; ".join(f"{f.check}: {f.message}" for f in report.failures()))
+
+
 def _cluster_stage(cluster: cluster_mod.Cluster, settings: settings_mod.Settings,
-                   environ: Mapping[str, str], log: Log) -> Optional[topology.Topology]:
+                   environ: Mapping[str, str], log: Log,
+                   report: preflight.Report) -> Optional[topology.Topology]:
     """Peers' readiness, the start barrier and the topology; None for a local one-node job
-    with no platform variables (nothing to hand the engines)."""
+    with no platform variables (nothing to hand the engines).
+
+    A node that failed its preflight still takes part in the barrier, so that every
+    other node learns why the job stops; then it exits with the preflight's code.
+    """
     from . import barrier, ipoib
 
-    facts = topology.NodeFacts(gpus=0)
+    facts = topology.NodeFacts(gpus=report.gpu_count)
     if cluster.size == 1:
+        if not report.ok:
+            raise _local_failure(report)
         if cluster.source == "local":
             return None
         return topology.Topology(cluster, {0: facts})
@@ -113,9 +132,17 @@ def _cluster_stage(cluster: cluster_mod.Cluster, settings: settings_mod.Settings
     all_facts: dict[int, topology.NodeFacts] = {cluster.rank: facts}
     if run_barrier:
         with timed(log, "barrier") as info:
-            mine = barrier.Report(cluster.rank, True, "", facts)
-            reports = barrier.exchange(cluster, mine, addresses.get(cluster.master.host),
-                                       settings.peer_timeout, log)
+            reason = "; ".join(f"{f.check}: {f.message}" for f in report.failures())
+            mine = barrier.Report(cluster.rank, report.ok, reason, facts)
+            try:
+                reports = barrier.exchange(cluster, mine, addresses.get(cluster.master.host),
+                                           settings.peer_timeout, log)
+            except BarrierFailed:
+                if not report.ok:  # our own failure is the story, not the echo of it
+                    raise _local_failure(report) from None
+                raise
             all_facts = {r: rep.facts for r, rep in reports.items()}
             info["detail"] = f"{len(reports)} node(s) ready"
+    elif not report.ok:
+        raise _local_failure(report)
     return topology.Topology(cluster, all_facts, master_addr_ib=settings.master_addr_ib)

@@ -13,7 +13,7 @@ fi
 # Run by exec, so the bootstrap keeps this process's pid (PID 1 in a container).
 launcher='import sys
 try:
-    from bootstrap.__main__ import main
+    from bootstrap.__main__ import job_main as main
 except ImportError as exc:
     sys.stderr.write("run_train: error: %s cannot import the bootstrap (%s); install it there "
                      "(pip install modelarts-bootstrap) or set BOOTSTRAP_PYTHON\n" % (sys.executable, exc))

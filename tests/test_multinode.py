@@ -233,3 +233,17 @@ def test_barrier_times_out_cleanly_when_a_node_never_comes(lab: Lab, tmp_path: P
     assert_one_error_line(results[0].err, "barrier timed out", lab.hosts.name(1))
 
 
+
+
+def test_a_failing_node_stops_every_node_through_the_barrier(lab: Lab, tmp_path: Path) -> None:
+    contract = old_contract(lab, 3, port())
+    results = run_job(lab, tmp_path, 3, ["python", "-c", "print('must not run')"],
+                      lambda i: {**contract(i),
+                                 **({"BOOTSTRAP_REQUIRE_GPU": "1"} if i == 2 else {})},
+                      extra={"BOOTSTRAP_BARRIER": "on", "BOOTSTRAP_PEER_TIMEOUT": "60"})
+    assert [r.code for r in results] == [5, 5, 4], [r.err for r in results]
+    for r in results:
+        assert "must not run" not in r.out
+    assert_one_error_line(results[0].err, "node 2 (", "BOOTSTRAP_REQUIRE_GPU=1")
+    assert_one_error_line(results[1].err, "node 2 (")
+    assert_one_error_line(results[2].err, "this node failed its preflight")

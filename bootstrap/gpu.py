@@ -1,0 +1,163 @@
+"""The GPUs of this node, read through NVML: the one place NVML is called.
+
+``inspect`` is the I/O boundary: it imports the NVML bindings (``pynvml``, from the
+nvidia-ml-py package; ``BOOTSTRAP_NVML_MODULE`` names another module with the same
+API, which is how the tests inject a fake) and returns a frozen :class:`Inventory`.
+Everything else (which findings are warnings or failures) is pure, in preflight.py.
+
+Queries a GPU does not support (ECC on consumer boards, remapped rows before
+Ampere) come back as None rather than as errors.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional, TypeVar
+
+T = TypeVar("T")
+
+# Clock-event bits worth a warning (pynvml's nvmlClocksThrottleReason* values).
+THROTTLE_REASONS = {0x08: "hardware slowdown", 0x20: "software thermal slowdown",
+                    0x40: "hardware thermal slowdown", 0x80: "power brake"}
+
+
+@dataclass(frozen=True)
+class Gpu:
+    index: int
+    name: str
+    uuid: str
+    memory_total: int  # bytes
+    memory_used: int
+    persistence: Optional[bool] = None
+    pcie_gen: Optional[int] = None
+    pcie_gen_max: Optional[int] = None
+    pcie_width: Optional[int] = None
+    pcie_width_max: Optional[int] = None
+    temperature: Optional[int] = None  # Celsius
+    power_watts: Optional[float] = None
+    ecc_uncorrected: Optional[int] = None  # volatile
+    retired_pending: Optional[bool] = None
+    remap_pending: Optional[bool] = None
+    remap_failed: Optional[bool] = None
+    processes: Optional[int] = None  # compute processes already on it
+    throttle: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Inventory:
+    """``nvml`` False: no library or no driver (a CPU node); ``error``: NVML is there but
+    broken (e.g. a driver/library version mismatch)."""
+
+    nvml: bool
+    gpus: tuple[Gpu, ...] = ()
+    driver: str = ""
+    cuda_driver: Optional[int] = None  # e.g. 12040 for CUDA 12.4
+    error: str = ""
+    hidden: int = 0  # GPUs NVML sees but CUDA_VISIBLE_DEVICES hides
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+
+def _text(value: Any) -> str:
+    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+
+
+def visible(env: Mapping[str, str], count: int,
+            uuids: list[str]) -> Optional[list[int]]:
+    """NVML indices CUDA will use, from CUDA_VISIBLE_DEVICES; None: all of them.
+
+    Entries are indices or (prefixes of) UUIDs; like CUDA, the list stops at the
+    first entry that matches nothing. NVIDIA_VISIBLE_DEVICES is applied by the
+    container runtime before NVML sees anything, except ``none``/``void``.
+    """
+    if env.get("NVIDIA_VISIBLE_DEVICES", "").strip().lower() in ("none", "void"):
+        return []
+    raw = env.get("CUDA_VISIBLE_DEVICES")
+    if raw is None:
+        return None
+    chosen: list[int] = []
+    for entry in (e.strip() for e in raw.split(",")):
+        if entry.isdigit() and int(entry) < count:
+            index = int(entry)
+        else:
+            matches = [i for i, u in enumerate(uuids) if entry and u.startswith(entry)]
+            if len(matches) != 1:
+                break
+            index = matches[0]
+        if index in chosen:
+            break
+        chosen.append(index)
+    return chosen
+
+
+def inspect(env: Mapping[str, str]) -> Inventory:
+    module = env.get("BOOTSTRAP_NVML_MODULE", "").strip() or "pynvml"
+    try:
+        nvml = importlib.import_module(module)
+    except ImportError:
+        return Inventory(nvml=False, notes=(f"the NVML bindings ({module}) are not installed",))
+    try:
+        nvml.nvmlInit()
+    except nvml.NVMLError as exc:
+        code = getattr(exc, "value", None)
+        if code in (nvml.NVML_ERROR_LIBRARY_NOT_FOUND, nvml.NVML_ERROR_DRIVER_NOT_LOADED):
+            return Inventory(nvml=False, notes=(f"NVML: {exc}",))
+        return Inventory(nvml=True, error=f"NVML failed to start: {exc}")
+    try:
+        return _read(nvml, env)
+    except nvml.NVMLError as exc:
+        return Inventory(nvml=True, error=f"NVML query failed: {exc}")
+    finally:
+        with contextlib.suppress(nvml.NVMLError):  # the process is about to exec anyway
+            nvml.nvmlShutdown()
+
+
+def _read(nvml: Any, env: Mapping[str, str]) -> Inventory:
+    def maybe(fn: Callable[..., T], *args: Any) -> Optional[T]:
+        try:
+            return fn(*args)
+        except nvml.NVMLError:  # NotSupported and friends: a missing answer, not a failure
+            return None
+
+    count = nvml.nvmlDeviceGetCount()
+    handles = [nvml.nvmlDeviceGetHandleByIndex(i) for i in range(count)]
+    uuids = [_text(nvml.nvmlDeviceGetUUID(h)) for h in handles]
+    chosen = visible(env, count, uuids)
+    indices = list(range(count)) if chosen is None else chosen
+    gpus = []
+    for i in indices:
+        h = handles[i]
+        mem = nvml.nvmlDeviceGetMemoryInfo(h)
+        remap = maybe(nvml.nvmlDeviceGetRemappedRows, h)
+        procs = maybe(nvml.nvmlDeviceGetComputeRunningProcesses, h)
+        reasons = maybe(nvml.nvmlDeviceGetCurrentClocksThrottleReasons, h) or 0
+        power = maybe(nvml.nvmlDeviceGetPowerUsage, h)
+        persistence = maybe(nvml.nvmlDeviceGetPersistenceMode, h)
+        gpus.append(Gpu(
+            index=i, name=_text(nvml.nvmlDeviceGetName(h)), uuid=uuids[i],
+            memory_total=int(mem.total), memory_used=int(mem.used),
+            persistence=None if persistence is None else persistence == nvml.NVML_FEATURE_ENABLED,
+            pcie_gen=maybe(nvml.nvmlDeviceGetCurrPcieLinkGeneration, h),
+            pcie_gen_max=maybe(nvml.nvmlDeviceGetMaxPcieLinkGeneration, h),
+            pcie_width=maybe(nvml.nvmlDeviceGetCurrPcieLinkWidth, h),
+            pcie_width_max=maybe(nvml.nvmlDeviceGetMaxPcieLinkWidth, h),
+            temperature=maybe(nvml.nvmlDeviceGetTemperature, h,
+                              nvml.NVML_TEMPERATURE_GPU),
+            power_watts=None if power is None else power / 1000.0,
+            ecc_uncorrected=maybe(nvml.nvmlDeviceGetTotalEccErrors, h,
+                                  nvml.NVML_MEMORY_ERROR_TYPE_UNCORRECTED, nvml.NVML_VOLATILE_ECC),
+            retired_pending=_flag(maybe(nvml.nvmlDeviceGetRetiredPagesPendingStatus, h)),
+            remap_pending=None if remap is None else bool(remap[2]),
+            remap_failed=None if remap is None else bool(remap[3]),
+            processes=None if procs is None else len(procs),
+            throttle=tuple(text for bit, text in THROTTLE_REASONS.items() if reasons & bit),
+        ))
+    return Inventory(nvml=True, gpus=tuple(gpus), driver=_text(nvml.nvmlSystemGetDriverVersion()),
+                     cuda_driver=maybe(nvml.nvmlSystemGetCudaDriverVersion),
+                     hidden=count - len(indices))
+
+
+def _flag(value: Optional[int]) -> Optional[bool]:
+    return None if value is None else bool(value)

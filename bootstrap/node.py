@@ -1,0 +1,74 @@
+"""This node's resources, read once (psutil and the OS): the I/O half of the node checks.
+
+What is measured mirrors the platform's own pre-check (root disk and ``/cache`` over
+32 GB, ``/dev/shm`` over 1 GB, ulimits when InfiniBand is used) plus what makes
+training jobs die late: too little memory, too few open files, a CUDA image newer
+than the driver.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import resource
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+
+@dataclass(frozen=True)
+class NodeState:
+    job_dir: str
+    job_dir_free: Optional[int]  # bytes free where the code lands
+    cache_dir: Optional[str]  # the node-local SSD, when it exists
+    cache_free: Optional[int]
+    shm_total: Optional[int]
+    mem_total: int
+    mem_available: int
+    nofile: int  # soft limit
+    memlock: int  # soft limit in bytes, -1 for unlimited
+    ib_device: Optional[str]  # name of the IPoIB device holding an address
+    cuda_image: Optional[str]  # CUDA_VERSION baked into the image
+    cuda_compat: bool  # the CUDA forward-compatibility libraries are present
+
+
+def _free(path: Path) -> Optional[int]:
+    """Free bytes on the filesystem that holds ``path`` (or its nearest existing parent)."""
+    for candidate in (path, *path.parents):
+        try:
+            st = os.statvfs(candidate)
+        except OSError:
+            continue
+        return st.f_bavail * st.f_frsize
+    return None
+
+
+def _limit(which: int) -> int:
+    soft, _ = resource.getrlimit(which)
+    return -1 if soft == resource.RLIM_INFINITY else int(soft)
+
+
+def measure(env: Mapping[str, str], job_dir: Path) -> NodeState:
+    import psutil
+
+    from . import ipoib
+
+    cache = env.get("BOOTSTRAP_CACHE_DIR", "/cache")
+    has_cache = os.path.isdir(cache)
+    try:
+        shm: Optional[int] = os.statvfs("/dev/shm").f_blocks * os.statvfs("/dev/shm").f_frsize
+    except OSError:
+        shm = None
+    mem = psutil.virtual_memory()
+    device = ipoib.device(env)
+    return NodeState(
+        job_dir=str(job_dir), job_dir_free=_free(job_dir),
+        cache_dir=cache if has_cache else None,
+        cache_free=_free(Path(cache)) if has_cache else None,
+        shm_total=shm, mem_total=int(mem.total), mem_available=int(mem.available),
+        nofile=_limit(resource.RLIMIT_NOFILE), memlock=_limit(resource.RLIMIT_MEMLOCK),
+        ib_device=device if ipoib.local_address(device) else None,
+        cuda_image=env.get("CUDA_VERSION") or None,
+        cuda_compat=bool(glob.glob("/usr/local/cuda/compat/libcuda.so*")),
+    )
