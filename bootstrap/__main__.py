@@ -2,6 +2,7 @@
 
 * ``run_train.sh ARGS`` and ``python -m bootstrap ARGS``: the job (:func:`job_main`).
 * ``python -m bootstrap check [--json]`` / ``bootstrap-check``: the node preflight alone.
+* ``python -m bootstrap sync SRC DST`` / ``bootstrap-sync``: copy a tree to or from OBS.
 
 Errors the bootstrap can explain print one line, ``run_train: error: ...``, and exit
 with the code errors.py documents. Anything else is a bug: one line too, exit 70,
@@ -56,8 +57,7 @@ def job_main(argv: Optional[Sequence[str]] = None) -> int:
     def body() -> int:
         from . import main as story
 
-        story.run(args, os.environ)
-        return 0  # pragma: no cover - run() execs or raises
+        return story.run(args, os.environ)
 
     return _guard(body)
 
@@ -73,11 +73,24 @@ def check_main(argv: Optional[Sequence[str]] = None) -> int:
     return _guard(body)
 
 
+def sync_main(argv: Optional[Sequence[str]] = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+
+    def body() -> int:
+        from . import synccmd
+
+        return synccmd.run(args, os.environ)
+
+    return _guard(body)
+
+
 def main() -> int:
-    """``python -m bootstrap``: ``check`` is a tool, anything else is a job."""
+    """``python -m bootstrap``: ``check`` and ``sync`` are tools, anything else is a job."""
     args = sys.argv[1:]
     if args[:1] == ["check"]:
         return check_main(args[1:])
+    if args[:1] == ["sync"]:
+        return sync_main(args[1:])
     return job_main(args)
 
 

@@ -20,10 +20,10 @@ from typing import Any, NoReturn, Optional
 
 from . import cluster as cluster_mod
 from . import command as command_mod
-from . import launch, preflight, topology
+from . import deps, launch, outputs, preflight, topology
 from . import location as loc
 from . import settings as settings_mod
-from .errors import BarrierFailed, PreflightFailed, Terminated
+from .errors import EXIT_DOWNLOAD, BarrierFailed, ConfigError, PreflightFailed, Terminated
 from .log import Log, Redactor
 
 # Signals that stop the bootstrap itself before the command runs. A handler that
@@ -45,7 +45,8 @@ def timed(log: Log, name: str) -> Iterator[dict[str, str]]:
     log.stage(name, time.monotonic() - started, info["detail"])
 
 
-def run(argv: Sequence[str], environ: Mapping[str, str]) -> NoReturn:
+def run(argv: Sequence[str], environ: Mapping[str, str]) -> int:
+    """Runs the job; execs the command (no return) or returns the supervised exit code."""
     for signum in STOP_SIGNALS:
         signal.signal(signum, _raise_terminated)
     settings = settings_mod.load(environ)
@@ -53,6 +54,11 @@ def run(argv: Sequence[str], environ: Mapping[str, str]) -> NoReturn:
     command = command_mod.parse(argv)
     location = loc.parse(settings.app_url) if settings.app_url else None
     cluster = cluster_mod.discover(environ)
+    if settings.output_dir is not None:
+        if settings.train_url is None:
+            raise ConfigError("BOOTSTRAP_OUTPUT_DIR is set but DLS_TRAIN_URL is not: set the "
+                              "job's training output location (s3://bucket/output/)")
+        outputs.remote(settings.train_url, "DLS_TRAIN_URL")
 
     log.info(f"user: uid={os.getuid()} gid={os.getgid()} pwd: {os.getcwd()}")
     log.info(f"app url: {settings.app_url or '(none: running from the current directory)'}")
@@ -85,11 +91,52 @@ def run(argv: Sequence[str], environ: Mapping[str, str]) -> NoReturn:
 
     final_argv = command_mod.resolve(command, code_dir, Path.cwd(), location)
     env = launch.user_environment(environ, settings.home, settings.job_dir, code_dir, exports)
-    log.info(f"exec: {shlex.join(log.redact.argv(final_argv))}"
-             + (f" (in {code_dir})" if code_dir else ""))
-    for signum in STOP_SIGNALS:
-        signal.signal(signum, signal.SIG_DFL)
-    launch.exec_command(final_argv, env, code_dir)
+    if code_dir is not None:
+        requirements = deps.requirements_file(code_dir, settings.pip_install)
+        if requirements is not None:
+            with timed(log, "deps") as info:
+                deps.install(requirements, deps.interpreter(final_argv, env), env, log)
+                info["detail"] = f"{requirements.name} installed"
+
+    sync = outputs.OutputSync(settings, environ, log) if settings.output_dir else None
+    supervise = settings.supervise
+    if supervise is None:  # PID 1 must supervise; so must anything with work after the end
+        supervise = os.getpid() == 1 or sync is not None or settings.log_upload_url is not None
+    launch.find_program(final_argv[0], env)  # 127/126 now, while we can still say why
+    where = f" (in {code_dir})" if code_dir else ""
+    if not supervise:
+        log.info(f"exec: {shlex.join(log.redact.argv(final_argv))}{where}")
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, signal.SIG_DFL)
+        launch.exec_command(final_argv, env, code_dir)
+    log.info(f"run (supervised, pid {os.getpid()}): {shlex.join(log.redact.argv(final_argv))}"
+             f"{where}; log: {settings.log_file}")
+    return _supervise(final_argv, env, code_dir, settings, environ, log, sync)
+
+
+def _supervise(argv: Sequence[str], env: Mapping[str, str], cwd: Optional[Path],
+               settings: settings_mod.Settings, environ: Mapping[str, str], log: Log,
+               sync: Optional[outputs.OutputSync]) -> int:
+    from . import supervise
+
+    if sync is not None:
+        sync.start_periodic()
+    outcome = supervise.Supervisor(argv, env, cwd, settings.grace_seconds, log,
+                                   settings.log_file).run()
+    # The platform may repeat its SIGTERM while we save the outputs: finish the job's
+    # last duties rather than die half-way (SIGKILL still ends everything).
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_IGN)
+    code = outcome.exit_code
+    if code != 0:
+        supervise.write_failure_record(settings.failure_file, outcome,
+                                       settings.task_index_hint, log)
+    if sync is not None and not sync.final() and code == 0:
+        code = EXIT_DOWNLOAD  # the command succeeded but its outputs did not reach OBS
+    if settings.log_upload_url is not None:
+        outputs.upload_log(settings.log_file, settings.log_upload_url, settings, environ, log)
+    log.info(outcome.describe() + (f"; exiting {code}" if code != outcome.exit_code else ""))
+    return code
 
 
 def _local_failure(report: preflight.Report) -> PreflightFailed:

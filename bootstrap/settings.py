@@ -37,6 +37,16 @@ class Settings:
     task_index_hint: str  # DLS_TASK_INDEX / VC_TASK_INDEX, for log file names
     barrier: str  # "auto" (when an IB device exists) | "on" | "off"
     master_addr_ib: bool  # MASTER_ADDR = node 0's IPoIB address
+    supervise: Optional[bool]  # None: decide (PID 1 or work after the command)
+    grace_seconds: float
+    log_file: Path  # the command's output, tee'd while supervising
+    failure_file: Path
+    output_dir: Optional[Path]  # synced to train_url
+    train_url: Optional[str]
+    sync_interval: float  # 0: only at the end
+    sync_settle: float  # files younger than this wait for the next periodic round
+    log_upload_url: Optional[str]
+    pip_install: str  # "auto" | "on" | "off"
 
     @property
     def job_dir(self) -> Path:
@@ -93,10 +103,25 @@ def default_home(env: Mapping[str, str]) -> Path:
     return Path(raw).expanduser().absolute()
 
 
+def _log_upload_url(env: Mapping[str, str]) -> Optional[str]:
+    """BOOTSTRAP_LOG_UPLOAD_URL, else the original's DLS_UPLOAD_LOG_OBS_DIR when
+    DLS_USE_UPLOADER is on."""
+    url = env.get("BOOTSTRAP_LOG_UPLOAD_URL", "").strip()
+    if url:
+        return url
+    if env_flag(env, "DLS_USE_UPLOADER", False):
+        return env.get("DLS_UPLOAD_LOG_OBS_DIR", "").strip() or None
+    return None
+
+
 def load(env: Mapping[str, str]) -> Settings:
     app_url = env.get("DLS_APP_URL", "").strip() or None
+    home = default_home(env)
+    task = env.get("VC_TASK_INDEX") or env.get("DLS_TASK_INDEX") or "0"
+    supervise_raw = env.get("BOOTSTRAP_SUPERVISE", "").strip()
+    output_dir = env.get("BOOTSTRAP_OUTPUT_DIR", "").strip()
     return Settings(
-        home=default_home(env),
+        home=home,
         app_url=app_url,
         log_format=env_choice(env, "BOOTSTRAP_LOG_FORMAT", "text", ("text", "json")),
         download_workers=env_int(env, "BOOTSTRAP_DOWNLOAD_WORKERS", 32, minimum=1),
@@ -111,7 +136,18 @@ def load(env: Mapping[str, str]) -> Settings:
         addressing=env_choice(env, "BOOTSTRAP_S3_ADDRESSING", "auto",
                               ("auto", "path", "virtual")),
         peer_timeout=env_float(env, "BOOTSTRAP_PEER_TIMEOUT", 600.0, minimum=0),
-        task_index_hint=env.get("VC_TASK_INDEX") or env.get("DLS_TASK_INDEX") or "0",
+        task_index_hint=task,
         barrier=env_choice(env, "BOOTSTRAP_BARRIER", "auto", ("auto", "on", "off")),
         master_addr_ib=env_flag(env, "BOOTSTRAP_MASTER_ADDR_IB", False),
+        supervise=env_flag(env, "BOOTSTRAP_SUPERVISE", False) if supervise_raw else None,
+        grace_seconds=env_float(env, "BOOTSTRAP_GRACE_SECONDS", 30.0, minimum=0),
+        log_file=Path(env.get("BOOTSTRAP_LOG_FILE", "").strip() or f"/tmp/dls-task-{task}.log"),
+        failure_file=Path(env.get("BOOTSTRAP_FAILURE_FILE", "").strip()
+                          or home / "user-job-dir" / "failure.json"),
+        output_dir=Path(output_dir).absolute() if output_dir else None,
+        train_url=env.get("DLS_TRAIN_URL", "").strip() or None,
+        sync_interval=env_float(env, "BOOTSTRAP_SYNC_INTERVAL", 0.0, minimum=0),
+        sync_settle=env_float(env, "BOOTSTRAP_SYNC_SETTLE_SECONDS", 5.0, minimum=0),
+        log_upload_url=_log_upload_url(env),
+        pip_install=env_choice(env, "BOOTSTRAP_PIP_INSTALL", "auto", ("auto", "1", "0")),
     )

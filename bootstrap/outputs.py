@@ -1,0 +1,107 @@
+"""What happens after (and while) the command runs: output sync and log upload.
+
+``BOOTSTRAP_OUTPUT_DIR`` (a local folder, e.g. on /cache) is synced to
+``DLS_TRAIN_URL`` when the command ends, whatever its exit code, and every
+``BOOTSTRAP_SYNC_INTERVAL`` seconds while it runs, so a preempted job keeps its last
+checkpoints. The log file is uploaded to ``BOOTSTRAP_LOG_UPLOAD_URL`` (or the
+original's ``DLS_UPLOAD_LOG_OBS_DIR`` with ``DLS_USE_UPLOADER``); a log upload error
+is reported and never changes the exit code.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Optional
+
+from . import location as loc
+from .errors import ConfigError, DownloadError
+from .log import Log
+from .settings import Settings
+
+
+def remote(url: str, what: str) -> loc.Location:
+    parsed = loc.parse(url, what)
+    if not parsed.is_remote:
+        raise ConfigError(f"{what}={url!r} must be an s3:// or obs:// URL")
+    return parsed
+
+
+class OutputSync:
+    def __init__(self, settings: Settings, env: Mapping[str, str], log: Log) -> None:
+        if settings.output_dir is None:
+            raise ValueError("no output dir")
+        if settings.train_url is None:
+            raise ConfigError("BOOTSTRAP_OUTPUT_DIR is set but DLS_TRAIN_URL is not: set the "
+                              "job's training output location (s3://bucket/output/)")
+        self.src = settings.output_dir
+        self.dest = remote(settings.train_url, "DLS_TRAIN_URL")
+        self.settings, self.env, self.log = settings, env, log
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+        self._lock = threading.Lock()  # one sync at a time: periodic and final never overlap
+        from .upload import SyncState
+
+        self.src.mkdir(parents=True, exist_ok=True)
+        self.state = SyncState.load(settings.job_dir / ".output-sync-state.json")
+
+    def _sync(self, settle: float) -> str:
+        from .upload import sync_tree
+
+        with self._lock:
+            stats = sync_tree(self.src, self.dest, self.settings, self.env, self.log,
+                              self.state, settle=settle)
+        return stats.summary()
+
+    def start_periodic(self) -> None:
+        interval = self.settings.sync_interval
+        if interval <= 0:
+            return
+
+        def loop() -> None:
+            while not self._stop.wait(interval):
+                try:
+                    summary = self._sync(self.settings.sync_settle)
+                    self.log.info(f"output sync: {summary} -> {self.dest.url}")
+                except DownloadError as exc:  # the final sync retries; the job goes on
+                    self.log.warn(f"periodic output sync failed: {exc.message}")
+
+        self._thread = threading.Thread(target=loop, name="output-sync", daemon=True)
+        self._thread.start()
+
+    def final(self) -> bool:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        try:
+            summary = self._sync(0.0)
+        except DownloadError as exc:
+            self.log.error(f"final output sync failed, outputs are only in {self.src}: "
+                           f"{exc.message}")
+            return False
+        self.log.info(f"output sync (final): {summary} -> {self.dest.url}")
+        return True
+
+
+def upload_log(path: Path, url: str, settings: Settings, env: Mapping[str, str],
+               log: Log) -> None:
+    from .s3client import make_client
+    from .upload import Uploader
+
+    try:
+        dest = remote(url, "the log upload URL")
+        key = (dest.prefix or "") + path.name
+        client = make_client(env, settings, 2)
+        Uploader(client, dest, settings, log).put_file(path, key)
+        log.info(f"log uploaded to {dest.bucket}/{key}")
+    except (DownloadError, ConfigError, OSError) as exc:
+        log.warn(f"log upload failed (the exit code is unchanged): {exc}")
+    except Exception as exc:  # noqa: BLE001 - a log upload must never change the job's end
+        from .fetch import explain
+
+        try:
+            reason = explain(exc, remote(url, "the log upload URL"), None).message
+        except Exception:  # noqa: BLE001 - explain re-raises what it cannot name
+            reason = type(exc).__name__
+        log.warn(f"log upload failed (the exit code is unchanged): {reason}")

@@ -1,0 +1,219 @@
+"""Run the command as a supervised child: PID 1 duties, signals, exit codes, a log.
+
+When the bootstrap is a container's ENTRYPOINT it is PID 1, where the kernel applies
+no default signal actions: a plain exec'd Python ignores the platform's SIGTERM and
+is SIGKILLed after the stop timeout (checkpoints lost, exit 137). So, when it is PID
+1, or ``BOOTSTRAP_SUPERVISE=1``, or anything must run after the command (output
+sync, log upload), the bootstrap keeps running as the parent:
+
+* the command runs in its own session and process group;
+* SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 are forwarded to that group;
+* after a forwarded SIGTERM (or SIGINT) the group gets ``BOOTSTRAP_GRACE_SECONDS``
+  (default 30) to finish, then SIGKILL;
+* every zombie is reaped (as PID 1, or as a child subreaper otherwise);
+* the exit code is the command's, or 128 + N when it died by signal N, as a shell
+  reports it (never flattened to 1);
+* stdout and stderr stream through unchanged, and are also appended to the log file
+  (``/tmp/dls-task-$DLS_TASK_INDEX.log`` like the original, ``BOOTSTRAP_LOG_FILE``);
+* on a non-zero end a failure record (exit code, signal, last lines of stderr) is
+  written once to ``BOOTSTRAP_FAILURE_FILE`` (default ``<job dir>/failure.json``).
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import ctypes
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, Optional
+
+from .log import Log
+
+FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
+             signal.SIGUSR2)
+GRACE_TRIGGERS = (signal.SIGTERM, signal.SIGINT)
+PR_SET_CHILD_SUBREAPER = 36
+STDERR_TAIL_BYTES = 16 * 1024
+
+
+@dataclass(frozen=True)
+class Outcome:
+    exit_code: int
+    signal: Optional[int]  # the signal that ended the command, if any
+    killed_after_grace: bool
+    seconds: float
+    stderr_tail: str
+
+    def describe(self) -> str:
+        if self.killed_after_grace:
+            how = "killed by SIGKILL after the grace period"
+        elif self.signal is not None:
+            how = f"ended by {signal.Signals(self.signal).name}"
+        else:
+            how = "exited"
+        return f"command {how}: exit code {self.exit_code}, wall time {self.seconds:.1f} s"
+
+
+def become_subreaper() -> bool:
+    """Orphaned grandchildren are re-parented to us, so we can reap them (Linux only)."""
+    if os.getpid() == 1:
+        return True
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return bool(libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
+    except (OSError, AttributeError):
+        return False
+
+
+class _Tee(threading.Thread):
+    """Copies one pipe to our stream and the log file, chunk by chunk, as it arrives
+    (progress bars that redraw with \\r are not held back until a newline)."""
+
+    def __init__(self, pipe: IO[bytes], out: IO[bytes], logfile: Optional[IO[bytes]],
+                 lock: threading.Lock, keep_tail: bool) -> None:
+        super().__init__(daemon=True)
+        self.pipe, self.out, self.logfile, self.lock = pipe, out, logfile, lock
+        self.tail: collections.deque[bytes] = collections.deque()
+        self.tail_size = 0
+        self.keep_tail = keep_tail
+
+    def run(self) -> None:
+        fd = self.pipe.fileno()
+        while True:
+            try:
+                chunk = os.read(fd, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            with contextlib.suppress(OSError):  # a closed stdout must not kill the job
+                self.out.write(chunk)
+                self.out.flush()
+            if self.logfile is not None:
+                with self.lock, contextlib.suppress(OSError):
+                    self.logfile.write(chunk)
+                    self.logfile.flush()
+            if self.keep_tail:
+                self.tail.append(chunk)
+                self.tail_size += len(chunk)
+                while self.tail_size > STDERR_TAIL_BYTES and len(self.tail) > 1:
+                    self.tail_size -= len(self.tail.popleft())
+
+    def text(self, lines: int = 40) -> str:
+        data = b"".join(self.tail).decode("utf-8", errors="replace")
+        return "\n".join(data.splitlines()[-lines:])
+
+
+class Supervisor:
+    def __init__(self, argv: Sequence[str], env: Mapping[str, str], cwd: Optional[Path],
+                 grace: float, log: Log, log_path: Optional[Path]) -> None:
+        self.argv, self.env, self.cwd = list(argv), dict(env), cwd
+        self.grace, self.log, self.log_path = grace, log, log_path
+        self.child: Optional[subprocess.Popen[bytes]] = None
+        self.killed_after_grace = False
+        self._grace_timer: Optional[threading.Timer] = None
+
+    def _forward(self, signum: int, frame: Any) -> None:
+        child = self.child
+        if child is None:
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(child.pid, signum)
+        if signum in GRACE_TRIGGERS and self._grace_timer is None:
+            self.log.info(f"{signal.Signals(signum).name} forwarded to the command; SIGKILL in "
+                          f"{self.grace:g} s unless it exits (BOOTSTRAP_GRACE_SECONDS)")
+            self._grace_timer = threading.Timer(self.grace, self._kill)
+            self._grace_timer.daemon = True
+            self._grace_timer.start()
+
+    def _kill(self) -> None:
+        child = self.child
+        if child is not None and child.returncode is None:
+            self.killed_after_grace = True
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(child.pid, signal.SIGKILL)
+
+    def run(self) -> Outcome:
+        become_subreaper()
+        logfile = None
+        if self.log_path is not None:
+            try:
+                self.log_path.parent.mkdir(parents=True, exist_ok=True)
+                logfile = open(self.log_path, "ab")  # noqa: SIM115 - closed below
+            except OSError as exc:
+                self.log.warn(f"cannot write the log file {self.log_path}: {exc.strerror}")
+        started = time.monotonic()
+        for signum in FORWARDED:
+            signal.signal(signum, self._forward)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        self.child = subprocess.Popen(self.argv, env=self.env, cwd=self.cwd,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      start_new_session=True)
+        lock = threading.Lock()
+        assert self.child.stdout is not None and self.child.stderr is not None
+        tees = [_Tee(self.child.stdout, sys.stdout.buffer, logfile, lock, keep_tail=False),
+                _Tee(self.child.stderr, sys.stderr.buffer, logfile, lock, keep_tail=True)]
+        for tee in tees:
+            tee.start()
+        status = self._reap_until_child_exits(self.child.pid)
+        self.child.returncode = status
+        if self._grace_timer is not None:
+            self._grace_timer.cancel()
+        for tee in tees:  # grandchildren may keep the pipes open: do not wait for ever
+            tee.join(timeout=2)
+        if logfile is not None:
+            logfile.close()
+        for signum in FORWARDED:
+            signal.signal(signum, signal.SIG_DFL)
+        died_by = os.WTERMSIG(status) if os.WIFSIGNALED(status) else None
+        code = 128 + died_by if died_by is not None else os.WEXITSTATUS(status)
+        return Outcome(code, died_by, self.killed_after_grace, time.monotonic() - started,
+                       tees[1].text())
+
+    @staticmethod
+    def _reap_until_child_exits(pid: int) -> int:
+        """Reaps every child (orphans included) until ``pid`` ends; returns its status."""
+        while True:
+            try:
+                reaped, status = os.waitpid(-1, 0)
+            except ChildProcessError:  # pragma: no cover - pid already reaped elsewhere
+                return 0
+            if reaped == pid:
+                # Collect zombies that are already there; live orphans keep running.
+                with contextlib.suppress(ChildProcessError):
+                    while os.waitpid(-1, os.WNOHANG)[0] > 0:
+                        pass
+                return status
+
+
+def write_failure_record(path: Path, outcome: Outcome, task_index: str, log: Log) -> None:
+    """Written once: an existing record (the first failure of the job) is never replaced."""
+    record = {"exit_code": outcome.exit_code,
+              "signal": signal.Signals(outcome.signal).name if outcome.signal else None,
+              "killed_after_grace": outcome.killed_after_grace,
+              "wall_seconds": round(outcome.seconds, 3), "task_index": task_index,
+              "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+              "stderr_tail": log.redact(outcome.stderr_tail)}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        log.info(f"failure record {path} already exists: kept as it is")
+        return
+    except OSError as exc:
+        log.warn(f"cannot write the failure record {path}: {exc.strerror}")
+        return
+    with os.fdopen(fd, "w") as fh:
+        json.dump(record, fh, indent=2)
+        fh.write("\n")
+    log.info(f"failure record: {path}")
