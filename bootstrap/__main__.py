@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import sys
-import traceback
 from collections.abc import Sequence
 from typing import Callable, Optional
 
@@ -44,6 +43,8 @@ def _guard(body: Callable[[], int]) -> int:
         return 130
     except Exception as exc:  # noqa: BLE001 - the last line of defence: no raw traceback
         if os.environ.get("BOOTSTRAP_DEBUG") == "1":
+            import traceback
+
             traceback.print_exc()
         _fail(f"internal error ({type(exc).__name__}: {exc}); rerun with BOOTSTRAP_DEBUG=1 "
               "and report it")

@@ -22,8 +22,8 @@ No variables at all: a one-node job on this host (local development).
 
 from __future__ import annotations
 
+import os
 import re
-import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -216,6 +216,6 @@ def discover(env: Mapping[str, str], volcano_dir: Optional[Path] = None) -> Clus
     elif old is not None:
         hosts, rank, source = old[0], old[1], "old"
     else:
-        hosts, rank, source = [(socket.gethostname(), port)], 0, "local"
+        hosts, rank, source = [(os.uname().nodename, port)], 0, "local"
     nodes = tuple(Node(i, h, p) for i, (h, p) in enumerate(hosts))
     return Cluster(nodes=nodes, rank=rank, source=source, job_id=job_id(env, hosts))

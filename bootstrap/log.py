@@ -8,7 +8,6 @@ when it is embedded in a URL, a command argument or an exception message.
 
 from __future__ import annotations
 
-import json
 import re
 import sys
 import threading
@@ -68,6 +67,8 @@ class Log:
     def _emit(self, level: str, message: str, fields: Mapping[str, Any]) -> None:
         message = self._redact(message)
         if self._json:
+            import json
+
             record = {"ts": round(time.time(), 3), "level": level, "msg": message}
             record.update({k: (self._redact(v) if isinstance(v, str) else v)
                            for k, v in fields.items()})

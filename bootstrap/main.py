@@ -16,15 +16,18 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, NoReturn, Optional
+from typing import TYPE_CHECKING, Any, NoReturn, Optional
 
 from . import cluster as cluster_mod
 from . import command as command_mod
-from . import deps, launch, outputs, preflight, topology
+from . import launch, preflight, topology
 from . import location as loc
 from . import settings as settings_mod
 from .errors import EXIT_DOWNLOAD, BarrierFailed, ConfigError, PreflightFailed, Terminated
 from .log import Log, Redactor
+
+if TYPE_CHECKING:
+    from .outputs import OutputSync
 
 # Signals that stop the bootstrap itself before the command runs. A handler that
 # raises turns them into an exception, so every stage's cleanup (temporary files
@@ -55,6 +58,8 @@ def run(argv: Sequence[str], environ: Mapping[str, str]) -> int:
     location = loc.parse(settings.app_url) if settings.app_url else None
     cluster = cluster_mod.discover(environ)
     if settings.output_dir is not None:
+        from . import outputs
+
         if settings.train_url is None:
             raise ConfigError("BOOTSTRAP_OUTPUT_DIR is set but DLS_TRAIN_URL is not: set the "
                               "job's training output location (s3://bucket/output/)")
@@ -92,13 +97,19 @@ def run(argv: Sequence[str], environ: Mapping[str, str]) -> int:
     final_argv = command_mod.resolve(command, code_dir, Path.cwd(), location)
     env = launch.user_environment(environ, settings.home, settings.job_dir, code_dir, exports)
     if code_dir is not None:
+        from . import deps
+
         requirements = deps.requirements_file(code_dir, settings.pip_install)
         if requirements is not None:
             with timed(log, "deps") as info:
                 deps.install(requirements, deps.interpreter(final_argv, env), env, log)
                 info["detail"] = f"{requirements.name} installed"
 
-    sync = outputs.OutputSync(settings, environ, log) if settings.output_dir else None
+    sync = None
+    if settings.output_dir is not None:
+        from . import outputs
+
+        sync = outputs.OutputSync(settings, environ, log)
     supervise = settings.supervise
     if supervise is None:  # PID 1 must supervise; so must anything with work after the end
         supervise = os.getpid() == 1 or sync is not None or settings.log_upload_url is not None
@@ -116,8 +127,8 @@ def run(argv: Sequence[str], environ: Mapping[str, str]) -> int:
 
 def _supervise(argv: Sequence[str], env: Mapping[str, str], cwd: Optional[Path],
                settings: settings_mod.Settings, environ: Mapping[str, str], log: Log,
-               sync: Optional[outputs.OutputSync]) -> int:
-    from . import supervise
+               sync: Optional[OutputSync]) -> int:
+    from . import outputs, supervise
 
     if sync is not None:
         sync.start_periodic()
@@ -153,8 +164,6 @@ def _cluster_stage(cluster: cluster_mod.Cluster, settings: settings_mod.Settings
     A node that failed its preflight still takes part in the barrier, so that every
     other node learns why the job stops; then it exits with the preflight's code.
     """
-    from . import barrier, ipoib
-
     facts = topology.NodeFacts(gpus=report.gpu_count)
     if cluster.size == 1:
         if not report.ok:
@@ -163,7 +172,7 @@ def _cluster_stage(cluster: cluster_mod.Cluster, settings: settings_mod.Settings
             return None
         return topology.Topology(cluster, {0: facts})
 
-    from . import peers
+    from . import barrier, ipoib, peers
 
     with timed(log, "peers") as info:
         addresses = peers.wait_for_names(cluster.peers, settings.peer_timeout, log)

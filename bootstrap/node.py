@@ -49,24 +49,37 @@ def _limit(which: int) -> int:
     return -1 if soft == resource.RLIM_INFINITY else int(soft)
 
 
-def measure(env: Mapping[str, str], job_dir: Path) -> NodeState:
-    import psutil
+def memory() -> tuple[int, int]:
+    """(total, available) bytes: /proc/meminfo where it exists (cheap), else psutil."""
+    try:
+        fields = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text()
+                      .splitlines() if ":" in line)
+        return (int(fields["MemTotal"].split()[0]) * 1024,
+                int(fields["MemAvailable"].split()[0]) * 1024)
+    except (OSError, KeyError, ValueError):
+        import psutil
 
+        mem = psutil.virtual_memory()
+        return int(mem.total), int(mem.available)
+
+
+def measure(env: Mapping[str, str], job_dir: Path) -> NodeState:
     from . import ipoib
 
     cache = env.get("BOOTSTRAP_CACHE_DIR", "/cache")
     has_cache = os.path.isdir(cache)
     try:
-        shm: Optional[int] = os.statvfs("/dev/shm").f_blocks * os.statvfs("/dev/shm").f_frsize
+        st = os.statvfs("/dev/shm")
+        shm: Optional[int] = st.f_blocks * st.f_frsize
     except OSError:
         shm = None
-    mem = psutil.virtual_memory()
+    mem_total, mem_available = memory()
     device = ipoib.device(env)
     return NodeState(
         job_dir=str(job_dir), job_dir_free=_free(job_dir),
         cache_dir=cache if has_cache else None,
         cache_free=_free(Path(cache)) if has_cache else None,
-        shm_total=shm, mem_total=int(mem.total), mem_available=int(mem.available),
+        shm_total=shm, mem_total=mem_total, mem_available=mem_available,
         nofile=_limit(resource.RLIMIT_NOFILE), memlock=_limit(resource.RLIMIT_MEMLOCK),
         ib_device=device if ipoib.local_address(device) else None,
         cuda_image=env.get("CUDA_VERSION") or None,

@@ -75,8 +75,9 @@ def become_subreaper() -> bool:
 
 
 class _Tee(threading.Thread):
-    """Copies one pipe to our stream and the log file, chunk by chunk, as it arrives
-    (progress bars that redraw with \\r are not held back until a newline)."""
+    """Copies one pipe to our stream chunk by chunk, as it arrives (progress bars that
+    redraw with \\r are not held back until a newline), and to the log file whole
+    lines at a time, so stdout and stderr lines never interleave mid-line there."""
 
     def __init__(self, pipe: IO[bytes], out: IO[bytes], logfile: Optional[IO[bytes]],
                  lock: threading.Lock, keep_tail: bool) -> None:
@@ -88,25 +89,38 @@ class _Tee(threading.Thread):
 
     def run(self) -> None:
         fd = self.pipe.fileno()
+        pending = b""
         while True:
             try:
                 chunk = os.read(fd, 65536)
             except OSError:
-                break
+                chunk = b""
             if not chunk:
+                self._log(pending)
                 break
             with contextlib.suppress(OSError):  # a closed stdout must not kill the job
                 self.out.write(chunk)
                 self.out.flush()
             if self.logfile is not None:
-                with self.lock, contextlib.suppress(OSError):
-                    self.logfile.write(chunk)
-                    self.logfile.flush()
+                pending += chunk
+                cut = pending.rfind(b"\n") + 1
+                if cut:
+                    self._log(pending[:cut])
+                    pending = pending[cut:]
+                elif len(pending) > 65536:  # a very long line: do not hold it for ever
+                    self._log(pending)
+                    pending = b""
             if self.keep_tail:
                 self.tail.append(chunk)
                 self.tail_size += len(chunk)
                 while self.tail_size > STDERR_TAIL_BYTES and len(self.tail) > 1:
                     self.tail_size -= len(self.tail.popleft())
+
+    def _log(self, data: bytes) -> None:
+        if self.logfile is not None and data:
+            with self.lock, contextlib.suppress(OSError):
+                self.logfile.write(data)
+                self.logfile.flush()
 
     def text(self, lines: int = 40) -> str:
         data = b"".join(self.tail).decode("utf-8", errors="replace")
