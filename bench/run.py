@@ -107,18 +107,30 @@ class Run:
     rss_mib: float
 
 
+GNU_TIME = "/usr/bin/time"
+
+
 def timed(argv: list[str], env: dict[str, str], cwd: Path | None = None) -> Run:
+    """Wall time, CPU time and peak RSS of one run. The RSS comes from GNU time when it
+    exists: a child forked from this (large) process would otherwise report this
+    process's pages as its own peak until it execs."""
+    stats = Path(tempfile.mkstemp(prefix="bench-time-")[1])
+    wrapped = [GNU_TIME, "-f", "%M %U %S", "-o", str(stats), *argv] \
+        if os.path.exists(GNU_TIME) else argv
     started = time.perf_counter()
-    proc = subprocess.Popen(argv, env=env, cwd=cwd, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
-    assert proc.stderr is not None
-    err = proc.stderr.read()
-    _, status, usage = os.wait4(proc.pid, 0)
+    proc = subprocess.run(wrapped, env=env, cwd=cwd, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE)
     seconds = time.perf_counter() - started
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{argv[0]} exited {proc.returncode}: {err.decode()[-2000:]}")
-    return Run(seconds, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024)
+    try:
+        if proc.returncode != 0:
+            raise RuntimeError(f"{argv[0]} exited {proc.returncode}: "
+                               f"{proc.stderr.decode()[-2000:]}")
+        if wrapped is argv:
+            return Run(seconds, float("nan"), float("nan"))
+        rss_kib, user, system = stats.read_text().split()[-3:]
+        return Run(seconds, float(user) + float(system), int(rss_kib) / 1024)
+    finally:
+        stats.unlink()
 
 
 def contenders(s3: S3Server, bench_env: Path) -> dict[str, Callable[[str, Path], tuple[list[str], dict[str, str], Path]]]:

@@ -23,10 +23,12 @@ import collections
 import contextlib
 import functools
 import hashlib
+import http.client
 import os
 import re
 import secrets
 import shutil
+import socket
 import threading
 import time
 from collections.abc import Mapping
@@ -43,6 +45,7 @@ from .paths import SafeDirs, relative_path
 from .settings import Settings
 
 CHUNK = 1024 * 1024
+RANGE_STREAMS = 8  # concurrent ranged GETs of large objects
 TMP_SUFFIX = ".bootstrap-tmp"
 _PLAIN_MD5 = re.compile(r"^[0-9a-f]{32}$")
 
@@ -167,10 +170,15 @@ class Engine:
         self.stats = Stats()
         self.cancel = threading.Event()
         self.error: Optional[BaseException] = None
-        self._tasks: collections.deque[Task] = collections.deque()
+        self._ranges: collections.deque[Task] = collections.deque()
+        self._smalls: collections.deque[Task] = collections.deque()
+        # Large objects saturate the link with few streams; more only add contention
+        # (measured: 8 concurrent 16 MiB ranges beat 32), while small files need many.
+        self._range_slots = threading.Semaphore(RANGE_STREAMS)
         self._temps: set[Path] = set()
         self._temps_lock = threading.Lock()
         self._create_lock = threading.Lock()
+        self._local = threading.local()
 
     # -- planning
     def plan(self, objects: list[RemoteObject], folders: list[str]) -> None:
@@ -189,10 +197,8 @@ class Engine:
                 small.append(lambda o=obj: self._fetch_whole(o))  # type: ignore[misc]
         for rel in folders:
             self.dirs.ensure(rel)
-        # Large objects first: their ranges are the longest tasks, and starting them
-        # early keeps every worker busy until the end.
-        self._tasks.extend(big)
-        self._tasks.extend(small)
+        self._ranges.extend(big)
+        self._smalls.extend(small)
 
     def _range_tasks(self, obj: RemoteObject) -> list[Task]:
         size = self.settings.range_size
@@ -261,24 +267,33 @@ class Engine:
         digest = hashlib.md5(usedforsecurity=False) if obj.md5 else None
         got = 0
         body = resp["Body"]
+        buf = self._buffer()
         try:
-            with open(tmp, "wb") as fh:
+            with open(tmp, "wb", buffering=0) as fh:
                 while True:
-                    chunk = body.read(CHUNK)
-                    if not chunk:
+                    n = body.readinto(buf)
+                    if not n:
                         break
                     if self.cancel.is_set():
                         raise _Cancelled()
-                    fh.write(chunk)
-                    got += len(chunk)
+                    view = buf[:n]
+                    fh.write(view)
+                    got += n
                     if got > obj.size:
                         break
                     if digest is not None:
-                        digest.update(chunk)
+                        digest.update(view)
         finally:
             body.close()
         self.stats.add(0, got)
         _verify(obj, got, digest)
+
+    def _buffer(self) -> memoryview:
+        """This thread's reusable transfer buffer (no allocation per chunk)."""
+        buf = getattr(self._local, "buf", None)
+        if buf is None:
+            buf = self._local.buf = memoryview(bytearray(CHUNK))
+        return buf
 
     # -- ranges of large objects
     def _fetch_range(self, state: _LargeFile, first: int, last: int) -> None:
@@ -303,21 +318,28 @@ class Engine:
                                       Range=f"bytes={first}-{last}")
         body = resp["Body"]
         want = last - first + 1
+        expected = f"bytes {first}-{last}/{state.obj.size}"
+        if resp.get("Status") != 206 or resp.get("ContentRange") != expected:
+            body.close()  # a server that ignored Range would write the wrong bytes here
+            raise retry.TransientError(f"{state.obj.key!r}: asked for {expected}, the server "
+                                       f"answered {resp.get('Status')} "
+                                       f"{resp.get('ContentRange') or '(no Content-Range)'}")
         offset = first
         try:
             fd = os.open(state.tmp, os.O_WRONLY)
         except FileNotFoundError:
             body.close()
             raise _Cancelled() from None
+        buf = self._buffer()
         try:
             while offset <= last:
-                chunk = body.read(min(CHUNK, last + 1 - offset))
-                if not chunk:
+                n = body.readinto(buf[: min(CHUNK, last + 1 - offset)])
+                if not n:
                     break
                 if self.cancel.is_set() or state.failed:
                     raise _Cancelled()
-                os.pwrite(fd, chunk, offset)
-                offset += len(chunk)
+                os.pwrite(fd, buf[:n], offset)
+                offset += n
         finally:
             os.close(fd)
             body.close()
@@ -344,11 +366,30 @@ class Engine:
         self._commit(obj, state.tmp)
 
     # -- running
+    def _next(self) -> tuple[Optional[Task], bool]:
+        """A range while a range stream is free (they are the longest tasks: start them
+        early), else a small file, else wait for a range stream."""
+        if self._ranges and self._range_slots.acquire(blocking=False):
+            try:
+                return self._ranges.popleft(), True
+            except IndexError:
+                self._range_slots.release()
+        try:
+            return self._smalls.popleft(), False
+        except IndexError:
+            pass
+        while self._ranges and not self.cancel.is_set():
+            if self._range_slots.acquire(timeout=0.2):
+                try:
+                    return self._ranges.popleft(), True
+                except IndexError:
+                    self._range_slots.release()
+        return None, False
+
     def _worker(self) -> None:
         while not self.cancel.is_set():
-            try:
-                task = self._tasks.popleft()
-            except IndexError:
+            task, is_range = self._next()
+            if task is None:
                 return
             try:
                 task()
@@ -359,11 +400,15 @@ class Engine:
                     self.error = exc
                 self.cancel.set()
                 return
+            finally:
+                if is_range:
+                    self._range_slots.release()
 
     def run(self, progress_every: float = 5.0) -> Stats:
         started = time.monotonic()
         threads = [threading.Thread(target=self._worker, name=f"fetch-{i}", daemon=True)
-                   for i in range(min(self.settings.download_workers, len(self._tasks)) or 0)]
+                   for i in range(min(self.settings.download_workers,
+                                      len(self._ranges) + len(self._smalls)))]
         for t in threads:
             t.start()
         next_report = started + progress_every
@@ -425,10 +470,25 @@ def explain(exc: BaseException, location: Location, endpoint: Optional[str]) -> 
     """One line that says what went wrong and what to change, for any client failure."""
     if isinstance(exc, DownloadError):
         return exc
+    from .s3lean import NotS3Error, S3Error
+
+    where = endpoint or "the default AWS endpoint"
+    if isinstance(exc, S3Error):
+        return _explain_code(exc.code, exc.status, str(exc), location, where)
+    if isinstance(exc, NotS3Error):
+        return DownloadError(f"{where} did not answer like an S3 server ({exc}); check "
+                             "AWS_ENDPOINT_URL / S3_ENDPOINT")
+    if isinstance(exc, (ConnectionRefusedError, socket.gaierror, socket.timeout,
+                        TimeoutError)):
+        return DownloadError(f"cannot connect to the object store at {where} "
+                             f"({exc.strerror or type(exc).__name__}); check AWS_ENDPOINT_URL "
+                             "/ S3_ENDPOINT and the network")
+    if isinstance(exc, (ConnectionError, http.client.HTTPException)):
+        return DownloadError(f"the object store at {where} kept dropping the connection: "
+                             f"{_short(exc)}")
     from botocore import exceptions as bce
     from botocore.parsers import ResponseParserError
 
-    where = endpoint or "the default AWS endpoint"
     if isinstance(exc, bce.NoCredentialsError):
         return DownloadError("no object-store credentials found: set S3_ACCESS_KEY_ID and "
                              "S3_SECRET_ACCESS_KEY (or AWS_*/OBS_* equivalents)")
@@ -438,25 +498,7 @@ def explain(exc: BaseException, location: Location, endpoint: Optional[str]) -> 
     if isinstance(exc, bce.ClientError):
         code = str(exc.response.get("Error", {}).get("Code", ""))
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-        known = {
-            "NoSuchBucket": f"bucket {location.bucket!r} does not exist at {where}; check "
-                            "DLS_APP_URL",
-            "InvalidAccessKeyId": f"the access key id is not known at {where}; check "
-                                  "S3_ACCESS_KEY_ID / AWS_ACCESS_KEY_ID",
-            "SignatureDoesNotMatch": "the secret key does not match the access key id; "
-                                     "check S3_SECRET_ACCESS_KEY / AWS_SECRET_ACCESS_KEY",
-            "AccessDenied": f"access denied to {location.url}: the credentials may not "
-                            "list or read it",
-            "NoSuchKey": f"an object under {location.url} vanished during the download; "
-                         "rerun once the upload is finished",
-            "InvalidBucketName": f"bucket name {location.bucket!r} is refused by {where}",
-        }
-        if code in known:
-            return DownloadError(known[code])
-        if status == 403:
-            return DownloadError(f"access denied to {location.url} (HTTP 403 {code})")
-        return DownloadError(f"the object store at {where} answered {code or status} for "
-                             f"{location.url}: {_short(exc)}")
+        return _explain_code(code, status, _short(exc), location, where)
     if isinstance(exc, ResponseParserError):
         return DownloadError(f"{where} did not answer like an S3 server (unparseable "
                              "response); check AWS_ENDPOINT_URL / S3_ENDPOINT")
@@ -471,6 +513,29 @@ def explain(exc: BaseException, location: Location, endpoint: Optional[str]) -> 
     if retry.is_retryable(exc):
         return DownloadError(f"the object store at {where} kept failing: {_short(exc)}")
     raise exc
+
+
+def _explain_code(code: str, status: int, detail: str, location: Location,
+                  where: str) -> DownloadError:
+    known = {
+        "NoSuchBucket": f"bucket {location.bucket!r} does not exist at {where}; check "
+                        "DLS_APP_URL",
+        "InvalidAccessKeyId": f"the access key id is not known at {where}; check "
+                              "S3_ACCESS_KEY_ID / AWS_ACCESS_KEY_ID",
+        "SignatureDoesNotMatch": "the secret key does not match the access key id; "
+                                 "check S3_SECRET_ACCESS_KEY / AWS_SECRET_ACCESS_KEY",
+        "AccessDenied": f"access denied to {location.url}: the credentials may not "
+                        "list or read it",
+        "NoSuchKey": f"an object under {location.url} vanished during the download; "
+                     "rerun once the upload is finished",
+        "InvalidBucketName": f"bucket name {location.bucket!r} is refused by {where}",
+    }
+    if code in known:
+        return DownloadError(known[code])
+    if status == 403:
+        return DownloadError(f"access denied to {location.url} (HTTP 403 {code})")
+    return DownloadError(f"the object store at {where} answered {code or status} for "
+                         f"{location.url}: {detail}")
 
 
 def _short(exc: BaseException) -> str:
@@ -514,11 +579,14 @@ def fetch(location: Location, dest: Path, settings: Settings, env: Mapping[str, 
     if not location.is_remote:
         assert location.path is not None
         return copy_local(location.path, dest)
-    from .s3client import make_client, resolve_endpoint
+    from .s3client import resolve_endpoint
+    from .s3lean import LeanS3, chain_credentials, env_credentials
 
-    endpoint = resolve_endpoint(env, settings.addressing).url
+    resolved = resolve_endpoint(env, settings.addressing)
+    endpoint = resolved.url
     try:
-        client = make_client(env, settings, settings.download_workers)
+        creds = env_credentials(env) or chain_credentials()
+        client = LeanS3(resolved, creds, settings.connect_timeout, settings.read_timeout)
         objects, folders = list_objects(client, location, settings)
         manifest = Manifest(manifest_path(dest), location.url)
         engine = Engine(client, location, dest, settings, log, manifest)

@@ -36,8 +36,12 @@ class TransientError(Exception):
 
 def is_retryable(exc: BaseException) -> bool:
     if isinstance(exc, (TransientError, socket.timeout, ConnectionError, TimeoutError,
-                        http.client.IncompleteRead)):
-        return True
+                        http.client.HTTPException)):
+        return True  # HTTPException: IncompleteRead, RemoteDisconnected, BadStatusLine, ...
+    from .s3lean import S3Error
+
+    if isinstance(exc, S3Error):
+        return exc.code in RETRYABLE_CODES or exc.status >= 500 or exc.status == 429
     try:
         from botocore import exceptions as bce
     except ImportError:  # pragma: no cover - boto3 is a dependency

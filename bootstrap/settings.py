@@ -125,7 +125,7 @@ def load(env: Mapping[str, str]) -> Settings:
         app_url=app_url,
         log_format=env_choice(env, "BOOTSTRAP_LOG_FORMAT", "text", ("text", "json")),
         download_workers=env_int(env, "BOOTSTRAP_DOWNLOAD_WORKERS", 32, minimum=1),
-        range_size=env_int(env, "BOOTSTRAP_RANGE_SIZE", 8 * MiB, minimum=64 * 1024),
+        range_size=env_int(env, "BOOTSTRAP_RANGE_SIZE", 16 * MiB, minimum=64 * 1024),
         multipart_threshold=env_int(env, "BOOTSTRAP_MULTIPART_THRESHOLD", 16 * MiB,
                                     minimum=64 * 1024),
         retry_attempts=env_int(env, "BOOTSTRAP_RETRY_ATTEMPTS", 8, minimum=1),
