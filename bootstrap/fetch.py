@@ -28,6 +28,7 @@ import os
 import re
 import secrets
 import shutil
+import signal
 import socket
 import threading
 import time
@@ -406,13 +407,21 @@ class Engine:
 
     def run(self, progress_every: float = 5.0) -> Stats:
         started = time.monotonic()
-        threads = [threading.Thread(target=self._worker, name=f"fetch-{i}", daemon=True)
-                   for i in range(min(self.settings.download_workers,
-                                      len(self._ranges) + len(self._smalls)))]
-        for t in threads:
-            t.start()
+        threads: list[threading.Thread] = []
         next_report = started + progress_every
         try:
+            # Signals wait while the threads start (they arrive right after, inside this
+            # try), so every started thread is in `threads` and joined below.
+            stop = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+            old = signal.pthread_sigmask(signal.SIG_BLOCK, stop)
+            try:
+                for i in range(min(self.settings.download_workers,
+                                   len(self._ranges) + len(self._smalls))):
+                    t = threading.Thread(target=self._worker, name=f"fetch-{i}", daemon=True)
+                    t.start()
+                    threads.append(t)
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, old)
             for t in threads:
                 while t.is_alive():
                     t.join(0.1)

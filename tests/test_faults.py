@@ -1,0 +1,197 @@
+"""Faults injected between the bootstrap and the real S3 server; crashes mid-download.
+
+Nothing may be lost or half-written: every file under its final name is complete,
+retries stay bounded, and a killed run's rerun finishes the job.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import RUN_TRAIN, Bucket, assert_one_error_line, base_env, run_train
+from tests.faultproxy import FaultProxy
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+
+
+def make_tree(n_small: int, large_mib: int, seed: int = 1) -> dict[str, bytes]:
+    rng = random.Random(seed)
+    files = {f"pkg{i % 20}/m{i:04d}.py": rng.randbytes(rng.randint(1024, 4096))
+             for i in range(n_small)}
+    files["weights/model.bin"] = rng.randbytes(large_mib * 2**20 + 4321)
+    return files
+
+
+def digests(files: dict[str, bytes]) -> dict[str, str]:
+    return {k: hashlib.md5(v).hexdigest() for k, v in files.items()}
+
+
+def local_digests(root: Path) -> dict[str, str]:
+    return {p.relative_to(root).as_posix(): hashlib.md5(p.read_bytes()).hexdigest()
+            for p in root.rglob("*") if p.is_file() and not p.name.endswith(".bootstrap-tmp")}
+
+
+def env_via(proxy: FaultProxy, s3, home: Path, url: str, **extra: str) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    return base_env(home, {**s3.env(), "AWS_ENDPOINT_URL": proxy.endpoint, "DLS_APP_URL": url,
+                           "BOOTSTRAP_S3_READ_TIMEOUT": "1", "BOOTSTRAP_S3_CONNECT_TIMEOUT": "2",
+                           **extra})
+
+
+@pytest.fixture(scope="module")
+def tree(s3) -> tuple[str, dict[str, bytes]]:  # type: ignore[no-untyped-def]
+    client = s3.client()
+    name = "faults-tree"
+    client.create_bucket(Bucket=name)
+    files = make_tree(2000, 40)
+    Bucket(name, client).put_tree(files, "code/")
+    return name, files
+
+
+def test_ten_percent_mixed_faults_still_give_an_exact_tree(s3, tree, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    name, files = tree
+    with FaultProxy(s3.endpoint) as clean:
+        started = time.monotonic()
+        r = run_train(["true"], env_via(clean, s3, tmp_path / "clean", f"s3://{name}/code/"))
+        clean_time = time.monotonic() - started
+    assert r.returncode == 0, r.stderr
+    with FaultProxy(s3.endpoint, rate=0.10, seed=42, latency=0.3, stall=5) as proxy:
+        started = time.monotonic()
+        r = run_train(["true"], env_via(proxy, s3, tmp_path / "faulty", f"s3://{name}/code/"))
+        faulty_time = time.monotonic() - started
+    assert r.returncode == 0, r.stderr
+    assert sum(proxy.injected.values()) > 100, proxy.injected
+    assert set(proxy.injected) == {"slowdown", "error500", "reset", "midreset", "truncate",
+                                   "latency", "stall"}
+    got = \
+        local_digests(tmp_path / "faulty" / "user-job-dir" / "code")
+    assert got == digests(files)
+    print(f"clean {clean_time:.2f} s, 10% faults {faulty_time:.2f} s, injected "
+          f"{dict(proxy.injected)}")
+    assert faulty_time <= 3 * clean_time, (clean_time, faulty_time)
+
+
+@pytest.mark.parametrize("only", ["", "/code/"])
+def test_everything_failing_gives_up_in_bounded_time(s3, tree, tmp_path: Path, only: str) -> None:  # type: ignore[no-untyped-def]
+    name, _ = tree
+    with FaultProxy(s3.endpoint, rate=1.0, kinds=("slowdown", "error500", "reset"),
+                    only=only) as proxy:
+        started = time.monotonic()
+        r = run_train(["python", "-c", "print('must not run')"],
+                      env_via(proxy, s3, tmp_path, f"s3://{name}/code/",
+                              BOOTSTRAP_RETRY_ATTEMPTS="4", BOOTSTRAP_RETRY_DEADLINE="10"))
+        elapsed = time.monotonic() - started
+    assert r.returncode == 127
+    assert "must not run" not in r.stdout
+    assert_one_error_line(r.stderr)
+    assert elapsed < 30, elapsed  # 4 tries, waits capped: far inside the 10 s deadline each
+    code = tmp_path / "user-job-dir" / "code"
+    leftovers = [p for p in code.rglob("*") if p.is_file()] if code.exists() else []
+    assert leftovers == [], leftovers[:5]
+
+
+def test_a_stalled_connection_times_out_and_the_range_is_retried(s3, tree, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    name, files = tree
+    with FaultProxy(s3.endpoint, rate=0.5, seed=3, kinds=("stall",), only="model.bin",
+                    stall=60) as proxy:
+        started = time.monotonic()
+        r = run_train(["true"], env_via(proxy, s3, tmp_path, f"s3://{name}/code/"))
+        elapsed = time.monotonic() - started
+    assert r.returncode == 0, r.stderr
+    assert proxy.injected["stall"] >= 1
+    model = tmp_path / "user-job-dir" / "code" / "weights" / "model.bin"
+    assert hashlib.md5(model.read_bytes()).hexdigest() == digests(files)["weights/model.bin"]
+    assert elapsed < 40, elapsed  # a hang would sit at the proxy's 60 s stall
+
+
+def test_uploads_under_faults_leave_only_complete_objects(s3, bucket: Bucket, home: Path,  # type: ignore[no-untyped-def]
+                                                         tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    rng = random.Random(5)
+    files = {f"ckpt/part{i:03d}.bin": rng.randbytes(rng.randint(100, 3000)) for i in range(150)}
+    files["ckpt/big.pt"] = rng.randbytes(12 * 2**20 + 99)
+    for rel, data in files.items():
+        (out / rel).parent.mkdir(parents=True, exist_ok=True)
+        (out / rel).write_bytes(data)
+    with FaultProxy(s3.endpoint, rate=0.10, seed=9,
+                    kinds=("slowdown", "error500", "reset", "latency")) as proxy:
+        env = base_env(home, {**s3.env(), "AWS_ENDPOINT_URL": proxy.endpoint,
+                              "BOOTSTRAP_OUTPUT_DIR": str(out),
+                              "DLS_TRAIN_URL": f"s3://{bucket.name}/train/",
+                              "BOOTSTRAP_MULTIPART_THRESHOLD": str(5 * 2**20),
+                              "BOOTSTRAP_RANGE_SIZE": str(5 * 2**20)})
+        r = run_train(["true"], env)
+    assert r.returncode == 0, r.stderr
+    assert sum(proxy.injected.values()) > 5
+    listed = bucket.client.list_objects_v2(Bucket=bucket.name, Prefix="train/")["Contents"]
+    assert len(listed) == len(files)
+    for rel, data in files.items():
+        body = bucket.client.get_object(Bucket=bucket.name, Key=f"train/{rel}")["Body"].read()
+        assert body == data, rel
+    uploads = bucket.client.list_multipart_uploads(Bucket=bucket.name).get("Uploads", [])
+    assert uploads == []  # no abandoned multipart upload
+
+
+# --------------------------------------------------------------------------- crashes
+
+@pytest.fixture(scope="module")
+def crash_tree(s3) -> tuple[str, dict[str, bytes]]:  # type: ignore[no-untyped-def]
+    client = s3.client()
+    name = "crash-tree"
+    client.create_bucket(Bucket=name)
+    files = make_tree(600, 48, seed=2)
+    Bucket(name, client).put_tree(files, "code/")
+    return name, files
+
+
+def test_sigkill_at_random_moments_then_rerun(s3, crash_tree, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    name, files = crash_tree
+    want = digests(files)
+    skipped_somewhere = False
+    for seed in range(20):
+        home = tmp_path / f"run{seed}"
+        home.mkdir()
+        env = base_env(home, {**s3.env(), "DLS_APP_URL": f"s3://{name}/code/"})
+        proc = subprocess.Popen(["bash", str(RUN_TRAIN), "true"], env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                start_new_session=True)
+        time.sleep(random.Random(seed).uniform(0.05, 1.0))
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        code = home / "user-job-dir" / "code"
+        if code.exists():  # atomicity: whatever has its final name is complete
+            for rel, digest in local_digests(code).items():
+                assert digest == want[rel], (seed, rel)
+        r = run_train(["true"], env)
+        assert r.returncode == 0, (seed, r.stderr)
+        assert local_digests(code) == want, seed
+        assert not list(code.rglob("*.bootstrap-tmp")), seed
+        skipped = int(r.stderr.split(" unchanged skipped")[0].rsplit(" ", 1)[1])
+        skipped_somewhere |= skipped > 0
+    assert skipped_somewhere  # the manifest made some rerun skip finished files
+
+
+def test_sigterm_during_download_cleans_up_and_exits_143(s3, crash_tree, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    name, _ = crash_tree
+    with FaultProxy(s3.endpoint, rate=1.0, kinds=("latency",), latency=0.5) as proxy:
+        env = env_via(proxy, s3, tmp_path, f"s3://{name}/code/",
+                      BOOTSTRAP_S3_READ_TIMEOUT="30")
+        proc = subprocess.Popen(["bash", str(RUN_TRAIN), "true"], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        code = tmp_path / "user-job-dir" / "code"
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not (code.exists() and list(code.rglob("*.bootstrap-tmp"))):
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert_one_error_line(err, "SIGTERM")
+    assert list(code.rglob("*.bootstrap-tmp")) == []
