@@ -67,10 +67,13 @@ def find_program(name: str, env: Mapping[str, str]) -> str:
     return path
 
 
-def exec_command(argv: Sequence[str], env: Mapping[str, str], cwd: Optional[Path]) -> NoReturn:
+def exec_command(argv: Sequence[str], env: Mapping[str, str], cwd: Optional[Path],
+                 umask: Optional[int] = None) -> NoReturn:
     program = find_program(argv[0], env)
     if cwd is not None:
         os.chdir(cwd)
+    if umask is not None:
+        os.umask(umask)
     sys.stdout.flush()
     sys.stderr.flush()
     try:

@@ -52,11 +52,20 @@ def run(argv: Sequence[str], environ: Mapping[str, str]) -> int:
     """Runs the job; execs the command (no return) or returns the supervised exit code."""
     for signum in STOP_SIGNALS:
         signal.signal(signum, _raise_terminated)
+    # What the bootstrap writes (code, reports, manifests) is never world-writable, even
+    # in a container started with umask 0; the command gets the umask it was given.
+    user_umask = os.umask(0o022)
+    os.umask(user_umask | 0o022)
     settings = settings_mod.load(environ)
     log = Log(Redactor(environ), settings.log_format)
     command = command_mod.parse(argv)
     location = loc.parse(settings.app_url) if settings.app_url else None
     cluster = cluster_mod.discover(environ)
+    checks = preflight.policy(environ)
+    if location is not None and location.is_remote:
+        from .s3client import resolve_endpoint
+
+        resolve_endpoint(environ, settings.addressing)  # a bad endpoint fails before any I/O
     if settings.output_dir is not None:
         from . import outputs
 
@@ -82,7 +91,7 @@ def run(argv: Sequence[str], environ: Mapping[str, str]) -> int:
             info["detail"] = f"{stats.summary()} -> {code_dir}"
 
     with timed(log, "preflight") as info:
-        report = preflight.run(environ, settings.job_dir)
+        report = preflight.run(environ, settings.job_dir, checks)
         preflight.write(report, settings.job_dir)
         for line in report.lines():
             log.info(line)
@@ -119,21 +128,21 @@ def run(argv: Sequence[str], environ: Mapping[str, str]) -> int:
         log.info(f"exec: {shlex.join(log.redact.argv(final_argv))}{where}")
         for signum in STOP_SIGNALS:
             signal.signal(signum, signal.SIG_DFL)
-        launch.exec_command(final_argv, env, code_dir)
+        launch.exec_command(final_argv, env, code_dir, user_umask)
     log.info(f"run (supervised, pid {os.getpid()}): {shlex.join(log.redact.argv(final_argv))}"
              f"{where}; log: {settings.log_file}")
-    return _supervise(final_argv, env, code_dir, settings, environ, log, sync)
+    return _supervise(final_argv, env, code_dir, settings, environ, log, sync, user_umask)
 
 
 def _supervise(argv: Sequence[str], env: Mapping[str, str], cwd: Optional[Path],
                settings: settings_mod.Settings, environ: Mapping[str, str], log: Log,
-               sync: Optional[OutputSync]) -> int:
+               sync: Optional[OutputSync], user_umask: int) -> int:
     from . import outputs, supervise
 
     if sync is not None:
         sync.start_periodic()
     outcome = supervise.Supervisor(argv, env, cwd, settings.grace_seconds, log,
-                                   settings.log_file).run()
+                                   settings.log_file, user_umask).run()
     # The platform may repeat its SIGTERM while we save the outputs: finish the job's
     # last duties rather than die half-way (SIGKILL still ends everything).
     for signum in (signal.SIGTERM, signal.SIGHUP):

@@ -238,10 +238,10 @@ def _cuda_number(version: str) -> Optional[int]:
         return None
 
 
-def run(env: Mapping[str, str], job_dir: Path) -> Report:
+def run(env: Mapping[str, str], job_dir: Path, pol: Optional[Policy] = None) -> Report:
     from . import gpu, node
 
-    pol = policy(env)
+    pol = pol or policy(env)
     started = time.monotonic()
     inv = gpu.inspect(env)
     state = node.measure(env, job_dir)

@@ -129,8 +129,8 @@ class _Tee(threading.Thread):
 
 class Supervisor:
     def __init__(self, argv: Sequence[str], env: Mapping[str, str], cwd: Optional[Path],
-                 grace: float, log: Log, log_path: Optional[Path]) -> None:
-        self.argv, self.env, self.cwd = list(argv), dict(env), cwd
+                 grace: float, log: Log, log_path: Optional[Path], umask: int = -1) -> None:
+        self.argv, self.env, self.cwd, self.umask = list(argv), dict(env), cwd, umask
         self.grace, self.log, self.log_path = grace, log, log_path
         self.child: Optional[subprocess.Popen[bytes]] = None
         self.killed_after_grace = False
@@ -172,7 +172,7 @@ class Supervisor:
         sys.stderr.flush()
         self.child = subprocess.Popen(self.argv, env=self.env, cwd=self.cwd,
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                      start_new_session=True)
+                                      start_new_session=True, umask=self.umask)
         lock = threading.Lock()
         assert self.child.stdout is not None and self.child.stderr is not None
         tees = [_Tee(self.child.stdout, sys.stdout.buffer, logfile, lock, keep_tail=False),

@@ -59,6 +59,8 @@ def base_env(home: Path, extra: Optional[Mapping[str, str]] = None) -> dict[str,
     env["PATH"] = VENV_BIN + os.pathsep + env.get("PATH", os.defpath)
     env["BOOTSTRAP_HOME"] = str(home)
     env["BOOTSTRAP_CACHE_DIR"] = str(home / "no-cache")  # tests never touch a real /cache
+    env["AWS_EC2_METADATA_DISABLED"] = "true"  # botocore's chain must not probe 169.254.x
+    env["AWS_CONFIG_FILE"] = env["AWS_SHARED_CREDENTIALS_FILE"] = str(home / "no-aws")
     env.update(extra or {})
     return env
 

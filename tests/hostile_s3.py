@@ -20,8 +20,9 @@ from xml.sax.saxutils import escape
 
 class HostileS3:
     def __init__(self, objects: Mapping[str, bytes], *, endless_listing: bool = False,
-                 size_lie: int = 0, html: bool = False) -> None:
+                 size_lie: int = 0, html: bool = False, generated: int = 0) -> None:
         self.objects = dict(objects)
+        self.generated = generated  # claim this many keys, served 1,000 a page on demand
         self.endless_listing = endless_listing
         self.size_lie = size_lie  # added to every listed size
         self.html = html
@@ -60,6 +61,8 @@ class HostileS3:
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     def listing(self, query: Mapping[str, list[str]]) -> bytes:
+        if self.generated:
+            return self._generated_page(query)
         items = "".join(
             f"<Contents><Key>{escape(k)}</Key><Size>{len(v) + self.size_lie}</Size>"
             f"<ETag>&quot;{hashlib.md5(v).hexdigest()}&quot;</ETag></Contents>"
@@ -71,6 +74,18 @@ class HostileS3:
                 f"<Name>b</Name><Prefix>{escape(query.get('prefix', [''])[0])}</Prefix>"
                 f"<KeyCount>{len(self.objects)}</KeyCount><IsTruncated>{truncated}</IsTruncated>"
                 f"{token}{items}</ListBucketResult>").encode()
+
+    def _generated_page(self, query: Mapping[str, list[str]]) -> bytes:
+        page = int(query.get("continuation-token", ["0"])[0])
+        first = page * 1000
+        keys = range(first, min(first + 1000, self.generated))
+        items = "".join(f"<Contents><Key>code/f{i:09d}.py</Key><Size>10</Size>"
+                        f"<ETag>&quot;{'0' * 32}&quot;</ETag></Contents>" for i in keys)
+        more = first + 1000 < self.generated
+        token = f"<NextContinuationToken>{page + 1}</NextContinuationToken>" if more else ""
+        return (f'<?xml version="1.0" encoding="UTF-8"?><ListBucketResult><Name>b</Name>'
+                f"<IsTruncated>{'true' if more else 'false'}</IsTruncated>{token}{items}"
+                "</ListBucketResult>").encode()
 
     def __enter__(self) -> HostileS3:
         self._thread.start()

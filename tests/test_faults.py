@@ -188,7 +188,8 @@ def test_sigterm_during_download_cleans_up_and_exits_143(s3, crash_tree, tmp_pat
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         code = tmp_path / "user-job-dir" / "code"
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and not (code.exists() and list(code.rglob("*.bootstrap-tmp"))):
+        while time.monotonic() < deadline and not (
+                code.exists() and list(code.rglob("*.bootstrap-tmp"))):
             time.sleep(0.05)
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=60)

@@ -5,11 +5,13 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import Bucket, assert_one_error_line, base_env, run_train
+from tests.conftest import RUN_TRAIN, Bucket, assert_one_error_line, base_env, run_train
 from tests.hostile_s3 import HostileS3
 
 pytestmark = pytest.mark.timeout(300)
@@ -163,3 +165,47 @@ def test_local_code_dir_is_copied(home: Path, tmp_path: Path) -> None:
     r = run_train(["true"], base_env(home, {"DLS_APP_URL": str(tmp_path / "nope")}))
     assert r.returncode == 127
     assert_one_error_line(r.stderr, "does not exist")
+
+
+HOSTILE_ENV = {"AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "y",
+               "DLS_APP_URL": "s3://bkt/code/", "BOOTSTRAP_RETRY_ATTEMPTS": "2"}
+
+
+@pytest.mark.parametrize("objects, needle", [
+    ({"code//etc/passwd": b"root"}, "refusing object key"),
+    ({"code/" + "n" * 300 + ".py": b"x"}, "longer than 255 bytes"),
+    ({"code/a": b"file", "code/a/b.py": b"nested"}, "both a file and a folder"),
+    ({"code/x.py": b"abc", "code/nul\x01.py": b"x"}, "did not answer like an S3 server"),
+])
+def test_more_hostile_listings(home: Path, objects: dict[str, bytes], needle: str) -> None:
+    with HostileS3(objects) as srv:
+        r = run_train(["true"], base_env(home, {**HOSTILE_ENV, "AWS_ENDPOINT_URL": srv.endpoint}))
+    assert r.returncode == 127
+    assert_one_error_line(r.stderr, needle)
+    assert [p for p in home.rglob("*") if p.is_file()] == []
+
+
+def test_body_longer_than_listing(home: Path) -> None:
+    with HostileS3({"code/a.txt": b"abcdef"}, size_lie=-3) as srv:
+        r = run_train(["true"], base_env(home, {**HOSTILE_ENV, "AWS_ENDPOINT_URL": srv.endpoint}))
+    assert r.returncode == 127
+    assert_one_error_line(r.stderr, "listing says 3")
+    assert not (home / "user-job-dir" / "code" / "a.txt").exists()
+
+
+def test_a_listing_of_millions_is_cut_off_in_bounded_time_and_memory(home: Path,
+                                                                    tmp_path: Path) -> None:
+    stats = tmp_path / "time.txt"
+    with HostileS3({}, generated=5_000_000) as srv:
+        env = base_env(home, {**HOSTILE_ENV, "AWS_ENDPOINT_URL": srv.endpoint,
+                              "BOOTSTRAP_MAX_FILES": "50000"})
+        started = time.monotonic()
+        r = subprocess.run(["/usr/bin/time", "-f", "%M", "-o", str(stats), "bash",
+                            str(RUN_TRAIN), "true"], env=env, capture_output=True, text=True,
+                           timeout=300)
+        elapsed = time.monotonic() - started
+    assert r.returncode == 127
+    assert_one_error_line(r.stderr, "more than 50000 files", "BOOTSTRAP_MAX_FILES")
+    peak_mib = int(stats.read_text().split()[-1]) / 1024
+    assert peak_mib < 200, peak_mib
+    assert elapsed < 120, elapsed
