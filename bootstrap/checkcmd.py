@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Mapping, Sequence
+from dataclasses import asdict
 
 from . import cluster as cluster_mod
 from . import peers, preflight
@@ -19,26 +20,42 @@ from .errors import EXIT_PREFLIGHT, UsageError
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
-        raise UsageError(f"check: {message}; usage: python -m bootstrap check [--json]")
+        raise UsageError(f"check: {message}; usage: python -m bootstrap check [--json] "
+                         "[--image]")
 
 
 def run(argv: Sequence[str], env: Mapping[str, str]) -> int:
     parser = _Parser(prog="python -m bootstrap check", description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument("--image", action="store_true",
+                        help="also check the image itself (user, run_train.sh, setuid files)")
     args = parser.parse_args(argv)
     settings = settings_mod.load(env)
     report = preflight.run(env, settings.job_dir)
     cluster = cluster_mod.discover(env)
     unresolved = [n.host for n in cluster.peers if peers.resolve(n.host) is None]
-    preflight.write(report, settings.job_dir)
+    image = []
+    if args.image:
+        from . import imagecheck
+
+        image = imagecheck.check(env, report)
+    else:
+        preflight.write(report, settings.job_dir)
+    image_ok = not any(f.level == "fail" for f in image)
     if args.json:
         out = report.to_json()
         out["peers_unresolved"] = unresolved
+        if args.image:
+            out["image"] = [asdict(f) for f in image]
+            out["ok"] = out["ok"] and image_ok
         print(json.dumps(out, indent=2))
     else:
         for line in report.lines():
             print(line)
+        for f in image:
+            print(f"image: {f.level.upper() if f.level == 'fail' else f.level} {f.check}: "
+                  f"{f.message}")
         if cluster.size > 1:
             print(f"peers: {cluster.size - 1 - len(unresolved)} of {cluster.size - 1} resolve"
                   + (f"; not yet: {', '.join(unresolved)}" if unresolved else ""))
-    return 0 if report.ok else EXIT_PREFLIGHT
+    return 0 if report.ok and image_ok else EXIT_PREFLIGHT

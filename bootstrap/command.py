@@ -38,6 +38,19 @@ class Command:
         return self.argv[1] if self.form == "file" else None
 
 
+def unwrap_entrypoint(argv: Sequence[str]) -> list[str]:
+    """Drops a leading ``bash /home/work/run_train.sh`` (or ``sh ...``, or the script
+    itself): with the bootstrap as the image's ENTRYPOINT, docker appends the console's
+    run command to it, and the job must run once, not twice."""
+    args = list(argv)
+    if len(args) >= 2 and os.path.basename(args[0]) in ("bash", "sh") \
+            and os.path.basename(args[1]) == "run_train.sh":
+        return args[2:]
+    if args and os.path.basename(args[0]) == "run_train.sh":
+        return args[1:]
+    return args
+
+
 def parse(argv: Sequence[str]) -> Command:
     if not argv:
         raise UsageError("no command given; usage: run_train.sh [python|bash|...] FILE "

@@ -8,6 +8,8 @@ What the user process gets (the original contract, plus what the bootstrap adds)
 * ``BOOTSTRAP_CODE_DIR`` = where the code landed, and the working directory is that
   folder (without DLS_APP_URL: the current directory, unchanged);
 * ``TMPDIR=/cache`` where the node has the platform's NVMe SSD, unless TMPDIR is set;
+* ``BOOTSTRAP_ACTIVE=1``, so a ``run_train.sh`` the command calls again runs its own
+  command directly instead of preparing the job a second time;
 * every other variable, ``DLS_*`` and ``BATCH_*`` included, unchanged.
 
 The bootstrap then *replaces itself* with the command (execve), so the exit code
@@ -26,6 +28,7 @@ from typing import NoReturn, Optional
 from .errors import CommandNotExecutable, CommandNotFound
 
 CACHE_DIR = "/cache"
+ACTIVE_MARKER = "BOOTSTRAP_ACTIVE"  # set for the command: a nested run_train.sh execs at once
 
 
 def user_environment(env: Mapping[str, str], home: Path, job_dir: Path,
@@ -43,6 +46,7 @@ def user_environment(env: Mapping[str, str], home: Path, job_dir: Path,
     cache = env.get("BOOTSTRAP_CACHE_DIR", CACHE_DIR)
     if "TMPDIR" not in env and os.path.isdir(cache) and os.access(cache, os.W_OK | os.X_OK):
         out["TMPDIR"] = cache
+    out[ACTIVE_MARKER] = "1"
     out.update(exports)
     return out
 

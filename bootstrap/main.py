@@ -58,7 +58,16 @@ def run(argv: Sequence[str], environ: Mapping[str, str]) -> int:
     os.umask(user_umask | 0o022)
     settings = settings_mod.load(environ)
     log = Log(Redactor(environ), settings.log_format)
-    command = command_mod.parse(argv)
+    command = command_mod.parse(command_mod.unwrap_entrypoint(argv))
+    if environ.get(launch.ACTIVE_MARKER) == "1":
+        # A bootstrap already prepared this job (ENTRYPOINT, then a script that calls
+        # run_train.sh again): download, checks and barrier must not run twice.
+        final_argv = command_mod.resolve(command, None, Path.cwd(), None)
+        log.info(f"already inside a bootstrap job ({launch.ACTIVE_MARKER}=1): exec "
+                 f"{shlex.join(log.redact.argv(final_argv))}")
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, signal.SIG_DFL)
+        launch.exec_command(final_argv, environ, None, user_umask)
     location = loc.parse(settings.app_url) if settings.app_url else None
     cluster = cluster_mod.discover(environ)
     checks = preflight.policy(environ)

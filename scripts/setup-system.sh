@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
 # Debian packages the tests need beyond Python: iproute2 and util-linux for the
-# multi-node tests' network namespaces, GNU time for peak-memory checks. Installs only what is missing, and only as
+# multi-node tests' network namespaces, GNU time for peak-memory checks, docker.io
+# and debootstrap for the image tests. Installs only what is missing, and only as
 # root; elsewhere those tests fall back to loopback addresses and say so.
 set -euo pipefail
 missing=()
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 command -v unshare >/dev/null 2>&1 || missing+=(util-linux)
 [ -x /usr/bin/time ] || missing+=(time)
+# The docker tests: an engine (started by the tests themselves) and debootstrap for
+# the locally built base image (no registry is reachable).
+command -v dockerd >/dev/null 2>&1 || missing+=(docker.io)
+command -v debootstrap >/dev/null 2>&1 || missing+=(debootstrap)
 if [ "${#missing[@]}" -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then
         echo "setup-system: missing ${missing[*]} and not root: those tests will say so" >&2

@@ -1,0 +1,88 @@
+"""``bootstrap-check --image``: what the platform's image review checks, and what makes
+jobs fail on their first run, checked inside the image itself.
+
+* the default user is not root, ideally uid 1101 (old contract) or 1000 (new);
+* ``/home/work/run_train.sh`` exists, is readable and bash is there to run it;
+* a Python that imports the bootstrap (``BOOTSTRAP_PYTHON``, else python3);
+* no setuid-root file beyond those the base image had (recorded at build time in
+  ``$BOOTSTRAP_IMAGE_META/base-setuid.txt``, default /opt/bootstrap-meta);
+* the image's CUDA is not newer than the driver (from the GPU preflight, with a GPU).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import subprocess
+from collections.abc import Mapping
+from pathlib import Path
+
+from .preflight import Finding, Report
+
+RUN_TRAIN = Path("/home/work/run_train.sh")
+PLATFORM_UIDS = (1101, 1000)
+SKIP = ("/proc", "/sys", "/dev", "/run")
+
+
+def setuid_root_files(root: str = "/") -> list[str]:
+    found = []
+    root_dev = os.lstat(root).st_dev
+    for folder, dirs, names in os.walk(root):
+        dirs[:] = [d for d in dirs if os.path.join(folder, d) not in SKIP
+                   and os.lstat(os.path.join(folder, d)).st_dev == root_dev]
+        for name in names:
+            path = os.path.join(folder, name)
+            try:
+                st = os.lstat(path)
+            except OSError:
+                continue
+            if stat.S_ISREG(st.st_mode) and st.st_mode & stat.S_ISUID and st.st_uid == 0:
+                found.append(path)
+    return sorted(found)
+
+
+def check(env: Mapping[str, str], preflight_report: Report) -> list[Finding]:
+    out: list[Finding] = []
+    uid = os.getuid()
+    if uid == 0:
+        out.append(Finding("image.user", "fail", "the image runs as root; set a non-root USER "
+                                                 "(work 1101 or ma-user 1000)"))
+    elif uid not in PLATFORM_UIDS:
+        out.append(Finding("image.user", "warn", f"uid {uid} is neither 1101 (work) nor 1000 "
+                                                 "(ma-user), which the platform expects"))
+    else:
+        out.append(Finding("image.user", "ok", f"uid {uid}"))
+    script = Path(env.get("BOOTSTRAP_RUN_TRAIN", "") or RUN_TRAIN)
+    if not script.is_file() or not os.access(script, os.R_OK):
+        out.append(Finding("image.run_train", "fail", f"{script} is missing or unreadable: the "
+                                                      "console's run command needs it"))
+    elif shutil.which("bash") is None:
+        out.append(Finding("image.run_train", "fail", "bash is not installed: "
+                                                      "`bash /home/work/run_train.sh` fails"))
+    else:
+        out.append(Finding("image.run_train", "ok", str(script)))
+    python = env.get("BOOTSTRAP_PYTHON") or shutil.which("python3") or "python3"
+    try:
+        ok = subprocess.run([python, "-c", "import bootstrap"], capture_output=True,
+                            timeout=60).returncode == 0
+    except OSError:
+        ok = False
+    out.append(Finding("image.python", "ok" if ok else "fail",
+                       python if ok else f"{python} cannot import the bootstrap"))
+    meta = Path(env.get("BOOTSTRAP_IMAGE_META", "/opt/bootstrap-meta")) / "base-setuid.txt"
+    try:
+        base = set(meta.read_text().split())
+    except OSError:
+        out.append(Finding("image.setuid", "warn", f"no record of the base's setuid files "
+                                                   f"({meta}); cannot tell what was added"))
+    else:
+        added = [p for p in setuid_root_files() if p not in base]
+        out.append(Finding("image.setuid", "fail" if added else "ok",
+                           f"setuid-root files added: {', '.join(added[:5])}" if added
+                           else f"{len(base)} from the base, none added"))
+    cuda = [f for f in preflight_report.findings
+            if f.check == "gpu.cuda" and preflight_report.gpu_count]
+    out.extend(Finding("image.cuda", f.level, f.message or "not newer than the driver")
+               for f in cuda)
+    return out

@@ -1,0 +1,69 @@
+"""A Docker engine for the tests: the machine's own when one answers, else a dockerd
+started here with its own data and exec roots (overlay2, no iptables), stopped by its
+pid at the end of the session. Its data root persists, so the locally built base image
+and the build cache survive between runs on the same machine."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Optional
+
+DATA_ROOT = "/var/lib/bootstrap-docker"
+EXEC_ROOT = "/run/bootstrap-docker"
+SOCKET = f"unix://{EXEC_ROOT}/docker.sock"
+
+
+def _answers(host: Optional[str]) -> bool:
+    env = dict(os.environ)
+    if host:
+        env["DOCKER_HOST"] = host
+    try:
+        return subprocess.run(["docker", "info"], env=env, capture_output=True,
+                              timeout=20).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+@contextmanager
+def engine() -> Iterator[tuple[Optional[str], str]]:
+    """Yields (DOCKER_HOST, reason): DOCKER_HOST None with the reason when no engine."""
+    if shutil.which("docker") is None:
+        yield None, "the docker client is not installed"
+        return
+    for host in (os.environ.get("DOCKER_HOST"), SOCKET):
+        if host and _answers(host):
+            yield host, ""
+            return
+    if shutil.which("dockerd") is None or os.geteuid() != 0:
+        yield None, "no Docker engine answers and dockerd cannot be started here (needs root)"
+        return
+    os.makedirs(DATA_ROOT, exist_ok=True)
+    os.makedirs(EXEC_ROOT, exist_ok=True)
+    log = open(os.path.join(EXEC_ROOT, "dockerd.log"), "ab")  # noqa: SIM115 - lives with it
+    proc = subprocess.Popen(["dockerd", "--data-root", DATA_ROOT, "--exec-root", EXEC_ROOT,
+                             "--pidfile", os.path.join(EXEC_ROOT, "dockerd.pid"), "-H", SOCKET,
+                             "--storage-driver", "overlay2", "--iptables=false"],
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and proc.poll() is None and not _answers(SOCKET):
+            time.sleep(0.5)
+        if not _answers(SOCKET):
+            yield None, f"dockerd did not start (see {EXEC_ROOT}/dockerd.log)"
+            return
+        yield SOCKET, ""
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        log.close()
