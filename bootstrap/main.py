@@ -1,6 +1,6 @@
 """The whole story of a job's start, stage by stage.
 
-settings -> command -> cluster -> fetch -> peers -> preflight -> barrier -> launch.
+settings -> command -> cluster -> (fetch | preflight | peers) -> barrier -> launch.
 Each stage is a module named for its concern; this file only orders them, times
 them and hands values between them. Everything that can be checked without I/O
 (settings, the command, the cluster description) is checked first, so a typo in
@@ -12,8 +12,10 @@ from __future__ import annotations
 import os
 import shlex
 import signal
+import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, Optional
@@ -90,23 +92,29 @@ def run(argv: Sequence[str], environ: Mapping[str, str]) -> int:
         log.info(f"cluster: node {cluster.rank} of {cluster.size} ({cluster.source} contract), "
                  f"master {cluster.master.host}:{cluster.master.port}")
 
-    code_dir: Optional[Path] = None
-    if location is not None:
-        from . import fetch  # boto3 and tenacity load only when there is something to fetch
+    # The three slow waits overlap, so start-up costs the longest of them, not their sum:
+    # the download runs here (where signals land), the preflight and the peers' DNS in
+    # threads. A failure in any of them stops the others and the job.
+    code_dir = loc.destination(settings.job_dir, location) if location is not None else None
+    stop = threading.Event()
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="stage") as pool:
+        checked = pool.submit(_preflight_stage, environ, settings, checks, log)
+        resolved = pool.submit(_peers_stage, cluster, settings, log, stop) \
+            if cluster.size > 1 else None
+        try:
+            if location is not None and code_dir is not None:
+                from . import fetch  # the S3 client loads only when there is something to fetch
 
-        code_dir = loc.destination(settings.job_dir, location)
-        with timed(log, "fetch") as info:
-            stats = fetch.fetch(location, code_dir, settings, environ, log)
-            info["detail"] = f"{stats.summary()} -> {code_dir}"
+                with timed(log, "fetch") as info:
+                    stats = fetch.fetch(location, code_dir, settings, environ, log)
+                    info["detail"] = f"{stats.summary()} -> {code_dir}"
+            report = checked.result()
+            addresses = resolved.result() if resolved is not None else {}
+        except BaseException:
+            stop.set()
+            raise
 
-    with timed(log, "preflight") as info:
-        report = preflight.run(environ, settings.job_dir, checks)
-        preflight.write(report, settings.job_dir)
-        for line in report.lines():
-            log.info(line)
-        info["detail"] = f"{report.gpu_count} GPU(s), " + ("ok" if report.ok else "FAILED")
-
-    topo = _cluster_stage(cluster, settings, environ, log, report)
+    topo = _cluster_stage(cluster, settings, environ, log, report, addresses)
     exports: dict[str, str] = {}
     if topo is not None:
         files = topology.write_files(topo, settings.job_dir)
@@ -168,16 +176,37 @@ def _supervise(argv: Sequence[str], env: Mapping[str, str], cwd: Optional[Path],
     return code
 
 
+def _preflight_stage(environ: Mapping[str, str], settings: settings_mod.Settings,
+                     checks: preflight.Policy, log: Log) -> preflight.Report:
+    with timed(log, "preflight") as info:
+        report = preflight.run(environ, settings.job_dir, checks)
+        preflight.write(report, settings.job_dir)
+        for line in report.lines():
+            log.info(line)
+        info["detail"] = f"{report.gpu_count} GPU(s), " + ("ok" if report.ok else "FAILED")
+    return report
+
+
+def _peers_stage(cluster: cluster_mod.Cluster, settings: settings_mod.Settings, log: Log,
+                 stop: threading.Event) -> dict[str, str]:
+    from . import peers
+
+    with timed(log, "peers") as info:
+        addresses = peers.wait_for_names(cluster.peers, settings.peer_timeout, log, stop=stop)
+        info["detail"] = f"{len(addresses)} peer name(s) resolved"
+    return addresses
+
+
 def _local_failure(report: preflight.Report) -> PreflightFailed:
     return PreflightFailed("this node failed its preflight: "
                            + "; ".join(f"{f.check}: {f.message}" for f in report.failures()))
 
 
 def _cluster_stage(cluster: cluster_mod.Cluster, settings: settings_mod.Settings,
-                   environ: Mapping[str, str], log: Log,
-                   report: preflight.Report) -> Optional[topology.Topology]:
-    """Peers' readiness, the start barrier and the topology; None for a local one-node job
-    with no platform variables (nothing to hand the engines).
+                   environ: Mapping[str, str], log: Log, report: preflight.Report,
+                   addresses: Mapping[str, str]) -> Optional[topology.Topology]:
+    """The start barrier and the topology, once the peers resolve; None for a local
+    one-node job with no platform variables (nothing to hand the engines).
 
     A node that failed its preflight still takes part in the barrier, so that every
     other node learns why the job stops; then it exits with the preflight's code.
@@ -190,11 +219,7 @@ def _cluster_stage(cluster: cluster_mod.Cluster, settings: settings_mod.Settings
             return None
         return topology.Topology(cluster, {0: facts})
 
-    from . import barrier, ipoib, peers
-
-    with timed(log, "peers") as info:
-        addresses = peers.wait_for_names(cluster.peers, settings.peer_timeout, log)
-        info["detail"] = f"{len(addresses)} peer name(s) resolved"
+    from . import barrier, ipoib
 
     device = ipoib.device(environ)
     ib_addr = ipoib.local_address(device)

@@ -7,14 +7,17 @@ naming the peers that never resolved (exit 3)."""
 from __future__ import annotations
 
 import socket
+import threading
 import time
 from collections.abc import Sequence
+from typing import Optional
 
 from tenacity import (
     RetryError,
     Retrying,
     retry_if_result,
     stop_after_delay,
+    stop_when_event_set,
     wait_random_exponential,
 )
 
@@ -33,8 +36,11 @@ def resolve(host: str) -> str | None:
 
 
 def wait_for_names(peers: Sequence[Node], timeout: float, log: Log,
-                   report_every: float = 10.0) -> dict[str, str]:
-    """Maps every peer's host to an address, or raises PeersNotReady after ``timeout``."""
+                   report_every: float = 10.0,
+                   stop: Optional[threading.Event] = None) -> dict[str, str]:
+    """Maps every peer's host to an address, or raises PeersNotReady after ``timeout``.
+    ``stop`` ends the wait early (another stage failed): PeersNotReady then too."""
+    stop = stop or threading.Event()
     addresses: dict[str, str] = {}
     pending = sorted({n.host for n in peers})
     last_report = [time.monotonic()]
@@ -52,9 +58,12 @@ def wait_for_names(peers: Sequence[Node], timeout: float, log: Log,
             last_report[0] = now
         return pending
 
-    retrying = Retrying(stop=stop_after_delay(timeout),
+    def sleep(seconds: float) -> None:
+        stop.wait(seconds)  # wakes at once when another stage failed
+
+    retrying = Retrying(stop=stop_after_delay(timeout) | stop_when_event_set(stop),
                         wait=wait_random_exponential(multiplier=0.2, max=5),
-                        retry=retry_if_result(bool))
+                        retry=retry_if_result(bool), sleep=sleep)
     try:
         retrying(attempt)
     except RetryError:
