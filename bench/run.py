@@ -133,20 +133,23 @@ def timed(argv: list[str], env: dict[str, str], cwd: Path | None = None) -> Run:
         stats.unlink()
 
 
-def contenders(s3: S3Server, bench_env: Path) -> dict[str, Callable[[str, Path], tuple[list[str], dict[str, str], Path]]]:
+Invocation = tuple[list[str], dict[str, str], Path]  # argv, environment, output folder
+
+
+def contenders(s3: S3Server, bench_env: Path) -> dict[str, Callable[[str, Path], Invocation]]:
     base = {**os.environ, **s3.env()}
 
-    def bootstrap(prefix: str, work: Path) -> tuple[list[str], dict[str, str], Path]:
+    def bootstrap(prefix: str, work: Path) -> Invocation:
         env = {**base, "DLS_APP_URL": f"s3://bench/{prefix}/", "BOOTSTRAP_HOME": str(work),
                "PATH": f"{BIN}:{os.environ['PATH']}"}
         return ["bash", str(REPO / "scripts/run_train.sh"), "true"], env, \
             work / "user-job-dir" / prefix
 
-    def s5cmd(prefix: str, work: Path) -> tuple[list[str], dict[str, str], Path]:
+    def s5cmd(prefix: str, work: Path) -> Invocation:
         return [str(BIN / "s5cmd"), "--endpoint-url", s3.endpoint, "cp",
                 f"s3://bench/{prefix}/*", f"{work}/out/"], base, work / "out"
 
-    def rclone(prefix: str, work: Path) -> tuple[list[str], dict[str, str], Path]:
+    def rclone(prefix: str, work: Path) -> Invocation:
         env = {**base, "RCLONE_S3_PROVIDER": "Other", "RCLONE_S3_ENDPOINT": s3.endpoint,
                "RCLONE_S3_ACCESS_KEY_ID": s3.access_key,
                "RCLONE_S3_SECRET_ACCESS_KEY": s3.secret_key, "RCLONE_S3_FORCE_PATH_STYLE": "true",
@@ -154,12 +157,12 @@ def contenders(s3: S3Server, bench_env: Path) -> dict[str, Callable[[str, Path],
         return [str(BIN / "rclone"), "copy", "--transfers", "32", "--checkers", "32",
                 "--fast-list", f":s3:bench/{prefix}", str(work / "out")], env, work / "out"
 
-    def aws(prefix: str, work: Path) -> tuple[list[str], dict[str, str], Path]:
+    def aws(prefix: str, work: Path) -> Invocation:
         return [str(bench_env / "bin/aws"), "s3", "cp", "--recursive", "--only-show-errors",
                 "--endpoint-url", s3.endpoint, f"s3://bench/{prefix}/", str(work / "out")], \
             base, work / "out"
 
-    def boto3_pool(prefix: str, work: Path) -> tuple[list[str], dict[str, str], Path]:
+    def boto3_pool(prefix: str, work: Path) -> Invocation:
         return [sys.executable, str(REPO / "bench/boto3_pool.py"), "bench", f"{prefix}/",
                 str(work / "out")], base, work / "out"
 
@@ -233,9 +236,10 @@ def main() -> int:
                     "min_s": min(secs), "median_s": statistics.median(secs),
                     "peak_rss_mib": max(r.rss_mib for r in runs),
                     "cpu_s": statistics.median([r.cpu for r in runs])}
-                print(f"  {name:11s} min {min(secs):7.3f} s  median {statistics.median(secs):7.3f} s"
-                      f"  rss {results[ds.name][name]['peak_rss_mib']:6.0f} MiB"
-                      f"  cpu {results[ds.name][name]['cpu_s']:6.2f} s", flush=True)
+                row = results[ds.name][name]
+                print(f"  {name:11s} min {row['min_s']:7.3f} s  median {row['median_s']:7.3f} s"
+                      f"  rss {row['peak_rss_mib']:6.0f} MiB  cpu {row['cpu_s']:6.2f} s",
+                      flush=True)
         start = startup(5 if args.smoke else 30)
     print("\nratio to s5cmd (median time; < 1 is faster than s5cmd)")
     header = f"{'data set':12s}" + "".join(f"{n:>12s}" for n in names)
@@ -250,7 +254,8 @@ def main() -> int:
            "results": results, "startup": start}
     results_dir = REPO / "bench" / "results"
     results_dir.mkdir(exist_ok=True)
-    path = results_dir / f"{'smoke' if args.smoke else 'full'}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path = results_dir / f"{'smoke' if args.smoke else 'full'}-{stamp}.json"
     path.write_text(json.dumps(out, indent=2))
     print(f"\nresults: {path}")
     return 0

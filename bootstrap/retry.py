@@ -4,7 +4,9 @@ Throttling (503 SlowDown), 5xx, timeouts, resets and short bodies are transient:
 OBS answers SlowDown by design when a large job starts hundreds of nodes at once.
 Wrong credentials, a missing bucket or a refused key are not, and fail at once.
 Waits are exponential with full jitter so that a fleet of nodes retrying together
-spreads out instead of returning in lock-step.
+spreads out instead of returning in lock-step; throttling gets longer waits and more
+tries (within the same deadline) than a dropped connection, which is usually gone
+on the next try.
 """
 
 from __future__ import annotations
@@ -61,11 +63,57 @@ def is_retryable(exc: BaseException) -> bool:
     return isinstance(exc, (u3.ProtocolError, u3.ReadTimeoutError, u3.IncompleteRead))
 
 
+THROTTLE_CODES = frozenset({"SlowDown", "Throttling", "ThrottlingException", "TooManyRequests",
+                            "RequestLimitExceeded", "503", "429"})
+THROTTLE_PATIENCE = 4  # throttled requests get this many times the attempts (same deadline)
+
+
+def is_throttling(exc: BaseException | None) -> bool:
+    """SlowDown and friends: the server is fine, just busy; patience is the cure."""
+    from .s3lean import S3Error
+
+    if isinstance(exc, S3Error):
+        return exc.code in THROTTLE_CODES or exc.status in (429, 503)
+    response = getattr(exc, "response", None)
+    if isinstance(response, dict):
+        return str(response.get("Error", {}).get("Code", "")) in THROTTLE_CODES
+    return False
+
+
+class _Stop:
+    """Stop after ``attempts`` tries, or ``attempts * THROTTLE_PATIENCE`` when the last
+    answer was throttling (a large job starting hundreds of nodes at once is throttled
+    by design; giving up then would fail the job), and always at ``deadline``."""
+
+    def __init__(self, attempts: int, deadline: float) -> None:
+        self.attempts, self.deadline = attempts, deadline
+
+    def __call__(self, state: Any) -> bool:
+        if stop_after_delay(self.deadline)(state):
+            return True
+        exc = state.outcome.exception() if state.outcome is not None else None
+        limit = self.attempts * (THROTTLE_PATIENCE if is_throttling(exc) else 1)
+        return bool(stop_after_attempt(limit)(state))
+
+
+class _Wait:
+    """Full-jitter exponential backoff, patient for throttling (0.5 s doubling up to
+    20 s: the fleet must spread out, not come back in step) and brisk for a dropped
+    connection or a 500 (0.05 s doubling up to 2 s: the next try likely works)."""
+
+    throttled = wait_random_exponential(multiplier=0.5, max=20)
+    transient = wait_random_exponential(multiplier=0.05, max=2)
+
+    def __call__(self, state: Any) -> float:
+        exc = state.outcome.exception() if state.outcome is not None else None
+        return float((self.throttled if is_throttling(exc) else self.transient)(state))
+
+
 def retrying(attempts: int, deadline: float,
              before_sleep: Callable[[Any], None] | None = None) -> Retrying:
     return Retrying(
-        stop=stop_after_attempt(attempts) | stop_after_delay(deadline),
-        wait=wait_random_exponential(multiplier=0.25, max=8),
+        stop=_Stop(attempts, deadline),
+        wait=_Wait(),
         retry=retry_if_exception(is_retryable),
         before_sleep=before_sleep,
         reraise=True,

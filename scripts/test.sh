@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup-dev.sh
 if [ -x scripts/setup-system.sh ]; then bash scripts/setup-system.sh; fi
-.venv/bin/ruff check bootstrap tests devtools
+.venv/bin/ruff check bootstrap tests devtools bench
 .venv/bin/mypy
 set +e
 .venv/bin/python -m pytest "$@"

@@ -1,0 +1,28 @@
+"""The benchmark keeps working: its smoke mode (tiny data sets, one repetition) runs
+end to end, verifies every tree and prints the ratio table. Timings are not judged
+here: a benchmark is a script, not a timed unit test."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.timeout(600)
+
+
+def test_benchmark_smoke(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    r = subprocess.run([sys.executable, str(REPO / "bench/run.py"), "--smoke", "--data",
+                        str(tmp_path)], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "ratio to s5cmd" in r.stdout and "start-up:" in r.stdout
+    path = r.stdout.strip().splitlines()[-1].split("results: ")[1]
+    data = json.loads(Path(path).read_text())
+    assert set(data["results"]) == {"small2k", "large4x64"}
+    for row in data["results"].values():
+        assert {"bootstrap", "s5cmd", "boto3-pool"} <= set(row)
