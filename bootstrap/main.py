@@ -15,10 +15,9 @@ import signal
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn, Optional
+from typing import TYPE_CHECKING, Any, Callable, NoReturn, Optional
 
 from . import cluster as cluster_mod
 from . import command as command_mod
@@ -97,22 +96,24 @@ def run(argv: Sequence[str], environ: Mapping[str, str]) -> int:
     # threads. A failure in any of them stops the others and the job.
     code_dir = loc.destination(settings.job_dir, location) if location is not None else None
     stop = threading.Event()
-    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="stage") as pool:
-        checked = pool.submit(_preflight_stage, environ, settings, checks, log)
-        resolved = pool.submit(_peers_stage, cluster, settings, log, stop) \
-            if cluster.size > 1 else None
-        try:
-            if location is not None and code_dir is not None:
-                from . import fetch  # the S3 client loads only when there is something to fetch
+    checked = _Background(_preflight_stage, environ, settings, checks, log)
+    resolved = _Background(_peers_stage, cluster, settings, log, stop) \
+        if cluster.size > 1 else None
+    try:
+        if location is not None and code_dir is not None:
+            from . import fetch  # the S3 client loads only when there is something to fetch
 
-                with timed(log, "fetch") as info:
-                    stats = fetch.fetch(location, code_dir, settings, environ, log)
-                    info["detail"] = f"{stats.summary()} -> {code_dir}"
-            report = checked.result()
-            addresses = resolved.result() if resolved is not None else {}
-        except BaseException:
-            stop.set()
-            raise
+            with timed(log, "fetch") as info:
+                stats = fetch.fetch(location, code_dir, settings, environ, log)
+                info["detail"] = f"{stats.summary()} -> {code_dir}"
+        report = checked.result()
+        addresses = resolved.result() if resolved is not None else {}
+    except BaseException:
+        stop.set()
+        for stage in (checked, resolved):
+            if stage is not None:
+                stage.join()
+        raise
 
     topo = _cluster_stage(cluster, settings, environ, log, report, addresses)
     exports: dict[str, str] = {}
@@ -174,6 +175,32 @@ def _supervise(argv: Sequence[str], env: Mapping[str, str], cwd: Optional[Path],
         outputs.upload_log(settings.log_file, settings.log_upload_url, settings, environ, log)
     log.info(outcome.describe() + (f"; exiting {code}" if code != outcome.exit_code else ""))
     return code
+
+
+class _Background(threading.Thread):
+    """A stage running beside the download; ``result()`` returns its value or raises
+    its exception in the caller's thread. (concurrent.futures would cost ~6 ms of
+    imports on every job's start-up.)"""
+
+    def __init__(self, fn: Callable[..., Any], *args: Any) -> None:
+        super().__init__(daemon=True, name=f"stage-{fn.__name__}")
+        self._fn, self._args = fn, args
+        self._value: Any = None
+        self._error: Optional[BaseException] = None
+        self.start()
+
+    def run(self) -> None:
+        try:
+            self._value = self._fn(*self._args)
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller by result()
+            self._error = exc
+
+    def result(self) -> Any:
+        while self.is_alive():
+            self.join(0.1)  # short waits: a signal still reaches the main thread
+        if self._error is not None:
+            raise self._error
+        return self._value
 
 
 def _preflight_stage(environ: Mapping[str, str], settings: settings_mod.Settings,
