@@ -8,16 +8,16 @@ from __future__ import annotations
 import http.client
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
-from typing import Optional
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import urlsplit
+
+from devtools.httpserve import LocalServer, relay, send
 
 SLOWDOWN = (b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>SlowDown</Code>"
             b"<Message>Please reduce your request rate.</Message></Error>")
 
 
-class Throttle:
+class Throttle(LocalServer):
     def __init__(self, upstream: str, rate: float, burst: float) -> None:
         parts = urlsplit(upstream)
         self.up = (parts.hostname or "127.0.0.1", parts.port or 80)
@@ -36,36 +36,21 @@ class Throttle:
 
             def do_GET(self) -> None:  # noqa: N802 - http.server's naming
                 if not owner.take():
-                    self.send_response(503)
-                    self.send_header("Content-Type", "application/xml")
-                    self.send_header("Content-Length", str(len(SLOWDOWN)))
-                    self.end_headers()
-                    self.wfile.write(SLOWDOWN)
+                    send(self, 503, SLOWDOWN, {"Content-Type": "application/xml"})
                     return
                 conn = getattr(local, "conn", None)
                 if conn is None:
                     conn = local.conn = http.client.HTTPConnection(*owner.up, timeout=60)
                 try:
-                    conn.request("GET", self.path, headers=dict(self.headers.items()))
-                    resp = conn.getresponse()
-                    data = resp.read()
+                    status, headers, data = relay(self, conn)
                 except (OSError, http.client.HTTPException):
                     local.conn = None
                     conn.close()
                     self.send_error(502)
                     return
-                self.send_response(resp.status)
-                for name, value in resp.getheaders():
-                    if name.lower() not in ("transfer-encoding", "connection", "content-length"):
-                        self.send_header(name, value)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                send(self, status, data, headers)
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        super().__init__(Handler)
 
     def take(self) -> bool:
         with self.lock:
@@ -78,12 +63,3 @@ class Throttle:
                 return True
             self.throttled += 1
             return False
-
-    def __enter__(self) -> Throttle:
-        self._thread.start()
-        return self
-
-    def __exit__(self, t: Optional[type[BaseException]], e: Optional[BaseException],
-                 tb: Optional[TracebackType]) -> None:
-        self.server.shutdown()
-        self.server.server_close()

@@ -29,15 +29,16 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Sequence
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
+from http.server import BaseHTTPRequestHandler
 from typing import Optional
 from urllib.parse import urlsplit
+
+from devtools.httpserve import LocalServer, relay, send
 
 ALL_FAULTS = ("slowdown", "error500", "reset", "midreset", "truncate", "latency", "stall")
 
 
-class FaultProxy:
+class FaultProxy(LocalServer):
     def __init__(self, upstream: str, rate: float = 0.0, seed: int = 0,
                  kinds: Sequence[str] = ALL_FAULTS, only: str = "", latency: float = 1.0,
                  stall: float = 30.0) -> None:
@@ -74,30 +75,17 @@ class FaultProxy:
                         ("InternalError", 500)
                     payload = (f"<?xml version='1.0' encoding='UTF-8'?><Error><Code>{code}"
                                f"</Code><Message>injected</Message></Error>").encode()
-                    self.send_response(status)
-                    self.send_header("Content-Type", "application/xml")
-                    self.send_header("Content-Length", str(len(payload)))
-                    self.end_headers()
-                    self.wfile.write(payload)
+                    send(self, status, payload, {"Content-Type": "application/xml"})
                     return
                 if fault == "latency":
                     time.sleep(owner.latency)
                 conn = http.client.HTTPConnection(owner.up_host, owner.up_port, timeout=60)
                 try:
-                    conn.request(self.command, self.path, body=body or None,
-                                 headers=dict(self.headers.items()))
-                    resp = conn.getresponse()
-                    data = resp.read()
+                    status, headers, data = relay(self, conn, body)
                 finally:
                     conn.close()
-                self.send_response(resp.status)
-                for name, value in resp.getheaders():
-                    if name.lower() not in ("transfer-encoding", "connection", "content-length"):
-                        self.send_header(name, value)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
                 if fault in ("midreset", "truncate") and len(data) > 1:
-                    self.wfile.write(data[: len(data) // 2])
+                    send(self, status, data[: len(data) // 2], headers, declared_length=len(data))
                     self.wfile.flush()
                     if fault == "midreset":
                         self._reset()
@@ -105,7 +93,7 @@ class FaultProxy:
                         self.close_connection = True
                         self.connection.shutdown(socket.SHUT_RDWR)
                     return
-                self.wfile.write(data)
+                send(self, status, data, headers)
 
             def _reset(self) -> None:
                 self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
@@ -115,10 +103,7 @@ class FaultProxy:
 
             do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _handle  # noqa: N815
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        super().__init__(Handler)
 
     def draw(self, path: str) -> Optional[str]:
         with self.lock:
@@ -131,12 +116,5 @@ class FaultProxy:
             self.injected[fault] += 1
             return fault
 
-    def __enter__(self) -> FaultProxy:
-        self._thread.start()
-        return self
-
-    def __exit__(self, t: Optional[type[BaseException]], e: Optional[BaseException],
-                 tb: Optional[TracebackType]) -> None:
-        self.stop.set()
-        self.server.shutdown()
-        self.server.server_close()
+    def closing(self) -> None:
+        self.stop.set()  # stalled handlers give up at once

@@ -9,16 +9,15 @@ Bound to 127.0.0.1 on a free port; stopped by the context manager.
 from __future__ import annotations
 
 import hashlib
-import threading
 from collections.abc import Mapping
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
-from typing import Optional
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs, unquote, urlsplit
 from xml.sax.saxutils import escape
 
+from devtools.httpserve import LocalServer, send
 
-class HostileS3:
+
+class HostileS3(LocalServer):
     def __init__(self, objects: Mapping[str, bytes], *, endless_listing: bool = False,
                  size_lie: int = 0, html: bool = False, generated: int = 0) -> None:
         self.objects = dict(objects)
@@ -50,15 +49,9 @@ class HostileS3:
                 self._send(200, body, "application/octet-stream")
 
             def _send(self, status: int, body: bytes, ctype: str) -> None:
-                self.send_response(status)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                send(self, status, body, {"Content-Type": ctype})
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        super().__init__(Handler)
 
     def listing(self, query: Mapping[str, list[str]]) -> bytes:
         if self.generated:
@@ -86,12 +79,3 @@ class HostileS3:
         return (f'<?xml version="1.0" encoding="UTF-8"?><ListBucketResult><Name>b</Name>'
                 f"<IsTruncated>{'true' if more else 'false'}</IsTruncated>{token}{items}"
                 "</ListBucketResult>").encode()
-
-    def __enter__(self) -> HostileS3:
-        self._thread.start()
-        return self
-
-    def __exit__(self, t: Optional[type[BaseException]], e: Optional[BaseException],
-                 tb: Optional[TracebackType]) -> None:
-        self.server.shutdown()
-        self.server.server_close()

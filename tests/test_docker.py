@@ -210,3 +210,19 @@ def test_two_containers_as_a_two_node_job(docker_env: dict[str, str], torch_imag
             docker(docker_env, "rm", "-f", name, check=False)
         containers.clear()
         docker(docker_env, "network", "rm", net, check=False)
+
+
+def test_new_contract_user(docker_env: dict[str, str], image: str) -> None:
+    """USER_SPEC=new: ma-user (1000:100) and the job home under /home/ma-user/modelarts."""
+    base = subprocess.run(["bash", str(REPO / "docker/build-base.sh")], env=docker_env,
+                          capture_output=True, text=True, timeout=900).stdout.strip()
+    tag = "bootstrap-test-new:ci"
+    docker(docker_env, "build", "--network", "host", "-q", "-f", str(REPO / "docker/Dockerfile"),
+           "--build-arg", f"BASE_IMAGE={base}", "--build-arg", "USER_SPEC=new", "-t", tag,
+           str(REPO))
+    r = docker(docker_env, "run", "--rm", tag, "bash", "/home/work/run_train.sh", "python3", "-c",
+               "import os; print(os.getuid(), os.getgid(), os.environ['DLS_USER_JOB_DIR'])")
+    assert r.stdout.split() == ["1000", "100", "/home/ma-user/modelarts/user-job-dir"]
+    r = docker(docker_env, "run", "--rm", "--entrypoint", "/opt/bootstrap/bin/bootstrap-check",
+               tag, "--image", check=False)
+    assert r.returncode == 0 and "image: ok image.user: uid 1000" in r.stdout, r.stdout

@@ -1,0 +1,59 @@
+"""The plumbing the test servers share (the hostile S3 server, the fault-injecting
+proxy, the throttling front): a threaded HTTP server on a free 127.0.0.1 port, run in
+the background and stopped by its context manager, and the relay of one request to
+the real S3 server behind it."""
+
+from __future__ import annotations
+
+import http.client
+import threading
+from collections.abc import Mapping
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import TracebackType
+from typing import Optional, TypeVar
+
+S = TypeVar("S", bound="LocalServer")
+HOP_BY_HOP = ("transfer-encoding", "connection", "content-length")
+
+
+class LocalServer:
+    def __init__(self, handler: type[BaseHTTPRequestHandler]) -> None:
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.server.daemon_threads = True
+        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def closing(self) -> None:
+        """Called before the server stops (wake up handlers that are waiting)."""
+
+    def __enter__(self: S) -> S:
+        self._thread.start()
+        return self
+
+    def __exit__(self, t: Optional[type[BaseException]], e: Optional[BaseException],
+                 tb: Optional[TracebackType]) -> None:
+        self.closing()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def send(handler: BaseHTTPRequestHandler, status: int, body: bytes,
+         headers: Mapping[str, str] = {}, declared_length: Optional[int] = None) -> None:
+    """Answers with ``body``; ``declared_length`` lets a fault promise more than it sends."""
+    handler.send_response(status)
+    for name, value in headers.items():
+        if name.lower() not in HOP_BY_HOP:
+            handler.send_header(name, value)
+    handler.send_header("Content-Length", str(len(body) if declared_length is None
+                                              else declared_length))
+    handler.end_headers()
+    handler.wfile.write(body)
+
+
+def relay(handler: BaseHTTPRequestHandler, conn: http.client.HTTPConnection,
+          body: bytes = b"") -> tuple[int, dict[str, str], bytes]:
+    """Sends the handler's request, headers unchanged (signatures still verify)."""
+    conn.request(handler.command, handler.path, body=body or None,
+                 headers=dict(handler.headers.items()))
+    resp = conn.getresponse()
+    return resp.status, dict(resp.getheaders()), resp.read()
