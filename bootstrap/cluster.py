@@ -108,6 +108,14 @@ def _count(env: Mapping[str, str], names: tuple[str, ...], found: int, what: str
                                   f"{'s' if found != 1 else ''}; they must agree")
 
 
+def _no_hosts(env: Mapping[str, str], count: str, index: str, missing: str) -> None:
+    """A contract that gives a node count above 1 but names no node is a broken spec."""
+    if env.get(count, "").strip() or env.get(index, "").strip():
+        n = env_int(env, count, 1, minimum=1)
+        if n > 1:
+            raise ConfigError(f"{count}={n} but {missing}")
+
+
 def _old_contract(env: Mapping[str, str]) -> Optional[tuple[list[tuple[str, int]], int]]:
     custom: dict[int, str] = {}
     for name, value in env.items():
@@ -130,11 +138,8 @@ def _old_contract(env: Mapping[str, str]) -> Optional[tuple[list[tuple[str, int]
     else:
         singles = [(n, v) for n, v in env.items() if _SINGLE.match(n)]
         if not singles:
-            if env.get("DLS_TASK_NUMBER", "").strip() or env.get("DLS_TASK_INDEX", "").strip():
-                n = env_int(env, "DLS_TASK_NUMBER", 1, minimum=1)
-                if n > 1:
-                    raise ConfigError(f"DLS_TASK_NUMBER={n} but no BATCH_CUSTOM*_HOSTS "
-                                      "variables name the nodes")
+            _no_hosts(env, "DLS_TASK_NUMBER", "DLS_TASK_INDEX",
+                      "no BATCH_CUSTOM*_HOSTS variables name the nodes")
             return None
         if len(singles) > 1:
             raise ConfigError("several BATCH_<job>.0_HOSTS variables: "
@@ -177,11 +182,8 @@ def _new_contract(env: Mapping[str, str], volcano_dir: Path,
                  for h in env["VC_WORKER_HOSTS"].split(",") if h.strip()]
         what = "VC_WORKER_HOSTS"
     if names is None:
-        if env.get("VC_TASK_INDEX", "").strip() or env.get("MA_NUM_HOSTS", "").strip():
-            n = env_int(env, "MA_NUM_HOSTS", 1, minimum=1)
-            if n > 1:
-                raise ConfigError(f"MA_NUM_HOSTS={n} but neither VC_WORKER_HOSTS nor "
-                                  "/etc/volcano/*.host names the nodes")
+        _no_hosts(env, "MA_NUM_HOSTS", "VC_TASK_INDEX",
+                  "neither VC_WORKER_HOSTS nor /etc/volcano/*.host names the nodes")
         return None
     dupes = sorted({h for h in names if names.count(h) > 1})
     if dupes:
