@@ -24,7 +24,7 @@ from . import command as command_mod
 from . import launch, preflight, topology
 from . import location as loc
 from . import settings as settings_mod
-from .errors import EXIT_DOWNLOAD, BarrierFailed, ConfigError, PreflightFailed, Terminated
+from .errors import EXIT_DOWNLOAD, BarrierFailed, PreflightFailed, Terminated
 from .log import Log, Redactor
 
 if TYPE_CHECKING:
@@ -79,10 +79,7 @@ def run(argv: Sequence[str], environ: Mapping[str, str]) -> int:
     if settings.output_dir is not None:
         from . import outputs
 
-        if settings.train_url is None:
-            raise ConfigError("BOOTSTRAP_OUTPUT_DIR is set but DLS_TRAIN_URL is not: set the "
-                              "job's training output location (s3://bucket/output/)")
-        outputs.remote(settings.train_url, "DLS_TRAIN_URL")
+        outputs.destination(settings)
 
     log.info(f"user: uid={os.getuid()} gid={os.getgid()} pwd: {os.getcwd()}")
     log.info(f"app url: {settings.app_url or '(none: running from the current directory)'}")

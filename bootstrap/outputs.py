@@ -28,15 +28,20 @@ def remote(url: str, what: str) -> loc.Location:
     return parsed
 
 
+def destination(settings: Settings) -> loc.Location:
+    """Where BOOTSTRAP_OUTPUT_DIR goes; checked before anything else runs."""
+    if settings.train_url is None:
+        raise ConfigError("BOOTSTRAP_OUTPUT_DIR is set but DLS_TRAIN_URL is not: set the "
+                          "job's training output location (s3://bucket/output/)")
+    return remote(settings.train_url, "DLS_TRAIN_URL")
+
+
 class OutputSync:
     def __init__(self, settings: Settings, env: Mapping[str, str], log: Log) -> None:
         if settings.output_dir is None:
-            raise ValueError("no output dir")
-        if settings.train_url is None:
-            raise ConfigError("BOOTSTRAP_OUTPUT_DIR is set but DLS_TRAIN_URL is not: set the "
-                              "job's training output location (s3://bucket/output/)")
+            raise ValueError("OutputSync needs BOOTSTRAP_OUTPUT_DIR")
         self.src = settings.output_dir
-        self.dest = remote(settings.train_url, "DLS_TRAIN_URL")
+        self.dest = destination(settings)
         self.settings, self.env, self.log = settings, env, log
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
