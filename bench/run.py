@@ -68,7 +68,9 @@ def mixed(n: int) -> Callable[[random.Random], dict[str, int]]:
 FULL = [DataSet("small2k", small(2000)), DataSet("large4x64", large(4, 64 * MiB)),
         DataSet("mixed3k", mixed(3000)), DataSet("small20k", small(20000)),
         # Peak memory while fetching one 1 GiB object (target: under 200 MiB RSS).
-        DataSet("one1g", large(1, 1024 * MiB), only=("bootstrap", "s5cmd"), reps=1)]
+        DataSet("one1g", large(1, 1024 * MiB), only=("bootstrap", "s5cmd"), reps=1),
+        # A job's start-to-exec with a tiny code directory: start-up plus one listing.
+        DataSet("code10", small(10), only=("bootstrap", "s5cmd"), reps=9)]
 SMOKE = [DataSet("small2k", small(60)), DataSet("large4x64", large(2, 2 * MiB))]
 
 
