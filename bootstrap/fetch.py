@@ -142,7 +142,13 @@ def list_objects(client: Any, location: Location,
 # --------------------------------------------------------------------------- transfer
 
 class _LargeFile:
-    """Shared state of one object fetched as several ranges."""
+    """Shared state of one object fetched as several ranges.
+
+    When its ETag is a plain MD5, the file is hashed while it downloads: ranges finish
+    out of order, so whichever thread completes the range that extends the contiguous
+    prefix hashes it (reading back from the page cache), and the last range only has
+    its own tail left to hash, instead of the whole object after the download.
+    """
 
     def __init__(self, obj: RemoteObject, tmp: Path, parts: int) -> None:
         self.obj = obj
@@ -150,6 +156,33 @@ class _LargeFile:
         self.remaining = parts
         self.failed = False
         self.lock = threading.Lock()
+        self.digest = hashlib.md5(usedforsecurity=False) if obj.md5 else None
+        self.hashed = 0  # bytes [0, hashed) are in the digest
+        self.finished: dict[int, int] = {}  # start -> end of ranges done but not hashed
+        self.hashing = threading.Lock()
+
+    def advance(self, buf: memoryview, wait: bool) -> None:
+        """Hashes every finished range that continues the prefix. With ``wait`` False a
+        thread that finds another one hashing leaves the work to it (that thread loops
+        until nothing continues the prefix; the last range then waits)."""
+        if self.digest is None or not self.hashing.acquire(blocking=wait):
+            return
+        try:
+            with open(self.tmp, "rb", buffering=0) as fh:
+                while True:
+                    with self.lock:
+                        end = self.finished.pop(self.hashed, None)
+                    if end is None:
+                        return
+                    fh.seek(self.hashed)
+                    while self.hashed < end:
+                        n = fh.readinto(buf[: min(len(buf), end - self.hashed)])
+                        if not n:
+                            return  # cut short: the size check will say so
+                        self.digest.update(buf[:n])
+                        self.hashed += n
+        finally:
+            self.hashing.release()
 
 
 Task = Callable[[], None]
@@ -310,9 +343,12 @@ class Engine:
             raise
         with state.lock:
             state.remaining -= 1
+            state.finished[first] = last + 1
             done = state.remaining == 0
         if done:
             self._finish_large(state)
+        else:
+            state.advance(self._buffer(), wait=False)
 
     def _get_range(self, state: _LargeFile, first: int, last: int) -> None:
         resp = self.client.get_object(Bucket=self.location.bucket, Key=state.obj.key,
@@ -353,15 +389,12 @@ class Engine:
     def _finish_large(self, state: _LargeFile) -> None:
         obj = state.obj
         size = os.path.getsize(state.tmp)
-        digest = None
-        if obj.md5:  # ranges arrive out of order: hash the assembled file once
-            digest = hashlib.md5(usedforsecurity=False)
-            buf = self._buffer()
-            with open(state.tmp, "rb", buffering=0) as fh:
-                while n := fh.readinto(buf):
-                    digest.update(buf[:n])
+        state.advance(self._buffer(), wait=True)  # whatever of the prefix is left
         try:
-            _verify(obj, size, digest)
+            if state.digest is not None and state.hashed != size:
+                raise retry.TransientError(f"{obj.key!r}: could hash {state.hashed} of "
+                                           f"{size} bytes")
+            _verify(obj, size, state.digest)
         except retry.TransientError as exc:
             self._drop_temp(state.tmp)
             raise DownloadError(str(exc)) from None
