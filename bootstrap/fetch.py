@@ -4,10 +4,11 @@ Contract (each point is tested):
 
 * Listing is paginated ListObjectsV2; a listing that repeats a continuation token
   or exceeds ``BOOTSTRAP_MAX_FILES`` is refused rather than followed forever.
-* All transfers share one client whose connection pool is at least the worker
-  count. Objects smaller than the multipart threshold are one GET each; larger
-  ones are split into concurrent byte ranges written in place with ``pwrite``, so
-  a retried range rewrites exactly its own bytes and memory stays bounded.
+* All transfers share one lean client (s3lean.py) that keeps a connection alive per
+  worker thread. Objects smaller than the multipart threshold are one GET each;
+  larger ones are split into byte ranges (at most ``RANGE_STREAMS`` at once) written
+  in place with ``pwrite``, so a retried range rewrites exactly its own bytes and
+  memory stays bounded; a server that ignores Range is caught, not trusted.
 * Every file streams into a temporary file beside its destination and is renamed
   into place only when its size (always) and MD5 (when the ETag is a plain MD5)
   verify. A killed or failed run never leaves a truncated file under a final name;
