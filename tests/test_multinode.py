@@ -86,7 +86,7 @@ def run_job(lab: Lab, tmp: Path, n: int, argv: list[str],
     homes = []
     for i in range(n):
         home = tmp / f"node{i}"
-        home.mkdir(exist_ok=True)
+        home.mkdir(parents=True, exist_ok=True)
         homes.append(home)
         env = base_env(home, {**lab.s3.env(), "DLS_APP_URL": lab.url,
                               "BOOTSTRAP_VOLCANO_DIR": str(tmp / "no-volcano"),
@@ -170,6 +170,8 @@ def test_ib_exchange_builds_the_full_map(lab: Lab, tmp_path: Path) -> None:
         show = ("import json,os; print(json.dumps({k: os.environ.get(k) for k in "
                 "['BOOTSTRAP_IB_ADDR','BOOTSTRAP_MASTER_IB_ADDR','MASTER_ADDR']}))")
         results = run_job(lab, tmp_path, 3, ["python", "-c", show], old_contract(lab, 3, port()))
+        asked = run_job(lab, tmp_path / "ib-master", 2, ["python", "-c", show],
+                        old_contract(lab, 2, port()), extra={"BOOTSTRAP_MASTER_ADDR_IB": "1"})
     finally:
         for i in range(3):
             subprocess.run(["ip", "-n", lab.hosts.ns(i), "link", "del", "ib0"],
@@ -182,6 +184,9 @@ def test_ib_exchange_builds_the_full_map(lab: Lab, tmp_path: Path) -> None:
         ib_map = json.loads((r.home / "user-job-dir" / "ib_map.json").read_text())
         assert ib_map == {str(i): {"host": f"node-{i}", "ib_addr": ib[i]} for i in range(3)}
         assert "stage barrier" in r.err
+    for r in asked:  # asked for it, MASTER_ADDR is node 0's IB address
+        assert r.code == 0, r.err
+        assert json.loads(r.out)["MASTER_ADDR"] == ib[0]
 
 
 def test_peer_that_resolves_late_still_starts(lab: Lab, tmp_path: Path) -> None:
