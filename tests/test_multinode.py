@@ -32,6 +32,7 @@ n = dist.get_world_size()
 assert t.item() == n * (n + 1) / 2, (t.item(), n)
 print(f"OK rank={dist.get_rank()} world={n} host={socket.gethostname()} ts={time.time():.3f}",
       flush=True)
+dist.barrier()  # leave together: rank 0 hosts the store the others tear down against
 dist.destroy_process_group()
 '''
 

@@ -34,4 +34,7 @@ for epoch in range(args.epochs):
     if reduce is not None:
         w = reduce(w)
     print(f"epoch {epoch}: w={w:.4f}")
+if world > 1:
+    dist.barrier()  # leave together: rank 0 hosts the rendezvous store
+    dist.destroy_process_group()
 print("done")
