@@ -61,10 +61,6 @@ class Cluster:
         return self.nodes[0]
 
     @property
-    def me(self) -> Node:
-        return self.nodes[self.rank]
-
-    @property
     def peers(self) -> tuple[Node, ...]:
         return tuple(n for n in self.nodes if n.rank != self.rank)
 

@@ -623,8 +623,8 @@ def fetch(location: Location, dest: Path, settings: Settings, env: Mapping[str, 
     if not location.is_remote:
         assert location.path is not None
         return copy_local(location.path, dest)
-    from .s3client import resolve_endpoint
-    from .s3lean import LeanS3, chain_credentials, env_credentials
+    from .s3client import env_credentials, resolve_endpoint
+    from .s3lean import LeanS3, chain_credentials
 
     resolved = resolve_endpoint(env, settings.addressing)
     endpoint = resolved.url

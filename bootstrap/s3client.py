@@ -75,19 +75,34 @@ def _is_ip_or_local(host: str) -> bool:
         return "." not in host
 
 
-def _credentials(env: Mapping[str, str]) -> dict[str, str]:
+@dataclass(frozen=True)
+class Credentials:
+    access_key: str
+    secret_key: str
+    token: Optional[str] = None
+
+
+def env_credentials(env: Mapping[str, str]) -> Optional[Credentials]:
     if env.get("S3_ACCESS_KEY_ID") and env.get("S3_SECRET_ACCESS_KEY"):
-        return {"aws_access_key_id": env["S3_ACCESS_KEY_ID"],
-                "aws_secret_access_key": env["S3_SECRET_ACCESS_KEY"]}
-    if env.get("AWS_ACCESS_KEY_ID"):
-        return {}  # boto3's chain reads AWS_* itself, session token included
+        return Credentials(env["S3_ACCESS_KEY_ID"], env["S3_SECRET_ACCESS_KEY"])
+    if env.get("AWS_ACCESS_KEY_ID") and env.get("AWS_SECRET_ACCESS_KEY"):
+        return Credentials(env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"],
+                           env.get("AWS_SESSION_TOKEN") or env.get("AWS_SECURITY_TOKEN"))
     if env.get("OBS_ACCESS_KEY_ID") and env.get("OBS_SECRET_ACCESS_KEY"):
-        creds = {"aws_access_key_id": env["OBS_ACCESS_KEY_ID"],
-                 "aws_secret_access_key": env["OBS_SECRET_ACCESS_KEY"]}
-        if env.get("OBS_SECURITY_TOKEN"):
-            creds["aws_session_token"] = env["OBS_SECURITY_TOKEN"]
-        return creds
-    return {}
+        return Credentials(env["OBS_ACCESS_KEY_ID"], env["OBS_SECRET_ACCESS_KEY"],
+                           env.get("OBS_SECURITY_TOKEN"))
+    return None
+
+
+def _credentials(env: Mapping[str, str]) -> dict[str, str]:
+    """boto3's keyword arguments for the same precedence; none: boto3's own chain."""
+    creds = env_credentials(env)
+    if creds is None:
+        return {}
+    out = {"aws_access_key_id": creds.access_key, "aws_secret_access_key": creds.secret_key}
+    if creds.token:
+        out["aws_session_token"] = creds.token
+    return out
 
 
 def make_client(env: Mapping[str, str], settings: Settings, pool_size: int) -> Any:

@@ -11,8 +11,8 @@ It speaks exactly what the download needs (ListObjectsV2, GetObject with Range),
 path-style or virtual-hosted, http or https, with a session token when there is one.
 Failures are :class:`S3Error` (an HTTP answer with an S3 error code) or the socket's
 own exceptions; :mod:`bootstrap.retry` and :func:`bootstrap.fetch.explain` know both.
-Credentials come from the environment (``S3_*``, ``AWS_*``, ``OBS_*``, in the order
-s3client.py documents) or, when none are there, from botocore's credential chain.
+Credentials come from the environment (``s3client.env_credentials``: ``S3_*``,
+``AWS_*``, ``OBS_*``) or, when none are there, from botocore's credential chain.
 """
 
 from __future__ import annotations
@@ -23,21 +23,13 @@ import hmac
 import http.client
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any, Optional
 from urllib.parse import quote, urlsplit
 
-from .s3client import Endpoint
+from .s3client import Credentials, Endpoint
 
 _UNSIGNED = "UNSIGNED-PAYLOAD"
 _NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
-
-
-@dataclass(frozen=True)
-class Credentials:
-    access_key: str
-    secret_key: str
-    token: Optional[str] = None
 
 
 class S3Error(Exception):
@@ -50,18 +42,6 @@ class S3Error(Exception):
 
 class NotS3Error(Exception):
     """The endpoint answered, but not like an S3 server (HTML, garbage)."""
-
-
-def env_credentials(env: Mapping[str, str]) -> Optional[Credentials]:
-    if env.get("S3_ACCESS_KEY_ID") and env.get("S3_SECRET_ACCESS_KEY"):
-        return Credentials(env["S3_ACCESS_KEY_ID"], env["S3_SECRET_ACCESS_KEY"])
-    if env.get("AWS_ACCESS_KEY_ID") and env.get("AWS_SECRET_ACCESS_KEY"):
-        return Credentials(env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"],
-                           env.get("AWS_SESSION_TOKEN") or env.get("AWS_SECURITY_TOKEN"))
-    if env.get("OBS_ACCESS_KEY_ID") and env.get("OBS_SECRET_ACCESS_KEY"):
-        return Credentials(env["OBS_ACCESS_KEY_ID"], env["OBS_SECRET_ACCESS_KEY"],
-                           env.get("OBS_SECURITY_TOKEN"))
-    return None
 
 
 def chain_credentials() -> Credentials:
