@@ -1,12 +1,18 @@
-"""The download benchmark: the bootstrap's engine side by side with s5cmd, rclone, the
-AWS CLI and a plain boto3 thread pool, on one local SeaweedFS server, in one run.
+"""The transfer benchmark: the bootstrap's core side by side with s5cmd, rclone, the
+AWS CLI, a plain boto3 thread pool, the awscrt candidate and the previous pure-Python
+engine, on one local SeaweedFS server, in one run.
 
-    bash bench/run.sh            # full run (several minutes), results in bench/results/
+    bash bench/run.sh            # full run (~30 min), results in bench/results/
     bash bench/run.sh --smoke    # tiny data sets, one repetition (what CI runs)
 
-Every downloaded tree is verified byte for byte (MD5 of every file) before its time
-counts. Prints a table of min/median seconds, each contender's ratio to s5cmd, and
-the peak RSS and CPU time of every run; writes the same as JSON.
+Downloads of every data set; uploads of small2k and large4x64 (``bootstrap sync``,
+``s5cmd cp``, ``aws s3 cp``); the latency mode (small2k with the store 0, 5, 15 and
+30 ms away each way, through devtools/delayproxy.py); start-up. Repetitions are
+interleaved (contender A, B, C, then again), s5cmd and the bootstrap get every one,
+the others at most 3. Every downloaded tree is verified byte for byte (MD5 of every
+file) and every upload by listing (sizes, single-part ETags) before its time counts.
+Prints medians with their spread, CPU seconds and CPU per object (rusage of the
+process tree, GNU time), peak RSS, and the ratios to s5cmd; writes the same as JSON.
 """
 
 from __future__ import annotations
@@ -42,6 +48,11 @@ class DataSet:
     make: Callable[[random.Random], dict[str, int]]  # relative path -> size
     only: tuple[str, ...] = ()  # contenders to run (all when empty)
     reps: int = 0  # repetitions (the run's default when 0)
+    label: str = ""  # how the results name it (the name when empty)
+
+    def __post_init__(self) -> None:
+        if not self.label:
+            object.__setattr__(self, "label", self.name)
 
 
 def small(n: int) -> Callable[[random.Random], dict[str, int]]:
@@ -68,9 +79,10 @@ def mixed(n: int) -> Callable[[random.Random], dict[str, int]]:
 FULL = [DataSet("small2k", small(2000)), DataSet("large4x64", large(4, 64 * MiB)),
         DataSet("mixed3k", mixed(3000)), DataSet("small20k", small(20000)),
         # Peak memory while fetching one 1 GiB object (target: under 200 MiB RSS).
-        DataSet("one1g", large(1, 1024 * MiB), only=("bootstrap", "s5cmd"), reps=1),
+        DataSet("one1g", large(1, 1024 * MiB), only=("bootstrap", "s5cmd", "lean-py", "awscrt"),
+                reps=3),
         # A job's start-to-exec with a tiny code directory: start-up plus one listing.
-        DataSet("code10", small(10), only=("bootstrap", "s5cmd"), reps=9)]
+        DataSet("code10", small(10), only=("bootstrap", "s5cmd", "lean-py"), reps=9)]
 SMOKE = [DataSet("small2k", small(60)), DataSet("large4x64", large(2, 2 * MiB))]
 
 
@@ -144,23 +156,58 @@ def timed(argv: list[str], env: dict[str, str], cwd: Path | None = None) -> Run:
 
 
 Invocation = tuple[list[str], dict[str, str], Path]  # argv, environment, output folder
+BASELINE_REV = "433a112"  # the last release of the pure-Python engine (threads, lean SigV4)
+FEW_REPS = 3  # contenders that only give context run at most this often
 
 
-def contenders(s3: S3Server, bench_env: Path) -> dict[str, Callable[[str, Path], Invocation]]:
-    base = {**os.environ, **s3.env()}
+def previous_engine(rev: str) -> Path | None:
+    """The bootstrap as of ``rev`` (git archive into a temp dir), to compare with."""
+    target = Path(tempfile.gettempdir()) / f"bootstrap-bench-{rev}"
+    if not (target / "bootstrap").exists():
+        target.mkdir(parents=True, exist_ok=True)
+        archive = subprocess.run(["git", "-C", str(REPO), "archive", rev, "bootstrap",
+                                  "scripts/run_train.sh"], capture_output=True)
+        if archive.returncode != 0:
+            return None
+        subprocess.run(["tar", "-x", "-C", str(target)], input=archive.stdout, check=True)
+    return target
+
+
+def contenders(endpoint: str, s3: S3Server,
+               bench_env: Path) -> dict[str, Callable[[str, Path], Invocation]]:
+    base = {**os.environ, **s3.env(), "AWS_ENDPOINT_URL": endpoint}
+
+    def bootstrap_env(prefix: str, work: Path, **extra: str) -> dict[str, str]:
+        return {**base, "DLS_APP_URL": f"s3://bench/{prefix}/", "BOOTSTRAP_HOME": str(work),
+                "PATH": f"{BIN}:{os.environ['PATH']}", **extra}
 
     def bootstrap(prefix: str, work: Path) -> Invocation:
-        env = {**base, "DLS_APP_URL": f"s3://bench/{prefix}/", "BOOTSTRAP_HOME": str(work),
-               "PATH": f"{BIN}:{os.environ['PATH']}"}
-        return ["bash", str(REPO / "scripts/run_train.sh"), "true"], env, \
+        return ["bash", str(REPO / "scripts/run_train.sh"), "true"], \
+            bootstrap_env(prefix, work), work / "user-job-dir" / prefix
+
+    def fallback(prefix: str, work: Path) -> Invocation:
+        return ["bash", str(REPO / "scripts/run_train.sh"), "true"], \
+            bootstrap_env(prefix, work, BOOTSTRAP_S3_BACKEND="boto3"), \
             work / "user-job-dir" / prefix
 
+    old = previous_engine(BASELINE_REV)
+
+    def lean(prefix: str, work: Path) -> Invocation:
+        assert old is not None
+        env = bootstrap_env(prefix, work, PYTHONPATH=str(old))
+        return ["bash", str(old / "scripts/run_train.sh"), "true"], env, \
+            work / "user-job-dir" / prefix
+
+    def awscrt(prefix: str, work: Path) -> Invocation:
+        return [sys.executable, str(REPO / "bench/awscrt_fetch.py"), "bench", f"{prefix}/",
+                str(work / "out")], base, work / "out"
+
     def s5cmd(prefix: str, work: Path) -> Invocation:
-        return [str(BIN / "s5cmd"), "--endpoint-url", s3.endpoint, "cp",
+        return [str(BIN / "s5cmd"), "--endpoint-url", endpoint, "cp",
                 f"s3://bench/{prefix}/*", f"{work}/out/"], base, work / "out"
 
     def rclone(prefix: str, work: Path) -> Invocation:
-        env = {**base, "RCLONE_S3_PROVIDER": "Other", "RCLONE_S3_ENDPOINT": s3.endpoint,
+        env = {**base, "RCLONE_S3_PROVIDER": "Other", "RCLONE_S3_ENDPOINT": endpoint,
                "RCLONE_S3_ACCESS_KEY_ID": s3.access_key,
                "RCLONE_S3_SECRET_ACCESS_KEY": s3.secret_key, "RCLONE_S3_FORCE_PATH_STYLE": "true",
                "RCLONE_CONFIG": "/dev/null"}
@@ -169,20 +216,178 @@ def contenders(s3: S3Server, bench_env: Path) -> dict[str, Callable[[str, Path],
 
     def aws(prefix: str, work: Path) -> Invocation:
         return [str(bench_env / "bin/aws"), "s3", "cp", "--recursive", "--only-show-errors",
-                "--endpoint-url", s3.endpoint, f"s3://bench/{prefix}/", str(work / "out")], \
+                "--endpoint-url", endpoint, f"s3://bench/{prefix}/", str(work / "out")], \
             base, work / "out"
 
     def boto3_pool(prefix: str, work: Path) -> Invocation:
         return [sys.executable, str(REPO / "bench/boto3_pool.py"), "bench", f"{prefix}/",
                 str(work / "out")], base, work / "out"
 
-    found = {"bootstrap": bootstrap, "s5cmd": s5cmd, "rclone": rclone, "aws-cli": aws,
+    found = {"bootstrap": bootstrap, "s5cmd": s5cmd, "lean-py": lean, "awscrt": awscrt,
+             "boto3-fallback": fallback, "rclone": rclone, "aws-cli": aws,
              "boto3-pool": boto3_pool}
+    if old is None:
+        del found["lean-py"]
     if not (BIN / "rclone").exists():
         del found["rclone"]
     if not (bench_env / "bin/aws").exists():
         del found["aws-cli"]
+    try:
+        import awscrt as _  # noqa: F401
+    except ImportError:
+        del found["awscrt"]
     return found
+
+
+def uploaders(s3: S3Server, bench_env: Path) -> dict[str, Callable[[Path, str], list[str]]]:
+    """Contenders that copy a local tree to ``s3://bench/<prefix>/``."""
+    found: dict[str, Callable[[Path, str], list[str]]] = {
+        "bootstrap": lambda src, prefix: [str(BIN / "python"), "-m", "bootstrap", "sync",
+                                          str(src), f"s3://bench/{prefix}/"],
+        "s5cmd": lambda src, prefix: [str(BIN / "s5cmd"), "--endpoint-url", s3.endpoint, "cp",
+                                      f"{src}/", f"s3://bench/{prefix}/"],
+        "aws-cli": lambda src, prefix: [str(bench_env / "bin/aws"), "s3", "cp", "--recursive",
+                                        "--only-show-errors", "--endpoint-url", s3.endpoint,
+                                        str(src), f"s3://bench/{prefix}/"],
+    }
+    if not (bench_env / "bin/aws").exists():
+        del found["aws-cli"]
+    return found
+
+
+def verify_upload(client: object, prefix: str, sums: dict[str, str], src: Path) -> None:
+    """Every file is there with its size; single-part objects' ETags are their MD5."""
+    listed: dict[str, tuple[int, str]] = {}
+    for page in client.get_paginator("list_objects_v2").paginate(  # type: ignore[attr-defined]
+            Bucket="bench", Prefix=f"{prefix}/"):
+        for o in page.get("Contents", []):
+            listed[o["Key"][len(prefix) + 1:]] = (o["Size"], o["ETag"].strip('"'))
+    if set(listed) != set(sums):
+        raise RuntimeError(f"upload {prefix}: {len(listed)} objects, want {len(sums)}")
+    for rel, (size, etag) in listed.items():
+        if size != os.path.getsize(src / rel) or ("-" not in etag and etag != sums[rel]):
+            raise RuntimeError(f"upload {prefix}: {rel} differs")
+
+
+@dataclass
+class Row:
+    runs: list[Run]
+    files: int
+
+    def summary(self) -> dict[str, float]:
+        secs = [r.seconds for r in self.runs]
+        cpu = statistics.median([r.cpu for r in self.runs])
+        return {"min_s": min(secs), "median_s": statistics.median(secs), "max_s": max(secs),
+                "peak_rss_mib": max(r.rss_mib for r in self.runs), "cpu_s": cpu,
+                "cpu_ms_per_object": 1000 * cpu / max(self.files, 1), "reps": len(secs)}
+
+
+def print_row(name: str, row: dict[str, float]) -> None:
+    print(f"  {name:15s} median {row['median_s']:7.3f} s  [{row['min_s']:.3f}-"
+          f"{row['max_s']:.3f}]  rss {row['peak_rss_mib']:5.0f} MiB  cpu {row['cpu_s']:6.2f} s"
+          f"  {row['cpu_ms_per_object']:6.3f} ms/object", flush=True)
+
+
+def run_downloads(sets: list[DataSet], names: dict[str, Callable[[str, Path], Invocation]],
+                  data_root: Path, reps: int,
+                  uploaded: dict[str, dict[str, str]]) -> dict[str, dict[str, dict[str, float]]]:
+    """Each data set: every contender once per repetition, interleaved (a slow minute of
+    the shared machine hits all of them alike), every tree verified."""
+    results: dict[str, dict[str, dict[str, float]]] = {}
+    for ds in sets:
+        sums = uploaded[ds.name]
+        print(f"\n{ds.label}: {len(sums)} files", flush=True)
+        chosen = {n: b for n, b in names.items() if not ds.only or n in ds.only}
+        rows = {n: Row([], len(sums)) for n in chosen}
+        for rep in range(ds.reps or reps):
+            for name, build in chosen.items():
+                if name not in ("bootstrap", "s5cmd") and rep >= FEW_REPS:
+                    continue
+                work = Path(tempfile.mkdtemp(prefix="bench-"))
+                try:
+                    argv, env, out = build(ds.name, work)
+                    run = timed(argv, env)
+                    got = tree_md5(out)
+                    if got != sums:
+                        bad = sorted(set(got.items()) ^ set(sums.items()))[:3]
+                        raise RuntimeError(f"{name} on {ds.name}: tree differs: {bad}")
+                    rows[name].runs.append(run)
+                finally:
+                    shutil.rmtree(work, ignore_errors=True)
+        results[ds.label] = {}
+        for name, row in rows.items():
+            results[ds.label][name] = row.summary()
+            print_row(name, results[ds.label][name])
+    return results
+
+
+def run_uploads(sets: list[DataSet], s3: S3Server, data_root: Path, reps: int,
+                uploaded: dict[str, dict[str, str]]) -> dict[str, dict[str, dict[str, float]]]:
+    client = s3.client()
+    names = uploaders(s3, REPO / ".venv-bench")
+    env = {**os.environ, **s3.env(), "PATH": f"{BIN}:{os.environ['PATH']}"}
+    results: dict[str, dict[str, dict[str, float]]] = {}
+    for ds in sets:
+        sums = uploaded[ds.name]
+        src = source_folder(ds, data_root)
+        print(f"\n{ds.name} upload: {len(sums)} files", flush=True)
+        rows = {n: Row([], len(sums)) for n in names}
+        for rep in range(reps):
+            for name, argv in names.items():
+                if name == "aws-cli" and rep >= FEW_REPS:
+                    continue
+                prefix = f"up-{ds.name}-{name}-{rep}"
+                rows[name].runs.append(timed(argv(src, prefix), env))
+                verify_upload(client, prefix, sums, src)
+        results[f"{ds.name} upload"] = {n: r.summary() for n, r in rows.items()}
+        for name, row in results[f"{ds.name} upload"].items():
+            print_row(name, row)
+    return results
+
+
+class DelayProxy:
+    """devtools/delayproxy.py as a process, stopped by its pid."""
+
+    def __init__(self, upstream: str, delay_ms: float) -> None:
+        self.port_file = Path(tempfile.mkstemp(prefix="bench-delay-")[1])
+        self.proc = subprocess.Popen([sys.executable, "-m", "devtools.delayproxy",
+                                      "--upstream", upstream.split("://")[1], "--delay-ms",
+                                      str(delay_ms), "--port-file", str(self.port_file)],
+                                     cwd=REPO)
+        deadline = time.monotonic() + 10
+        while not self.port_file.read_text().strip():
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise RuntimeError("delay proxy did not start")
+            time.sleep(0.05)
+        self.endpoint = f"http://127.0.0.1:{self.port_file.read_text().strip()}"
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+        self.port_file.unlink()
+
+
+def run_latency(ds: DataSet, s3: S3Server, delays: list[float], reps: int,
+                uploaded: dict[str, dict[str, str]],
+                data_root: Path) -> dict[str, dict[str, dict[str, float]]]:
+    """The same data set with the store ``delay`` ms away each way (0: through the proxy
+    with no delay, to show the proxy itself costs nothing)."""
+    results: dict[str, dict[str, dict[str, float]]] = {}
+    for delay in delays:
+        proxy = DelayProxy(s3.endpoint, delay)
+        try:
+            names = contenders(proxy.endpoint, s3, REPO / ".venv-bench")
+            names = {n: b for n, b in names.items() if n in ("bootstrap", "s5cmd", "lean-py")}
+            label = f"{ds.name} +{delay:g} ms"
+            sub = DataSet(ds.name, ds.make, label=label)
+            results.update(run_downloads([sub], names, data_root, reps, uploaded))
+        finally:
+            proxy.stop()
+    return results
+
+
+def source_folder(ds: DataSet, data_root: Path) -> Path:
+    return next(p for p in data_root.iterdir() if p.is_dir() and p.name.startswith(ds.name + "-"))
 
 
 def startup(reps: int) -> dict[str, float]:
@@ -208,11 +413,24 @@ def startup(reps: int) -> dict[str, float]:
             "overhead_ms": (statistics.median(boot) - statistics.median(bare)) * 1000}
 
 
+def print_ratios(title: str, results: dict[str, dict[str, dict[str, float]]]) -> None:
+    names: list[str] = []
+    for row in results.values():
+        names += [n for n in row if n not in names]
+    print(f"\n{title}")
+    print(f"{'data set':22s}" + "".join(f"{n:>15s}" for n in names))
+    for label, row in results.items():
+        ref = row["s5cmd"]["median_s"]
+        print(f"{label:22s}" + "".join(
+            f"{row[n]['median_s'] / ref:15.2f}" if n in row else f"{'-':>15s}" for n in names))
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--smoke", action="store_true", help="tiny data sets, one repetition")
-    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--only", default="", help="comma list of data sets")
+    ap.add_argument("--delays", default="0,5,15,30", help="one-way ms for the latency mode")
     ap.add_argument("--data", default=os.environ.get("BENCH_DATA", "/tmp/bootstrap-bench-data"))
     args = ap.parse_args()
     reps = 1 if args.smoke else args.reps
@@ -220,59 +438,35 @@ def main() -> int:
     if args.only:
         sets = [d for d in sets if d.name in args.only.split(",")]
     data_root = Path(args.data) / ("smoke" if args.smoke else "full")
-    results: dict[str, dict[str, dict[str, float]]] = {}
+    delays = [float(d) for d in args.delays.split(",") if d.strip()]
+    uploaded: dict[str, dict[str, str]] = {}
     with S3Server() as s3:
         client = s3.client()
         client.create_bucket(Bucket="bench")
-        names = contenders(s3, REPO / ".venv-bench")
         for ds in sets:
-            sums = materialize(ds, data_root)
-            src = next(p for p in data_root.iterdir() if p.is_dir() and
-                       p.name.startswith(ds.name + "-"))
+            uploaded[ds.name] = materialize(ds, data_root)
             subprocess.run([str(BIN / "s5cmd"), "--endpoint-url", s3.endpoint, "cp",
-                            f"{src}/", f"s3://bench/{ds.name}/"], env={**os.environ, **s3.env()},
-                           check=True, stdout=subprocess.DEVNULL)
-            total = sum(os.path.getsize(src / r) for r in sums)
-            print(f"\n{ds.name}: {len(sums)} files, {total / MiB:.1f} MiB", flush=True)
-            results[ds.name] = {}
-            for name, build in names.items():
-                if ds.only and name not in ds.only:
-                    continue
-                runs = []
-                for _ in range(ds.reps or reps):
-                    work = Path(tempfile.mkdtemp(prefix="bench-"))
-                    try:
-                        argv, env, out = build(ds.name, work)
-                        run = timed(argv, env)
-                        got = tree_md5(out)
-                        if got != sums:
-                            bad = sorted(set(got.items()) ^ set(sums.items()))[:3]
-                            raise RuntimeError(f"{name} on {ds.name}: tree differs: {bad}")
-                        runs.append(run)
-                    finally:
-                        shutil.rmtree(work, ignore_errors=True)
-                secs = [r.seconds for r in runs]
-                results[ds.name][name] = {
-                    "min_s": min(secs), "median_s": statistics.median(secs),
-                    "peak_rss_mib": max(r.rss_mib for r in runs),
-                    "cpu_s": statistics.median([r.cpu for r in runs])}
-                row = results[ds.name][name]
-                print(f"  {name:11s} min {row['min_s']:7.3f} s  median {row['median_s']:7.3f} s"
-                      f"  rss {row['peak_rss_mib']:6.0f} MiB  cpu {row['cpu_s']:6.2f} s",
-                      flush=True)
+                            f"{source_folder(ds, data_root)}/", f"s3://bench/{ds.name}/"],
+                           env={**os.environ, **s3.env()}, check=True,
+                           stdout=subprocess.DEVNULL)
+        names = contenders(s3.endpoint, s3, REPO / ".venv-bench")
+        results = run_downloads(sets, names, data_root, reps, uploaded)
+        ups = [d for d in sets if d.name in ("small2k", "large4x64")]
+        upload_results = run_uploads(ups, s3, data_root, reps, uploaded)
+        latency_set = next((d for d in sets if d.name == "small2k"), None)
+        latency = run_latency(latency_set, s3, delays, reps, uploaded, data_root) \
+            if latency_set is not None and delays else {}
         start = startup(5 if args.smoke else 30)
-    print("\nratio to s5cmd (median time; < 1 is faster than s5cmd)")
-    header = f"{'data set':12s}" + "".join(f"{n:>12s}" for n in names)
-    print(header)
-    for ds_name, row in results.items():
-        ref = row["s5cmd"]["median_s"]
-        print(f"{ds_name:12s}" + "".join(
-            f"{row[n]['median_s'] / ref:12.2f}" if n in row else f"{'-':>12s}" for n in names))
+    print_ratios("ratio to s5cmd (median time; < 1 is faster than s5cmd)", results)
+    print_ratios("uploads: ratio to s5cmd", upload_results)
+    if latency:
+        print_ratios("latency mode: ratio to s5cmd at the same delay", latency)
     print(f"\nstart-up: python -c pass {start['python_ms']:.1f} ms, run_train.sh python -c pass "
           f"{start['run_train_ms']:.1f} ms, overhead {start['overhead_ms']:.1f} ms")
     out = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": f"{platform.node()} "
            f"{os.cpu_count()} cores {platform.machine()}", "smoke": args.smoke, "reps": reps,
-           "results": results, "startup": start}
+           "results": results, "uploads": upload_results, "latency": latency,
+           "startup": start}
     results_dir = REPO / "bench" / "results"
     results_dir.mkdir(exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")

@@ -2,54 +2,64 @@
 
 Contract (each point is tested):
 
-* Listing is paginated ListObjectsV2; a listing that repeats a continuation token
-  or exceeds ``BOOTSTRAP_MAX_FILES`` is refused rather than followed forever.
-* All transfers share one lean client (s3lean.py) that keeps a connection alive per
-  worker thread. Objects smaller than the multipart threshold are one GET each;
-  larger ones are split into byte ranges (at most ``RANGE_STREAMS`` at once) written
-  in place with ``pwrite``, so a retried range rewrites exactly its own bytes and
-  memory stays bounded; a server that ignores Range is caught, not trusted.
-* Every file streams into a temporary file beside its destination and is renamed
-  into place only when its size (always) and MD5 (when the ETag is a plain MD5)
-  verify. A killed or failed run never leaves a truncated file under a final name;
-  temporaries of a killed run are swept by the next one.
-* Transient failures are retried (see :mod:`bootstrap.retry`); anything else
+* Listing is paginated ListObjectsV2 (:mod:`bootstrap.storage.listing`); a listing
+  that repeats a continuation token or a key, or exceeds ``BOOTSTRAP_MAX_FILES``, is
+  refused rather than followed forever.
+* Transfers go through one :class:`~bootstrap.storage.base.Store` (native obstore,
+  else boto3) from one event loop: up to ``BOOTSTRAP_DOWNLOAD_WORKERS`` requests in
+  flight (hundreds: a store tens of milliseconds away needs them), and never more
+  than ``BOOTSTRAP_TRANSFER_MEMORY_MB`` of object bytes held in memory at once.
+* Objects smaller than the multipart threshold are one GET each, verified in memory
+  (size always, MD5 when the ETag is a plain MD5) before a byte is written. Larger
+  ones are split into byte ranges (at most ``RANGE_STREAMS`` at once) written in
+  place with ``pwrite``, hashed in order as the contiguous prefix grows; a server
+  that does not answer ranges exactly (``rclone serve s3`` answers 200) has the
+  object streamed whole instead, never written at the wrong offsets.
+* Every file lands under a hidden temporary name beside its destination and is
+  renamed into place only once verified. A killed or failed run never leaves a
+  truncated file under a final name; temporaries of a killed run are swept by the
+  next one. SIGTERM/SIGINT/SIGHUP stop the transfers, remove the temporaries and
+  surface as :class:`~bootstrap.errors.Terminated`.
+* Transient failures are retried (:mod:`bootstrap.storage.retry`); anything else
   becomes a :class:`DownloadError` with one line saying what to fix (exit 127).
 * A rerun skips files whose size and ETag match the manifest.
 """
 
 from __future__ import annotations
 
-import collections
 import contextlib
-import functools
 import hashlib
-import http.client
 import os
 import re
 import secrets
 import shutil
 import signal
-import socket
 import threading
 import time
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Optional, Union
 
-from . import retry
-from .errors import DownloadError
+from .errors import BootstrapError, DownloadError, Terminated
 from .location import Location
 from .log import Log
 from .manifest import Manifest
 from .paths import SafeDirs, relative_path
 from .settings import Settings
+from .storage import retry
+from .storage.errors import StorageError, TransientError, explain
 
-CHUNK = 1024 * 1024
-RANGE_STREAMS = 8  # concurrent ranged GETs of large objects
+if TYPE_CHECKING:
+    from .storage.base import Store
+    from .storage.listing import Lister
+
+RANGE_STREAMS = 8  # concurrent ranged GETs of large objects (measured: 8 beat 32)
 TMP_SUFFIX = ".bootstrap-tmp"
+INLINE_BYTES = 1 << 20  # smaller buffers are hashed and written on the loop's thread
 _PLAIN_MD5 = re.compile(r"^[0-9a-f]{32}$")
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
 @dataclass(frozen=True)
@@ -74,12 +84,7 @@ class Stats:
     total_bytes: int = 0
     retries: int = 0
     seconds: float = 0.0
-    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-
-    def add(self, files: int, nbytes: int) -> None:
-        with self.lock:
-            self.files += files
-            self.bytes += nbytes
+    backend: str = ""
 
     def summary(self) -> str:
         rate = self.bytes / self.seconds / 2**20 if self.seconds > 0 else 0.0
@@ -89,7 +94,7 @@ class Stats:
 
 # --------------------------------------------------------------------------- listing
 
-def list_objects(client: Any, location: Location,
+def list_objects(lister: Lister, location: Location,
                  settings: Settings) -> tuple[list[RemoteObject], list[str]]:
     """Every object under the prefix, as relative paths already checked for safety,
     and every folder (directory markers and files' parents), parents first."""
@@ -99,14 +104,11 @@ def list_objects(client: Any, location: Location,
     token: Optional[str] = None
     seen_tokens: set[str] = set()
     while True:
-        kwargs: dict[str, Any] = {"Bucket": location.bucket, "Prefix": location.prefix,
-                                  "MaxKeys": 1000}
-        if token:
-            kwargs["ContinuationToken"] = token
-        page = retry.call(functools.partial(client.list_objects_v2, **kwargs),
-                          settings.retry_attempts, settings.retry_deadline)
-        for item in page.get("Contents", ()):
-            parsed = relative_path(item["Key"], location.prefix)
+        items, token = retry.call(
+            lambda t=token: lister.page(location.bucket, location.prefix, t),  # type: ignore[misc]
+            settings.retry_attempts, settings.retry_deadline)
+        for key, size, etag in items:
+            parsed = relative_path(key, location.prefix)
             if parsed is None:
                 continue
             rel, is_folder = parsed
@@ -115,16 +117,17 @@ def list_objects(client: Any, location: Location,
             if is_folder:
                 folders.add(rel)
                 continue
+            if rel in files:
+                raise DownloadError(f"the object store returned a listing of {location.url} "
+                                    f"that never ends ({key!r} came twice)")
             files.add(rel)
-            objects.append(RemoteObject(item["Key"], rel, int(item.get("Size", 0)),
-                                        str(item.get("ETag", "")).strip('"')))
+            objects.append(RemoteObject(key, rel, size, etag))
             if len(objects) > settings.max_files:
                 raise DownloadError(f"{location.url} holds more than {settings.max_files} "
-                                    "files; point DLS_APP_URL at the code folder, or raise "
+                                    "files; point the URL at the code folder, or raise "
                                     "BOOTSTRAP_MAX_FILES")
-        if not page.get("IsTruncated"):
+        if token is None:
             break
-        token = page.get("NextContinuationToken")
         if not token or token in seen_tokens:
             raise DownloadError(f"the object store returned a listing of {location.url} that "
                                 "never ends (a repeated or missing continuation token)")
@@ -142,129 +145,96 @@ def list_objects(client: Any, location: Location,
 
 # --------------------------------------------------------------------------- transfer
 
-class _LargeFile:
-    """Shared state of one object fetched as several ranges.
+class ByteBudget:
+    """At most ``limit`` bytes held at once; one request larger than the whole budget
+    still runs, alone, so no object is ever stuck."""
 
-    When its ETag is a plain MD5, the file is hashed while it downloads: ranges finish
-    out of order, so whichever thread completes the range that extends the contiguous
-    prefix hashes it (reading back from the page cache), and the last range only has
-    its own tail left to hash, instead of the whole object after the download.
+    def __init__(self, limit: int) -> None:
+        import asyncio
+
+        self.limit, self.used = limit, 0
+        self._changed = asyncio.Condition()
+
+    async def acquire(self, n: int) -> None:
+        async with self._changed:
+            await self._changed.wait_for(lambda: self.used == 0 or self.used + n <= self.limit)
+            self.used += n
+
+    async def release(self, n: int) -> None:
+        async with self._changed:
+            self.used -= n
+            self._changed.notify_all()
+
+
+@dataclass
+class _LargeFile:
+    """One object fetched as ranges: its temporary file and the in-order MD5.
+
+    Ranges finish out of order; each one that extends the hashed prefix is hashed
+    from memory, and one that arrives early keeps its buffer (and its share of the
+    memory budget) until the prefix reaches it, so nothing is read back from disk.
     """
 
-    def __init__(self, obj: RemoteObject, tmp: Path, parts: int) -> None:
-        self.obj = obj
-        self.tmp = tmp
-        self.remaining = parts
-        self.failed = False
-        self.lock = threading.Lock()
-        self.digest = hashlib.md5(usedforsecurity=False) if obj.md5 else None
-        self.hashed = 0  # bytes [0, hashed) are in the digest
-        self.finished: dict[int, int] = {}  # start -> end of ranges done but not hashed
-        self.hashing = threading.Lock()
-
-    def advance(self, buf: memoryview, wait: bool) -> None:
-        """Hashes every finished range that continues the prefix. With ``wait`` False a
-        thread that finds another one hashing leaves the work to it (that thread loops
-        until nothing continues the prefix; the last range then waits)."""
-        if self.digest is None or not self.hashing.acquire(blocking=wait):
-            return
-        try:
-            with open(self.tmp, "rb", buffering=0) as fh:
-                while True:
-                    with self.lock:
-                        end = self.finished.pop(self.hashed, None)
-                    if end is None:
-                        return
-                    fh.seek(self.hashed)
-                    while self.hashed < end:
-                        n = fh.readinto(buf[: min(len(buf), end - self.hashed)])
-                        if not n:
-                            return  # cut short: the size check will say so
-                        self.digest.update(buf[:n])
-                        self.hashed += n
-        finally:
-            self.hashing.release()
+    obj: RemoteObject
+    remaining: int
+    tmp: Optional[Path] = None  # created by the first range to start
+    digest: Any = None
+    hashed: int = 0  # bytes [0, hashed) are in the digest
+    early: dict[int, memoryview] = field(default_factory=dict)  # start -> buffer
+    streamed: bool = False  # the server cannot do ranges: fetched whole instead
+    failed: bool = False
 
 
-Task = Callable[[], None]
+Job = Union[RemoteObject, tuple[_LargeFile, int, int]]  # a small object, or a range
 
 
 class Engine:
-    """Runs the transfer tasks on ``workers`` threads; the caller's thread only waits,
-    so a signal handler raising there (SIGTERM) unwinds cleanly through :meth:`run`."""
+    """Runs the planned transfers on one event loop in the calling thread; see the
+    module's contract."""
 
-    def __init__(self, client: Any, location: Location, dest: Path, settings: Settings,
+    def __init__(self, store: Store, location: Location, dest: Path, settings: Settings,
                  log: Log, manifest: Manifest) -> None:
-        self.client = client
+        self.store = store
         self.location = location
         self.dest = dest
         self.settings = settings
         self.log = log
         self.manifest = manifest
         self.dirs = SafeDirs(dest)
-        self.stats = Stats()
-        self.cancel = threading.Event()
-        self.error: Optional[BaseException] = None
-        self._ranges: collections.deque[Task] = collections.deque()
-        self._smalls: collections.deque[Task] = collections.deque()
-        # Large objects saturate the link with few streams; more only add contention
-        # (measured: 8 concurrent 16 MiB ranges beat 32), while small files need many.
-        self._range_slots = threading.Semaphore(RANGE_STREAMS)
+        self.stats = Stats(backend=store.backend)
+        self._ranges: deque[tuple[_LargeFile, int, int]] = deque()
+        self._smalls: deque[RemoteObject] = deque()
         self._temps: set[Path] = set()
-        self._temps_lock = threading.Lock()
-        self._create_lock = threading.Lock()
-        self._local = threading.local()
+        self._can_range = True
 
     # -- planning
     def plan(self, objects: list[RemoteObject], folders: list[str]) -> None:
-        big: list[Task] = []
-        small: list[Task] = []
         for obj in objects:
-            final = self.dest / obj.rel
             self.stats.total_files += 1
             self.stats.total_bytes += obj.size
-            if self.manifest.unchanged(obj.rel, obj.size, obj.etag, final):
+            if self.manifest.unchanged(obj.rel, obj.size, obj.etag, self.dest / obj.rel):
                 self.stats.skipped += 1
-                continue
-            if obj.size >= self.settings.multipart_threshold:
-                big.extend(self._range_tasks(obj))
+            elif obj.size >= self.settings.multipart_threshold:
+                size = self.settings.range_size
+                state = _LargeFile(obj, remaining=-(-obj.size // size))
+                self._ranges.extend((state, s, min(s + size, obj.size))
+                                    for s in range(0, obj.size, size))
             else:
-                small.append(lambda o=obj: self._fetch_whole(o))  # type: ignore[misc]
+                self._smalls.append(obj)
         for rel in folders:
             self.dirs.ensure(rel)
-        self._ranges.extend(big)
-        self._smalls.extend(small)
 
-    def _range_tasks(self, obj: RemoteObject) -> list[Task]:
-        size = self.settings.range_size
-        starts = list(range(0, obj.size, size))
-        state: dict[str, _LargeFile] = {}
-
-        def start(offset: int) -> Task:
-            def task() -> None:
-                if "f" not in state:  # the first range to run creates the file
-                    with self._create_lock:
-                        if "f" not in state:
-                            tmp = self._new_temp(obj)
-                            with open(tmp, "wb") as fh:
-                                fh.truncate(obj.size)
-                            state["f"] = _LargeFile(obj, tmp, len(starts))
-                self._fetch_range(state["f"], offset, min(offset + size, obj.size) - 1)
-            return task
-        return [start(s) for s in starts]
-
-    # -- temporaries
-    def _new_temp(self, obj: RemoteObject) -> Path:
-        parent, _, _ = obj.rel.rpartition("/")
-        folder = self.dirs.ensure(parent)
+    # -- temporaries and commits
+    def _new_temp(self, obj: RemoteObject) -> tuple[Path, int]:
+        """A new hidden temporary beside ``obj``'s destination, open for writing."""
+        folder = self.dirs.ensure(obj.rel.rpartition("/")[0])
         tmp = folder / f".{secrets.token_hex(8)}{TMP_SUFFIX}"
-        with self._temps_lock:
-            self._temps.add(tmp)
-        return tmp
+        self._temps.add(tmp)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        return tmp, fd
 
     def _drop_temp(self, tmp: Path) -> None:
-        with self._temps_lock:
-            self._temps.discard(tmp)
+        self._temps.discard(tmp)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
 
@@ -277,214 +247,228 @@ class Engine:
             self._drop_temp(tmp)
             raise DownloadError(f"{final} is a folder but the bucket holds a file of that "
                                 "name; remove it and rerun") from None
-        with self._temps_lock:
-            self._temps.discard(tmp)
+        self._temps.discard(tmp)
         self.manifest.record(obj.rel, obj.size, obj.etag, final)
-        self.stats.add(1, 0)
+        self.stats.files += 1
 
     def _on_retry(self, exc: BaseException) -> None:
-        with self.stats.lock:
-            self.stats.retries += 1
+        self.stats.retries += 1
+
+    async def _retrying(self, fn: Any) -> Any:
+        return await retry.call_async(fn, self.settings.retry_attempts,
+                                      self.settings.retry_deadline, self._on_retry)
 
     # -- whole objects
-    def _fetch_whole(self, obj: RemoteObject) -> None:
-        tmp = self._new_temp(obj)
-        try:
-            retry.call(lambda: self._get_into(obj, tmp), self.settings.retry_attempts,
-                       self.settings.retry_deadline, self._on_retry)
-            self._commit(obj, tmp)
-        except BaseException:
-            self._drop_temp(tmp)
-            raise
+    async def _fetch_small(self, obj: RemoteObject) -> None:
+        import asyncio
 
-    def _get_into(self, obj: RemoteObject, tmp: Path) -> None:
-        resp = self.client.get_object(Bucket=self.location.bucket, Key=obj.key)
-        digest = hashlib.md5(usedforsecurity=False) if obj.md5 else None
-        got = 0
-        body = resp["Body"]
-        buf = self._buffer()
+        async def get() -> memoryview:
+            data = await self.store.get(obj.key)
+            self.stats.bytes += len(data)
+            if obj.size > INLINE_BYTES:
+                await asyncio.to_thread(_verify, obj, data)
+            else:
+                _verify(obj, data)
+            return data
+
+        await self._budget.acquire(obj.size)
         try:
-            with open(tmp, "wb", buffering=0) as fh:
-                while True:
-                    n = body.readinto(buf)
-                    if not n:
-                        break
-                    if self.cancel.is_set():
-                        raise _Cancelled()
-                    view = buf[:n]
-                    fh.write(view)
-                    got += n
+            data = await self._retrying(get)
+            tmp, fd = self._new_temp(obj)
+            try:
+                if len(data) > INLINE_BYTES:
+                    await asyncio.to_thread(_write_all, fd, data)
+                else:
+                    _write_all(fd, data)
+            finally:
+                os.close(fd)
+            self._commit(obj, tmp)
+        finally:
+            await self._budget.release(obj.size)
+
+    # -- large objects
+    async def _fetch_range(self, state: _LargeFile, start: int, end: int) -> None:
+        import asyncio
+
+        if state.failed or state.streamed:
+            return
+        if not self._can_range:
+            await self._stream_whole(state)
+            return
+        if state.tmp is None:  # the first range to start creates the file (no await yet)
+            state.tmp, fd = self._new_temp(state.obj)
+            os.ftruncate(fd, state.obj.size)
+            os.close(fd)
+            state.digest = hashlib.md5(usedforsecurity=False) if state.obj.md5 else None
+        tmp = state.tmp
+        async with self._range_slots:
+            await self._budget.acquire(end - start)
+            held = False
+            try:
+                try:
+                    data = await self._retrying(lambda: self._get_range(state, start, end))
+                except StorageError as exc:
+                    if exc.kind != "not_partial":
+                        raise
+                    if self._can_range:
+                        self._can_range = False  # this server cannot: stream them whole
+                        self.log.info(f"fetch: {exc.message}; large objects are streamed "
+                                      "whole")
+                    await self._stream_whole(state)
+                    return
+                if state.failed or state.streamed:
+                    return
+                try:
+                    await asyncio.to_thread(_pwrite_all, tmp, data, start)
+                except FileNotFoundError:
+                    if state.failed or state.streamed:
+                        return  # another range gave this file up meanwhile
+                    raise
+                if state.digest is not None and start != state.hashed:
+                    state.early[start] = data
+                    held = True  # released once the prefix reaches it
+                else:
+                    await self._hash_prefix(state, data, start)
+            except BaseException:
+                state.failed = True
+                self._drop_temp(tmp)
+                raise
+            finally:
+                if not held:
+                    await self._budget.release(end - start)
+        state.remaining -= 1
+        if state.remaining == 0:
+            await self._finish_large(state)
+
+    async def _get_range(self, state: _LargeFile, start: int, end: int) -> memoryview:
+        data = await self.store.get_range(state.obj.key, start, end)
+        self.stats.bytes += len(data)
+        if len(data) != end - start:
+            raise TransientError(f"range {start}-{end - 1} of {state.obj.key!r}: received "
+                                 f"{len(data)} of {end - start} bytes")
+        return data
+
+    async def _hash_prefix(self, state: _LargeFile, data: memoryview, start: int) -> None:
+        """Hashes ``data`` (which starts at the hashed prefix's end), then every early
+        range that now continues the prefix, releasing their memory."""
+        import asyncio
+
+        if state.digest is None:
+            return
+        while True:
+            await asyncio.to_thread(state.digest.update, data)
+            state.hashed = start + len(data)
+            following = state.early.pop(state.hashed, None)
+            if following is None:
+                return
+            await self._budget.release(len(following))  # held since it arrived early
+            start, data = state.hashed, following
+
+    async def _stream_whole(self, state: _LargeFile) -> None:
+        """The object in one streamed GET (a server without proper ranges)."""
+        import asyncio
+
+        if state.streamed:
+            return
+        state.streamed = True
+        if state.tmp is not None:
+            self._drop_temp(state.tmp)
+        for buf in state.early.values():
+            await self._budget.release(len(buf))
+        state.early.clear()
+        obj = state.obj
+
+        async def get() -> Path:
+            tmp, fd = self._new_temp(obj)
+            digest = hashlib.md5(usedforsecurity=False) if obj.md5 else None
+            got = 0
+            try:
+                async for chunk in self.store.get_chunks(obj.key):
+                    await asyncio.to_thread(_write_hash, fd, chunk, digest)
+                    got += len(chunk)
+                    self.stats.bytes += len(chunk)
                     if got > obj.size:
                         break
-                    if digest is not None:
-                        digest.update(view)
-        finally:
-            body.close()
-        self.stats.add(0, got)
-        _verify(obj, got, digest)
-
-    def _buffer(self) -> memoryview:
-        """This thread's reusable transfer buffer (no allocation per chunk)."""
-        buf = getattr(self._local, "buf", None)
-        if buf is None:
-            buf = self._local.buf = memoryview(bytearray(CHUNK))
-        return buf
-
-    # -- ranges of large objects
-    def _fetch_range(self, state: _LargeFile, first: int, last: int) -> None:
-        if state.failed:
-            return
-        try:
-            retry.call(lambda: self._get_range(state, first, last), self.settings.retry_attempts,
-                       self.settings.retry_deadline, self._on_retry)
-        except BaseException:
-            with state.lock:
-                state.failed = True
-            self._drop_temp(state.tmp)
-            raise
-        with state.lock:
-            state.remaining -= 1
-            state.finished[first] = last + 1
-            done = state.remaining == 0
-        if done:
-            self._finish_large(state)
-        else:
-            state.advance(self._buffer(), wait=False)
-
-    def _get_range(self, state: _LargeFile, first: int, last: int) -> None:
-        resp = self.client.get_object(Bucket=self.location.bucket, Key=state.obj.key,
-                                      Range=f"bytes={first}-{last}")
-        body = resp["Body"]
-        want = last - first + 1
-        expected = f"bytes {first}-{last}/{state.obj.size}"
-        if resp.get("Status") != 206 or resp.get("ContentRange") != expected:
-            body.close()  # a server that ignored Range would write the wrong bytes here
-            raise retry.TransientError(f"{state.obj.key!r}: asked for {expected}, the server "
-                                       f"answered {resp.get('Status')} "
-                                       f"{resp.get('ContentRange') or '(no Content-Range)'}")
-        offset = first
-        try:
-            fd = os.open(state.tmp, os.O_WRONLY)
-        except FileNotFoundError:
-            body.close()
-            raise _Cancelled() from None
-        buf = self._buffer()
-        try:
-            while offset <= last:
-                n = body.readinto(buf[: min(CHUNK, last + 1 - offset)])
-                if not n:
-                    break
-                if self.cancel.is_set() or state.failed:
-                    raise _Cancelled()
-                os.pwrite(fd, buf[:n], offset)
-                offset += n
-        finally:
+                _check(obj, got, digest)
+            except BaseException:
+                os.close(fd)
+                self._drop_temp(tmp)
+                raise
             os.close(fd)
-            body.close()
-        got = offset - first
-        self.stats.add(0, got)
-        if got != want:
-            raise retry.TransientError(f"range {first}-{last} of {state.obj.key!r} ended after "
-                                       f"{got} of {want} bytes")
+            return tmp
 
-    def _finish_large(self, state: _LargeFile) -> None:
-        obj = state.obj
-        size = os.path.getsize(state.tmp)
-        state.advance(self._buffer(), wait=True)  # whatever of the prefix is left
+        self._commit(obj, await self._retrying(get))
+
+    async def _finish_large(self, state: _LargeFile) -> None:
+        obj, tmp = state.obj, state.tmp
+        assert tmp is not None
         try:
-            if state.digest is not None and state.hashed != size:
-                raise retry.TransientError(f"{obj.key!r}: could hash {state.hashed} of "
-                                           f"{size} bytes")
-            _verify(obj, size, state.digest)
-        except retry.TransientError as exc:
-            self._drop_temp(state.tmp)
-            raise DownloadError(str(exc)) from None
-        self._commit(obj, state.tmp)
+            if state.digest is not None and state.hashed != obj.size:
+                raise TransientError(f"{obj.key!r}: could hash {state.hashed} of "
+                                     f"{obj.size} bytes")
+            _check(obj, os.path.getsize(tmp), state.digest)
+        except TransientError as exc:
+            self._drop_temp(tmp)
+            raise DownloadError(f"{exc}; the object store serves a broken object: check "
+                                "it, or upload it again") from None
+        self._commit(obj, tmp)
 
     # -- running
-    def _next(self) -> tuple[Optional[Task], bool]:
-        """A range while a range stream is free (they are the longest tasks: start them
-        early), else a small file, else wait for a range stream."""
-        if self._ranges and self._range_slots.acquire(blocking=False):
-            try:
-                return self._ranges.popleft(), True
-            except IndexError:
-                self._range_slots.release()
-        try:
-            return self._smalls.popleft(), False
-        except IndexError:
-            pass
-        while self._ranges and not self.cancel.is_set():
-            if self._range_slots.acquire(timeout=0.2):
-                try:
-                    return self._ranges.popleft(), True
-                except IndexError:
-                    self._range_slots.release()
-        return None, False
+    async def _worker(self) -> None:
+        while True:
+            if self._ranges:
+                state, start, end = self._ranges.popleft()
+                await self._fetch_range(state, start, end)
+            elif self._smalls:
+                await self._fetch_small(self._smalls.popleft())
+            else:
+                return
 
-    def _worker(self) -> None:
-        while not self.cancel.is_set():
-            task, is_range = self._next()
-            if task is None:
-                return
-            try:
-                task()
-            except _Cancelled:
-                return
-            except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread
-                if self.error is None:
-                    self.error = exc
-                self.cancel.set()
-                return
-            finally:
-                if is_range:
-                    self._range_slots.release()
+    async def _progress(self, started: float, every: float) -> None:
+        import asyncio
+
+        while True:
+            await asyncio.sleep(every)
+            s = self.stats
+            elapsed = time.monotonic() - started
+            todo = max(s.total_bytes - s.bytes, 0)
+            rate = s.bytes / elapsed if elapsed > 0 else 0.0
+            eta = f"{todo / rate:.0f} s" if rate > 0 else "?"
+            self.log.info(f"fetch: {s.files + s.skipped}/{s.total_files} files, "
+                          f"{s.bytes / 2**20:.0f}/{s.total_bytes / 2**20:.0f} MiB, "
+                          f"{rate / 2**20:.1f} MiB/s, ETA {eta}")
+
+    async def _main(self, progress_every: float) -> None:
+        import asyncio
+
+        self._budget = ByteBudget(self.settings.transfer_memory)
+        self._range_slots = asyncio.Semaphore(RANGE_STREAMS)
+        count = min(self.settings.download_workers, len(self._ranges) + len(self._smalls))
+        workers = [asyncio.ensure_future(self._worker()) for _ in range(count)]
+        progress = asyncio.ensure_future(self._progress(time.monotonic(), progress_every))
+        try:
+            if workers:
+                done, _ = await asyncio.wait(workers, return_when=asyncio.FIRST_EXCEPTION)
+                for task in done:
+                    if task.exception() is not None:
+                        raise task.exception()  # type: ignore[misc]
+        finally:
+            progress.cancel()
+            for task in workers:
+                task.cancel()
+            await asyncio.gather(progress, *workers, return_exceptions=True)
 
     def run(self, progress_every: float = 5.0) -> Stats:
         started = time.monotonic()
-        threads: list[threading.Thread] = []
-        next_report = started + progress_every
         try:
-            # Signals wait while the threads start (they arrive right after, inside this
-            # try), so every started thread is in `threads` and joined below.
-            stop = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
-            old = signal.pthread_sigmask(signal.SIG_BLOCK, stop)
-            try:
-                for i in range(min(self.settings.download_workers,
-                                   len(self._ranges) + len(self._smalls))):
-                    t = threading.Thread(target=self._worker, name=f"fetch-{i}", daemon=True)
-                    t.start()
-                    threads.append(t)
-            finally:
-                signal.pthread_sigmask(signal.SIG_SETMASK, old)
-            for t in threads:
-                while t.is_alive():
-                    t.join(0.1)
-                    now = time.monotonic()
-                    if now >= next_report:
-                        self._progress(now - started)
-                        next_report = now + progress_every
+            _run_stoppable(self._main(progress_every))
         finally:
-            self.cancel.set()
-            for t in threads:
-                t.join()
             for tmp in list(self._temps):
                 self._drop_temp(tmp)
             self.manifest.close()
             self.stats.seconds = time.monotonic() - started
-        if self.error is not None:
-            raise self.error
         self._sweep_stale_temps()
         return self.stats
-
-    def _progress(self, elapsed: float) -> None:
-        s = self.stats
-        todo_bytes = max(s.total_bytes - s.bytes, 0)
-        rate = s.bytes / elapsed if elapsed > 0 else 0.0
-        eta = f"{todo_bytes / rate:.0f} s" if rate > 0 else "?"
-        self.log.info(f"fetch: {s.files + s.skipped}/{s.total_files} files, "
-                      f"{s.bytes / 2**20:.0f}/{s.total_bytes / 2**20:.0f} MiB, "
-                      f"{rate / 2**20:.1f} MiB/s, ETA {eta}")
 
     def _sweep_stale_temps(self) -> None:
         """Removes temporaries left by a run that was killed (SIGKILL cannot clean up)."""
@@ -495,103 +479,86 @@ class Engine:
                         os.unlink(os.path.join(folder, name))
 
 
-class _Cancelled(Exception):
-    """Raised inside a worker when another worker failed or the run was stopped."""
+def _run_stoppable(main: Any) -> None:
+    """``asyncio.run(main)``; in the main thread, SIGTERM/SIGINT/SIGHUP cancel it (every
+    ``finally`` runs, thread work is waited for) and then raise Terminated, the
+    bootstrap's own handlers being restored."""
+    import asyncio
+
+    if threading.current_thread() is not threading.main_thread():
+        asyncio.run(main)
+        return
+    received: list[int] = []
+    # A signal the caller ignores stays ignored (the final output sync must finish
+    # even when the platform repeats its SIGTERM).
+    previous = {s: signal.getsignal(s) for s in STOP_SIGNALS
+                if signal.getsignal(s) is not signal.SIG_IGN}
+
+    async def guarded() -> None:
+        loop = asyncio.get_running_loop()
+        task = asyncio.ensure_future(main)
+
+        def stop(signum: int) -> None:
+            received.append(signum)
+            task.cancel()
+
+        for s in previous:
+            loop.add_signal_handler(s, stop, s)
+        try:
+            await task
+        except asyncio.CancelledError:
+            if not received:
+                raise
+
+    try:
+        asyncio.run(guarded())
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    if received:
+        raise Terminated(received[0])
 
 
-def _verify(obj: RemoteObject, got: int, digest: Any) -> None:
+def _verify(obj: RemoteObject, data: memoryview) -> None:
+    digest = hashlib.md5(data, usedforsecurity=False) if obj.md5 else None
+    _check(obj, len(data), digest)
+
+
+def _check(obj: RemoteObject, got: int, digest: Any) -> None:
     if got != obj.size:
-        raise retry.TransientError(f"{obj.key!r}: received {got} bytes but the listing says "
-                                   f"{obj.size}")
+        raise TransientError(f"{obj.key!r}: received {got} bytes but the listing says "
+                             f"{obj.size}")
     if digest is not None and digest.hexdigest() != obj.md5:
-        raise retry.TransientError(f"{obj.key!r}: MD5 {digest.hexdigest()} does not match "
-                                   f"the ETag {obj.md5}")
+        raise TransientError(f"{obj.key!r}: MD5 {digest.hexdigest()} does not match "
+                             f"the ETag {obj.md5}")
 
 
-# --------------------------------------------------------------------------- errors
-
-def explain(exc: BaseException, location: Location, endpoint: Optional[str]) -> DownloadError:
-    """One line that says what went wrong and what to change, for any client failure."""
-    if isinstance(exc, DownloadError):
-        return exc
-    from .s3lean import NotS3Error, S3Error
-
-    where = endpoint or "the default AWS endpoint"
-    if isinstance(exc, S3Error):
-        return _explain_code(exc.code, exc.status, str(exc), location, where)
-    if isinstance(exc, NotS3Error):
-        return DownloadError(f"{where} did not answer like an S3 server ({exc}); check "
-                             "AWS_ENDPOINT_URL / S3_ENDPOINT")
-    if isinstance(exc, (ConnectionRefusedError, socket.gaierror, socket.timeout,
-                        TimeoutError)):
-        return DownloadError(f"cannot connect to the object store at {where} "
-                             f"({exc.strerror or type(exc).__name__}); check AWS_ENDPOINT_URL "
-                             "/ S3_ENDPOINT and the network")
-    if isinstance(exc, (ConnectionError, http.client.HTTPException)):
-        return DownloadError(f"the object store at {where} kept dropping the connection: "
-                             f"{_short(exc)}")
-    from botocore import exceptions as bce
-    from botocore.parsers import ResponseParserError
-
-    if isinstance(exc, bce.NoCredentialsError):
-        return DownloadError("no object-store credentials found: set S3_ACCESS_KEY_ID and "
-                             "S3_SECRET_ACCESS_KEY (or AWS_*/OBS_* equivalents)")
-    if isinstance(exc, (bce.EndpointConnectionError, bce.ConnectTimeoutError)):
-        return DownloadError(f"cannot connect to the object store at {where}; check "
-                             "AWS_ENDPOINT_URL / S3_ENDPOINT and the network")
-    if isinstance(exc, bce.ClientError):
-        code = str(exc.response.get("Error", {}).get("Code", ""))
-        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-        return _explain_code(code, status, _short(exc), location, where)
-    if isinstance(exc, ResponseParserError):
-        return DownloadError(f"{where} did not answer like an S3 server (unparseable "
-                             "response); check AWS_ENDPOINT_URL / S3_ENDPOINT")
-    if isinstance(exc, bce.BotoCoreError):
-        return DownloadError(f"object store error at {where}: {_short(exc)}")
-    if isinstance(exc, retry.TransientError):
-        return DownloadError(f"{exc}, still after retries; the object store serves a "
-                             "broken object: check it, or upload it again")
-    if isinstance(exc, OSError):
-        return DownloadError(f"cannot write the code directory: {exc.strerror or exc} "
-                             f"({exc.filename or ''}); check free space and permissions")
-    if retry.is_retryable(exc):
-        return DownloadError(f"the object store at {where} kept failing: {_short(exc)}")
-    raise exc
+def _write_all(fd: int, data: memoryview) -> None:
+    while data:
+        data = data[os.write(fd, data):]
 
 
-def _explain_code(code: str, status: int, detail: str, location: Location,
-                  where: str) -> DownloadError:
-    known = {
-        "NoSuchBucket": f"bucket {location.bucket!r} does not exist at {where}; check "
-                        "DLS_APP_URL",
-        "InvalidAccessKeyId": f"the access key id is not known at {where}; check "
-                              "S3_ACCESS_KEY_ID / AWS_ACCESS_KEY_ID",
-        "SignatureDoesNotMatch": "the secret key does not match the access key id; "
-                                 "check S3_SECRET_ACCESS_KEY / AWS_SECRET_ACCESS_KEY",
-        "AccessDenied": f"access denied to {location.url}: the credentials may not "
-                        "list or read it",
-        "NoSuchKey": f"an object under {location.url} vanished during the download; "
-                     "rerun once the upload is finished",
-        "InvalidBucketName": f"bucket name {location.bucket!r} is refused by {where}",
-    }
-    if code in known:
-        return DownloadError(known[code])
-    if status == 403:
-        return DownloadError(f"access denied to {location.url} (HTTP 403 {code})")
-    return DownloadError(f"the object store at {where} answered {code or status} for "
-                         f"{location.url}: {detail}")
+def _write_hash(fd: int, data: memoryview, digest: Any) -> None:
+    _write_all(fd, data)
+    if digest is not None:
+        digest.update(data)
 
 
-def _short(exc: BaseException) -> str:
-    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    return text[:300]
+def _pwrite_all(path: Path, data: memoryview, offset: int) -> None:
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        while data:
+            n = os.pwrite(fd, data, offset)
+            data, offset = data[n:], offset + n
+    finally:
+        os.close(fd)
 
 
 # --------------------------------------------------------------------------- entry
 
 def copy_local(src: Path, dest: Path) -> Stats:
     """The ``file://`` / plain-path case: the tree is copied, as an object store's would be."""
-    stats = Stats()
+    stats = Stats(backend="local copy")
     started = time.monotonic()
     if not src.is_dir():
         raise DownloadError(f"code directory {src} does not exist or is not a folder; check "
@@ -614,7 +581,7 @@ def manifest_path(dest: Path) -> Path:
 
 def fetch(location: Location, dest: Path, settings: Settings, env: Mapping[str, str],
           log: Log) -> Stats:
-    """Brings the code directory to ``dest``; raises DownloadError with the reason."""
+    """Brings the tree at ``location`` to ``dest``; raises DownloadError with the reason."""
     try:
         dest.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -623,21 +590,30 @@ def fetch(location: Location, dest: Path, settings: Settings, env: Mapping[str, 
     if not location.is_remote:
         assert location.path is not None
         return copy_local(location.path, dest)
-    from .s3client import env_credentials, resolve_endpoint
-    from .s3lean import LeanS3, chain_credentials
+    from .storage.base import open_store
+    from .storage.config import credentials, resolve_endpoint
+    from .storage.listing import Lister
 
-    resolved = resolve_endpoint(env, settings.addressing)
-    endpoint = resolved.url
+    endpoint = resolve_endpoint(env, settings.addressing)
     try:
-        creds = env_credentials(env) or chain_credentials()
-        client = LeanS3(resolved, creds, settings.connect_timeout, settings.read_timeout)
-        objects, folders = list_objects(client, location, settings)
+        creds = credentials(env)
+        lister = Lister(endpoint, creds, settings.connect_timeout, settings.read_timeout)
+        try:
+            objects, folders = list_objects(lister, location, settings)
+        finally:
+            lister.close()
         manifest = Manifest(manifest_path(dest), location.url)
-        engine = Engine(client, location, dest, settings, log, manifest)
-        engine.plan(objects, folders)
-        manifest.open_for_append()
-        return engine.run()
-    except DownloadError:
+        store = open_store(settings.s3_backend, endpoint, creds, location.bucket, settings,
+                           env)
+        try:
+            engine = Engine(store, location, dest, settings, log, manifest)
+            engine.plan(objects, folders)
+            manifest.open_for_append()
+            return engine.run()
+        finally:
+            store.close()
+    except BootstrapError:
         raise
-    except Exception as exc:  # noqa: BLE001 - every client failure becomes one clear line
-        raise explain(exc, location, endpoint) from None
+    except Exception as exc:  # noqa: BLE001 - every store failure becomes one clear line
+        raise explain(exc, location, endpoint.where) from None
+

@@ -73,7 +73,7 @@ def run(argv: Sequence[str], environ: Mapping[str, str]) -> int:
     cluster = cluster_mod.discover(environ)
     checks = preflight.policy(environ)
     if location is not None and location.is_remote:
-        from .s3client import resolve_endpoint
+        from .storage.config import resolve_endpoint
 
         resolve_endpoint(environ, settings.addressing)  # a bad endpoint fails before any I/O
     if settings.output_dir is not None:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Optional
 
 from . import location as loc
-from .errors import ConfigError, DownloadError
+from .errors import BootstrapError, ConfigError
 from .log import Log
 from .settings import Settings
 
@@ -69,7 +69,7 @@ class OutputSync:
                 try:
                     summary = self._sync(self.settings.sync_settle)
                     self.log.info(f"output sync: {summary} -> {self.dest.url}")
-                except DownloadError as exc:  # the final sync retries; the job goes on
+                except BootstrapError as exc:  # the final sync retries; the job goes on
                     self.log.warn(f"periodic output sync failed: {exc.message}")
 
         self._thread = threading.Thread(target=loop, name="output-sync", daemon=True)
@@ -81,7 +81,7 @@ class OutputSync:
             self._thread.join()
         try:
             summary = self._sync(0.0)
-        except DownloadError as exc:
+        except BootstrapError as exc:
             self.log.error(f"final output sync failed, outputs are only in {self.src}: "
                            f"{exc.message}")
             return False
@@ -91,22 +91,12 @@ class OutputSync:
 
 def upload_log(path: Path, url: str, settings: Settings, env: Mapping[str, str],
                log: Log) -> None:
-    from .s3client import make_client
-    from .upload import Uploader
+    from .upload import upload_file
 
     try:
         dest = remote(url, "the log upload URL")
         key = (dest.prefix or "") + path.name
-        client = make_client(env, settings, 2)
-        Uploader(client, dest, settings, log).put_file(path, key)
+        upload_file(path, dest, key, settings, env)
         log.info(f"log uploaded to {dest.bucket}/{key}")
-    except (DownloadError, ConfigError, OSError) as exc:
+    except (BootstrapError, OSError) as exc:  # a log upload never changes the job's end
         log.warn(f"log upload failed (the exit code is unchanged): {exc}")
-    except Exception as exc:  # noqa: BLE001 - a log upload must never change the job's end
-        from .fetch import explain
-
-        try:
-            reason = explain(exc, remote(url, "the log upload URL"), None).message
-        except Exception:  # noqa: BLE001 - explain re-raises what it cannot name
-            reason = type(exc).__name__
-        log.warn(f"log upload failed (the exit code is unchanged): {reason}")

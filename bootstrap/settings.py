@@ -24,7 +24,9 @@ class Settings:
     home: Path  # BOOTSTRAP_HOME: the original script's $home (/home/work)
     app_url: Optional[str]  # DLS_APP_URL: the code directory, None for local development
     log_format: str  # "text" | "json"
-    download_workers: int
+    download_workers: int  # requests in flight at most (threads for the boto3 fallback)
+    transfer_memory: int  # bytes of object data held in memory at once, all transfers
+    s3_backend: str  # "auto" | "native" | "boto3"
     range_size: int  # bytes per ranged GET of a large object
     multipart_threshold: int  # objects at least this large are fetched as ranges
     retry_attempts: int  # per request, including the first
@@ -124,7 +126,9 @@ def load(env: Mapping[str, str]) -> Settings:
         home=home,
         app_url=app_url,
         log_format=env_choice(env, "BOOTSTRAP_LOG_FORMAT", "text", ("text", "json")),
-        download_workers=env_int(env, "BOOTSTRAP_DOWNLOAD_WORKERS", 32, minimum=1),
+        download_workers=env_int(env, "BOOTSTRAP_DOWNLOAD_WORKERS", 256, minimum=1),
+        transfer_memory=env_int(env, "BOOTSTRAP_TRANSFER_MEMORY_MB", 256, minimum=8) * MiB,
+        s3_backend=env_choice(env, "BOOTSTRAP_S3_BACKEND", "auto", ("auto", "native", "boto3")),
         range_size=env_int(env, "BOOTSTRAP_RANGE_SIZE", 16 * MiB, minimum=64 * 1024),
         multipart_threshold=env_int(env, "BOOTSTRAP_MULTIPART_THRESHOLD", 16 * MiB,
                                     minimum=64 * 1024),

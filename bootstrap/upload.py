@@ -1,10 +1,17 @@
 """The download engine reversed: a local tree to an object-store prefix.
 
-Parallel over one shared client; files of at least the multipart threshold go as
-concurrent multipart uploads (aborted on failure, so no half object is left
-behind); every request is retried like a download's. Integrity: each PUT and each
-part carries its Content-MD5, so the server refuses a corrupted body, and a
-single-part upload's ETag is checked against the local MD5.
+Same core as downloads (:mod:`bootstrap.storage`): one event loop, up to
+``BOOTSTRAP_DOWNLOAD_WORKERS`` requests in flight, object bytes in memory bounded by
+``BOOTSTRAP_TRANSFER_MEMORY_MB``. Files of at least the multipart threshold stream
+as multipart uploads in parts of ``BOOTSTRAP_RANGE_SIZE``: each part is read and
+hashed once, never the whole file in memory, and the upload is aborted on failure,
+so no half object and no dangling upload is left behind.
+
+Integrity: the engine computes each file's MD5 (and each part's) while reading it
+and checks the ETag the store returns: a plain MD5 for one PUT, MD5-of-part-MD5s
+``-N`` for a multipart upload (S3's and OBS's rule); a mismatch is retried, then an
+error. On the wire each request is protected too: ``Content-MD5`` on the boto3
+fallback, the SigV4-signed payload SHA-256 on the native backend.
 
 Consistency while the job still writes (periodic sync): files modified in the last
 ``settle`` seconds are left for the next round, and a file whose size or mtime
@@ -14,27 +21,36 @@ Only files that changed since the last successful upload are sent.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import os
+import re
 import time
-from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
-from . import retry
-from .errors import DownloadError
-from .fetch import explain
+from .errors import BootstrapError, DownloadError
 from .location import Location
 from .log import Log
 from .settings import Settings
+from .storage import retry
+from .storage.errors import TransientError, explain
+
+if TYPE_CHECKING:
+    from .storage.base import Store
+
+MIN_PART = 5 * 2**20  # S3's (and OBS's) smallest part but the last
+PART_STREAMS = 8  # parts in flight per file (memory: PART_STREAMS x part size at most)
+_ETAG = re.compile(r"^[0-9a-f]{32}(-\d+)?$")
 
 
-class UploadError(DownloadError):
-    """Same exit code family as downloads; the message says it was an upload."""
+class UploadError(BootstrapError):
+    """An upload failed; same exit code as a failed download (127), its own message."""
+
+    exit_code = DownloadError.exit_code
 
 
 @dataclass
@@ -69,6 +85,7 @@ class UploadStats:
     bytes: int = 0
     unchanged: int = 0
     settling: int = 0
+    retries: int = 0
     seconds: float = 0.0
 
     def summary(self) -> str:
@@ -76,83 +93,95 @@ class UploadStats:
                 f"unchanged, {self.settling} still being written")
 
 
-def _md5(path: Path, start: int = 0, length: Optional[int] = None) -> tuple[str, bytes]:
-    digest = hashlib.md5(usedforsecurity=False)
-    with open(path, "rb") as fh:
-        fh.seek(start)
-        left = length
-        while left is None or left > 0:
-            chunk = fh.read(1 << 20 if left is None else min(1 << 20, left))
-            if not chunk:
-                break
-            digest.update(chunk)
-            if left is not None:
-                left -= len(chunk)
-    return digest.hexdigest(), digest.digest()
+def expected_etag(part_md5s: list[bytes]) -> str:
+    """The ETag S3 (and OBS) give a multipart object: MD5 of the parts' MD5s, ``-N``."""
+    return f"{hashlib.md5(b''.join(part_md5s), usedforsecurity=False).hexdigest()}" \
+           f"-{len(part_md5s)}"
 
 
 class Uploader:
-    def __init__(self, client: Any, dest: Location, settings: Settings, log: Log) -> None:
-        self.client, self.dest, self.settings, self.log = client, dest, settings, log
+    """Uploads files to one destination through one store, on the running loop."""
 
-    def _call(self, fn: Any, **kwargs: Any) -> Any:
-        return retry.call(lambda: fn(**kwargs), self.settings.retry_attempts,
-                          self.settings.retry_deadline)
+    def __init__(self, store: Store, dest: Location, settings: Settings,
+                 stats: UploadStats) -> None:
+        from .fetch import ByteBudget
 
-    def put_file(self, path: Path, key: str) -> int:
-        size = path.stat().st_size
-        if size >= self.settings.multipart_threshold:
-            self._multipart(path, key, size)
-            return size
-        hexdigest, raw = _md5(path)
+        self.store, self.dest, self.settings, self.stats = store, dest, settings, stats
+        self.part_size = max(settings.range_size, MIN_PART)
+        self._budget = ByteBudget(settings.transfer_memory)
 
-        def put() -> Any:
-            with open(path, "rb") as fh:
-                return self.client.put_object(Bucket=self.dest.bucket, Key=key, Body=fh,
-                                              ContentMD5=base64.b64encode(raw).decode())
+    def _on_retry(self, exc: BaseException) -> None:
+        self.stats.retries += 1
 
-        resp = retry.call(put, self.settings.retry_attempts, self.settings.retry_deadline)
-        etag = str(resp.get("ETag", "")).strip('"')
-        if etag and len(etag) == 32 and etag != hexdigest:
-            raise UploadError(f"upload of {path} to {self.dest.bucket}/{key} did not verify "
-                              f"(ETag {etag}, local MD5 {hexdigest})")
+    async def put_file(self, path: Path, key: str) -> int:
+        size = os.stat(path).st_size
+        if size >= max(self.settings.multipart_threshold, self.part_size):
+            return await self._multipart(path, key, size)
+        await self._budget.acquire(size)
+        try:
+            data = _read(path, size) if size <= 1 << 20 else await _in_thread(_read, path, size)
+            md5 = hashlib.md5(data, usedforsecurity=False)
+
+            async def put() -> None:
+                etag = await self.store.put(key, data, md5.digest())
+                _check_etag(key, etag, md5.hexdigest())
+
+            await retry.call_async(put, self.settings.retry_attempts,
+                                   self.settings.retry_deadline, self._on_retry)
+        finally:
+            await self._budget.release(size)
+        return len(data)
+
+    async def _multipart(self, path: Path, key: str, size: int) -> int:
+        streams = max(min(PART_STREAMS, self.settings.transfer_memory // self.part_size), 1)
+        held = min(size, streams * self.part_size)
+        await self._budget.acquire(held)
+        try:
+            async def put() -> None:
+                md5s: list[bytes] = []
+                etag = await self.store.put_parts(key, self._parts(path, size, md5s),
+                                                  self.part_size, streams)
+                _check_etag(key, etag, expected_etag(md5s))
+
+            await retry.call_async(put, self.settings.retry_attempts,
+                                   self.settings.retry_deadline, self._on_retry)
+        finally:
+            await self._budget.release(held)
         return size
 
-    def _multipart(self, path: Path, key: str, size: int) -> None:
-        part_size = max(self.settings.range_size, 5 * 2**20)  # S3's minimum part size
-        upload_id = self._call(self.client.create_multipart_upload, Bucket=self.dest.bucket,
-                               Key=key)["UploadId"]
-        try:
-            def part(number: int) -> dict[str, Any]:
-                start = (number - 1) * part_size
-                length = min(part_size, size - start)
-                _, raw = _md5(path, start, length)
+    async def _parts(self, path: Path, size: int,
+                     md5s: list[bytes]) -> AsyncIterator[tuple[bytes, bytes]]:
+        """The file in parts, each read and hashed once in a thread (GIL released)."""
+        with open(path, "rb", buffering=0) as fh:
+            for start in range(0, size, self.part_size):
+                data, md5 = await _in_thread(_read_part, fh, min(self.part_size, size - start))
+                if len(data) != min(self.part_size, size - start):
+                    raise TransientError(f"{path} changed size while it was being uploaded")
+                md5s.append(md5)
+                yield data, md5
 
-                def send() -> Any:
-                    with open(path, "rb") as fh:
-                        fh.seek(start)
-                        body = fh.read(length)
-                    return self.client.upload_part(
-                        Bucket=self.dest.bucket, Key=key, UploadId=upload_id, PartNumber=number,
-                        Body=body, ContentMD5=base64.b64encode(raw).decode())
 
-                resp = retry.call(send, self.settings.retry_attempts,
-                                  self.settings.retry_deadline)
-                return {"PartNumber": number, "ETag": resp["ETag"]}
+def _check_etag(key: str, etag: str, want: str) -> None:
+    """A store's ETag that is an MD5 (or a multipart MD5) must be ours; others (SSE-KMS
+    objects, servers of other lineages) say nothing and are accepted."""
+    if _ETAG.match(etag) and ("-" in etag) == ("-" in want) and etag != want:
+        raise TransientError(f"upload of {key!r} did not verify (ETag {etag}, local {want})")
 
-            count = max((size + part_size - 1) // part_size, 1)
-            workers = min(self.settings.download_workers, count, 8)
-            with ThreadPoolExecutor(workers) as pool:
-                parts = list(pool.map(part, range(1, count + 1)))
-            self._call(self.client.complete_multipart_upload, Bucket=self.dest.bucket, Key=key,
-                       UploadId=upload_id, MultipartUpload={"Parts": parts})
-        except BaseException:
-            try:
-                self.client.abort_multipart_upload(Bucket=self.dest.bucket, Key=key,
-                                                   UploadId=upload_id)
-            except Exception:  # noqa: BLE001 - the first error is the one to report
-                self.log.warn(f"could not abort the multipart upload of {key}")
-            raise
+
+def _read(path: Path, size: int) -> bytes:
+    with open(path, "rb", buffering=0) as fh:
+        return fh.read()  # all of it, even if it grew since the scan: the state says so
+
+
+def _read_part(fh: Any, n: int) -> tuple[bytes, bytes]:
+    data = fh.read(n)
+    return data, hashlib.md5(data, usedforsecurity=False).digest()
+
+
+async def _in_thread(fn: Any, *args: Any) -> Any:
+    import asyncio
+
+    return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
 
 
 def scan(root: Path) -> dict[str, tuple[int, int, Path]]:
@@ -171,32 +200,52 @@ def scan(root: Path) -> dict[str, tuple[int, int, Path]]:
     return found
 
 
-def sync_tree(src: Path, dest: Location, settings: Settings, env: Mapping[str, str], log: Log,
-              state: Optional[SyncState] = None, settle: float = 0.0,
-              client: Any = None) -> UploadStats:
-    """Uploads the files of ``src`` that changed since ``state`` recorded them."""
-    from .s3client import make_client, resolve_endpoint
+def _transfer(dest: Location, settings: Settings, env: Mapping[str, str],
+              work: Any) -> None:
+    """Opens the store for ``dest`` and runs ``work(store)`` (a coroutine function) to
+    the end; every failure becomes an :class:`UploadError` with one line."""
+    from .fetch import _run_stoppable
+    from .storage.base import open_store
+    from .storage.config import credentials, resolve_endpoint
 
+    endpoint = resolve_endpoint(env, settings.addressing)
+    try:
+        store = open_store(settings.s3_backend, endpoint, credentials(env), dest.bucket,
+                           settings, env)
+        try:
+            _run_stoppable(work(store))
+        finally:
+            store.close()
+    except BootstrapError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - every store failure becomes one clear line
+        err = explain(exc, dest, endpoint.where, verb="upload")
+        raise UploadError(f"upload to {dest.url} failed: {err.message}") from None
+
+
+def sync_tree(src: Path, dest: Location, settings: Settings, env: Mapping[str, str], log: Log,
+              state: Optional[SyncState] = None, settle: float = 0.0) -> UploadStats:
+    """Uploads the files of ``src`` that changed since ``state`` recorded them."""
     state = state or SyncState()
     stats = UploadStats()
     started = time.monotonic()
-    endpoint = resolve_endpoint(env, settings.addressing).url
-    try:
-        client = client or make_client(env, settings, settings.download_workers)
-        uploader = Uploader(client, dest, settings, log)
-        now = time.time_ns()
-        todo = []
-        for rel, (size, mtime, path) in sorted(scan(src).items()):
-            if state.done.get(rel) == (size, mtime):
-                stats.unchanged += 1
-            elif settle > 0 and now - mtime < settle * 1e9:
-                stats.settling += 1
-            else:
-                todo.append((rel, size, mtime, path))
+    now = time.time_ns()
+    todo = []
+    for rel, (size, mtime, path) in sorted(scan(src).items()):
+        if state.done.get(rel) == (size, mtime):
+            stats.unchanged += 1
+        elif settle > 0 and now - mtime < settle * 1e9:
+            stats.settling += 1
+        else:
+            todo.append((rel, size, mtime, path))
 
-        def one(item: tuple[str, int, int, Path]) -> None:
-            rel, size, mtime, path = item
-            sent = uploader.put_file(path, dest.prefix + rel)
+    async def work(store: Store) -> None:
+        import asyncio
+
+        uploader = Uploader(store, dest, settings, stats)
+
+        async def one(rel: str, size: int, mtime: int, path: Path) -> None:
+            sent = await uploader.put_file(path, dest.prefix + rel)
             try:
                 st = path.stat()
             except OSError:
@@ -206,14 +255,41 @@ def sync_tree(src: Path, dest: Location, settings: Settings, env: Mapping[str, s
             stats.files += 1
             stats.bytes += sent
 
-        with ThreadPoolExecutor(max(min(settings.download_workers, len(todo)), 1)) as pool:
-            list(pool.map(one, todo))
-    except DownloadError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - every client failure becomes one clear line
-        err = explain(exc, dest, endpoint)
-        raise UploadError(f"upload to {dest.url} failed: {err.message}") from None
+        queue = deque(todo)
+
+        async def worker() -> None:
+            while queue:
+                await one(*queue.popleft())
+
+        workers = [asyncio.ensure_future(worker())
+                   for _ in range(min(settings.download_workers, len(todo)))]
+        try:
+            done, _ = await asyncio.wait(workers, return_when=asyncio.FIRST_EXCEPTION)
+            for task in done:
+                if task.exception() is not None:
+                    raise task.exception()  # type: ignore[misc]
+        finally:
+            for task in workers:
+                task.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
+
+    try:
+        if todo:
+            _transfer(dest, settings, env, work)
     finally:
         state.save()
         stats.seconds = time.monotonic() - started
+    return stats
+
+
+def upload_file(path: Path, dest: Location, key: str, settings: Settings,
+                env: Mapping[str, str]) -> UploadStats:
+    """One file to ``key`` (the log upload)."""
+    stats = UploadStats()
+
+    async def work(store: Store) -> None:
+        stats.bytes = await Uploader(store, dest, settings, stats).put_file(path, key)
+        stats.files = 1
+
+    _transfer(dest, settings, env, work)
     return stats

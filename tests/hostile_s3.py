@@ -16,6 +16,9 @@ from xml.sax.saxutils import escape
 
 from devtools.httpserve import LocalServer, send
 
+# Every real S3 listing dates its objects; strict clients (object_store) require it.
+MODIFIED = "<LastModified>2026-01-01T00:00:00.000Z</LastModified>"
+
 
 class HostileS3(LocalServer):
     def __init__(self, objects: Mapping[str, bytes], *, endless_listing: bool = False,
@@ -57,7 +60,7 @@ class HostileS3(LocalServer):
         if self.generated:
             return self._generated_page(query)
         items = "".join(
-            f"<Contents><Key>{escape(k)}</Key><Size>{len(v) + self.size_lie}</Size>"
+            f"<Contents><Key>{escape(k)}</Key>{MODIFIED}<Size>{len(v) + self.size_lie}</Size>"
             f"<ETag>&quot;{hashlib.md5(v).hexdigest()}&quot;</ETag></Contents>"
             for k, v in self.objects.items())
         truncated = "true" if self.endless_listing else "false"
@@ -72,7 +75,7 @@ class HostileS3(LocalServer):
         page = int(query.get("continuation-token", ["0"])[0])
         first = page * 1000
         keys = range(first, min(first + 1000, self.generated))
-        items = "".join(f"<Contents><Key>code/f{i:09d}.py</Key><Size>10</Size>"
+        items = "".join(f"<Contents><Key>code/f{i:09d}.py</Key>{MODIFIED}<Size>10</Size>"
                         f"<ETag>&quot;{'0' * 32}&quot;</ETag></Contents>" for i in keys)
         more = first + 1000 < self.generated
         token = f"<NextContinuationToken>{page + 1}</NextContinuationToken>" if more else ""

@@ -25,4 +25,10 @@ def test_benchmark_smoke(tmp_path) -> None:  # type: ignore[no-untyped-def]
     data = json.loads(Path(path).read_text())
     assert set(data["results"]) == {"small2k", "large4x64"}
     for row in data["results"].values():
-        assert {"bootstrap", "s5cmd", "boto3-pool"} <= set(row)
+        assert {"bootstrap", "s5cmd", "boto3-pool", "boto3-fallback"} <= set(row)
+        assert row["bootstrap"]["cpu_ms_per_object"] > 0
+    assert set(data["uploads"]) == {"small2k upload", "large4x64 upload"}
+    for row in data["uploads"].values():
+        assert {"bootstrap", "s5cmd"} <= set(row)
+    assert set(data["latency"]) == {f"small2k +{d} ms" for d in (0, 5, 15, 30)}
+    assert "uploads: ratio to s5cmd" in r.stdout and "latency mode" in r.stdout

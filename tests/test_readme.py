@@ -14,7 +14,7 @@ NAME = re.compile(r'"((?:BOOTSTRAP|DLS|BATCH|VC|MA|S3|OBS|AWS|PET|CUDA|NVIDIA|PI
 def test_every_variable_is_in_the_readme() -> None:
     readme = (REPO / "README.md").read_text()
     used = set()
-    for path in (REPO / "bootstrap").glob("*.py"):
+    for path in (REPO / "bootstrap").rglob("*.py"):  # subpackages too (storage/)
         used.update(NAME.findall(path.read_text()))
     used.update(re.findall(r"\b(BOOTSTRAP_[A-Z_]+)\b", (REPO / "scripts/run_train.sh").read_text()))
     assert used, "the scan found nothing: the pattern is broken"

@@ -1,14 +1,16 @@
-"""Build the one boto3 S3 client a transfer shares, configured for OBS.
+"""Where the object store is and who we are to it: endpoint and credential resolution.
 
-boto3 is imported here and only here, lazily: it costs ~0.3 s of start-up, which
-a job with no object-store URL should not pay.
+Pure functions of the environment (no I/O, no client library imported), so a bad
+endpoint fails in milliseconds before anything is downloaded.
 
 Endpoint: ``AWS_ENDPOINT_URL_S3``, ``AWS_ENDPOINT_URL`` (boto3's own standard), else
 the platform's ``S3_ENDPOINT`` (host, no scheme) with ``S3_USE_HTTPS`` and
-``S3_VERIFY_SSL``. Credentials: ``S3_ACCESS_KEY_ID``/``S3_SECRET_ACCESS_KEY`` (the
-platform's tools), then boto3's chain when ``AWS_ACCESS_KEY_ID`` is set, then
-``OBS_ACCESS_KEY_ID``/``OBS_SECRET_ACCESS_KEY``/``OBS_SECURITY_TOKEN`` (Huawei's
-SDK), then the rest of boto3's chain (config files, instance metadata).
+``S3_VERIFY_SSL``. A private CA: ``AWS_CA_BUNDLE`` (boto3's convention), else
+``SSL_CERT_FILE``. Credentials, first found: ``S3_ACCESS_KEY_ID``/
+``S3_SECRET_ACCESS_KEY`` (the platform's tools), ``AWS_ACCESS_KEY_ID``/
+``AWS_SECRET_ACCESS_KEY`` (+ ``AWS_SESSION_TOKEN``), ``OBS_ACCESS_KEY_ID``/
+``OBS_SECRET_ACCESS_KEY`` (+ ``OBS_SECURITY_TOKEN``, Huawei's SDK), then botocore's
+chain (config files, container and instance roles), frozen once per transfer.
 """
 
 from __future__ import annotations
@@ -17,21 +19,31 @@ import ipaddress
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Optional
 from urllib.parse import urlsplit
 
-from .errors import ConfigError
-from .settings import Settings, env_flag
+from ..errors import ConfigError
+from ..settings import env_flag
 
 _OBS_REGION = re.compile(r"^obs\.([a-z0-9-]+)\.myhuaweicloud\.com$")
 
 
 @dataclass(frozen=True)
 class Endpoint:
-    url: Optional[str]  # None: boto3's default (AWS)
-    verify: bool
+    url: Optional[str]  # None: AWS's default endpoint for the region
+    verify: bool  # S3_VERIFY_SSL: check the server's certificate
     addressing: str  # "path" | "virtual"
     region: str
+    ca_bundle: Optional[str] = None  # PEM file of extra trusted roots
+
+    @property
+    def effective_url(self) -> str:
+        return self.url or f"https://s3.{self.region}.amazonaws.com"
+
+    @property
+    def where(self) -> str:
+        """How error messages name the endpoint (never with credentials: URLs hold none)."""
+        return self.url or "the default AWS endpoint"
 
 
 def resolve_endpoint(env: Mapping[str, str], addressing: str = "auto") -> Endpoint:
@@ -60,7 +72,9 @@ def resolve_endpoint(env: Mapping[str, str], addressing: str = "auto") -> Endpoi
     if not region:
         m = _OBS_REGION.match(host)
         region = m.group(1) if m else "us-east-1"
-    return Endpoint(url=url, verify=verify, addressing=addressing, region=region)
+    ca_bundle = (env.get("AWS_CA_BUNDLE") or env.get("SSL_CERT_FILE") or "").strip() or None
+    return Endpoint(url=url, verify=verify, addressing=addressing, region=region,
+                    ca_bundle=ca_bundle)
 
 
 def _is_ip_or_local(host: str) -> bool:
@@ -81,6 +95,9 @@ class Credentials:
     secret_key: str
     token: Optional[str] = None
 
+    def __repr__(self) -> str:  # a stray repr in a log line must not leak the secret
+        return f"Credentials(access_key={self.access_key[:4]}…)"
+
 
 def env_credentials(env: Mapping[str, str]) -> Optional[Credentials]:
     if env.get("S3_ACCESS_KEY_ID") and env.get("S3_SECRET_ACCESS_KEY"):
@@ -94,44 +111,18 @@ def env_credentials(env: Mapping[str, str]) -> Optional[Credentials]:
     return None
 
 
-def _credentials(env: Mapping[str, str]) -> dict[str, str]:
-    """boto3's keyword arguments for the same precedence; none: boto3's own chain."""
-    creds = env_credentials(env)
+def credentials(env: Mapping[str, str]) -> Credentials:
+    """The environment's keys, else botocore's chain (imported only then: ~100 ms)."""
+    found = env_credentials(env)
+    if found is not None:
+        return found
+    import botocore.session
+
+    from .errors import StorageError
+
+    creds = botocore.session.Session().get_credentials()
     if creds is None:
-        return {}
-    out = {"aws_access_key_id": creds.access_key, "aws_secret_access_key": creds.secret_key}
-    if creds.token:
-        out["aws_session_token"] = creds.token
-    return out
-
-
-def make_client(env: Mapping[str, str], settings: Settings, pool_size: int) -> Any:
-    """A thread-safe client whose connection pool holds ``pool_size`` connections.
-
-    botocore's own retries are off: the transfer engine retries with tenacity so
-    that attempts and total time are bounded in one place.
-    """
-    import boto3
-    from botocore.config import Config
-
-    endpoint = resolve_endpoint(env, settings.addressing)
-    options: dict[str, Any] = dict(
-        signature_version="s3v4",
-        s3={"addressing_style": endpoint.addressing},
-        max_pool_connections=max(pool_size, 10),
-        connect_timeout=settings.connect_timeout,
-        read_timeout=settings.read_timeout,
-        retries={"total_max_attempts": 1},
-        tcp_keepalive=True,
-        # OBS rejects the CRC checksums boto3 >= 1.36 sends by default.
-        request_checksum_calculation="when_required",
-        response_checksum_validation="when_required",
-    )
-    try:
-        config = Config(**options)
-    except TypeError:  # botocore < 1.36 knows neither checksum option nor needs them
-        del options["request_checksum_calculation"], options["response_checksum_validation"]
-        config = Config(**options)
-    session = boto3.session.Session()
-    return session.client("s3", endpoint_url=endpoint.url, verify=endpoint.verify,
-                          region_name=endpoint.region, config=config, **_credentials(env))
+        raise StorageError("credentials", kind="credentials",
+                           message="no object-store credentials found")
+    frozen = creds.get_frozen_credentials()
+    return Credentials(frozen.access_key, frozen.secret_key, frozen.token)

@@ -1,0 +1,72 @@
+"""The one interface every transfer goes through, whichever library is underneath.
+
+A :class:`Store` is bound to one bucket and speaks in whole keys. Its methods are
+coroutines: the engines (:mod:`bootstrap.fetch`, :mod:`bootstrap.upload`) keep
+hundreds of requests in flight from one thread, bounded by a memory budget, not by
+a thread count. Every failure is a :class:`~.errors.StorageError`; verifying bytes
+(size, MD5) is the engines' job, so it happens the same way on every backend.
+
+Backends (:func:`open_store`):
+
+* ``native`` (:mod:`.native`): obstore, the Python binding of the Rust
+  ``object_store`` crate. Requests run on its own Tokio threads, off the GIL.
+* ``boto3`` (:mod:`.boto`): the fallback where no obstore wheel exists (Python < 3.11,
+  an exotic platform), on a thread pool.
+
+``BOOTSTRAP_S3_BACKEND`` picks one (``auto``: native when it imports).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from ..settings import Settings
+    from .config import Credentials, Endpoint
+
+
+class Store(Protocol):
+    backend: str  # for logs: "native (obstore 0.12.1)", "boto3 1.40.0"
+
+    async def get(self, key: str) -> memoryview:
+        """The whole object."""
+
+    async def get_range(self, key: str, start: int, end: int) -> memoryview:
+        """Bytes ``[start, end)``. A server that answers with anything but exactly that
+        range raises ``StorageError(kind="not_partial")`` (or returns what it sent, for
+        the caller's length check), never the wrong bytes as if they were right."""
+
+    def get_chunks(self, key: str) -> AsyncIterator[memoryview]:
+        """The whole object as a stream of chunks (bounded memory for large objects)."""
+
+    async def put(self, key: str, data: bytes, md5: bytes) -> str:
+        """One PUT; returns the ETag the store reports (without quotes)."""
+
+    async def put_parts(self, key: str, parts: AsyncIterator[tuple[bytes, bytes]],
+                        part_size: int, concurrency: int) -> str:
+        """A multipart upload of ``(part, its MD5)`` in order; completed, or aborted on
+        any failure (no dangling upload); returns the final ETag."""
+
+    def close(self) -> None:
+        """Releases connections and threads."""
+
+
+def open_store(backend: str, endpoint: Endpoint, creds: Credentials, bucket: str,
+               settings: Settings, env: Mapping[str, str]) -> Store:
+    """The store for ``bucket``; ``backend`` is ``auto``, ``native`` or ``boto3``."""
+    if backend in ("auto", "native"):
+        try:
+            from .native import NativeStore
+        except ImportError:
+            if backend == "native":
+                from ..errors import ConfigError
+
+                raise ConfigError("BOOTSTRAP_S3_BACKEND=native but obstore is not installed "
+                                  "for this Python; pip install obstore (Python >= 3.11), "
+                                  "or unset it for the boto3 fallback") from None
+        else:
+            return NativeStore(endpoint, creds, bucket, settings)
+    from .boto import BotoStore
+
+    return BotoStore(endpoint, creds, bucket, settings, env)
