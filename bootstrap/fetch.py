@@ -56,6 +56,8 @@ if TYPE_CHECKING:
     from .storage.listing import Lister
 
 RANGE_STREAMS = 8  # concurrent ranged GETs of large objects (measured: 8 beat 32)
+CHUNK = 1 << 20  # streamed ranges arrive and are written in pieces of about this size
+STREAM_BYTES = 2 * CHUNK  # what one range stream holds in memory at most
 TMP_SUFFIX = ".bootstrap-tmp"
 INLINE_BYTES = 1 << 20  # smaller buffers are hashed and written on the loop's thread
 _PLAIN_MD5 = re.compile(r"^[0-9a-f]{32}$")
@@ -170,9 +172,9 @@ class ByteBudget:
 class _LargeFile:
     """One object fetched as ranges: its temporary file and the in-order MD5.
 
-    Ranges finish out of order; each one that extends the hashed prefix is hashed
-    from memory, and one that arrives early keeps its buffer (and its share of the
-    memory budget) until the prefix reaches it, so nothing is read back from disk.
+    Ranges finish out of order; whichever range completes the stretch that continues
+    the hashed prefix hashes it forward (see :meth:`Engine._advance`), so by the last
+    range only its own tail is left to hash, not the whole object.
     """
 
     obj: RemoteObject
@@ -180,7 +182,9 @@ class _LargeFile:
     tmp: Optional[Path] = None  # created by the first range to start
     digest: Any = None
     hashed: int = 0  # bytes [0, hashed) are in the digest
-    early: dict[int, memoryview] = field(default_factory=dict)  # start -> buffer
+    done: dict[int, int] = field(default_factory=dict)  # written, not yet hashed: start -> end
+    hashing: bool = False
+    finished: bool = False
     streamed: bool = False  # the server cannot do ranges: fetched whole instead
     failed: bool = False
 
@@ -288,8 +292,6 @@ class Engine:
 
     # -- large objects
     async def _fetch_range(self, state: _LargeFile, start: int, end: int) -> None:
-        import asyncio
-
         if state.failed or state.streamed:
             return
         if not self._can_range:
@@ -302,11 +304,10 @@ class Engine:
             state.digest = hashlib.md5(usedforsecurity=False) if state.obj.md5 else None
         tmp = state.tmp
         async with self._range_slots:
-            await self._budget.acquire(end - start)
-            held = False
+            await self._budget.acquire(STREAM_BYTES)
             try:
                 try:
-                    data = await self._retrying(lambda: self._get_range(state, start, end))
+                    await self._retrying(lambda: self._get_range(state, tmp, start, end))
                 except StorageError as exc:
                     if exc.kind != "not_partial":
                         raise
@@ -316,53 +317,62 @@ class Engine:
                                       "whole")
                     await self._stream_whole(state)
                     return
-                if state.failed or state.streamed:
-                    return
-                try:
-                    await asyncio.to_thread(_pwrite_all, tmp, data, start)
-                except FileNotFoundError:
-                    if state.failed or state.streamed:
-                        return  # another range gave this file up meanwhile
-                    raise
-                if state.digest is not None and start != state.hashed:
-                    state.early[start] = data
-                    held = True  # released once the prefix reaches it
-                else:
-                    await self._hash_prefix(state, data, start)
             except BaseException:
                 state.failed = True
                 self._drop_temp(tmp)
                 raise
             finally:
-                if not held:
-                    await self._budget.release(end - start)
+                await self._budget.release(STREAM_BYTES)
+        if state.failed or state.streamed:
+            return
         state.remaining -= 1
-        if state.remaining == 0:
-            await self._finish_large(state)
+        state.done[start] = end
+        await self._advance(state)
 
-    async def _get_range(self, state: _LargeFile, start: int, end: int) -> memoryview:
-        data = await self.store.get_range(state.obj.key, start, end)
-        self.stats.bytes += len(data)
-        if len(data) != end - start:
+    async def _get_range(self, state: _LargeFile, tmp: Path, start: int, end: int) -> None:
+        """Streams bytes ``[start, end)`` into place (1 MiB chunks: the same few buffers
+        again and again, where whole 16 MiB ranges cost fresh pages every time)."""
+        try:
+            fd = os.open(tmp, os.O_WRONLY)
+        except FileNotFoundError:
+            if state.failed or state.streamed:
+                return  # another range gave this file up meanwhile
+            raise
+        offset = start
+        try:
+            async for chunk in self.store.get_range_chunks(state.obj.key, start, end):
+                if state.failed or state.streamed:
+                    return
+                if offset + len(chunk) > end:
+                    break
+                _pwrite_all(fd, chunk, offset)
+                offset += len(chunk)
+                self.stats.bytes += len(chunk)
+        finally:
+            os.close(fd)
+        if offset != end:
             raise TransientError(f"range {start}-{end - 1} of {state.obj.key!r}: received "
-                                 f"{len(data)} of {end - start} bytes")
-        return data
+                                 f"{offset - start} of {end - start} bytes")
 
-    async def _hash_prefix(self, state: _LargeFile, data: memoryview, start: int) -> None:
-        """Hashes ``data`` (which starts at the hashed prefix's end), then every early
-        range that now continues the prefix, releasing their memory."""
+    async def _advance(self, state: _LargeFile) -> None:
+        """Hashes the file forward over every finished range that continues the hashed
+        prefix (reading back from the page cache, in a thread), one hasher at a time;
+        the object is finished once every range is written and hashed."""
         import asyncio
 
-        if state.digest is None:
-            return
-        while True:
-            await asyncio.to_thread(state.digest.update, data)
-            state.hashed = start + len(data)
-            following = state.early.pop(state.hashed, None)
-            if following is None:
-                return
-            await self._budget.release(len(following))  # held since it arrived early
-            start, data = state.hashed, following
+        if state.digest is not None and not state.hashing:
+            state.hashing = True
+            try:
+                while (end := state.done.pop(state.hashed, None)) is not None:
+                    await asyncio.to_thread(_hash_file, state.tmp, state.digest,
+                                            state.hashed, end)
+                    state.hashed = end
+            finally:
+                state.hashing = False
+        hashed = state.digest is None or state.hashed == state.obj.size
+        if state.remaining == 0 and hashed and not state.finished and not state.failed:
+            state.finished = True
+            self._finish_large(state)
 
     async def _stream_whole(self, state: _LargeFile) -> None:
         """The object in one streamed GET (a server without proper ranges)."""
@@ -373,9 +383,6 @@ class Engine:
         state.streamed = True
         if state.tmp is not None:
             self._drop_temp(state.tmp)
-        for buf in state.early.values():
-            await self._budget.release(len(buf))
-        state.early.clear()
         obj = state.obj
 
         async def get() -> Path:
@@ -399,13 +406,10 @@ class Engine:
 
         self._commit(obj, await self._retrying(get))
 
-    async def _finish_large(self, state: _LargeFile) -> None:
+    def _finish_large(self, state: _LargeFile) -> None:
         obj, tmp = state.obj, state.tmp
         assert tmp is not None
         try:
-            if state.digest is not None and state.hashed != obj.size:
-                raise TransientError(f"{obj.key!r}: could hash {state.hashed} of "
-                                     f"{obj.size} bytes")
             _check(obj, os.path.getsize(tmp), state.digest)
         except TransientError as exc:
             self._drop_temp(tmp)
@@ -544,14 +548,26 @@ def _write_hash(fd: int, data: memoryview, digest: Any) -> None:
         digest.update(data)
 
 
-def _pwrite_all(path: Path, data: memoryview, offset: int) -> None:
-    fd = os.open(path, os.O_WRONLY)
-    try:
-        while data:
-            n = os.pwrite(fd, data, offset)
-            data, offset = data[n:], offset + n
-    finally:
-        os.close(fd)
+def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
+    while data:
+        n = os.pwrite(fd, data, offset)
+        data, offset = data[n:], offset + n
+
+
+def _hash_file(path: Optional[Path], digest: Any, start: int, end: int) -> None:
+    """Adds bytes ``[start, end)`` of ``path`` to ``digest`` (a thread: the GIL is free
+    while hashing and reading)."""
+    assert path is not None
+    buf = bytearray(CHUNK)
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0) as fh:
+        fh.seek(start)
+        while start < end:
+            n = fh.readinto(view[: min(CHUNK, end - start)])
+            if not n:
+                return  # cut short: the size check says so
+            digest.update(view[:n])
+            start += n
 
 
 # --------------------------------------------------------------------------- entry

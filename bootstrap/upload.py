@@ -2,10 +2,11 @@
 
 Same core as downloads (:mod:`bootstrap.storage`): one event loop, up to
 ``BOOTSTRAP_DOWNLOAD_WORKERS`` requests in flight, object bytes in memory bounded by
-``BOOTSTRAP_TRANSFER_MEMORY_MB``. Files of at least the multipart threshold stream
-as multipart uploads in parts of ``BOOTSTRAP_RANGE_SIZE``: each part is read and
-hashed once, never the whole file in memory, and the upload is aborted on failure,
-so no half object and no dangling upload is left behind.
+a quarter of ``BOOTSTRAP_TRANSFER_MEMORY_MB`` (uploads run beside the training).
+Files of at least the multipart threshold (and 5 MiB) stream as multipart uploads
+in 5 MiB parts (larger past 50 GB: at most 10,000 parts), 8 in flight: each part is
+read and hashed once, never the whole file in memory, and the upload is aborted on
+failure, so no half object and no dangling upload is left behind.
 
 Integrity: the engine computes each file's MD5 (and each part's) while reading it
 and checks the ETag the store returns: a plain MD5 for one PUT, MD5-of-part-MD5s
@@ -43,7 +44,11 @@ if TYPE_CHECKING:
     from .storage.base import Store
 
 MIN_PART = 5 * 2**20  # S3's (and OBS's) smallest part but the last
-PART_STREAMS = 8  # parts in flight per file (memory: PART_STREAMS x part size at most)
+MAX_PARTS = 10_000  # S3's (and OBS's) most parts in one upload
+PART_STREAMS = 8  # parts in flight per file; each is held whole (its SHA-256 is signed
+# before it is sent), so parts stay small: 8 x 5 MiB measured as fast as 4 x 8 MiB on
+# 4 x 64 MiB, with 85 instead of 130 MiB peak RSS
+UPLOAD_MEMORY_SHARE = 4  # uploads run beside the training: a quarter of the budget
 _ETAG = re.compile(r"^[0-9a-f]{32}(-\d+)?$")
 
 
@@ -107,15 +112,15 @@ class Uploader:
         from .fetch import ByteBudget
 
         self.store, self.dest, self.settings, self.stats = store, dest, settings, stats
-        self.part_size = max(settings.range_size, MIN_PART)
-        self._budget = ByteBudget(settings.transfer_memory)
+        self.memory = max(settings.transfer_memory // UPLOAD_MEMORY_SHARE, MIN_PART)
+        self._budget = ByteBudget(self.memory)
 
     def _on_retry(self, exc: BaseException) -> None:
         self.stats.retries += 1
 
     async def put_file(self, path: Path, key: str) -> int:
         size = os.stat(path).st_size
-        if size >= max(self.settings.multipart_threshold, self.part_size):
+        if size >= max(self.settings.multipart_threshold, MIN_PART):
             return await self._multipart(path, key, size)
         await self._budget.acquire(size)
         try:
@@ -133,14 +138,15 @@ class Uploader:
         return len(data)
 
     async def _multipart(self, path: Path, key: str, size: int) -> int:
-        streams = max(min(PART_STREAMS, self.settings.transfer_memory // self.part_size), 1)
-        held = min(size, streams * self.part_size)
+        part_size = max(MIN_PART, -(-size // MAX_PARTS))  # past 50 GB, parts grow
+        streams = max(min(PART_STREAMS, self.memory // part_size), 1)
+        held = min(size, streams * part_size)
         await self._budget.acquire(held)
         try:
             async def put() -> None:
                 md5s: list[bytes] = []
-                etag = await self.store.put_parts(key, self._parts(path, size, md5s),
-                                                  self.part_size, streams)
+                etag = await self.store.put_parts(key, _parts(path, size, part_size, md5s),
+                                                  part_size, streams)
                 _check_etag(key, etag, expected_etag(md5s))
 
             await retry.call_async(put, self.settings.retry_attempts,
@@ -149,16 +155,18 @@ class Uploader:
             await self._budget.release(held)
         return size
 
-    async def _parts(self, path: Path, size: int,
-                     md5s: list[bytes]) -> AsyncIterator[tuple[bytes, bytes]]:
-        """The file in parts, each read and hashed once in a thread (GIL released)."""
-        with open(path, "rb", buffering=0) as fh:
-            for start in range(0, size, self.part_size):
-                data, md5 = await _in_thread(_read_part, fh, min(self.part_size, size - start))
-                if len(data) != min(self.part_size, size - start):
-                    raise TransientError(f"{path} changed size while it was being uploaded")
-                md5s.append(md5)
-                yield data, md5
+
+async def _parts(path: Path, size: int, part_size: int,
+                 md5s: list[bytes]) -> AsyncIterator[tuple[bytes, bytes]]:
+    """The file in parts, each read and hashed once in a thread (GIL released)."""
+    with open(path, "rb", buffering=0) as fh:
+        for start in range(0, size, part_size):
+            want = min(part_size, size - start)
+            data, md5 = await _in_thread(_read_part, fh, want)
+            if len(data) != want:
+                raise TransientError(f"{path} changed size while it was being uploaded")
+            md5s.append(md5)
+            yield data, md5
 
 
 def _check_etag(key: str, etag: str, want: str) -> None:

@@ -32,10 +32,10 @@ class Store(Protocol):
     async def get(self, key: str) -> memoryview:
         """The whole object."""
 
-    async def get_range(self, key: str, start: int, end: int) -> memoryview:
-        """Bytes ``[start, end)``. A server that answers with anything but exactly that
-        range raises ``StorageError(kind="not_partial")`` (or returns what it sent, for
-        the caller's length check), never the wrong bytes as if they were right."""
+    def get_range_chunks(self, key: str, start: int, end: int) -> AsyncIterator[memoryview]:
+        """Bytes ``[start, end)``, streamed in chunks. A server that answers with anything
+        but exactly that range raises ``StorageError(kind="not_partial")``: never the
+        wrong bytes as if they were right (the caller checks the total length)."""
 
     def get_chunks(self, key: str) -> AsyncIterator[memoryview]:
         """The whole object as a stream of chunks (bounded memory for large objects)."""
