@@ -40,7 +40,7 @@ from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional, Union
+from typing import TYPE_CHECKING, Any, Optional
 
 from .errors import BootstrapError, DownloadError, Terminated
 from .location import Location
@@ -59,7 +59,6 @@ RANGE_STREAMS = 8  # concurrent ranged GETs of large objects (measured: 8 beat 3
 CHUNK = 1 << 20  # streamed ranges arrive and are written in pieces of about this size
 STREAM_BYTES = 2 * CHUNK  # what one range stream holds in memory at most
 TMP_SUFFIX = ".bootstrap-tmp"
-INLINE_BYTES = 1 << 20  # smaller buffers are hashed and written on the loop's thread
 _PLAIN_MD5 = re.compile(r"^[0-9a-f]{32}$")
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
@@ -149,23 +148,27 @@ def list_objects(lister: Lister, location: Location,
 
 class ByteBudget:
     """At most ``limit`` bytes held at once; one request larger than the whole budget
-    still runs, alone, so no object is ever stuck."""
+    still runs, alone, so no object is ever stuck. Taking a share that fits costs no
+    await (the common case, thousands of times a second)."""
 
     def __init__(self, limit: int) -> None:
-        import asyncio
-
         self.limit, self.used = limit, 0
-        self._changed = asyncio.Condition()
+        self._freed: Optional[Any] = None  # an asyncio.Event while someone waits
 
     async def acquire(self, n: int) -> None:
-        async with self._changed:
-            await self._changed.wait_for(lambda: self.used == 0 or self.used + n <= self.limit)
-            self.used += n
+        import asyncio
+
+        while not (self.used == 0 or self.used + n <= self.limit):
+            if self._freed is None:
+                self._freed = asyncio.Event()
+            await self._freed.wait()
+        self.used += n
 
     async def release(self, n: int) -> None:
-        async with self._changed:
-            self.used -= n
-            self._changed.notify_all()
+        self.used -= n
+        if self._freed is not None:
+            self._freed.set()
+            self._freed = None
 
 
 @dataclass
@@ -179,7 +182,7 @@ class _LargeFile:
 
     obj: RemoteObject
     remaining: int
-    tmp: Optional[Path] = None  # created by the first range to start
+    tmp: Optional[str] = None  # created by the first range to start
     digest: Any = None
     hashed: int = 0  # bytes [0, hashed) are in the digest
     done: dict[int, int] = field(default_factory=dict)  # written, not yet hashed: start -> end
@@ -187,9 +190,6 @@ class _LargeFile:
     finished: bool = False
     streamed: bool = False  # the server cannot do ranges: fetched whole instead
     failed: bool = False
-
-
-Job = Union[RemoteObject, tuple[_LargeFile, int, int]]  # a small object, or a range
 
 
 class Engine:
@@ -208,8 +208,11 @@ class Engine:
         self.stats = Stats(backend=store.backend)
         self._ranges: deque[tuple[_LargeFile, int, int]] = deque()
         self._smalls: deque[RemoteObject] = deque()
-        self._temps: set[Path] = set()
+        self._temps: set[str] = set()  # every temporary that may exist: removed on the way out
         self._can_range = True
+        self._dest = str(dest)
+        self._serial = 0
+        self._tag = secrets.token_hex(4)
 
     # -- planning
     def plan(self, objects: list[RemoteObject], folders: list[str]) -> None:
@@ -229,20 +232,19 @@ class Engine:
             self.dirs.ensure(rel)
 
     # -- temporaries and commits
-    def _new_temp(self, obj: RemoteObject) -> tuple[Path, int]:
+    def _new_temp(self, obj: RemoteObject) -> tuple[str, int]:
         """A new hidden temporary beside ``obj``'s destination, open for writing."""
-        folder = self.dirs.ensure(obj.rel.rpartition("/")[0])
-        tmp = folder / f".{secrets.token_hex(8)}{TMP_SUFFIX}"
-        self._temps.add(tmp)
+        self.dirs.ensure(obj.rel.rpartition("/")[0])
+        tmp = self._temp_name(obj)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         return tmp, fd
 
-    def _drop_temp(self, tmp: Path) -> None:
+    def _drop_temp(self, tmp: str) -> None:
         self._temps.discard(tmp)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
 
-    def _commit(self, obj: RemoteObject, tmp: Path) -> None:
+    def _commit(self, obj: RemoteObject, tmp: str) -> None:
         final = self.dest / obj.rel
         os.chmod(tmp, 0o644)
         try:
@@ -266,29 +268,57 @@ class Engine:
     async def _fetch_small(self, obj: RemoteObject) -> None:
         import asyncio
 
-        async def get() -> memoryview:
-            data = await self.store.get(obj.key)
+        tmp = self._temp_name(obj)
+
+        async def attempt() -> None:
+            # An empty object needs no request: the listing already says all of it.
+            data = await self.store.get(obj.key, obj.size) if obj.size else memoryview(b"")
             self.stats.bytes += len(data)
-            if obj.size > INLINE_BYTES:
-                await asyncio.to_thread(_verify, obj, data)
-            else:
-                _verify(obj, data)
-            return data
+            if len(data) < 1 << 20:
+                self._land(obj, data, tmp)
+            else:  # hashing a large buffer would stall the loop: a thread, GIL released
+                await asyncio.to_thread(self._land, obj, data, tmp)
 
         await self._budget.acquire(obj.size)
         try:
-            data = await self._retrying(get)
-            tmp, fd = self._new_temp(obj)
-            try:
-                if len(data) > INLINE_BYTES:
-                    await asyncio.to_thread(_write_all, fd, data)
-                else:
-                    _write_all(fd, data)
-            finally:
-                os.close(fd)
-            self._commit(obj, tmp)
+            await self._retrying(attempt)
+        except BaseException:
+            self._drop_temp(tmp)
+            raise
         finally:
             await self._budget.release(obj.size)
+        self._temps.discard(tmp)
+        self.stats.files += 1
+
+    def _temp_name(self, obj: RemoteObject) -> str:
+        """A hidden temporary name beside ``obj``'s destination, known to the cleanup
+        before anything is created under it."""
+        self._serial += 1
+        parent = obj.rel.rpartition("/")[0]
+        tmp = os.path.join(self._dest, parent, f".{self._serial:x}-{self._tag}{TMP_SUFFIX}")
+        self._temps.add(tmp)
+        return tmp
+
+    def _land(self, obj: RemoteObject, data: memoryview, tmp: str) -> None:
+        """Verify, write, rename, record: on the loop's thread for small objects. Handing
+        each file to a worker thread was measured slower here (2,000 files: 3.0 s
+        instead of 1.5 s, mostly futex system time), although creating a file is the
+        costliest call of the lot (~0.35 ms in this sandbox)."""
+        _verify(obj, data)
+        self.dirs.ensure(obj.rel.rpartition("/")[0])
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            _write_all(fd, data)
+            os.fchmod(fd, 0o644)
+        finally:
+            os.close(fd)
+        final = os.path.join(self._dest, obj.rel)
+        try:
+            os.replace(tmp, final)  # rename(2) replaces a symlink, never follows it
+        except IsADirectoryError:
+            raise DownloadError(f"{final} is a folder but the bucket holds a file of that "
+                                "name; remove it and rerun") from None
+        self.manifest.record(obj.rel, obj.size, obj.etag, Path(final))
 
     # -- large objects
     async def _fetch_range(self, state: _LargeFile, start: int, end: int) -> None:
@@ -329,7 +359,7 @@ class Engine:
         state.done[start] = end
         await self._advance(state)
 
-    async def _get_range(self, state: _LargeFile, tmp: Path, start: int, end: int) -> None:
+    async def _get_range(self, state: _LargeFile, tmp: str, start: int, end: int) -> None:
         """Streams bytes ``[start, end)`` into place (1 MiB chunks: the same few buffers
         again and again, where whole 16 MiB ranges cost fresh pages every time)."""
         try:
@@ -338,6 +368,8 @@ class Engine:
             if state.failed or state.streamed:
                 return  # another range gave this file up meanwhile
             raise
+        import asyncio
+
         offset = start
         try:
             async for chunk in self.store.get_range_chunks(state.obj.key, start, end):
@@ -345,7 +377,9 @@ class Engine:
                     return
                 if offset + len(chunk) > end:
                     break
-                _pwrite_all(fd, chunk, offset)
+                # In a thread: eight streams' writes then spread over the cores (measured
+                # 10-15% faster on 4 x 64 MiB than writing on the loop's thread).
+                await asyncio.to_thread(_pwrite_all, fd, chunk, offset)
                 offset += len(chunk)
                 self.stats.bytes += len(chunk)
         finally:
@@ -385,7 +419,7 @@ class Engine:
             self._drop_temp(state.tmp)
         obj = state.obj
 
-        async def get() -> Path:
+        async def get() -> str:
             tmp, fd = self._new_temp(obj)
             digest = hashlib.md5(usedforsecurity=False) if obj.md5 else None
             got = 0
@@ -554,7 +588,7 @@ def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
         data, offset = data[n:], offset + n
 
 
-def _hash_file(path: Optional[Path], digest: Any, start: int, end: int) -> None:
+def _hash_file(path: Optional[str], digest: Any, start: int, end: int) -> None:
     """Adds bytes ``[start, end)`` of ``path`` to ``digest`` (a thread: the GIL is free
     while hashing and reading)."""
     assert path is not None

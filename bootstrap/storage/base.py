@@ -29,8 +29,8 @@ if TYPE_CHECKING:
 class Store(Protocol):
     backend: str  # for logs: "native (obstore 0.12.1)", "boto3 1.40.0"
 
-    async def get(self, key: str) -> memoryview:
-        """The whole object."""
+    async def get(self, key: str, size: int) -> memoryview:
+        """The whole object, whose listed size is ``size`` (> 0)."""
 
     def get_range_chunks(self, key: str, start: int, end: int) -> AsyncIterator[memoryview]:
         """Bytes ``[start, end)``, streamed in chunks. A server that answers with anything

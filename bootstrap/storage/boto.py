@@ -105,7 +105,7 @@ class BotoStore:
         except Exception as exc:  # noqa: BLE001 - every library failure is translated
             raise translate(exc, operation) from None
 
-    async def get(self, key: str) -> memoryview:
+    async def get(self, key: str, size: int) -> memoryview:
         def work() -> bytes:
             body = self._client.get_object(Bucket=self.bucket, Key=key)["Body"]
             try:

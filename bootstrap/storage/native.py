@@ -91,6 +91,7 @@ class NativeStore:
         from obstore.store import S3Store
 
         self.backend = f"native (obstore {obstore.__version__})"
+        self._ranges = True  # False once the server answered a range with the whole object
         url = _endpoint_for(endpoint, bucket)
         client: dict[str, Any] = {
             "allow_http": urlsplit(url).scheme == "http",
@@ -126,7 +127,19 @@ class NativeStore:
         except Exception as exc:  # noqa: BLE001 - obstore raises its own config errors
             raise translate(exc, "configure") from None
 
-    async def get(self, key: str) -> memoryview:
+    async def get(self, key: str, size: int) -> memoryview:
+        if self._ranges:
+            # One await instead of two (GET, then its body): each await of obstore is a
+            # wake-up of the event loop from a Tokio thread, and on 2,000 small files
+            # the second one cost ~30% of the process's CPU.
+            try:
+                return memoryview(await obstore.get_range_async(self._store, key, start=0,
+                                                                end=size))
+            except Exception as exc:  # noqa: BLE001 - every library failure is translated
+                error = translate(exc, "GetObject")
+                if error.kind != "not_partial":
+                    raise error from None
+                self._ranges = False  # a server that answers ranges with 200: plain GETs
         try:
             result = await obstore.get_async(self._store, key)
             return memoryview(await result.bytes_async())
