@@ -16,6 +16,7 @@ bounded by one deadline.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import select
@@ -84,8 +85,10 @@ class _Conn:
         self.buf = b""
 
 
-def serve(cluster: Cluster, mine: Report, deadline: float, log: Log) -> dict[int, Report]:
-    """Node 0: collects every report, answers all, closes the port. Returns the map."""
+def serve(cluster: Cluster, mine: Report, deadline: float,
+          log: Log) -> tuple[dict[int, Report], Optional[str]]:
+    """Node 0: collects every report, answers all, closes the port. Returns the map and
+    the local address the peers dialled (what the network stage ties to an interface)."""
     port = cluster.master.port
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -98,6 +101,7 @@ def serve(cluster: Cluster, mine: Report, deadline: float, log: Log) -> dict[int
     listener.listen(max(cluster.size * 2, 16))
     listener.setblocking(False)
     reports: dict[int, Report] = {0: mine}
+    dialled: list[str] = []  # the local address of every accepted report
     waiting: dict[int, _Conn] = {}  # rank -> connection that reported it
     pending: dict[socket.socket, _Conn] = {}
     try:
@@ -145,6 +149,8 @@ def serve(cluster: Cluster, mine: Report, deadline: float, log: Log) -> dict[int
                     waiting[report.rank].sock.close()
                 reports[report.rank] = report
                 waiting[report.rank] = c
+                with contextlib.suppress(OSError):
+                    dialled.append(str(sock.getsockname()[0]))
         failed = {r: rep.reason for r, rep in reports.items() if not rep.ok}
         answer = _encode({"magic": MAGIC, "token": token(cluster), "ok": not failed,
                           "failed": {str(r): why for r, why in failed.items()},
@@ -162,12 +168,14 @@ def serve(cluster: Cluster, mine: Report, deadline: float, log: Log) -> dict[int
             c.sock.close()
         listener.close()  # the port is free again before the user command starts
     _raise_if_failed(failed, cluster)
-    return reports
+    local = max(set(dialled), key=dialled.count) if dialled else None
+    return reports, local
 
 
 def join(cluster: Cluster, mine: Report, address: str, deadline: float,
-         log: Log) -> dict[int, Report]:
-    """Nodes 1..N-1: report to node 0 (retrying until it listens), await the verdict."""
+         log: Log) -> tuple[dict[int, Report], Optional[str]]:
+    """Nodes 1..N-1: report to node 0 (retrying until it listens), await the verdict.
+    Also returns the local address the connection left from."""
     port = cluster.master.port
     delay = 0.1
     last_error = ""
@@ -178,6 +186,7 @@ def join(cluster: Cluster, mine: Report, address: str, deadline: float,
                                 f"{port}) never answered ({last_error or 'no answer'})")
         try:
             with socket.create_connection((address, port), timeout=min(left, 5)) as sock:
+                local = str(sock.getsockname()[0])
                 sock.sendall(_encode(_report_message(cluster, mine)))
                 sock.settimeout(max(deadline - time.monotonic(), 0.1))
                 answer = _read_line(sock)
@@ -197,7 +206,7 @@ def join(cluster: Cluster, mine: Report, address: str, deadline: float,
         raise BarrierFailed(f"node 0 ({cluster.master.host}:{port}) answered the start "
                             "barrier with something that is not a bootstrap message") from None
     _raise_if_failed(failed, cluster)
-    return {r: Report(r, True, "", f) for r, f in facts.items()}
+    return {r: Report(r, True, "", f) for r, f in facts.items()}, local
 
 
 def _read_line(sock: socket.socket) -> bytes:
@@ -221,7 +230,8 @@ def _raise_if_failed(failed: Mapping[int, str], cluster: Cluster) -> None:
 
 
 def exchange(cluster: Cluster, mine: Report, master_address: Optional[str], timeout: float,
-             log: Log) -> dict[int, Report]:
+             log: Log) -> tuple[dict[int, Report], Optional[str]]:
+    """Every node's report, and the local address this node's barrier traffic used."""
     deadline = time.monotonic() + timeout
     if cluster.rank == 0:
         return serve(cluster, mine, deadline, log)

@@ -11,6 +11,7 @@ import argparse
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
+from typing import Any
 
 from . import cluster as cluster_mod
 from . import peers, preflight
@@ -42,9 +43,11 @@ def run(argv: Sequence[str], env: Mapping[str, str]) -> int:
     else:
         preflight.write(report, settings.job_dir)
     image_ok = not any(f.level == "fail" for f in image)
+    net = _network(cluster, settings)
     if args.json:
         out = report.to_json()
         out["peers_unresolved"] = unresolved
+        out["network"] = net
         if args.image:
             out["image"] = [asdict(f) for f in image]
             out["ok"] = out["ok"] and image_ok
@@ -58,4 +61,42 @@ def run(argv: Sequence[str], env: Mapping[str, str]) -> int:
         if cluster.size > 1:
             print(f"peers: {cluster.size - 1 - len(unresolved)} of {cluster.size - 1} resolve"
                   + (f"; not yet: {', '.join(unresolved)}" if unresolved else ""))
+        for line in _network_lines(net):
+            print(line)
     return 0 if report.ok and image_ok else EXIT_PREFLIGHT
+
+
+def _network(cluster: cluster_mod.Cluster, settings: settings_mod.Settings) -> dict[str, Any]:
+    """Interfaces, HCA ports, and what a job here would export for the engines."""
+    from . import network
+
+    ifaces = network.interfaces()
+    choice = network.Choice(None, "single node: the engines need no interface")
+    if cluster.size > 1:
+        if cluster.rank == 0:
+            choice = network.choose(0, peers.resolve(cluster.master.host),
+                                    peers.resolve(cluster.nodes[1].host), None, ifaces)
+        else:
+            choice = network.choose(cluster.rank, peers.resolve(cluster.master.host), None,
+                                    None, ifaces)
+    choice = network.with_hcas(choice, settings.sysfs_root)
+    return {"interfaces": [asdict(i) for i in ifaces],
+            "hca_ports": [asdict(p) for p in choice.hcas],
+            "chosen": choice.interface, "reason": choice.reason,
+            "exports": choice.exports() if cluster.size > 1 else {}}
+
+
+def _network_lines(net: Mapping[str, Any]) -> list[str]:
+    lines = ["network:"]
+    for i in net["interfaces"]:
+        speed = f", {i['speed_mbps']} Mb/s" if i["speed_mbps"] else ""
+        lines.append(f"  {i['name']:<12} {'up' if i['up'] else 'down'}{speed}: "
+                     f"{', '.join(i['addresses']) or '(no address)'}")
+    for p in net["hca_ports"]:
+        gid = f", RoCE v2 GID {p['roce_v2_gid']}" if p["roce_v2_gid"] is not None else ""
+        lines.append(f"  hca {p['device']}:{p['port']} "
+                     f"{'ACTIVE' if p['active'] else 'down'}, {p['link_layer']}{gid}")
+    lines.append(f"  engines' interface: {net['chosen'] or '-'} ({net['reason']})")
+    for k, v in net["exports"].items():
+        lines.append(f"  would export {k}={v}")
+    return lines

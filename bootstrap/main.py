@@ -253,13 +253,14 @@ def _cluster_stage(cluster: cluster_mod.Cluster, settings: settings_mod.Settings
         log.info(f"ipoib: no address on {device}; no IB address map"
                  + ("" if run_barrier else " and no start barrier"))
     all_facts: dict[int, topology.NodeFacts] = {cluster.rank: facts}
+    barrier_local = None
     if run_barrier:
         with timed(log, "barrier") as info:
             reason = "; ".join(f"{f.check}: {f.message}" for f in report.failures())
             mine = barrier.Report(cluster.rank, report.ok, reason, facts)
             try:
-                reports = barrier.exchange(cluster, mine, addresses.get(cluster.master.host),
-                                           settings.peer_timeout, log)
+                reports, barrier_local = barrier.exchange(
+                    cluster, mine, addresses.get(cluster.master.host), settings.peer_timeout, log)
             except BarrierFailed:
                 if not report.ok:  # our own failure is the story, not the echo of it
                     raise _local_failure(report) from None
@@ -268,4 +269,47 @@ def _cluster_stage(cluster: cluster_mod.Cluster, settings: settings_mod.Settings
             info["detail"] = f"{len(reports)} node(s) ready"
     elif not report.ok:
         raise _local_failure(report)
-    return topology.Topology(cluster, all_facts, master_addr_ib=settings.master_addr_ib)
+    topo = topology.Topology(cluster, all_facts, master_addr_ib=settings.master_addr_ib)
+    net: dict[str, str] = {}
+    if settings.network == "auto":
+        with timed(log, "network") as info:
+            net = _network_stage(cluster, settings, addresses, barrier_local, topo.master_addr,
+                                 log)
+            info["detail"] = ", ".join(f"{k}={v}" for k, v in net.items()) or "no exports"
+    return topology.Topology(cluster, all_facts, master_addr_ib=settings.master_addr_ib,
+                             network=net)
+
+
+def _network_stage(cluster: cluster_mod.Cluster, settings: settings_mod.Settings,
+                   addresses: Mapping[str, str], barrier_local: Optional[str],
+                   master_addr: str, log: Log) -> dict[str, str]:
+    """The engines' interface and HCAs; the master proven reachable (nodes 1..N-1)
+    and its port free (node 0) before the command starts."""
+    from . import network, peers
+
+    def address(host: str) -> Optional[str]:
+        return addresses.get(host) or peers.resolve(host)
+
+    ifaces = network.interfaces()
+    proven = barrier_local is not None  # the barrier's own connection proved the path
+    if master_addr != cluster.master.host:
+        # MASTER_ADDR is node 0's IB address (BOOTSTRAP_MASTER_ADDR_IB): the engines go
+        # where it routes (node 0: the device holding it), whatever network the barrier,
+        # which dials names, went over.
+        choice = network.choose(cluster.rank, master_addr, None, None, ifaces)
+    elif cluster.rank == 0:
+        choice = network.choose(0, address(cluster.master.host),
+                                address(cluster.nodes[1].host), barrier_local, ifaces)
+    else:
+        choice = network.choose(cluster.rank, address(master_addr), None, barrier_local,
+                                ifaces)
+    choice = network.with_hcas(choice, settings.sysfs_root)
+    log.info(f"network: {choice.interface or 'no interface chosen'}: {choice.reason}")
+    port = cluster.master.port
+    if cluster.rank == 0:
+        network.check_port_free(None, port)
+    elif not proven:
+        target = address(master_addr) or master_addr
+        network.prove_reachable(target, port, choice.address,
+                                time.monotonic() + settings.peer_timeout, cluster.rank)
+    return choice.exports()

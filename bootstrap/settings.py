@@ -39,6 +39,8 @@ class Settings:
     task_index_hint: str  # DLS_TASK_INDEX / VC_TASK_INDEX, for log file names
     barrier: str  # "auto" (when an IB device exists) | "on" | "off"
     master_addr_ib: bool  # MASTER_ADDR = node 0's IPoIB address
+    network: str  # "auto" (choose the engines' interface, check reachability) | "off"
+    sysfs_root: Path  # where /sys is read for HCAs (tests point it at a prepared tree)
     supervise: Optional[bool]  # None: decide (PID 1 or work after the command)
     grace_seconds: float
     log_file: Path  # the command's output, tee'd while supervising
@@ -143,6 +145,8 @@ def load(env: Mapping[str, str]) -> Settings:
         task_index_hint=task,
         barrier=env_choice(env, "BOOTSTRAP_BARRIER", "auto", ("auto", "on", "off")),
         master_addr_ib=env_flag(env, "BOOTSTRAP_MASTER_ADDR_IB", False),
+        network=env_choice(env, "BOOTSTRAP_NETWORK", "auto", ("auto", "off")),
+        sysfs_root=Path(env.get("BOOTSTRAP_SYSFS_ROOT", "").strip() or "/sys"),
         supervise=env_flag(env, "BOOTSTRAP_SUPERVISE", False) if supervise_raw else None,
         grace_seconds=env_float(env, "BOOTSTRAP_GRACE_SECONDS", 30.0, minimum=0),
         log_file=Path(env.get("BOOTSTRAP_LOG_FILE", "").strip() or f"/tmp/dls-task-{task}.log"),

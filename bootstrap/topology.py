@@ -39,6 +39,7 @@ class Topology:
     cluster: Cluster
     facts: Mapping[int, NodeFacts] = field(default_factory=dict)  # by rank
     master_addr_ib: bool = False  # MASTER_ADDR = node 0's IB address
+    network: Mapping[str, str] = field(default_factory=dict)  # the engines' interface/HCAs
 
     def slots(self, rank: int) -> int:
         return max(self.facts.get(rank, self._mine()).gpus, 1)
@@ -101,6 +102,7 @@ class Topology:
             "BOOTSTRAP_NUM_GPUS": str(mine.gpus),
         }
         out.update({name: str(path) for name, path in files.items()})
+        out.update(self.network)
         if mine.ib_addr:
             out["BOOTSTRAP_IB_ADDR"] = mine.ib_addr
         master_ib = self.facts.get(0, NodeFacts()).ib_addr
