@@ -324,7 +324,9 @@ def run_downloads(sets: list[DataSet], names: dict[str, Callable[[str, Path], In
                 work = Path(tempfile.mkdtemp(prefix="bench-"))
                 try:
                     argv, env, out = build(ds.name, work)
-                    run = timed(argv, env)
+                    # Not in the repository: `python -c` puts the current folder first on
+                    # sys.path, and the repo's bootstrap/ would shadow lean-py's.
+                    run = timed(argv, env, cwd=work)
                     got = tree_md5(out)
                     if got != sums:
                         bad = sorted(set(got.items()) ^ set(sums.items()))[:3]
