@@ -11,10 +11,13 @@ Contract (each point is tested):
   than ``BOOTSTRAP_TRANSFER_MEMORY_MB`` of object bytes held in memory at once.
 * Objects smaller than the multipart threshold are one GET each, verified in memory
   (size always, MD5 when the ETag is a plain MD5) before a byte is written. Larger
-  ones are split into byte ranges (at most ``RANGE_STREAMS`` at once) written in
-  place with ``pwrite``, hashed in order as the contiguous prefix grows; a server
-  that does not answer ranges exactly (``rclone serve s3`` answers 200) has the
-  object streamed whole instead, never written at the wrong offsets.
+  ones are split into byte ranges (at most ``RANGE_STREAMS`` at once, on threads,
+  read into reused buffers: measured faster than the native library's streams)
+  written in place with ``pwrite`` and hashed in order as the contiguous prefix
+  grows. A range answer is accepted when its Content-Range is the one asked for,
+  whatever its 2xx status (``rclone serve s3`` answers 200); a server that ignores
+  Range has its large objects streamed whole instead, never written at the wrong
+  offsets.
 * Every file lands under a hidden temporary name beside its destination and is
   renamed into place only once verified. A killed or failed run never leaves a
   truncated file under a final name; temporaries of a killed run are swept by the
@@ -56,8 +59,8 @@ if TYPE_CHECKING:
     from .storage.listing import Lister
 
 RANGE_STREAMS = 8  # concurrent ranged GETs of large objects (measured: 8 beat 32)
-CHUNK = 1 << 20  # streamed ranges arrive and are written in pieces of about this size
-STREAM_BYTES = 2 * CHUNK  # what one range stream holds in memory at most
+CHUNK = 1 << 20  # each range thread's buffer
+STREAM_BYTES = CHUNK  # what one range stream holds in memory
 TMP_SUFFIX = ".bootstrap-tmp"
 _PLAIN_MD5 = re.compile(r"^[0-9a-f]{32}$")
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
@@ -196,9 +199,12 @@ class Engine:
     """Runs the planned transfers on one event loop in the calling thread; see the
     module's contract."""
 
-    def __init__(self, store: Store, location: Location, dest: Path, settings: Settings,
-                 log: Log, manifest: Manifest) -> None:
+    def __init__(self, store: Store, ranges: Lister, location: Location, dest: Path,
+                 settings: Settings, log: Log, manifest: Manifest) -> None:
+        import threading
+
         self.store = store
+        self.ranges = ranges  # ranged GETs of large objects (threads, reused buffers)
         self.location = location
         self.dest = dest
         self.settings = settings
@@ -213,6 +219,8 @@ class Engine:
         self._dest = str(dest)
         self._serial = 0
         self._tag = secrets.token_hex(4)
+        self._local = threading.local()  # each range thread's reused buffer
+        self._stopping = False  # set on the way out: range threads stop at their next chunk
 
     # -- planning
     def plan(self, objects: list[RemoteObject], folders: list[str]) -> None:
@@ -360,33 +368,34 @@ class Engine:
         await self._advance(state)
 
     async def _get_range(self, state: _LargeFile, tmp: str, start: int, end: int) -> None:
-        """Streams bytes ``[start, end)`` into place (1 MiB chunks: the same few buffers
-        again and again, where whole 16 MiB ranges cost fresh pages every time)."""
-        try:
-            fd = os.open(tmp, os.O_WRONLY)
-        except FileNotFoundError:
-            if state.failed or state.streamed:
-                return  # another range gave this file up meanwhile
-            raise
+        """Bytes ``[start, end)`` into place, on a range thread (see
+        :meth:`~bootstrap.storage.listing.Lister.read_range_into` for why not the store)."""
         import asyncio
 
-        offset = start
-        try:
-            async for chunk in self.store.get_range_chunks(state.obj.key, start, end):
-                if state.failed or state.streamed:
-                    return
-                if offset + len(chunk) > end:
-                    break
-                # In a thread: eight streams' writes then spread over the cores (measured
-                # 10-15% faster on 4 x 64 MiB than writing on the loop's thread).
-                await asyncio.to_thread(_pwrite_all, fd, chunk, offset)
-                offset += len(chunk)
-                self.stats.bytes += len(chunk)
-        finally:
-            os.close(fd)
-        if offset != end:
+        def work() -> int:
+            try:
+                fd = os.open(tmp, os.O_WRONLY)
+            except FileNotFoundError:
+                if gave_up():
+                    return 0  # another range gave this file up meanwhile
+                raise
+            try:
+                buf = getattr(self._local, "buf", None)
+                if buf is None:
+                    buf = self._local.buf = memoryview(bytearray(CHUNK))
+                return self.ranges.read_range_into(self.location.bucket, state.obj.key, start,
+                                                   end, fd, buf, gave_up)
+            finally:
+                os.close(fd)
+
+        def gave_up() -> bool:
+            return state.failed or state.streamed or self._stopping
+
+        got = await asyncio.get_running_loop().run_in_executor(self._range_pool, work)
+        self.stats.bytes += got
+        if got != end - start and not gave_up():
             raise TransientError(f"range {start}-{end - 1} of {state.obj.key!r}: received "
-                                 f"{offset - start} of {end - start} bytes")
+                                 f"{got} of {end - start} bytes")
 
     async def _advance(self, state: _LargeFile) -> None:
         """Hashes the file forward over every finished range that continues the hashed
@@ -478,9 +487,11 @@ class Engine:
 
     async def _main(self, progress_every: float) -> None:
         import asyncio
+        from concurrent.futures import ThreadPoolExecutor
 
         self._budget = ByteBudget(self.settings.transfer_memory)
         self._range_slots = asyncio.Semaphore(RANGE_STREAMS)
+        self._range_pool = ThreadPoolExecutor(RANGE_STREAMS, thread_name_prefix="range")
         count = min(self.settings.download_workers, len(self._ranges) + len(self._smalls))
         workers = [asyncio.ensure_future(self._worker()) for _ in range(count)]
         progress = asyncio.ensure_future(self._progress(time.monotonic(), progress_every))
@@ -491,10 +502,12 @@ class Engine:
                     if task.exception() is not None:
                         raise task.exception()  # type: ignore[misc]
         finally:
+            self._stopping = True
             progress.cancel()
             for task in workers:
                 task.cancel()
             await asyncio.gather(progress, *workers, return_exceptions=True)
+            self._range_pool.shutdown(wait=True)  # each stops at its next chunk
 
     def run(self, progress_every: float = 5.0) -> Stats:
         started = time.monotonic()
@@ -582,12 +595,6 @@ def _write_hash(fd: int, data: memoryview, digest: Any) -> None:
         digest.update(data)
 
 
-def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
-    while data:
-        n = os.pwrite(fd, data, offset)
-        data, offset = data[n:], offset + n
-
-
 def _hash_file(path: Optional[str], digest: Any, start: int, end: int) -> None:
     """Adds bytes ``[start, end)`` of ``path`` to ``digest`` (a thread: the GIL is free
     while hashing and reading)."""
@@ -656,7 +663,7 @@ def fetch(location: Location, dest: Path, settings: Settings, env: Mapping[str, 
         store = open_store(settings.s3_backend, endpoint, creds, location.bucket, settings,
                            env)
         try:
-            engine = Engine(store, location, dest, settings, log, manifest)
+            engine = Engine(store, lister, location, dest, settings, log, manifest)
             engine.plan(objects, folders)
             manifest.open_for_append()
             return engine.run()

