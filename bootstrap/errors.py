@@ -74,6 +74,11 @@ class DependencyInstallFailed(BootstrapError):
     exit_code = EXIT_DEPENDENCIES
 
 
+# Signals that stop the bootstrap itself before the command runs (main.py turns them
+# into Terminated; the transfer engines stop their requests and remove their temporaries).
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
 class Terminated(BootstrapError):
     """A signal asked the bootstrap to stop before the command started.
 

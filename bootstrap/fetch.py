@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
-from .errors import BootstrapError, DownloadError, Terminated
+from .errors import STOP_SIGNALS, BootstrapError, DownloadError, Terminated
 from .location import Location
 from .log import Log
 from .manifest import Manifest
@@ -63,7 +63,6 @@ CHUNK = 1 << 20  # each range thread's buffer
 STREAM_BYTES = CHUNK  # what one range stream holds in memory
 TMP_SUFFIX = ".bootstrap-tmp"
 _PLAIN_MD5 = re.compile(r"^[0-9a-f]{32}$")
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
 @dataclass(frozen=True)

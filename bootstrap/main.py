@@ -24,16 +24,15 @@ from . import command as command_mod
 from . import launch, preflight, topology
 from . import location as loc
 from . import settings as settings_mod
-from .errors import EXIT_DOWNLOAD, BarrierFailed, PreflightFailed, Terminated
+from .errors import EXIT_DOWNLOAD, STOP_SIGNALS, BarrierFailed, PreflightFailed, Terminated
 from .log import Log, Redactor
 
 if TYPE_CHECKING:
     from .outputs import OutputSync
 
-# Signals that stop the bootstrap itself before the command runs. A handler that
-# raises turns them into an exception, so every stage's cleanup (temporary files
-# of a half-done download) runs on the way out. exec resets them to default.
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+# STOP_SIGNALS: a handler that raises turns them into an exception, so every stage's
+# cleanup (temporary files of a half-done download) runs on the way out. exec resets
+# them to default.
 
 
 def _raise_terminated(signum: int, frame: Any) -> NoReturn:
