@@ -6,7 +6,8 @@ import re
 
 from tests.conftest import REPO
 
-NAME = re.compile(r'"((?:BOOTSTRAP|DLS|BATCH|VC|MA|S3|OBS|AWS|PET|CUDA|NVIDIA|PIP|TF|NCCL|GLOO|OMPI)_[A-Z0-9_]+|'
+NAME = re.compile(r'"((?:BOOTSTRAP|DLS|BATCH|VC|MA|S3|OBS|AWS|PET|CUDA|NVIDIA|PIP|TF|NCCL|GLOO|'
+                  r'OMPI)_[A-Z0-9_]+|'
                   r'MASTER_ADDR|MASTER_PORT|NNODES|NODE_RANK|WORLD_SIZE|RANK|TMPDIR|PYTHONPATH|'
                   r'PYTHONUNBUFFERED)"')
 
