@@ -11,7 +11,10 @@ if [ -z "${BOOTSTRAP_HOME:-}" ]; then
 fi
 
 # Run by exec, so the bootstrap keeps this process's pid (PID 1 in a container).
+# `python -c` puts the current folder first on sys.path: drop it, so a user's own
+# bootstrap.py (or bootstrap/) in the working directory cannot shadow the package.
 launcher='import sys
+del sys.path[0]
 try:
     from bootstrap.__main__ import job_main as main
 except ImportError as exc:
@@ -40,7 +43,8 @@ if [ -z "$py3" ] && [ -n "$py" ]; then
     exec "$py" -c "$launcher" "$@"
 fi
 for candidate in "$py3" "$py"; do
-    if [ -n "$candidate" ] && "$candidate" -c 'import bootstrap' >/dev/null 2>&1; then
+    if [ -n "$candidate" ] && "$candidate" -c 'import sys; del sys.path[0]; import bootstrap' \
+            >/dev/null 2>&1; then
         exec "$candidate" -c "$launcher" "$@"
     fi
 done

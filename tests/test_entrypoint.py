@@ -151,3 +151,15 @@ def test_secrets_never_reach_the_log(home: Path) -> None:
     assert "MARKER-SECRET-0001" in r.stdout  # the command itself gets its arguments
     assert "MARKER-SECRET-0001" not in r.stderr and "abc" not in r.stderr
     assert "MARKER-TOKEN-0002" not in r.stderr and "AKIDMARKER0003" not in r.stderr
+
+
+@pytest.mark.parametrize("shadow", ["bootstrap.py", "bootstrap/__init__.py"])
+def test_a_users_bootstrap_module_in_the_working_directory_does_not_shadow_ours(
+        home: Path, tmp_path: Path, shadow: str) -> None:
+    work = tmp_path / "work"
+    (work / shadow).parent.mkdir(parents=True, exist_ok=True)
+    (work / shadow).write_text("import sys\nprint('SHADOWED')\nsys.exit(99)\n")
+    r = run_train(["python", "-c", "print('the job ran')"], base_env(home), cwd=work)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.strip() == "the job ran"
+    assert "SHADOWED" not in r.stdout + r.stderr
