@@ -92,7 +92,8 @@ class Stats:
     def summary(self) -> str:
         rate = self.bytes / self.seconds / 2**20 if self.seconds > 0 else 0.0
         return (f"{self.files} files, {self.bytes / 2**20:.1f} MiB fetched, "
-                f"{self.skipped} unchanged skipped, {rate:.1f} MiB/s, {self.retries} retries")
+                f"{self.skipped} unchanged skipped, {rate:.1f} MiB/s, {self.retries} retries"
+                + (f", via {self.backend}" if self.backend else ""))
 
 
 # --------------------------------------------------------------------------- listing

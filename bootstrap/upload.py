@@ -22,6 +22,7 @@ Only files that changed since the last successful upload are sent.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
@@ -124,7 +125,8 @@ class Uploader:
             return await self._multipart(path, key, size)
         await self._budget.acquire(size)
         try:
-            data = _read(path, size) if size <= 1 << 20 else await _in_thread(_read, path, size)
+            data = _read(path, size) if size <= 1 << 20 else \
+                await asyncio.to_thread(_read, path, size)
             md5 = hashlib.md5(data, usedforsecurity=False)
 
             async def put() -> None:
@@ -162,7 +164,7 @@ async def _parts(path: Path, size: int, part_size: int,
     with open(path, "rb", buffering=0) as fh:
         for start in range(0, size, part_size):
             want = min(part_size, size - start)
-            data, md5 = await _in_thread(_read_part, fh, want)
+            data, md5 = await asyncio.to_thread(_read_part, fh, want)
             if len(data) != want:
                 raise TransientError(f"{path} changed size while it was being uploaded")
             md5s.append(md5)
@@ -184,12 +186,6 @@ def _read(path: Path, size: int) -> bytes:
 def _read_part(fh: Any, n: int) -> tuple[bytes, bytes]:
     data = fh.read(n)
     return data, hashlib.md5(data, usedforsecurity=False).digest()
-
-
-async def _in_thread(fn: Any, *args: Any) -> Any:
-    import asyncio
-
-    return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
 
 
 def scan(root: Path) -> dict[str, tuple[int, int, Path]]:
