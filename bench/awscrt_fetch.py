@@ -26,8 +26,8 @@ from awscrt.s3 import S3Client, S3RequestTlsMode, S3RequestType  # noqa: E402
 imported = time.perf_counter()
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bootstrap.storage.config import credentials, resolve_endpoint  # noqa: E402
-from bootstrap.storage.listing import Lister  # noqa: E402
+from bootstrap.config.storage import credentials, resolve_endpoint  # noqa: E402
+from bootstrap.storage.signed import Lister  # noqa: E402
 
 
 def main() -> int:

@@ -77,7 +77,7 @@ def job_main(argv: Optional[Sequence[str]] = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
 
     def body() -> int:
-        from . import main as story
+        from . import job as story
 
         return story.run(args, os.environ)
 
@@ -88,7 +88,7 @@ def check_main(argv: Optional[Sequence[str]] = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
 
     def body() -> int:
-        from . import checkcmd
+        from .commands import check as checkcmd
 
         return checkcmd.run(args, os.environ)
 
@@ -99,7 +99,7 @@ def sync_main(argv: Optional[Sequence[str]] = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
 
     def body() -> int:
-        from . import synccmd
+        from .commands import sync as synccmd
 
         return synccmd.run(args, os.environ)
 

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from bootstrap import cluster, topology
+from bootstrap.cluster import topology
+from bootstrap.config import platform as cluster
 from bootstrap.errors import ConfigError
 from tests.conftest import assert_one_error_line, base_env, run_train
 

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from bootstrap import network
-from bootstrap.network import Choice, HcaPort, Interface
+from bootstrap.cluster import network
+from bootstrap.cluster.network import Choice, HcaPort, Interface
 from tests.conftest import RUN_TRAIN, VENV_BIN, assert_one_error_line, base_env
 from tests.netns import Hosts, namespaces_available
 

@@ -6,10 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from bootstrap import command, location, settings
+from bootstrap.config import settings
 from bootstrap.errors import ConfigError, DownloadError, UsageError
 from bootstrap.log import Redactor
-from bootstrap.paths import relative_path
+from bootstrap.run import command
+from bootstrap.transfer import location
+from bootstrap.transfer.paths import relative_path
 
 
 @pytest.mark.parametrize("argv, form", [

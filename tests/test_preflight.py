@@ -13,7 +13,7 @@ from typing import Any
 import pynvml
 import pytest
 
-from bootstrap import gpu, preflight
+from bootstrap.node import gpu, preflight
 from tests import fake_nvml
 from tests.conftest import REPO, assert_one_error_line, base_env, run_train
 

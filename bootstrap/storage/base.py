@@ -25,8 +25,8 @@ from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from ..settings import Settings
-    from .config import Credentials, Endpoint
+    from ..config.settings import Settings
+    from ..config.storage import Credentials, Endpoint
 
 
 class Store(Protocol):

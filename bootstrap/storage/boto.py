@@ -24,8 +24,8 @@ from . import retry
 from .errors import StorageError
 
 if TYPE_CHECKING:
-    from ..settings import Settings
-    from .config import Credentials, Endpoint
+    from ..config.settings import Settings
+    from ..config.storage import Credentials, Endpoint
 
 T = TypeVar("T")
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 from typing import Optional
 
 from ..errors import DownloadError
-from ..location import Location
+from ..transfer.location import Location
 
 
 class StorageError(Exception):

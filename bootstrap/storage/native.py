@@ -34,8 +34,8 @@ import obstore
 from .errors import StorageError
 
 if TYPE_CHECKING:
-    from ..settings import Settings
-    from .config import Credentials, Endpoint
+    from ..config.settings import Settings
+    from ..config.storage import Credentials, Endpoint
 
 _STATUS = re.compile(r"status code: (\d{3})")
 _CODE = re.compile(r"<Code>([^<]{1,100})</Code>")

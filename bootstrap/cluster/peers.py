@@ -21,9 +21,9 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from .cluster import Node
-from .errors import PeersNotReady
-from .log import Log
+from ..config.platform import Node
+from ..errors import PeersNotReady
+from ..log import Log
 
 
 def resolve(host: str) -> str | None:

@@ -17,8 +17,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Optional
 
-from .errors import DependencyInstallFailed
-from .log import Log
+from ..errors import DependencyInstallFailed
+from ..log import Log
 
 
 def requirements_file(code_dir: Path, mode: str) -> Optional[Path]:

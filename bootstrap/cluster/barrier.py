@@ -26,9 +26,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from .cluster import Cluster
-from .errors import BarrierFailed
-from .log import Log
+from ..config.platform import Cluster
+from ..errors import BarrierFailed
+from ..log import Log
 from .topology import NodeFacts
 
 MAGIC = "modelarts-bootstrap/barrier/1"

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from . import location as loc
-from .errors import UsageError
+from ..errors import UsageError
+from ..transfer import location as loc
 
 _INTERPRETER = re.compile(r"^(python(\d+(\.\d+)?)?|bash|sh|dash|zsh|ksh)$")
 # Characters that only mean something to a shell: their presence in a lone

@@ -13,10 +13,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from typing import Any
 
-from . import cluster as cluster_mod
-from . import peers, preflight
-from . import settings as settings_mod
-from .errors import EXIT_PREFLIGHT, UsageError
+from ..cluster import peers
+from ..config import platform as cluster_mod
+from ..config import settings as settings_mod
+from ..errors import EXIT_PREFLIGHT, UsageError
+from ..node import preflight
 
 
 class _Parser(argparse.ArgumentParser):
@@ -37,7 +38,7 @@ def run(argv: Sequence[str], env: Mapping[str, str]) -> int:
     unresolved = [n.host for n in cluster.peers if peers.resolve(n.host) is None]
     image = []
     if args.image:
-        from . import imagecheck
+        from ..node import imagecheck
 
         image = imagecheck.check(env, report)
     else:
@@ -68,7 +69,7 @@ def run(argv: Sequence[str], env: Mapping[str, str]) -> int:
 
 def _network(cluster: cluster_mod.Cluster, settings: settings_mod.Settings) -> dict[str, Any]:
     """Interfaces, HCA ports, and what a job here would export for the engines."""
-    from . import network
+    from ..cluster import network
 
     ifaces = network.interfaces()
     choice = network.Choice(None, "single node: the engines need no interface")

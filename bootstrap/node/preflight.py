@@ -39,10 +39,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from .errors import ConfigError
+from ..config.settings import env_flag, env_float, env_int
+from ..errors import ConfigError
 from .gpu import Inventory
-from .node import NodeState
-from .settings import env_flag, env_float, env_int
+from .resources import NodeState
 
 GB = 1000**3
 MiB = 2**20
@@ -239,7 +239,8 @@ def _cuda_number(version: str) -> Optional[int]:
 
 
 def run(env: Mapping[str, str], job_dir: Path, pol: Optional[Policy] = None) -> Report:
-    from . import gpu, node
+    from . import gpu
+    from . import resources as node
 
     pol = pol or policy(env)
     started = time.monotonic()

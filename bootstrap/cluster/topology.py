@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from .cluster import Cluster
+from ..config.platform import Cluster
 
 
 @dataclass(frozen=True)

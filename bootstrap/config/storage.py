@@ -23,7 +23,7 @@ from typing import Optional
 from urllib.parse import urlsplit
 
 from ..errors import ConfigError
-from ..settings import env_flag
+from .settings import env_flag
 
 _OBS_REGION = re.compile(r"^obs\.([a-z0-9-]+)\.myhuaweicloud\.com$")
 
@@ -118,7 +118,7 @@ def credentials(env: Mapping[str, str]) -> Credentials:
         return found
     import botocore.session
 
-    from .errors import StorageError
+    from ..storage.errors import StorageError
 
     creds = botocore.session.Session().get_credentials()
     if creds is None:

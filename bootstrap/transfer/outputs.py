@@ -15,10 +15,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Optional
 
+from ..config.settings import Settings
+from ..errors import BootstrapError, ConfigError
+from ..log import Log
 from . import location as loc
-from .errors import BootstrapError, ConfigError
-from .log import Log
-from .settings import Settings
 
 
 def remote(url: str, what: str) -> loc.Location:

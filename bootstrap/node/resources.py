@@ -64,7 +64,7 @@ def memory() -> tuple[int, int]:
 
 
 def measure(env: Mapping[str, str], job_dir: Path) -> NodeState:
-    from . import ipoib
+    from ..cluster import ipoib
 
     cache = env.get("BOOTSTRAP_CACHE_DIR", "/cache")
     has_cache = os.path.isdir(cache)

@@ -21,10 +21,10 @@ import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
-from . import location as loc
-from . import settings as settings_mod
-from .errors import UsageError
-from .log import Log, Redactor
+from ..config import settings as settings_mod
+from ..errors import UsageError
+from ..log import Log, Redactor
+from ..transfer import location as loc
 
 
 class _Parser(argparse.ArgumentParser):
@@ -72,13 +72,13 @@ def run(argv: Sequence[str], env: Mapping[str, str]) -> int:
             log.info(f"sync: {args.src} -> {args.dst} already done by another process here")
             return 0
         if src.is_remote:
-            from .fetch import fetch
+            from ..transfer.fetch import fetch
 
             assert dst.path is not None
             stats = fetch(src, dst.path, settings, env, log)
             log.info(f"sync: {stats.summary()} -> {dst.path}")
         else:
-            from .upload import sync_tree
+            from ..transfer.upload import sync_tree
 
             assert src.path is not None
             if not src.path.is_dir():

@@ -19,16 +19,18 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, NoReturn, Optional
 
-from . import cluster as cluster_mod
-from . import command as command_mod
-from . import launch, preflight, topology
-from . import location as loc
-from . import settings as settings_mod
+from .cluster import topology
+from .config import platform as cluster_mod
+from .config import settings as settings_mod
 from .errors import EXIT_DOWNLOAD, STOP_SIGNALS, BarrierFailed, PreflightFailed, Terminated
 from .log import Log, Redactor
+from .node import preflight
+from .run import command as command_mod
+from .run import launch
+from .transfer import location as loc
 
 if TYPE_CHECKING:
-    from .outputs import OutputSync
+    from .transfer.outputs import OutputSync
 
 # STOP_SIGNALS: a handler that raises turns them into an exception, so every stage's
 # cleanup (temporary files of a half-done download) runs on the way out. exec resets
@@ -72,11 +74,11 @@ def run(argv: Sequence[str], environ: Mapping[str, str]) -> int:
     cluster = cluster_mod.discover(environ)
     checks = preflight.policy(environ)
     if location is not None and location.is_remote:
-        from .storage.config import resolve_endpoint
+        from .config.storage import resolve_endpoint
 
         resolve_endpoint(environ, settings.addressing)  # a bad endpoint fails before any I/O
     if settings.output_dir is not None:
-        from . import outputs
+        from .transfer import outputs
 
         outputs.destination(settings)
 
@@ -97,7 +99,7 @@ def run(argv: Sequence[str], environ: Mapping[str, str]) -> int:
         if cluster.size > 1 else None
     try:
         if location is not None and code_dir is not None:
-            from . import fetch  # the S3 client loads only when there is something to fetch
+            from .transfer import fetch  # the S3 client loads only when there is something to fetch
 
             with timed(log, "fetch") as info:
                 stats = fetch.fetch(location, code_dir, settings, environ, log)
@@ -120,7 +122,7 @@ def run(argv: Sequence[str], environ: Mapping[str, str]) -> int:
     final_argv = command_mod.resolve(command, code_dir, Path.cwd(), location)
     env = launch.user_environment(environ, settings.home, settings.job_dir, code_dir, exports)
     if code_dir is not None:
-        from . import deps
+        from .run import deps
 
         requirements = deps.requirements_file(code_dir, settings.pip_install)
         if requirements is not None:
@@ -130,7 +132,7 @@ def run(argv: Sequence[str], environ: Mapping[str, str]) -> int:
 
     sync = None
     if settings.output_dir is not None:
-        from . import outputs
+        from .transfer import outputs
 
         sync = outputs.OutputSync(settings, environ, log)
     supervise = settings.supervise
@@ -151,7 +153,8 @@ def run(argv: Sequence[str], environ: Mapping[str, str]) -> int:
 def _supervise(argv: Sequence[str], env: Mapping[str, str], cwd: Optional[Path],
                settings: settings_mod.Settings, environ: Mapping[str, str], log: Log,
                sync: Optional[OutputSync], user_umask: int) -> int:
-    from . import outputs, supervise
+    from .run import supervise
+    from .transfer import outputs
 
     if sync is not None:
         sync.start_periodic()
@@ -212,7 +215,7 @@ def _preflight_stage(environ: Mapping[str, str], settings: settings_mod.Settings
 
 def _peers_stage(cluster: cluster_mod.Cluster, settings: settings_mod.Settings, log: Log,
                  stop: threading.Event) -> dict[str, str]:
-    from . import peers
+    from .cluster import peers
 
     with timed(log, "peers") as info:
         addresses = peers.wait_for_names(cluster.peers, settings.peer_timeout, log, stop=stop)
@@ -242,7 +245,7 @@ def _cluster_stage(cluster: cluster_mod.Cluster, settings: settings_mod.Settings
             return None
         return topology.Topology(cluster, {0: facts})
 
-    from . import barrier, ipoib
+    from .cluster import barrier, ipoib
 
     device = ipoib.device(environ)
     ib_addr = ipoib.local_address(device)
@@ -284,7 +287,7 @@ def _network_stage(cluster: cluster_mod.Cluster, settings: settings_mod.Settings
                    master_addr: str, log: Log) -> dict[str, str]:
     """The engines' interface and HCAs; the master proven reachable (nodes 1..N-1)
     and its port free (node 0) before the command starts."""
-    from . import network, peers
+    from .cluster import network, peers
 
     def address(host: str) -> Optional[str]:
         return addresses.get(host) or peers.resolve(host)

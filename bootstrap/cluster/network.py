@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from .errors import BarrierFailed, PeersNotReady
+from ..errors import BarrierFailed, PeersNotReady
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import NoReturn, Optional
 
-from .errors import CommandNotExecutable, CommandNotFound
+from ..errors import CommandNotExecutable, CommandNotFound
 
 CACHE_DIR = "/cache"
 ACTIVE_MARKER = "BOOTSTRAP_ACTIVE"  # set for the command: a nested run_train.sh execs at once

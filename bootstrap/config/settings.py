@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 MiB = 1024 * 1024
 

@@ -45,18 +45,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
-from .errors import STOP_SIGNALS, BootstrapError, DownloadError, Terminated
+from ..config.settings import Settings
+from ..errors import STOP_SIGNALS, BootstrapError, DownloadError, Terminated
+from ..log import Log
+from ..storage import retry
+from ..storage.errors import StorageError, TransientError, explain
 from .location import Location
-from .log import Log
 from .manifest import Manifest
 from .paths import SafeDirs, relative_path
-from .settings import Settings
-from .storage import retry
-from .storage.errors import StorageError, TransientError, explain
 
 if TYPE_CHECKING:
-    from .storage.base import Store
-    from .storage.listing import Lister
+    from ..storage.base import Store
+    from ..storage.signed import Lister
 
 RANGE_STREAMS = 8  # concurrent ranged GETs of large objects (measured: 8 beat 32)
 CHUNK = 1 << 20  # each range thread's buffer
@@ -647,9 +647,9 @@ def fetch(location: Location, dest: Path, settings: Settings, env: Mapping[str, 
     if not location.is_remote:
         assert location.path is not None
         return copy_local(location.path, dest)
-    from .storage.base import open_store
-    from .storage.config import credentials, resolve_endpoint
-    from .storage.listing import Lister
+    from ..config.storage import credentials, resolve_endpoint
+    from ..storage.base import open_store
+    from ..storage.signed import Lister
 
     endpoint = resolve_endpoint(env, settings.addressing)
     try:

@@ -34,15 +34,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
-from .errors import BootstrapError, DownloadError
+from ..config.settings import Settings
+from ..errors import BootstrapError, DownloadError
+from ..log import Log
+from ..storage import retry
+from ..storage.errors import TransientError, explain
 from .location import Location
-from .log import Log
-from .settings import Settings
-from .storage import retry
-from .storage.errors import TransientError, explain
 
 if TYPE_CHECKING:
-    from .storage.base import Store
+    from ..storage.base import Store
 
 MIN_PART = 5 * 2**20  # S3's (and OBS's) smallest part but the last
 MAX_PARTS = 10_000  # S3's (and OBS's) most parts in one upload
@@ -208,9 +208,9 @@ def _transfer(dest: Location, settings: Settings, env: Mapping[str, str],
               work: Any) -> None:
     """Opens the store for ``dest`` and runs ``work(store)`` (a coroutine function) to
     the end; every failure becomes an :class:`UploadError` with one line."""
+    from ..config.storage import credentials, resolve_endpoint
+    from ..storage.base import open_store
     from .fetch import _run_stoppable
-    from .storage.base import open_store
-    from .storage.config import credentials, resolve_endpoint
 
     endpoint = resolve_endpoint(env, settings.addressing)
     try:

@@ -32,7 +32,7 @@ from collections.abc import Mapping
 from typing import Callable, Optional
 from urllib.parse import quote, urlsplit
 
-from .config import Credentials, Endpoint
+from ..config.storage import Credentials, Endpoint
 from .errors import StorageError
 
 _UNSIGNED = "UNSIGNED-PAYLOAD"

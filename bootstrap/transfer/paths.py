@@ -16,7 +16,7 @@ import threading
 from pathlib import Path
 from typing import Optional
 
-from .errors import DownloadError
+from ..errors import DownloadError
 
 NAME_MAX = 255  # bytes per path component on ext4/xfs/overlayfs
 
