@@ -1,8 +1,9 @@
-"""Entry points.
+"""Entry points: which command runs, and how its failures become exit codes.
 
 * ``run_train.sh ARGS`` and ``python -m bootstrap ARGS``: the job (:func:`job_main`).
 * ``python -m bootstrap check [--json]`` / ``bootstrap-check``: the node preflight alone.
 * ``python -m bootstrap sync SRC DST`` / ``bootstrap-sync``: copy a tree to or from OBS.
+* ``--help`` (or ``-h``) alone prints :data:`USAGE`.
 
 Errors the bootstrap can explain print one line, ``run_train: error: ...``, and exit
 with the code errors.py documents. Anything else is a bug: one line too, exit 70,
@@ -19,6 +20,25 @@ from typing import Callable, Optional
 
 from .errors import EXIT_INTERNAL, EXIT_USAGE, BootstrapError
 from .log import Redactor
+
+USAGE = """\
+usage: bash run_train.sh [python|python3|bash|sh] FILE [PARAMS...]
+       bash run_train.sh COMMAND [ARGS...]
+       python -m bootstrap check [--json] [--image]
+       python -m bootstrap sync [--once-per-node] SRC DST
+
+Prepares a ModelArts training job and runs its command: downloads the code
+directory (DLS_APP_URL) into the job dir, checks the node's GPUs, meets the other
+nodes, exports the cluster's topology for torchrun, MPI and NCCL, then runs the
+command in the code directory. FILE is looked up in the code directory, then in
+the current directory.
+
+  check   the node preflight alone (exit 4 when the node cannot train)
+  sync    copy a tree between a local folder and s3:// or obs://
+
+Settings are environment variables (BOOTSTRAP_*, the platform's DLS_*, MA_*, VC_*,
+BATCH_*): README.md lists them all, with the exit codes.
+"""
 
 
 def _fail(message: str) -> None:
@@ -63,7 +83,9 @@ def _run(body: Callable[[], int]) -> int:
         _fail("interrupted")
         return 130
     except Exception as exc:  # noqa: BLE001 - the last line of defence: no raw traceback
-        if os.environ.get("BOOTSTRAP_DEBUG") == "1":
+        from .config.settings import debug
+
+        if debug(os.environ):
             import traceback
 
             traceback.print_exc()
@@ -75,11 +97,14 @@ def _run(body: Callable[[], int]) -> int:
 def job_main(argv: Optional[Sequence[str]] = None) -> int:
     """The job: what run_train.sh execs. Returns only on failure (success execs)."""
     args = list(sys.argv[1:] if argv is None else argv)
+    if args in (["--help"], ["-h"]):
+        sys.stdout.write(USAGE)
+        return 0
 
     def body() -> int:
-        from . import job as story
+        from . import job
 
-        return story.run(args, os.environ)
+        return job.run(args, os.environ)
 
     return _guard(body)
 
@@ -88,9 +113,9 @@ def check_main(argv: Optional[Sequence[str]] = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
 
     def body() -> int:
-        from .commands import check as checkcmd
+        from .commands import check
 
-        return checkcmd.run(args, os.environ)
+        return check.run(args, os.environ)
 
     return _guard(body)
 
@@ -99,9 +124,9 @@ def sync_main(argv: Optional[Sequence[str]] = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
 
     def body() -> int:
-        from .commands import sync as synccmd
+        from .commands import sync
 
-        return synccmd.run(args, os.environ)
+        return sync.run(args, os.environ)
 
     return _guard(body)
 

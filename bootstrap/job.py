@@ -1,10 +1,12 @@
 """The whole story of a job's start, stage by stage.
 
-settings -> command -> cluster -> (fetch | preflight | peers) -> barrier -> launch.
-Each stage is a module named for its concern; this file only orders them, times
-them and hands values between them. Everything that can be checked without I/O
-(settings, the command, the cluster description) is checked first, so a typo in
-the job spec fails in milliseconds, not after a download.
+settings -> command -> (fetch | preflight | peers) -> barrier -> network -> launch.
+
+Each stage lives in a package named for its concern (``config``, ``transfer``,
+``node``, ``cluster``, ``run``); this file only orders them, times them and hands
+values between them. Everything that can be checked without I/O (the settings, the
+command, the cluster description, the endpoint) is checked first, so a typo in the
+job spec fails in milliseconds, not after a download.
 """
 
 from __future__ import annotations
@@ -14,22 +16,21 @@ import shlex
 import signal
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, NoReturn, Optional
+from typing import TYPE_CHECKING, Any, NoReturn, Optional
 
 from .cluster import topology
-from .config import platform as cluster_mod
-from .config import settings as settings_mod
+from .config.settings import ACTIVE_MARKER, Settings, load
 from .errors import EXIT_DOWNLOAD, STOP_SIGNALS, BarrierFailed, PreflightFailed, Terminated
 from .log import Log, Redactor
 from .node import preflight
-from .run import command as command_mod
-from .run import launch
-from .transfer import location as loc
+from .run import command, launch
+from .transfer import location
 
 if TYPE_CHECKING:
+    from .config.platform import Cluster
     from .transfer.outputs import OutputSync
 
 # STOP_SIGNALS: a handler that raises turns them into an exception, so every stage's
@@ -41,13 +42,19 @@ def _raise_terminated(signum: int, frame: Any) -> NoReturn:
     raise Terminated(signum)
 
 
+class Timer:
+    """``with timed(log, NAME) as t:`` logs ``stage NAME: N ms (t.detail)`` at the end."""
+
+    def __init__(self) -> None:
+        self.detail = ""
+
+
 @contextmanager
-def timed(log: Log, name: str) -> Iterator[dict[str, str]]:
-    """Logs ``stage NAME: N ms (detail)`` when the block ends; the block may set detail."""
-    info: dict[str, str] = {"detail": ""}
+def timed(log: Log, name: str) -> Iterator[Timer]:
+    timer = Timer()
     started = time.monotonic()
-    yield info
-    log.stage(name, time.monotonic() - started, info["detail"])
+    yield timer
+    log.stage(name, time.monotonic() - started, timer.detail)
 
 
 def run(argv: Sequence[str], environ: Mapping[str, str]) -> int:
@@ -58,29 +65,23 @@ def run(argv: Sequence[str], environ: Mapping[str, str]) -> int:
     # in a container started with umask 0; the command gets the umask it was given.
     user_umask = os.umask(0o022)
     os.umask(user_umask | 0o022)
-    settings = settings_mod.load(environ)
+    settings = load(environ)
     log = Log(Redactor(environ), settings.log_format)
-    command = command_mod.parse(command_mod.unwrap_entrypoint(argv))
-    if environ.get(launch.ACTIVE_MARKER) == "1":
+    cmd = command.parse(command.unwrap_entrypoint(argv))
+    if settings.run.nested:
         # A bootstrap already prepared this job (ENTRYPOINT, then a script that calls
         # run_train.sh again): download, checks and barrier must not run twice.
-        final_argv = command_mod.resolve(command, None, Path.cwd(), None)
-        log.info(f"already inside a bootstrap job ({launch.ACTIVE_MARKER}=1): exec "
+        final_argv = command.resolve(cmd, None, Path.cwd(), None, settings.job_dir)
+        log.info(f"already inside a bootstrap job ({ACTIVE_MARKER}=1): exec "
                  f"{shlex.join(log.redact.argv(final_argv))}")
-        for signum in STOP_SIGNALS:
-            signal.signal(signum, signal.SIG_DFL)
+        _default_signals()
         launch.exec_command(final_argv, environ, None, user_umask)
-    location = loc.parse(settings.app_url) if settings.app_url else None
-    cluster = cluster_mod.discover(environ)
-    checks = preflight.policy(environ)
-    if location is not None and location.is_remote:
-        from .config.storage import resolve_endpoint
-
-        resolve_endpoint(environ, settings.addressing)  # a bad endpoint fails before any I/O
-    if settings.output_dir is not None:
+    code_url = location.parse(settings.app_url) if settings.app_url else None
+    cluster = settings.cluster.layout
+    if settings.outputs.output_dir is not None:
         from .transfer import outputs
 
-        outputs.destination(settings)
+        outputs.destination(settings.outputs)
 
     log.info(f"user: uid={os.getuid()} gid={os.getgid()} pwd: {os.getcwd()}")
     log.info(f"app url: {settings.app_url or '(none: running from the current directory)'}")
@@ -92,20 +93,15 @@ def run(argv: Sequence[str], environ: Mapping[str, str]) -> int:
     # The three slow waits overlap, so start-up costs the longest of them, not their sum:
     # the download runs here (where signals land), the preflight and the peers' DNS in
     # threads. A failure in any of them stops the others and the job.
-    code_dir = loc.destination(settings.job_dir, location) if location is not None else None
+    code_dir = location.destination(settings.job_dir, code_url) if code_url else None
     stop = threading.Event()
-    checked = _Background(_preflight_stage, environ, settings, checks, log)
-    resolved = _Background(_peers_stage, cluster, settings, log, stop) \
-        if cluster.size > 1 else None
+    checked = _Background(_preflight_stage, settings, log)
+    resolved = _Background(_peers_stage, settings, log, stop) if cluster.size > 1 else None
     try:
-        if location is not None and code_dir is not None:
-            from .transfer import fetch  # the S3 client loads only when there is something to fetch
-
-            with timed(log, "fetch") as info:
-                stats = fetch.fetch(location, code_dir, settings, environ, log)
-                info["detail"] = f"{stats.summary()} -> {code_dir}"
-        report = checked.result()
-        addresses = resolved.result() if resolved is not None else {}
+        if code_url is not None and code_dir is not None:
+            _fetch_stage(code_url, code_dir, settings, log)
+        report: preflight.Report = checked.result()
+        addresses: dict[str, str] = resolved.result() if resolved is not None else {}
     except BaseException:
         stop.set()
         for stage in (checked, resolved):
@@ -113,65 +109,87 @@ def run(argv: Sequence[str], environ: Mapping[str, str]) -> int:
                 stage.join()
         raise
 
-    topo = _cluster_stage(cluster, settings, environ, log, report, addresses)
+    topo = _cluster_stage(settings, log, report, addresses)
     exports: dict[str, str] = {}
     if topo is not None:
         files = topology.write_files(topo, settings.job_dir)
         exports = topology.without_user_overrides(topo.exports(files), environ)
 
-    final_argv = command_mod.resolve(command, code_dir, Path.cwd(), location)
-    env = launch.user_environment(environ, settings.home, settings.job_dir, code_dir, exports)
+    final_argv = command.resolve(cmd, code_dir, Path.cwd(), code_url, settings.job_dir)
+    env = launch.user_environment(environ, settings.home, settings.job_dir,
+                                  settings.run.cache_dir, code_dir, exports)
     if code_dir is not None:
-        from .run import deps
-
-        requirements = deps.requirements_file(code_dir, settings.pip_install)
-        if requirements is not None:
-            with timed(log, "deps") as info:
-                deps.install(requirements, deps.interpreter(final_argv, env), env, log)
-                info["detail"] = f"{requirements.name} installed"
+        _deps_stage(code_dir, final_argv, env, settings, log)
 
     sync = None
-    if settings.output_dir is not None:
+    if settings.outputs.output_dir is not None:
         from .transfer import outputs
 
-        sync = outputs.OutputSync(settings, environ, log)
-    supervise = settings.supervise
+        sync = outputs.OutputSync(settings.outputs, settings.transfer,
+                                  settings.job_dir / ".output-sync-state.json", log)
+    supervise = settings.run.supervise
     if supervise is None:  # PID 1 must supervise; so must anything with work after the end
-        supervise = os.getpid() == 1 or sync is not None or settings.log_upload_url is not None
+        supervise = (os.getpid() == 1 or sync is not None
+                     or settings.outputs.log_upload_url is not None)
     launch.find_program(final_argv[0], env)  # 127/126 now, while we can still say why
     where = f" (in {code_dir})" if code_dir else ""
     if not supervise:
         log.info(f"exec: {shlex.join(log.redact.argv(final_argv))}{where}")
-        for signum in STOP_SIGNALS:
-            signal.signal(signum, signal.SIG_DFL)
+        _default_signals()
         launch.exec_command(final_argv, env, code_dir, user_umask)
     log.info(f"run (supervised, pid {os.getpid()}): {shlex.join(log.redact.argv(final_argv))}"
-             f"{where}; log: {settings.log_file}")
-    return _supervise(final_argv, env, code_dir, settings, environ, log, sync, user_umask)
+             f"{where}; log: {settings.run.log_file}")
+    return _supervise(final_argv, env, code_dir, settings, log, sync, user_umask)
+
+
+def _default_signals() -> None:
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_DFL)
+
+
+def _fetch_stage(code_url: location.Location, code_dir: Path, settings: Settings,
+                 log: Log) -> None:
+    from .transfer import fetch  # the S3 client loads only when there is something to fetch
+
+    with timed(log, "fetch") as t:
+        stats = fetch.fetch(code_url, code_dir, settings.transfer, log)
+        t.detail = f"{stats.summary()} -> {code_dir}"
+
+
+def _deps_stage(code_dir: Path, argv: Sequence[str], env: Mapping[str, str],
+                settings: Settings, log: Log) -> None:
+    from .run import deps
+
+    requirements = deps.requirements_file(code_dir, settings.run.pip_install)
+    if requirements is not None:
+        with timed(log, "deps") as t:
+            deps.install(requirements, deps.interpreter(argv, env), env, log)
+            t.detail = f"{requirements.name} installed"
 
 
 def _supervise(argv: Sequence[str], env: Mapping[str, str], cwd: Optional[Path],
-               settings: settings_mod.Settings, environ: Mapping[str, str], log: Log,
-               sync: Optional[OutputSync], user_umask: int) -> int:
+               settings: Settings, log: Log, sync: Optional[OutputSync],
+               user_umask: int) -> int:
     from .run import supervise
     from .transfer import outputs
 
     if sync is not None:
         sync.start_periodic()
-    outcome = supervise.Supervisor(argv, env, cwd, settings.grace_seconds, log,
-                                   settings.log_file, user_umask).run()
+    outcome = supervise.Supervisor(argv, env, cwd, settings.run.grace_seconds, log,
+                                   settings.run.log_file, user_umask).run()
     # The platform may repeat its SIGTERM while we save the outputs: finish the job's
     # last duties rather than die half-way (SIGKILL still ends everything).
     for signum in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, signal.SIG_IGN)
     code = outcome.exit_code
     if code != 0:
-        supervise.write_failure_record(settings.failure_file, outcome,
-                                       settings.task_index_hint, log)
+        supervise.write_failure_record(settings.run.failure_file, outcome,
+                                       settings.task_index, log)
     if sync is not None and not sync.final() and code == 0:
         code = EXIT_DOWNLOAD  # the command succeeded but its outputs did not reach OBS
-    if settings.log_upload_url is not None:
-        outputs.upload_log(settings.log_file, settings.log_upload_url, settings, environ, log)
+    if settings.outputs.log_upload_url is not None:
+        outputs.upload_log(settings.run.log_file, settings.outputs.log_upload_url,
+                           settings.transfer, log)
     log.info(outcome.describe() + (f"; exiting {code}" if code != outcome.exit_code else ""))
     return code
 
@@ -202,24 +220,24 @@ class _Background(threading.Thread):
         return self._value
 
 
-def _preflight_stage(environ: Mapping[str, str], settings: settings_mod.Settings,
-                     checks: preflight.Policy, log: Log) -> preflight.Report:
-    with timed(log, "preflight") as info:
-        report = preflight.run(environ, settings.job_dir, checks)
+def _preflight_stage(settings: Settings, log: Log) -> preflight.Report:
+    with timed(log, "preflight") as t:
+        report = preflight.run(settings.preflight, settings.job_dir,
+                               settings.cluster.ipoib_device)
         preflight.write(report, settings.job_dir)
         for line in report.lines():
             log.info(line)
-        info["detail"] = f"{report.gpu_count} GPU(s), " + ("ok" if report.ok else "FAILED")
+        t.detail = f"{report.gpu_count} GPU(s), " + ("ok" if report.ok else "FAILED")
     return report
 
 
-def _peers_stage(cluster: cluster_mod.Cluster, settings: settings_mod.Settings, log: Log,
-                 stop: threading.Event) -> dict[str, str]:
+def _peers_stage(settings: Settings, log: Log, stop: threading.Event) -> dict[str, str]:
     from .cluster import peers
 
-    with timed(log, "peers") as info:
-        addresses = peers.wait_for_names(cluster.peers, settings.peer_timeout, log, stop=stop)
-        info["detail"] = f"{len(addresses)} peer name(s) resolved"
+    with timed(log, "peers") as t:
+        addresses = peers.wait_for_names(settings.cluster.layout.peers,
+                                         settings.cluster.peer_timeout, log, stop=stop)
+        t.detail = f"{len(addresses)} peer name(s) resolved"
     return addresses
 
 
@@ -228,8 +246,7 @@ def _local_failure(report: preflight.Report) -> PreflightFailed:
                            + "; ".join(f"{f.check}: {f.message}" for f in report.failures()))
 
 
-def _cluster_stage(cluster: cluster_mod.Cluster, settings: settings_mod.Settings,
-                   environ: Mapping[str, str], log: Log, report: preflight.Report,
+def _cluster_stage(settings: Settings, log: Log, report: preflight.Report,
                    addresses: Mapping[str, str]) -> Optional[topology.Topology]:
     """The start barrier and the topology, once the peers resolve; None for a local
     one-node job with no platform variables (nothing to hand the engines).
@@ -237,7 +254,8 @@ def _cluster_stage(cluster: cluster_mod.Cluster, settings: settings_mod.Settings
     A node that failed its preflight still takes part in the barrier, so that every
     other node learns why the job stops; then it exits with the preflight's code.
     """
-    facts = topology.NodeFacts(gpus=report.gpu_count)
+    cluster, knobs = settings.cluster.layout, settings.cluster
+    facts = topology.MemberFacts(gpus=report.gpu_count)
     if cluster.size == 1:
         if not report.ok:
             raise _local_failure(report)
@@ -247,44 +265,43 @@ def _cluster_stage(cluster: cluster_mod.Cluster, settings: settings_mod.Settings
 
     from .cluster import barrier, ipoib
 
-    device = ipoib.device(environ)
-    ib_addr = ipoib.local_address(device)
-    facts = topology.NodeFacts(gpus=facts.gpus, ib_addr=ib_addr)
-    run_barrier = settings.barrier == "on" or (settings.barrier == "auto" and ib_addr)
+    ib_addr = ipoib.local_address(knobs.ipoib_device)
+    facts = topology.MemberFacts(gpus=facts.gpus, ib_addr=ib_addr)
+    run_barrier = knobs.barrier == "on" or (knobs.barrier == "auto" and ib_addr)
     if ib_addr is None:
-        log.info(f"ipoib: no address on {device}; no IB address map"
+        log.info(f"ipoib: no address on {knobs.ipoib_device}; no IB address map"
                  + ("" if run_barrier else " and no start barrier"))
-    all_facts: dict[int, topology.NodeFacts] = {cluster.rank: facts}
+    all_facts: dict[int, topology.MemberFacts] = {cluster.rank: facts}
     barrier_local = None
     if run_barrier:
-        with timed(log, "barrier") as info:
+        with timed(log, "barrier") as t:
             reason = "; ".join(f"{f.check}: {f.message}" for f in report.failures())
-            mine = barrier.Report(cluster.rank, report.ok, reason, facts)
+            mine = barrier.Readiness(cluster.rank, report.ok, reason, facts)
             try:
-                reports, barrier_local = barrier.exchange(
-                    cluster, mine, addresses.get(cluster.master.host), settings.peer_timeout, log)
+                everyone, barrier_local = barrier.exchange(
+                    cluster, mine, addresses.get(cluster.master.host), knobs.peer_timeout, log)
             except BarrierFailed:
                 if not report.ok:  # our own failure is the story, not the echo of it
                     raise _local_failure(report) from None
                 raise
-            all_facts = {r: rep.facts for r, rep in reports.items()}
-            info["detail"] = f"{len(reports)} node(s) ready"
+            all_facts = {r: rep.facts for r, rep in everyone.items()}
+            t.detail = f"{len(everyone)} node(s) ready"
     elif not report.ok:
         raise _local_failure(report)
-    topo = topology.Topology(cluster, all_facts, master_addr_ib=settings.master_addr_ib)
+    topo = topology.Topology(cluster, all_facts, master_addr_ib=knobs.master_addr_ib)
     net: dict[str, str] = {}
-    if settings.network == "auto":
-        with timed(log, "network") as info:
+    if knobs.network == "auto":
+        with timed(log, "network") as t:
             net = _network_stage(cluster, settings, addresses, barrier_local, topo.master_addr,
                                  log)
-            info["detail"] = ", ".join(f"{k}={v}" for k, v in net.items()) or "no exports"
-    return topology.Topology(cluster, all_facts, master_addr_ib=settings.master_addr_ib,
+            t.detail = ", ".join(f"{k}={v}" for k, v in net.items()) or "no exports"
+    return topology.Topology(cluster, all_facts, master_addr_ib=knobs.master_addr_ib,
                              network=net)
 
 
-def _network_stage(cluster: cluster_mod.Cluster, settings: settings_mod.Settings,
-                   addresses: Mapping[str, str], barrier_local: Optional[str],
-                   master_addr: str, log: Log) -> dict[str, str]:
+def _network_stage(cluster: Cluster, settings: Settings, addresses: Mapping[str, str],
+                   barrier_local: Optional[str], master_addr: str,
+                   log: Log) -> dict[str, str]:
     """The engines' interface and HCAs; the master proven reachable (nodes 1..N-1)
     and its port free (node 0) before the command starts."""
     from .cluster import network, peers
@@ -305,7 +322,7 @@ def _network_stage(cluster: cluster_mod.Cluster, settings: settings_mod.Settings
     else:
         choice = network.choose(cluster.rank, address(master_addr), None, barrier_local,
                                 ifaces)
-    choice = network.with_hcas(choice, settings.sysfs_root)
+    choice = network.with_hcas(choice, settings.cluster.sysfs_root)
     log.info(f"network: {choice.interface or 'no interface chosen'}: {choice.reason}")
     port = cluster.master.port
     if cluster.rank == 0:
@@ -313,5 +330,5 @@ def _network_stage(cluster: cluster_mod.Cluster, settings: settings_mod.Settings
     elif not proven:
         target = address(master_addr) or master_addr
         network.prove_reachable(target, port, choice.address,
-                                time.monotonic() + settings.peer_timeout, cluster.rank)
+                                time.monotonic() + settings.cluster.peer_timeout, cluster.rank)
     return choice.exports()

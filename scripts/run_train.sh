@@ -5,9 +5,12 @@
 # Works when copied alone to /home/work/run_train.sh, as images do.
 
 # The original script's home was the folder holding it (/home/work); keep that default.
-if [ -z "${BOOTSTRAP_HOME:-}" ]; then
-    BOOTSTRAP_HOME=$(cd "$(dirname "${BASH_SOURCE[0]:-$0}")" && pwd) || exit 2
-    export BOOTSTRAP_HOME
+# It is passed apart from BOOTSTRAP_HOME: a home the user set wins over MA_JOB_DIR, this
+# default does not.
+# An image may name its home instead (docker/Dockerfile does).
+if [ -z "${BOOTSTRAP_LAUNCHER_HOME:-}" ]; then
+    BOOTSTRAP_LAUNCHER_HOME=$(cd "$(dirname "${BASH_SOURCE[0]:-$0}")" && pwd) || exit 2
+    export BOOTSTRAP_LAUNCHER_HOME
 fi
 
 # Run by exec, so the bootstrap keeps this process's pid (PID 1 in a container).

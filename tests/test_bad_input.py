@@ -97,6 +97,8 @@ ROWS: list[tuple[str, list[str], dict[str, str], int, tuple[str, ...]]] = [
      ("secret key does not match",)),
     ("missing-prefix", ["true"], {"DLS_APP_URL": "s3://bad-input-code/absent/"}, 127,
      ("no objects under",)),
+    ("app-url-names-a-file", ["true"], {"DLS_APP_URL": "s3://bad-input-code/code/train.py"},
+     127, ("names a file, not a folder", "s3://bad-input-code/code/")),
     ("unwritable-home", ["true"], {"DLS_APP_URL": S3, "BOOTSTRAP_HOME": "/dev/null/home"}, 127,
      ("cannot create",)),
 ]

@@ -114,6 +114,51 @@ def test_run_train_copied_alone_into_an_image_home(tmp_path: Path) -> None:
     assert r.stdout.strip() == str(work / "user-job-dir")
 
 
+def _job_dir_seen(script: Path, env: dict[str, str], cwd: Path) -> str:
+    r = subprocess.run(["bash", str(script), "python", "-c",
+                        "import os; print(os.environ['DLS_USER_JOB_DIR'])"],
+                       env=env, cwd=cwd, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    return r.stdout.strip()
+
+
+def test_ma_job_dir_wins_over_the_launchers_default_not_over_an_explicit_home(
+        tmp_path: Path) -> None:
+    work = tmp_path / "home" / "work"
+    work.mkdir(parents=True)
+    script = work / "run_train.sh"
+    shutil.copy(RUN_TRAIN, script)
+    env = base_env(work)
+    del env["BOOTSTRAP_HOME"]
+    env["PYTHONPATH"] = str(REPO)
+    ma_job_dir = tmp_path / "ma-user" / "modelarts" / "user-job-dir"
+    env["MA_JOB_DIR"] = str(ma_job_dir)
+    assert _job_dir_seen(script, env, tmp_path) == str(ma_job_dir)
+    env["BOOTSTRAP_HOME"] = str(tmp_path / "mine")  # set by hand: the user's choice wins
+    assert _job_dir_seen(script, env, tmp_path) == str(tmp_path / "mine" / "user-job-dir")
+
+
+def test_a_run_command_for_the_documented_layout_finds_its_file_in_ma_job_dir(
+        tmp_path: Path) -> None:
+    """`python /home/work/user-job-dir/new/train.py`, as the platform's docs write it,
+    on an image whose job dir is MA_JOB_DIR: the file is found where the code landed."""
+    documented = Path("/home/work/user-job-dir/new/train.py")
+    assert not documented.exists()  # else the control below would prove nothing
+    code = tmp_path / "src" / "new"
+    code.mkdir(parents=True)
+    (code / "train.py").write_text("import os, sys; print('ran', sys.argv[0])\n")
+    env = base_env(tmp_path / "home")
+    del env["BOOTSTRAP_HOME"]
+    ma_job_dir = tmp_path / "ma" / "user-job-dir"
+    env.update(MA_JOB_DIR=str(ma_job_dir), DLS_APP_URL=str(code))
+    r = run_train(["python", str(documented)], env)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == f"ran {ma_job_dir / 'new' / 'train.py'}"
+    # Control: a file that is in neither place is still "not found", exit 2.
+    r = run_train(["python", "/home/work/user-job-dir/new/missing.py"], env)
+    assert r.returncode == 2 and "not found" in r.stderr
+
+
 def test_no_usable_python_is_one_clear_line(tmp_path: Path) -> None:
     bindir = tmp_path / "bin"
     bindir.mkdir()

@@ -13,6 +13,8 @@ from bootstrap.run import command
 from bootstrap.transfer import location
 from bootstrap.transfer.paths import relative_path
 
+JOB = Path("/j")
+
 
 @pytest.mark.parametrize("argv, form", [
     (["python", "train.py"], "file"),
@@ -47,23 +49,23 @@ def test_file_is_looked_up_in_code_dir_then_cwd(tmp_path: Path) -> None:
     (cwd / "a.py").write_text("")
     (cwd / "b.py").write_text("")
     loc = location.parse("s3://bkt/new/")
-    got = command.resolve(command.parse(["python", "a.py", "x y"]), code, cwd, loc)
+    got = command.resolve(command.parse(["python", "a.py", "x y"]), code, cwd, loc, JOB)
     assert got == ("python", str(code / "a.py"), "x y")
-    got = command.resolve(command.parse(["python", "b.py"]), code, cwd, loc)
+    got = command.resolve(command.parse(["python", "b.py"]), code, cwd, loc, JOB)
     assert got == ("python", str(cwd / "b.py"))
-    got = command.resolve(command.parse(["python", "s3://bkt/new/a.py"]), code, cwd, loc)
+    got = command.resolve(command.parse(["python", "s3://bkt/new/a.py"]), code, cwd, loc, JOB)
     assert got == ("python", str(code / "a.py"))
     with pytest.raises(UsageError, match="not inside the code directory"):
-        command.resolve(command.parse(["python", "s3://other/new/a.py"]), code, cwd, loc)
+        command.resolve(command.parse(["python", "s3://other/new/a.py"]), code, cwd, loc, JOB)
     with pytest.raises(UsageError) as err:
-        command.resolve(command.parse(["python", "missing.py"]), code, cwd, loc)
+        command.resolve(command.parse(["python", "missing.py"]), code, cwd, loc, JOB)
     assert str(code / "missing.py") in err.value.message
     assert str(cwd / "missing.py") in err.value.message
 
 
 def test_shell_form_wraps_with_sh() -> None:
     cmd = command.parse(["python a.py && python b.py"])
-    assert command.resolve(cmd, None, Path("/"), None) == (
+    assert command.resolve(cmd, None, Path("/"), None, Path("/j")) == (
         "/bin/sh", "-c", "python a.py && python b.py")
 
 
@@ -102,7 +104,7 @@ def test_bad_locations(url: str, needle: str) -> None:
 def test_settings_defaults_and_errors(tmp_path: Path) -> None:
     s = settings.load({"BOOTSTRAP_HOME": str(tmp_path)})
     assert s.job_dir == tmp_path / "user-job-dir"
-    assert s.app_url is None and s.download_workers == 256
+    assert s.app_url is None and s.transfer.workers == 256
     for name, value in [("BOOTSTRAP_DOWNLOAD_WORKERS", "abc"), ("BOOTSTRAP_DOWNLOAD_WORKERS", "0"),
                         ("BOOTSTRAP_PEER_TIMEOUT", "-1"), ("BOOTSTRAP_PEER_TIMEOUT", "nan"),
                         ("BOOTSTRAP_LOG_FORMAT", "xml"), ("BOOTSTRAP_S3_ADDRESSING", "x")]:

@@ -13,6 +13,7 @@ from typing import Any
 import pynvml
 import pytest
 
+from bootstrap.config.settings import load_preflight
 from bootstrap.node import gpu, preflight
 from tests import fake_nvml
 from tests.conftest import REPO, assert_one_error_line, base_env, run_train
@@ -46,7 +47,7 @@ def report(scenario: dict[str, Any], monkeypatch: pytest.MonkeyPatch, tmp_path: 
     monkeypatch.setenv("FAKE_NVML", json.dumps(scenario))
     full = {"BOOTSTRAP_NVML_MODULE": "tests.fake_nvml", "FAKE_NVML": json.dumps(scenario),
             "BOOTSTRAP_CACHE_DIR": str(tmp_path / "no-cache"), **env}
-    return preflight.run(full, tmp_path)
+    return preflight.run(load_preflight(full), tmp_path, "ib0")
 
 
 def levels(rep: preflight.Report) -> dict[str, str]:
@@ -111,9 +112,9 @@ def test_count_honours_visible_devices(monkeypatch: pytest.MonkeyPatch, tmp_path
 
 def test_visible_parsing_stops_like_cuda() -> None:
     uuids = [f"GPU-{i}aaa" for i in range(4)]
-    assert gpu.visible({"CUDA_VISIBLE_DEVICES": "2,bogus,1"}, 4, uuids) == [2]
-    assert gpu.visible({"CUDA_VISIBLE_DEVICES": "1,1"}, 4, uuids) == [1]
-    assert gpu.visible({}, 4, uuids) is None
+    assert gpu.visible("2,bogus,1", None, 4, uuids) == [2]
+    assert gpu.visible("1,1", None, 4, uuids) == [1]
+    assert gpu.visible(None, None, 4, uuids) is None
 
 
 def test_image_cuda_newer_than_driver(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -202,6 +203,14 @@ def test_check_command(home: Path) -> None:
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert "warn gpu.pcie: GPU0 PCIe link is x8 of x16" in r.stdout
+    # The facts as a table an operator reads: one row each, the findings under them.
+    lines = r.stdout.splitlines()
+    rows = {ln.split()[0] for ln in lines[1:lines.index("findings:")]}
+    assert rows == {"GPUs", "driver", "disk", "/cache", "/dev/shm", "memory", "nofile",
+                    "memlock", "IB"}, r.stdout
+    assert lines[0] == "node:"
+    assert next(ln for ln in lines if ln.split()[0] == "GPUs").split()[1:3] == ["1", "x"]
+    assert any(ln.startswith("verdict: ok, 1 warning(s)") for ln in lines), r.stdout
     r = subprocess.run([*cmd, "--json"], env=env, capture_output=True, text=True, timeout=60)
     data = json.loads(r.stdout)
     assert data["ok"] is True and data["inventory"]["gpus"][0]["pcie_width"] == 8

@@ -29,18 +29,18 @@ from typing import Any, Optional
 from ..config.platform import Cluster
 from ..errors import BarrierFailed
 from ..log import Log
-from .topology import NodeFacts
+from .topology import MemberFacts
 
 MAGIC = "modelarts-bootstrap/barrier/1"
 MAX_LINE = 64 * 1024
 
 
 @dataclass(frozen=True)
-class Report:
+class Readiness:
     rank: int
     ok: bool
     reason: str
-    facts: NodeFacts
+    facts: MemberFacts
 
 
 def token(cluster: Cluster) -> str:
@@ -51,13 +51,13 @@ def _encode(obj: Mapping[str, Any]) -> bytes:
     return (json.dumps(obj) + "\n").encode()
 
 
-def _report_message(cluster: Cluster, report: Report) -> dict[str, Any]:
+def _report_message(cluster: Cluster, report: Readiness) -> dict[str, Any]:
     return {"magic": MAGIC, "token": token(cluster), "rank": report.rank, "ok": report.ok,
             "reason": report.reason[:500], "gpus": report.facts.gpus,
             "ib_addr": report.facts.ib_addr}
 
 
-def parse_report(line: bytes, cluster: Cluster) -> Report:
+def parse_report(line: bytes, cluster: Cluster) -> Readiness:
     """Validates one node's message; ValueError says why it was refused."""
     try:
         msg = json.loads(line)
@@ -74,8 +74,8 @@ def parse_report(line: bytes, cluster: Cluster) -> Report:
     ib = msg.get("ib_addr")
     if not isinstance(gpus, int) or gpus < 0 or (ib is not None and not isinstance(ib, str)):
         raise ValueError("malformed facts")
-    return Report(rank, bool(msg.get("ok")), str(msg.get("reason", "")),
-                  NodeFacts(gpus=gpus, ib_addr=ib))
+    return Readiness(rank, bool(msg.get("ok")), str(msg.get("reason", "")),
+                  MemberFacts(gpus=gpus, ib_addr=ib))
 
 
 class _Conn:
@@ -85,8 +85,8 @@ class _Conn:
         self.buf = b""
 
 
-def serve(cluster: Cluster, mine: Report, deadline: float,
-          log: Log) -> tuple[dict[int, Report], Optional[str]]:
+def serve(cluster: Cluster, mine: Readiness, deadline: float,
+          log: Log) -> tuple[dict[int, Readiness], Optional[str]]:
     """Node 0: collects every report, answers all, closes the port. Returns the map and
     the local address the peers dialled (what the network stage ties to an interface)."""
     port = cluster.master.port
@@ -100,7 +100,7 @@ def serve(cluster: Cluster, mine: Report, deadline: float,
                             f"{exc.strerror}; is another process using it?") from None
     listener.listen(max(cluster.size * 2, 16))
     listener.setblocking(False)
-    reports: dict[int, Report] = {0: mine}
+    reports: dict[int, Readiness] = {0: mine}
     dialled: list[str] = []  # the local address of every accepted report
     waiting: dict[int, _Conn] = {}  # rank -> connection that reported it
     pending: dict[socket.socket, _Conn] = {}
@@ -172,8 +172,8 @@ def serve(cluster: Cluster, mine: Report, deadline: float,
     return reports, local
 
 
-def join(cluster: Cluster, mine: Report, address: str, deadline: float,
-         log: Log) -> tuple[dict[int, Report], Optional[str]]:
+def join(cluster: Cluster, mine: Readiness, address: str, deadline: float,
+         log: Log) -> tuple[dict[int, Readiness], Optional[str]]:
     """Nodes 1..N-1: report to node 0 (retrying until it listens), await the verdict.
     Also returns the local address the connection left from."""
     port = cluster.master.port
@@ -199,14 +199,14 @@ def join(cluster: Cluster, mine: Report, address: str, deadline: float,
         msg = json.loads(answer)
         if msg.get("magic") != MAGIC or msg.get("token") != token(cluster):
             raise ValueError("foreign answer")
-        facts = {int(r): NodeFacts(gpus=int(f.get("gpus", 0)), ib_addr=f.get("ib_addr"))
+        facts = {int(r): MemberFacts(gpus=int(f.get("gpus", 0)), ib_addr=f.get("ib_addr"))
                  for r, f in msg["facts"].items()}
         failed = {int(r): str(why) for r, why in msg.get("failed", {}).items()}
     except (ValueError, KeyError, TypeError, AttributeError):
         raise BarrierFailed(f"node 0 ({cluster.master.host}:{port}) answered the start "
                             "barrier with something that is not a bootstrap message") from None
     _raise_if_failed(failed, cluster)
-    return {r: Report(r, True, "", f) for r, f in facts.items()}, local
+    return {r: Readiness(r, True, "", f) for r, f in facts.items()}, local
 
 
 def _read_line(sock: socket.socket) -> bytes:
@@ -229,8 +229,8 @@ def _raise_if_failed(failed: Mapping[int, str], cluster: Cluster) -> None:
                             f"{detail}")
 
 
-def exchange(cluster: Cluster, mine: Report, master_address: Optional[str], timeout: float,
-             log: Log) -> tuple[dict[int, Report], Optional[str]]:
+def exchange(cluster: Cluster, mine: Readiness, master_address: Optional[str], timeout: float,
+             log: Log) -> tuple[dict[int, Readiness], Optional[str]]:
     """Every node's report, and the local address this node's barrier traffic used."""
     deadline = time.monotonic() + timeout
     if cluster.rank == 0:

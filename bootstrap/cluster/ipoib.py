@@ -1,20 +1,14 @@
 """This node's IPoIB address (the ``ip_mapper.py`` replacement).
 
 8-GPU dedicated pools run host networking with InfiniBand; NCCL and user code want
-each node's address on ``ib0`` (``DLS_IPOIB_DEVICE`` names another device).
+each node's address on ``ib0`` (``DLS_IPOIB_DEVICE``, read by the configuration,
+names another device).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
 from typing import Optional
-
-DEFAULT_DEVICE = "ib0"
-
-
-def device(env: Mapping[str, str]) -> str:
-    return env.get("DLS_IPOIB_DEVICE", "").strip() or DEFAULT_DEVICE
 
 
 def local_address(name: str) -> Optional[str]:

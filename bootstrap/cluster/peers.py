@@ -21,7 +21,7 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from ..config.platform import Node
+from ..config.platform import Member
 from ..errors import PeersNotReady
 from ..log import Log
 
@@ -35,7 +35,7 @@ def resolve(host: str) -> str | None:
     return str(infos[0][4][0]) if infos else None
 
 
-def wait_for_names(peers: Sequence[Node], timeout: float, log: Log,
+def wait_for_names(peers: Sequence[Member], timeout: float, log: Log,
                    report_every: float = 10.0,
                    stop: Optional[threading.Event] = None) -> dict[str, str]:
     """Maps every peer's host to an address, or raises PeersNotReady after ``timeout``.

@@ -27,7 +27,7 @@ from ..config.platform import Cluster
 
 
 @dataclass(frozen=True)
-class NodeFacts:
+class MemberFacts:
     """What each node learned about itself (its GPUs, its IB address)."""
 
     gpus: int = 0
@@ -37,19 +37,19 @@ class NodeFacts:
 @dataclass(frozen=True)
 class Topology:
     cluster: Cluster
-    facts: Mapping[int, NodeFacts] = field(default_factory=dict)  # by rank
+    facts: Mapping[int, MemberFacts] = field(default_factory=dict)  # by rank
     master_addr_ib: bool = False  # MASTER_ADDR = node 0's IB address
     network: Mapping[str, str] = field(default_factory=dict)  # the engines' interface/HCAs
 
     def slots(self, rank: int) -> int:
         return max(self.facts.get(rank, self._mine()).gpus, 1)
 
-    def _mine(self) -> NodeFacts:
-        return self.facts.get(self.cluster.rank, NodeFacts())
+    def _mine(self) -> MemberFacts:
+        return self.facts.get(self.cluster.rank, MemberFacts())
 
     @property
     def master_addr(self) -> str:
-        ib = self.facts.get(0, NodeFacts()).ib_addr
+        ib = self.facts.get(0, MemberFacts()).ib_addr
         if self.master_addr_ib and ib:
             return ib
         return self.cluster.master.host
@@ -63,7 +63,7 @@ class Topology:
             "master": {"addr": self.master_addr, "port": c.master.port},
             "nodes": [{"rank": n.rank, "host": n.host, "port": n.port,
                        "gpus": self.facts.get(n.rank, self._mine()).gpus,
-                       "ib_addr": self.facts.get(n.rank, NodeFacts()).ib_addr}
+                       "ib_addr": self.facts.get(n.rank, MemberFacts()).ib_addr}
                       for n in c.nodes],
         }
 
@@ -75,7 +75,7 @@ class Topology:
         if not any(f.ib_addr for f in self.facts.values()):
             return None
         return {str(n.rank): {"host": n.host,
-                              "ib_addr": self.facts.get(n.rank, NodeFacts()).ib_addr}
+                              "ib_addr": self.facts.get(n.rank, MemberFacts()).ib_addr}
                 for n in self.cluster.nodes}
 
     def tf_config(self) -> str:
@@ -105,7 +105,7 @@ class Topology:
         out.update(self.network)
         if mine.ib_addr:
             out["BOOTSTRAP_IB_ADDR"] = mine.ib_addr
-        master_ib = self.facts.get(0, NodeFacts()).ib_addr
+        master_ib = self.facts.get(0, MemberFacts()).ib_addr
         if master_ib:
             out["BOOTSTRAP_MASTER_IB_ADDR"] = master_ib
         return out

@@ -11,11 +11,11 @@ import argparse
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
-from typing import Any
+from typing import Any, Optional
 
 from ..cluster import peers
-from ..config import platform as cluster_mod
 from ..config import settings as settings_mod
+from ..config.platform import Cluster
 from ..errors import EXIT_PREFLIGHT, UsageError
 from ..node import preflight
 
@@ -27,20 +27,21 @@ class _Parser(argparse.ArgumentParser):
 
 
 def run(argv: Sequence[str], env: Mapping[str, str]) -> int:
-    parser = _Parser(prog="python -m bootstrap check", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="python -m bootstrap check",
+                     description=__doc__.splitlines()[0].replace("``", ""))
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--image", action="store_true",
                         help="also check the image itself (user, run_train.sh, setuid files)")
     args = parser.parse_args(argv)
     settings = settings_mod.load(env)
-    report = preflight.run(env, settings.job_dir)
-    cluster = cluster_mod.discover(env)
+    report = preflight.run(settings.preflight, settings.job_dir, settings.cluster.ipoib_device)
+    cluster = settings.cluster.layout
     unresolved = [n.host for n in cluster.peers if peers.resolve(n.host) is None]
     image = []
     if args.image:
         from ..node import imagecheck
 
-        image = imagecheck.check(env, report)
+        image = imagecheck.check(settings.preflight, report)
     else:
         preflight.write(report, settings.job_dir)
     image_ok = not any(f.level == "fail" for f in image)
@@ -54,7 +55,7 @@ def run(argv: Sequence[str], env: Mapping[str, str]) -> int:
             out["ok"] = out["ok"] and image_ok
         print(json.dumps(out, indent=2))
     else:
-        for line in report.lines():
+        for line in facts_table(report):
             print(line)
         for f in image:
             print(f"image: {f.level.upper() if f.level == 'fail' else f.level} {f.check}: "
@@ -67,7 +68,7 @@ def run(argv: Sequence[str], env: Mapping[str, str]) -> int:
     return 0 if report.ok and image_ok else EXIT_PREFLIGHT
 
 
-def _network(cluster: cluster_mod.Cluster, settings: settings_mod.Settings) -> dict[str, Any]:
+def _network(cluster: Cluster, settings: settings_mod.Settings) -> dict[str, Any]:
     """Interfaces, HCA ports, and what a job here would export for the engines."""
     from ..cluster import network
 
@@ -80,7 +81,7 @@ def _network(cluster: cluster_mod.Cluster, settings: settings_mod.Settings) -> d
         else:
             choice = network.choose(cluster.rank, peers.resolve(cluster.master.host), None,
                                     None, ifaces)
-    choice = network.with_hcas(choice, settings.sysfs_root)
+    choice = network.with_hcas(choice, settings.cluster.sysfs_root)
     return {"interfaces": [asdict(i) for i in ifaces],
             "hca_ports": [asdict(p) for p in choice.hcas],
             "chosen": choice.interface, "reason": choice.reason,
@@ -100,4 +101,49 @@ def _network_lines(net: Mapping[str, Any]) -> list[str]:
     lines.append(f"  engines' interface: {net['chosen'] or '-'} ({net['reason']})")
     for k, v in net["exports"].items():
         lines.append(f"  would export {k}={v}")
+    return lines
+
+
+def _size(n: Optional[int]) -> str:
+    if n is None:
+        return "?"
+    for unit, scale in (("TB", 1000**4), ("GB", 1000**3), ("MB", 1000**2)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} B"
+
+
+def facts_table(report: preflight.Report) -> list[str]:
+    """The node as an operator reads it: one row per fact, then what is wrong with it."""
+    inv, res = report.inventory, report.node
+    if not inv.nvml:
+        gpus = "none (no NVML library or driver: CPU-only)"
+    elif inv.error:
+        gpus = inv.error
+    else:
+        names = sorted({g.name for g in inv.gpus})
+        gpus = f"{len(inv.gpus)} x {', '.join(names) or '-'}" + (
+            f" ({inv.hidden} hidden by CUDA_VISIBLE_DEVICES)" if inv.hidden else "")
+    driver = (f"{inv.driver}, CUDA {preflight.cuda_text(inv.cuda_driver)}"
+              if inv.nvml and inv.driver and inv.cuda_driver else "-")
+    rows = [
+        ("GPUs", gpus),
+        ("driver / CUDA", driver + (f"; image CUDA {res.cuda_image}" if res.cuda_image else "")),
+        ("disk", f"{_size(res.job_dir_free)} free at {res.job_dir}"),
+        ("/cache", f"{_size(res.cache_free)} free at {res.cache_dir}" if res.cache_dir
+         else "absent"),
+        ("/dev/shm", _size(res.shm_total)),
+        ("memory", f"{_size(res.mem_total)} total, {_size(res.mem_available)} available"),
+        ("nofile", str(res.nofile) if res.nofile >= 0 else "unlimited"),
+        ("memlock", "unlimited" if res.memlock < 0 else _size(res.memlock)),
+        ("IB", res.ib_device or "none"),
+    ]
+    lines = ["node:"] + [f"  {name:<14}{value}" for name, value in rows]
+    problems = [f for f in report.findings if f.level != "ok"]
+    lines.append("findings:" if problems else "findings: none")
+    lines += [f"  {'FAIL' if f.level == 'fail' else 'warn'} {f.check}: {f.message}"
+              for f in problems]
+    fails, warns = len(report.failures()), sum(f.level == "warn" for f in report.findings)
+    lines.append(f"verdict: {f'FAILED ({fails} fatal)' if fails else 'ok'}, "
+                 f"{warns} warning(s), {report.seconds * 1000:.0f} ms")
     return lines

@@ -53,14 +53,15 @@ def once_per_node(src: str, dst: str) -> Iterator[bool]:
 
 
 def run(argv: Sequence[str], env: Mapping[str, str]) -> int:
-    parser = _Parser(prog="python -m bootstrap sync", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="python -m bootstrap sync",
+                     description=__doc__.splitlines()[0].replace("``", ""))
     parser.add_argument("--once-per-node", action="store_true",
                         help="only one process per node copies; the others wait for it")
     parser.add_argument("src")
     parser.add_argument("dst")
     args = parser.parse_args(argv)
-    settings = settings_mod.load(env)
-    log = Log(Redactor(env), settings.log_format)
+    transfer = settings_mod.load_transfer(env)
+    log = Log(Redactor(env), settings_mod.log_format(env))
     src, dst = loc.parse(args.src, "SRC"), loc.parse(args.dst, "DST")
     if src.is_remote == dst.is_remote:
         raise UsageError("sync copies between a local folder and s3:// or obs://; "
@@ -75,7 +76,7 @@ def run(argv: Sequence[str], env: Mapping[str, str]) -> int:
             from ..transfer.fetch import fetch
 
             assert dst.path is not None
-            stats = fetch(src, dst.path, settings, env, log)
+            stats = fetch(src, dst.path, transfer, log)
             log.info(f"sync: {stats.summary()} -> {dst.path}")
         else:
             from ..transfer.upload import sync_tree
@@ -83,6 +84,6 @@ def run(argv: Sequence[str], env: Mapping[str, str]) -> int:
             assert src.path is not None
             if not src.path.is_dir():
                 raise UsageError(f"sync: {src.path} is not a folder")
-            ustats = sync_tree(src.path, dst, settings, env, log)
+            ustats = sync_tree(src.path, dst, transfer, log)
             log.info(f"sync: {ustats.summary()} -> {args.dst}")
     return 0

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..errors import ConfigError
-from .settings import env_int
+from . import parse
 
 DEFAULT_PORT = 29500
 _CUSTOM = re.compile(r"^BATCH_CUSTOM(\d+)_HOSTS$")
@@ -39,7 +39,7 @@ _HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9_]([A-Za-z0-9_.-]*[A-Za-z0-9_])
 
 
 @dataclass(frozen=True)
-class Node:
+class Member:
     rank: int
     host: str
     port: int
@@ -47,7 +47,7 @@ class Node:
 
 @dataclass(frozen=True)
 class Cluster:
-    nodes: tuple[Node, ...]
+    nodes: tuple[Member, ...]
     rank: int  # this node's rank
     source: str  # "old", "new" or "local": which contract described it
     job_id: str
@@ -57,11 +57,11 @@ class Cluster:
         return len(self.nodes)
 
     @property
-    def master(self) -> Node:
+    def master(self) -> Member:
         return self.nodes[0]
 
     @property
-    def peers(self) -> tuple[Node, ...]:
+    def peers(self) -> tuple[Member, ...]:
         return tuple(n for n in self.nodes if n.rank != self.rank)
 
 
@@ -88,7 +88,7 @@ def _check_host(host: str, where: str) -> str:
 
 
 def _index(env: Mapping[str, str], name: str, size: int) -> int:
-    index = env_int(env, name, 0, minimum=0)
+    index = parse.integer(env, name, 0, minimum=0)
     if index >= size:
         raise ConfigError(f"{name}={index} is outside [0, {size}): the job has {size} "
                           f"node{'s' if size != 1 else ''}")
@@ -98,7 +98,7 @@ def _index(env: Mapping[str, str], name: str, size: int) -> int:
 def _count(env: Mapping[str, str], names: tuple[str, ...], found: int, what: str) -> None:
     for name in names:
         if env.get(name, "").strip():
-            n = env_int(env, name, found, minimum=1)
+            n = parse.integer(env, name, found, minimum=1)
             if n != found:
                 raise ConfigError(f"{name}={n} but {what} lists {found} node"
                                   f"{'s' if found != 1 else ''}; they must agree")
@@ -107,7 +107,7 @@ def _count(env: Mapping[str, str], names: tuple[str, ...], found: int, what: str
 def _no_hosts(env: Mapping[str, str], count: str, index: str, missing: str) -> None:
     """A contract that gives a node count above 1 but names no node is a broken spec."""
     if env.get(count, "").strip() or env.get(index, "").strip():
-        n = env_int(env, count, 1, minimum=1)
+        n = parse.integer(env, count, 1, minimum=1)
         if n > 1:
             raise ConfigError(f"{count}={n} but {missing}")
 
@@ -196,10 +196,8 @@ def job_id(env: Mapping[str, str], hosts: list[tuple[str, int]]) -> str:
     return ",".join(f"{h}:{p}" for h, p in hosts)
 
 
-def discover(env: Mapping[str, str], volcano_dir: Optional[Path] = None) -> Cluster:
-    if volcano_dir is None:
-        volcano_dir = Path(env.get("BOOTSTRAP_VOLCANO_DIR", "/etc/volcano"))
-    port = env_int(env, "BOOTSTRAP_MASTER_PORT", DEFAULT_PORT, minimum=1)
+def discover(env: Mapping[str, str], volcano_dir: Path) -> Cluster:
+    port = parse.integer(env, "BOOTSTRAP_MASTER_PORT", DEFAULT_PORT, minimum=1)
     if port > 65535:
         raise ConfigError(f"BOOTSTRAP_MASTER_PORT={port} is out of range 1-65535")
     old = _old_contract(env)
@@ -215,5 +213,5 @@ def discover(env: Mapping[str, str], volcano_dir: Optional[Path] = None) -> Clus
         hosts, rank, source = old[0], old[1], "old"
     else:
         hosts, rank, source = [(os.uname().nodename, port)], 0, "local"
-    nodes = tuple(Node(i, h, p) for i, (h, p) in enumerate(hosts))
+    nodes = tuple(Member(i, h, p) for i, (h, p) in enumerate(hosts))
     return Cluster(nodes=nodes, rank=rank, source=source, job_id=job_id(env, hosts))

@@ -1,9 +1,17 @@
-"""Parse the environment into one frozen :class:`Settings`, once, at start-up.
+"""Everything the bootstrap reads from its environment, parsed once into frozen parts.
 
 The platform fixes the run command, so flags cannot reach the bootstrap: its knobs
-are ``BOOTSTRAP_*`` variables (all listed in README.md). Parsing is pure: it takes a
-mapping and returns a value or raises :class:`ConfigError` with a message that names
-the variable, what it holds and what it should hold.
+are ``BOOTSTRAP_*`` variables, and the platform's own (``DLS_*``, ``MA_*``, ``VC_*``,
+``BATCH_*``, the S3 endpoint and keys) describe the job. All of them are listed in
+README.md's table, and this package is the only code that reads them: the stages get
+the part they need (:class:`Transfer`, :class:`ClusterSettings`, :class:`Preflight`,
+:class:`RunSettings`, :class:`Outputs`), never the environment. The one exception is
+the command's own environment, which is passed through to it, not interpreted.
+
+Parsing is pure apart from two small reads of the platform's description (the
+Volcano host file, the current directory as the last fallback for the home): it
+takes a mapping and returns a value or raises :class:`ConfigError` with a message
+that names the variable, what it holds and what it should hold.
 """
 
 from __future__ import annotations
@@ -12,21 +20,40 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING
 
 from ..errors import ConfigError
+from . import parse
+from .platform import Cluster, discover
+from .storage import Credentials, Endpoint, env_credentials, resolve_endpoint
+
+if TYPE_CHECKING:
+    from typing import Literal
+
+    Backend = Literal["auto", "native", "boto3"]
+    Barrier = Literal["auto", "on", "off"]
+    LogFormat = Literal["text", "json"]
+    Network = Literal["auto", "off"]
+    PipInstall = Literal["auto", "on", "off"]
 
 MiB = 1024 * 1024
+GB = 1000**3
+CACHE_DIR = "/cache"  # the node-local NVMe SSD the platform mounts on GPU nodes
+ACTIVE_MARKER = "BOOTSTRAP_ACTIVE"  # set for the command: a nested run_train.sh execs at once
+PREFLIGHT_CHECKS_FATAL = frozenset({"gpu.nvml", "gpu.required", "gpu.count", "gpu.ecc",
+                                    "gpu.remap", "gpu.busy", "gpu.cuda"})
+PREFLIGHT_CHECKS = PREFLIGHT_CHECKS_FATAL | {
+    "gpu.pending", "gpu.pcie", "gpu.throttle", "node.disk", "node.cache", "node.shm",
+    "node.memory", "node.nofile", "node.memlock"}
 
 
 @dataclass(frozen=True)
-class Settings:
-    home: Path  # BOOTSTRAP_HOME: the original script's $home (/home/work)
-    app_url: Optional[str]  # DLS_APP_URL: the code directory, None for local development
-    log_format: str  # "text" | "json"
-    download_workers: int  # requests in flight at most (threads for the boto3 fallback)
-    transfer_memory: int  # bytes of object data held in memory at once, all transfers
-    s3_backend: str  # "auto" | "native" | "boto3"
+class Transfer:
+    """How objects move between the store and this node (downloads and uploads)."""
+
+    workers: int  # BOOTSTRAP_DOWNLOAD_WORKERS: requests in flight at most (threads for boto3)
+    memory: int  # bytes of object data held in memory at once, all transfers together
+    backend: Backend
     range_size: int  # bytes per ranged GET of a large object
     multipart_threshold: int  # objects at least this large are fetched as ranges
     retry_attempts: int  # per request, including the first
@@ -34,128 +61,245 @@ class Settings:
     connect_timeout: float
     read_timeout: float
     max_files: int  # refuse listings larger than this (hostile or mistaken prefixes)
-    addressing: str  # "auto" | "path" | "virtual"
+    endpoint: Endpoint
+    credentials: Credentials | None  # keys from the environment; None: botocore's chain
+
+
+@dataclass(frozen=True)
+class ClusterSettings:
+    """Who the nodes are and how they meet before the command starts."""
+
+    layout: Cluster  # the nodes, from the platform's variables
     peer_timeout: float  # seconds to wait for every peer (DNS and barrier)
-    task_index_hint: str  # DLS_TASK_INDEX / VC_TASK_INDEX, for log file names
-    barrier: str  # "auto" (when an IB device exists) | "on" | "off"
+    barrier: Barrier  # "auto": when an IB device holds an address
     master_addr_ib: bool  # MASTER_ADDR = node 0's IPoIB address
-    network: str  # "auto" (choose the engines' interface, check reachability) | "off"
+    network: Network  # "auto": choose the engines' interface, prove the master reachable
+    ipoib_device: str  # DLS_IPOIB_DEVICE
     sysfs_root: Path  # where /sys is read for HCAs (tests point it at a prepared tree)
-    supervise: Optional[bool]  # None: decide (PID 1 or work after the command)
+
+
+@dataclass(frozen=True)
+class Preflight:
+    """What the node checks look at and which of their findings stop the job."""
+
+    fatal: frozenset[str]
+    require_gpu: bool
+    expect_gpus: int | None
+    min_disk: int  # bytes
+    min_cache: int
+    min_shm: int
+    min_memory: int
+    min_nofile: int
+    busy_fraction: float
+    nvml_module: str  # the NVML bindings' module (tests load a fake)
+    cuda_visible: str | None  # CUDA_VISIBLE_DEVICES as given
+    nvidia_visible: str | None  # NVIDIA_VISIBLE_DEVICES as given
+    cuda_image: str | None  # CUDA_VERSION baked into the image
+    cache_dir: Path
+    run_train: Path  # the image's run_train.sh (`check --image`)
+    image_python: str | None  # BOOTSTRAP_PYTHON
+    image_meta: Path  # what the image build recorded about its base
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """How the command runs: supervised or exec'd, its log, its end."""
+
+    nested: bool  # BOOTSTRAP_ACTIVE=1: a bootstrap already prepared this job
+    supervise: bool | None  # None: decide (PID 1, or work left after the command)
     grace_seconds: float
     log_file: Path  # the command's output, tee'd while supervising
     failure_file: Path
-    output_dir: Optional[Path]  # synced to train_url
-    train_url: Optional[str]
+    pip_install: PipInstall  # "on": requirements.txt too, not only pip-requirements.txt
+    cache_dir: Path  # the command's TMPDIR when it exists and TMPDIR is unset
+
+
+@dataclass(frozen=True)
+class Outputs:
+    """What leaves the node: the output folder and the command's log."""
+
+    output_dir: Path | None  # synced to train_url
+    train_url: str | None
     sync_interval: float  # 0: only at the end
     sync_settle: float  # files younger than this wait for the next periodic round
-    log_upload_url: Optional[str]
-    pip_install: str  # "auto" | "on" | "off"
-
-    @property
-    def job_dir(self) -> Path:
-        return self.home / "user-job-dir"
+    log_upload_url: str | None
 
 
-def _number(env: Mapping[str, str], name: str, default: float, *, minimum: float,
-            integer: bool) -> float:
-    raw = env.get(name, "").strip()
-    if raw == "":
-        return default
-    try:
-        value = int(raw) if integer else float(raw)
-    except ValueError:
-        kind = "a whole number" if integer else "a number"
-        raise ConfigError(f"{name}={raw!r} is not {kind}; set it to {kind} >= {minimum:g} "
-                          f"or unset it for the default ({default:g})") from None
-    if value < minimum or value != value:  # NaN compares unequal to itself
-        raise ConfigError(f"{name}={raw!r} is below the minimum {minimum:g}; "
-                          f"unset it for the default ({default:g})")
-    return value
+@dataclass(frozen=True)
+class Settings:
+    home: Path  # the original script's $home (/home/work)
+    job_dir: Path  # where the code directory lands: $home/user-job-dir or $MA_JOB_DIR
+    app_url: str | None  # DLS_APP_URL: the code directory, None for local development
+    log_format: LogFormat
+    task_index: str  # DLS_TASK_INDEX / VC_TASK_INDEX, for file names before discovery
+    transfer: Transfer
+    cluster: ClusterSettings
+    preflight: Preflight
+    run: RunSettings
+    outputs: Outputs
 
 
-def env_int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
-    return int(_number(env, name, default, minimum=minimum, integer=True))
-
-
-def env_float(env: Mapping[str, str], name: str, default: float, minimum: float = 0) -> float:
-    return _number(env, name, default, minimum=minimum, integer=False)
-
-
-def env_choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
-    raw = env.get(name, "").strip().lower() or default
-    if raw not in choices:
-        raise ConfigError(f"{name}={env[name]!r} is not one of {', '.join(choices)}")
-    return raw
-
-
-def env_flag(env: Mapping[str, str], name: str, default: bool) -> bool:
-    raw = env.get(name, "").strip().lower()
-    if raw == "":
-        return default
-    if raw in ("1", "true", "yes", "on"):
-        return True
-    if raw in ("0", "false", "no", "off"):
-        return False
-    raise ConfigError(f"{name}={env[name]!r} is not a yes/no value; use 1 or 0")
-
-
-def default_home(env: Mapping[str, str]) -> Path:
-    """BOOTSTRAP_HOME, else the folder holding run_train.sh (run_train.sh exports it),
-    else $HOME: the original script used its own folder, i.e. /home/work."""
-    raw = env.get("BOOTSTRAP_HOME") or env.get("HOME") or os.getcwd()
-    return Path(raw).expanduser().absolute()
-
-
-def _log_upload_url(env: Mapping[str, str]) -> Optional[str]:
-    """BOOTSTRAP_LOG_UPLOAD_URL, else the original's DLS_UPLOAD_LOG_OBS_DIR when
-    DLS_USE_UPLOADER is on."""
-    url = env.get("BOOTSTRAP_LOG_UPLOAD_URL", "").strip()
-    if url:
-        return url
-    if env_flag(env, "DLS_USE_UPLOADER", False):
-        return env.get("DLS_UPLOAD_LOG_OBS_DIR", "").strip() or None
-    return None
+def debug(env: Mapping[str, str]) -> bool:
+    """BOOTSTRAP_DEBUG=1: print tracebacks of internal errors. Read before anything
+    else can fail, so it is not part of :class:`Settings`."""
+    return env.get("BOOTSTRAP_DEBUG") == "1"
 
 
 def load(env: Mapping[str, str]) -> Settings:
-    app_url = env.get("DLS_APP_URL", "").strip() or None
-    home = default_home(env)
-    task = env.get("VC_TASK_INDEX") or env.get("DLS_TASK_INDEX") or "0"
-    supervise_raw = env.get("BOOTSTRAP_SUPERVISE", "").strip()
-    output_dir = env.get("BOOTSTRAP_OUTPUT_DIR", "").strip()
+    """The job's whole configuration; raises ConfigError on the first bad variable."""
+    home = _home(env)
+    job_dir = _job_dir(env, home)
+    task = parse.first(env, "VC_TASK_INDEX", "DLS_TASK_INDEX") or "0"
     return Settings(
         home=home,
-        app_url=app_url,
-        log_format=env_choice(env, "BOOTSTRAP_LOG_FORMAT", "text", ("text", "json")),
-        download_workers=env_int(env, "BOOTSTRAP_DOWNLOAD_WORKERS", 256, minimum=1),
-        transfer_memory=env_int(env, "BOOTSTRAP_TRANSFER_MEMORY_MB", 256, minimum=8) * MiB,
-        s3_backend=env_choice(env, "BOOTSTRAP_S3_BACKEND", "auto", ("auto", "native", "boto3")),
-        range_size=env_int(env, "BOOTSTRAP_RANGE_SIZE", 16 * MiB, minimum=64 * 1024),
-        multipart_threshold=env_int(env, "BOOTSTRAP_MULTIPART_THRESHOLD", 16 * MiB,
-                                    minimum=64 * 1024),
-        retry_attempts=env_int(env, "BOOTSTRAP_RETRY_ATTEMPTS", 8, minimum=1),
-        retry_deadline=env_float(env, "BOOTSTRAP_RETRY_DEADLINE", 120.0, minimum=0),
-        connect_timeout=env_float(env, "BOOTSTRAP_S3_CONNECT_TIMEOUT", 10.0, minimum=0.1),
-        read_timeout=env_float(env, "BOOTSTRAP_S3_READ_TIMEOUT", 30.0, minimum=0.1),
-        max_files=env_int(env, "BOOTSTRAP_MAX_FILES", 1_000_000, minimum=1),
-        addressing=env_choice(env, "BOOTSTRAP_S3_ADDRESSING", "auto",
-                              ("auto", "path", "virtual")),
-        peer_timeout=env_float(env, "BOOTSTRAP_PEER_TIMEOUT", 600.0, minimum=0),
-        task_index_hint=task,
-        barrier=env_choice(env, "BOOTSTRAP_BARRIER", "auto", ("auto", "on", "off")),
-        master_addr_ib=env_flag(env, "BOOTSTRAP_MASTER_ADDR_IB", False),
-        network=env_choice(env, "BOOTSTRAP_NETWORK", "auto", ("auto", "off")),
-        sysfs_root=Path(env.get("BOOTSTRAP_SYSFS_ROOT", "").strip() or "/sys"),
-        supervise=env_flag(env, "BOOTSTRAP_SUPERVISE", False) if supervise_raw else None,
-        grace_seconds=env_float(env, "BOOTSTRAP_GRACE_SECONDS", 30.0, minimum=0),
-        log_file=Path(env.get("BOOTSTRAP_LOG_FILE", "").strip() or f"/tmp/dls-task-{task}.log"),
-        failure_file=Path(env.get("BOOTSTRAP_FAILURE_FILE", "").strip()
-                          or home / "user-job-dir" / "failure.json"),
-        output_dir=Path(output_dir).absolute() if output_dir else None,
-        train_url=env.get("DLS_TRAIN_URL", "").strip() or None,
-        sync_interval=env_float(env, "BOOTSTRAP_SYNC_INTERVAL", 0.0, minimum=0),
-        sync_settle=env_float(env, "BOOTSTRAP_SYNC_SETTLE_SECONDS", 5.0, minimum=0),
-        log_upload_url=_log_upload_url(env),
-        pip_install=env_choice(env, "BOOTSTRAP_PIP_INSTALL", "auto", ("auto", "1", "0")),
+        job_dir=job_dir,
+        app_url=parse.text(env, "DLS_APP_URL"),
+        log_format=log_format(env),
+        task_index=task,
+        transfer=load_transfer(env),
+        cluster=load_cluster(env),
+        preflight=load_preflight(env),
+        run=_run(env, job_dir, task),
+        outputs=_outputs(env),
     )
+
+
+def log_format(env: Mapping[str, str]) -> LogFormat:
+    return parse.choice(env, "BOOTSTRAP_LOG_FORMAT", "text", ("text", "json"))  # type: ignore[return-value]
+
+
+def load_transfer(env: Mapping[str, str]) -> Transfer:
+    """The transfer part alone (``bootstrap sync`` needs no cluster)."""
+    addressing = parse.choice(env, "BOOTSTRAP_S3_ADDRESSING", "auto", ("auto", "path", "virtual"))
+    return Transfer(
+        workers=parse.integer(env, "BOOTSTRAP_DOWNLOAD_WORKERS", 256, minimum=1),
+        memory=parse.integer(env, "BOOTSTRAP_TRANSFER_MEMORY_MB", 256, minimum=8) * MiB,
+        backend=parse.choice(env, "BOOTSTRAP_S3_BACKEND", "auto",  # type: ignore[arg-type]
+                             ("auto", "native", "boto3")),
+        range_size=parse.integer(env, "BOOTSTRAP_RANGE_SIZE", 16 * MiB, minimum=64 * 1024),
+        multipart_threshold=parse.integer(env, "BOOTSTRAP_MULTIPART_THRESHOLD", 16 * MiB,
+                                          minimum=64 * 1024),
+        retry_attempts=parse.integer(env, "BOOTSTRAP_RETRY_ATTEMPTS", 8, minimum=1),
+        retry_deadline=parse.number(env, "BOOTSTRAP_RETRY_DEADLINE", 120.0, minimum=0),
+        connect_timeout=parse.number(env, "BOOTSTRAP_S3_CONNECT_TIMEOUT", 10.0, minimum=0.1),
+        read_timeout=parse.number(env, "BOOTSTRAP_S3_READ_TIMEOUT", 30.0, minimum=0.1),
+        max_files=parse.integer(env, "BOOTSTRAP_MAX_FILES", 1_000_000, minimum=1),
+        endpoint=resolve_endpoint(env, addressing),
+        credentials=env_credentials(env),
+    )
+
+
+def load_cluster(env: Mapping[str, str]) -> ClusterSettings:
+    return ClusterSettings(
+        layout=discover(env, Path(parse.text(env, "BOOTSTRAP_VOLCANO_DIR") or "/etc/volcano")),
+        peer_timeout=parse.number(env, "BOOTSTRAP_PEER_TIMEOUT", 600.0, minimum=0),
+        barrier=parse.choice(env, "BOOTSTRAP_BARRIER", "auto",  # type: ignore[arg-type]
+                             ("auto", "on", "off")),
+        master_addr_ib=parse.flag(env, "BOOTSTRAP_MASTER_ADDR_IB", False),
+        network=parse.choice(env, "BOOTSTRAP_NETWORK", "auto",  # type: ignore[arg-type]
+                             ("auto", "off")),
+        ipoib_device=parse.text(env, "DLS_IPOIB_DEVICE") or "ib0",
+        sysfs_root=Path(parse.text(env, "BOOTSTRAP_SYSFS_ROOT") or "/sys"),
+    )
+
+
+def load_preflight(env: Mapping[str, str]) -> Preflight:
+    raw = parse.text(env, "BOOTSTRAP_FATAL_CHECKS")
+    if raw is None:
+        fatal = PREFLIGHT_CHECKS_FATAL
+    elif raw == "all":
+        fatal = PREFLIGHT_CHECKS
+    elif raw == "none":
+        fatal = frozenset()
+    else:
+        fatal = frozenset(c.strip() for c in raw.split(",") if c.strip())
+        unknown = sorted(fatal - PREFLIGHT_CHECKS)
+        if unknown:
+            raise ConfigError(f"BOOTSTRAP_FATAL_CHECKS names unknown checks {unknown}; "
+                              f"known: {', '.join(sorted(PREFLIGHT_CHECKS))}")
+    expect: int | None = None
+    for name in ("BOOTSTRAP_EXPECT_GPUS", "MA_NUM_GPUS"):
+        if parse.text(env, name):
+            expect = parse.integer(env, name, 0, minimum=0)
+            break
+    return Preflight(
+        fatal=fatal,
+        require_gpu=parse.flag(env, "BOOTSTRAP_REQUIRE_GPU", False),
+        expect_gpus=expect,
+        min_disk=int(parse.number(env, "BOOTSTRAP_MIN_DISK_GB", 32) * GB),
+        min_cache=int(parse.number(env, "BOOTSTRAP_MIN_CACHE_GB", 32) * GB),
+        min_shm=int(parse.number(env, "BOOTSTRAP_MIN_SHM_MB", 1024) * MiB),
+        min_memory=int(parse.number(env, "BOOTSTRAP_MIN_MEMORY_GB", 2) * GB),
+        min_nofile=parse.integer(env, "BOOTSTRAP_MIN_NOFILE", 8192),
+        busy_fraction=parse.number(env, "BOOTSTRAP_BUSY_MEMORY_FRACTION", 0.5),
+        nvml_module=parse.text(env, "BOOTSTRAP_NVML_MODULE") or "pynvml",
+        cuda_visible=env.get("CUDA_VISIBLE_DEVICES"),
+        nvidia_visible=env.get("NVIDIA_VISIBLE_DEVICES"),
+        cuda_image=env.get("CUDA_VERSION") or None,
+        cache_dir=_cache_dir(env),
+        run_train=Path(parse.text(env, "BOOTSTRAP_RUN_TRAIN") or "/home/work/run_train.sh"),
+        image_python=env.get("BOOTSTRAP_PYTHON") or None,
+        image_meta=Path(parse.text(env, "BOOTSTRAP_IMAGE_META") or "/opt/bootstrap-meta"),
+    )
+
+
+def _run(env: Mapping[str, str], job_dir: Path, task: str) -> RunSettings:
+    supervise = parse.flag(env, "BOOTSTRAP_SUPERVISE", False) \
+        if parse.text(env, "BOOTSTRAP_SUPERVISE") else None
+    pip = parse.text(env, "BOOTSTRAP_PIP_INSTALL")
+    pip_install: PipInstall = "auto"
+    if pip is not None and pip.lower() != "auto":
+        pip_install = "on" if parse.flag(env, "BOOTSTRAP_PIP_INSTALL", False) else "off"
+    return RunSettings(
+        nested=env.get(ACTIVE_MARKER) == "1",
+        supervise=supervise,
+        grace_seconds=parse.number(env, "BOOTSTRAP_GRACE_SECONDS", 30.0, minimum=0),
+        log_file=Path(parse.text(env, "BOOTSTRAP_LOG_FILE") or f"/tmp/dls-task-{task}.log"),
+        failure_file=Path(parse.text(env, "BOOTSTRAP_FAILURE_FILE") or job_dir / "failure.json"),
+        pip_install=pip_install,
+        cache_dir=_cache_dir(env),
+    )
+
+
+def _outputs(env: Mapping[str, str]) -> Outputs:
+    output_dir = parse.text(env, "BOOTSTRAP_OUTPUT_DIR")
+    return Outputs(
+        output_dir=Path(output_dir).absolute() if output_dir else None,
+        train_url=parse.text(env, "DLS_TRAIN_URL"),
+        sync_interval=parse.number(env, "BOOTSTRAP_SYNC_INTERVAL", 0.0, minimum=0),
+        sync_settle=parse.number(env, "BOOTSTRAP_SYNC_SETTLE_SECONDS", 5.0, minimum=0),
+        log_upload_url=_log_upload_url(env),
+    )
+
+
+def _home(env: Mapping[str, str]) -> Path:
+    """BOOTSTRAP_HOME, else the folder holding run_train.sh (the launcher passes it as
+    BOOTSTRAP_LAUNCHER_HOME), else $HOME: the original script used its own folder,
+    i.e. /home/work."""
+    raw = parse.first(env, "BOOTSTRAP_HOME", "BOOTSTRAP_LAUNCHER_HOME", "HOME") or os.getcwd()
+    return Path(raw).expanduser().absolute()
+
+
+def _job_dir(env: Mapping[str, str], home: Path) -> Path:
+    """$MA_JOB_DIR (the platform's ma-user layout) unless BOOTSTRAP_HOME was set by
+    hand, else $home/user-job-dir. run_train.sh's own default for the home is not a
+    choice the user made, so it does not count."""
+    ma_job_dir = parse.text(env, "MA_JOB_DIR")
+    if ma_job_dir and not parse.text(env, "BOOTSTRAP_HOME"):
+        return Path(ma_job_dir).expanduser().absolute()
+    return home / "user-job-dir"
+
+
+def _cache_dir(env: Mapping[str, str]) -> Path:
+    return Path(parse.text(env, "BOOTSTRAP_CACHE_DIR") or CACHE_DIR)
+
+
+def _log_upload_url(env: Mapping[str, str]) -> str | None:
+    """BOOTSTRAP_LOG_UPLOAD_URL, else the original's DLS_UPLOAD_LOG_OBS_DIR when
+    DLS_USE_UPLOADER is on."""
+    url = parse.text(env, "BOOTSTRAP_LOG_UPLOAD_URL")
+    if url:
+        return url
+    if parse.flag(env, "DLS_USE_UPLOADER", False):
+        return parse.text(env, "DLS_UPLOAD_LOG_OBS_DIR")
+    return None

@@ -23,7 +23,7 @@ from typing import Optional
 from urllib.parse import urlsplit
 
 from ..errors import ConfigError
-from .settings import env_flag
+from . import parse
 
 _OBS_REGION = re.compile(r"^obs\.([a-z0-9-]+)\.myhuaweicloud\.com$")
 
@@ -48,13 +48,13 @@ class Endpoint:
 
 def resolve_endpoint(env: Mapping[str, str], addressing: str = "auto") -> Endpoint:
     url = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or None
-    verify = env_flag(env, "S3_VERIFY_SSL", True)
+    verify = parse.flag(env, "S3_VERIFY_SSL", True)
     if url is None and env.get("S3_ENDPOINT"):
         host = env["S3_ENDPOINT"].strip()
         if "://" in host:  # tolerated: people paste full URLs here
             url = host
         else:
-            url = ("https://" if env_flag(env, "S3_USE_HTTPS", True) else "http://") + host
+            url = ("https://" if parse.flag(env, "S3_USE_HTTPS", True) else "http://") + host
     host = ""
     if url is not None:
         parts = urlsplit(url)
@@ -109,20 +109,3 @@ def env_credentials(env: Mapping[str, str]) -> Optional[Credentials]:
         return Credentials(env["OBS_ACCESS_KEY_ID"], env["OBS_SECRET_ACCESS_KEY"],
                            env.get("OBS_SECURITY_TOKEN"))
     return None
-
-
-def credentials(env: Mapping[str, str]) -> Credentials:
-    """The environment's keys, else botocore's chain (imported only then: ~100 ms)."""
-    found = env_credentials(env)
-    if found is not None:
-        return found
-    import botocore.session
-
-    from ..storage.errors import StorageError
-
-    creds = botocore.session.Session().get_credentials()
-    if creds is None:
-        raise StorageError("credentials", kind="credentials",
-                           message="no object-store credentials found")
-    frozen = creds.get_frozen_credentials()
-    return Credentials(frozen.access_key, frozen.secret_key, frozen.token)

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Optional, TypeVar
+
+if TYPE_CHECKING:
+    from ..config.settings import Preflight
 
 T = TypeVar("T")
 
@@ -64,7 +66,7 @@ def _text(value: Any) -> str:
     return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
 
 
-def visible(env: Mapping[str, str], count: int,
+def visible(cuda_visible: Optional[str], nvidia_visible: Optional[str], count: int,
             uuids: list[str]) -> Optional[list[int]]:
     """NVML indices CUDA will use, from CUDA_VISIBLE_DEVICES; None: all of them.
 
@@ -72,9 +74,9 @@ def visible(env: Mapping[str, str], count: int,
     first entry that matches nothing. NVIDIA_VISIBLE_DEVICES is applied by the
     container runtime before NVML sees anything, except ``none``/``void``.
     """
-    if env.get("NVIDIA_VISIBLE_DEVICES", "").strip().lower() in ("none", "void"):
+    if (nvidia_visible or "").strip().lower() in ("none", "void"):
         return []
-    raw = env.get("CUDA_VISIBLE_DEVICES")
+    raw = cuda_visible
     if raw is None:
         return None
     chosen: list[int] = []
@@ -107,8 +109,8 @@ def _library_loads() -> bool:
     return True
 
 
-def inspect(env: Mapping[str, str]) -> Inventory:
-    module = env.get("BOOTSTRAP_NVML_MODULE", "").strip() or "pynvml"
+def inspect(pol: Preflight) -> Inventory:
+    module = pol.nvml_module
     if module == "pynvml" and not _library_loads():
         return Inventory(nvml=False, notes=(f"NVML: {NVML_LIBRARY} not found",))
     try:
@@ -123,7 +125,7 @@ def inspect(env: Mapping[str, str]) -> Inventory:
             return Inventory(nvml=False, notes=(f"NVML: {exc}",))
         return Inventory(nvml=True, error=f"NVML failed to start: {exc}")
     try:
-        return _read(nvml, env)
+        return _read(nvml, pol)
     except nvml.NVMLError as exc:
         return Inventory(nvml=True, error=f"NVML query failed: {exc}")
     finally:
@@ -131,7 +133,7 @@ def inspect(env: Mapping[str, str]) -> Inventory:
             nvml.nvmlShutdown()
 
 
-def _read(nvml: Any, env: Mapping[str, str]) -> Inventory:
+def _read(nvml: Any, pol: Preflight) -> Inventory:
     def maybe(fn: Callable[..., T], *args: Any) -> Optional[T]:
         try:
             return fn(*args)
@@ -141,7 +143,7 @@ def _read(nvml: Any, env: Mapping[str, str]) -> Inventory:
     count = nvml.nvmlDeviceGetCount()
     handles = [nvml.nvmlDeviceGetHandleByIndex(i) for i in range(count)]
     uuids = [_text(nvml.nvmlDeviceGetUUID(h)) for h in handles]
-    chosen = visible(env, count, uuids)
+    chosen = visible(pol.cuda_visible, pol.nvidia_visible, count, uuids)
     indices = list(range(count)) if chosen is None else chosen
     gpus = []
     for i in indices:

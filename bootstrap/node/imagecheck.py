@@ -15,12 +15,10 @@ import os
 import shutil
 import stat
 import subprocess
-from collections.abc import Mapping
-from pathlib import Path
 
+from ..config.settings import Preflight
 from .preflight import Finding, Report
 
-RUN_TRAIN = Path("/home/work/run_train.sh")
 PLATFORM_UIDS = (1101, 1000)
 SKIP = ("/proc", "/sys", "/dev", "/run")
 
@@ -42,7 +40,7 @@ def setuid_root_files(root: str = "/") -> list[str]:
     return sorted(found)
 
 
-def check(env: Mapping[str, str], preflight_report: Report) -> list[Finding]:
+def check(pol: Preflight, preflight_report: Report) -> list[Finding]:
     out: list[Finding] = []
     uid = os.getuid()
     if uid == 0:
@@ -53,7 +51,7 @@ def check(env: Mapping[str, str], preflight_report: Report) -> list[Finding]:
                                                  "(ma-user), which the platform expects"))
     else:
         out.append(Finding("image.user", "ok", f"uid {uid}"))
-    script = Path(env.get("BOOTSTRAP_RUN_TRAIN", "") or RUN_TRAIN)
+    script = pol.run_train
     if not script.is_file() or not os.access(script, os.R_OK):
         out.append(Finding("image.run_train", "fail", f"{script} is missing or unreadable: the "
                                                       "console's run command needs it"))
@@ -62,7 +60,7 @@ def check(env: Mapping[str, str], preflight_report: Report) -> list[Finding]:
                                                       "`bash /home/work/run_train.sh` fails"))
     else:
         out.append(Finding("image.run_train", "ok", str(script)))
-    python = env.get("BOOTSTRAP_PYTHON") or shutil.which("python3") or "python3"
+    python = pol.image_python or shutil.which("python3") or "python3"
     try:
         ok = subprocess.run([python, "-c", "import bootstrap"], capture_output=True,
                             timeout=60).returncode == 0
@@ -70,7 +68,7 @@ def check(env: Mapping[str, str], preflight_report: Report) -> list[Finding]:
         ok = False
     out.append(Finding("image.python", "ok" if ok else "fail",
                        python if ok else f"{python} cannot import the bootstrap"))
-    meta = Path(env.get("BOOTSTRAP_IMAGE_META", "/opt/bootstrap-meta")) / "base-setuid.txt"
+    meta = pol.image_meta / "base-setuid.txt"
     try:
         base = set(meta.read_text().split())
     except OSError:

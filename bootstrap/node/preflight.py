@@ -2,7 +2,7 @@
 
 Each check yields a :class:`Finding`: ``ok``, ``warn`` or ``fail``. A problem is a
 failure when its check is in the fatal set (``BOOTSTRAP_FATAL_CHECKS``, a comma list
-of check names, ``all`` or ``none``; default :data:`DEFAULT_FATAL`), else a warning.
+of check names, ``all`` or ``none``; the default is marked below), else a warning.
 
 =================  ==============================================  ========
 check              problem                                          default
@@ -34,67 +34,15 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from ..config.settings import env_flag, env_float, env_int
-from ..errors import ConfigError
+from ..config.settings import GB, PREFLIGHT_CHECKS, Preflight
 from .gpu import Inventory
-from .resources import NodeState
+from .resources import Resources
 
-GB = 1000**3
 MiB = 2**20
-DEFAULT_FATAL = frozenset({"gpu.nvml", "gpu.required", "gpu.count", "gpu.ecc", "gpu.remap",
-                           "gpu.busy", "gpu.cuda"})
-ALL_CHECKS = DEFAULT_FATAL | {"gpu.pending", "gpu.pcie", "gpu.throttle", "node.disk",
-                              "node.cache", "node.shm", "node.memory", "node.nofile",
-                              "node.memlock"}
-
-
-@dataclass(frozen=True)
-class Policy:
-    fatal: frozenset[str]
-    require_gpu: bool
-    expect_gpus: Optional[int]
-    min_disk: int
-    min_cache: int
-    min_shm: int
-    min_memory: int
-    min_nofile: int
-    busy_fraction: float
-
-
-def policy(env: Mapping[str, str]) -> Policy:
-    raw = env.get("BOOTSTRAP_FATAL_CHECKS", "").strip()
-    if not raw:
-        fatal = DEFAULT_FATAL
-    elif raw == "all":
-        fatal = frozenset(ALL_CHECKS)
-    elif raw == "none":
-        fatal = frozenset()
-    else:
-        fatal = frozenset(c.strip() for c in raw.split(",") if c.strip())
-        unknown = sorted(fatal - ALL_CHECKS)
-        if unknown:
-            raise ConfigError(f"BOOTSTRAP_FATAL_CHECKS names unknown checks {unknown}; "
-                              f"known: {', '.join(sorted(ALL_CHECKS))}")
-    expect: Optional[int] = None
-    for name in ("BOOTSTRAP_EXPECT_GPUS", "MA_NUM_GPUS"):
-        if env.get(name, "").strip():
-            expect = env_int(env, name, 0, minimum=0)
-            break
-    return Policy(
-        fatal=fatal, require_gpu=env_flag(env, "BOOTSTRAP_REQUIRE_GPU", False),
-        expect_gpus=expect,
-        min_disk=int(env_float(env, "BOOTSTRAP_MIN_DISK_GB", 32) * GB),
-        min_cache=int(env_float(env, "BOOTSTRAP_MIN_CACHE_GB", 32) * GB),
-        min_shm=int(env_float(env, "BOOTSTRAP_MIN_SHM_MB", 1024) * MiB),
-        min_memory=int(env_float(env, "BOOTSTRAP_MIN_MEMORY_GB", 2) * GB),
-        min_nofile=env_int(env, "BOOTSTRAP_MIN_NOFILE", 8192),
-        busy_fraction=env_float(env, "BOOTSTRAP_BUSY_MEMORY_FRACTION", 0.5),
-    )
 
 
 @dataclass(frozen=True)
@@ -107,7 +55,7 @@ class Finding:
 @dataclass(frozen=True)
 class Report:
     inventory: Inventory
-    node: NodeState
+    node: Resources
     findings: tuple[Finding, ...]
     seconds: float
 
@@ -160,7 +108,7 @@ class Report:
         return out
 
 
-def evaluate(inv: Inventory, node: NodeState, pol: Policy) -> list[Finding]:
+def evaluate(inv: Inventory, node: Resources, pol: Preflight) -> list[Finding]:
     """The verdict on every check: pure, so every failure is easy to test."""
     found: list[Finding] = []
 
@@ -221,7 +169,7 @@ def evaluate(inv: Inventory, node: NodeState, pol: Policy) -> list[Finding]:
         problem("node.memlock", f"locked-memory limit is {node.memlock} bytes with "
                                 f"{node.ib_device} present: RDMA needs ulimit -l unlimited")
     checked = {f.check for f in found}
-    found += [Finding(c, "ok", "") for c in sorted(ALL_CHECKS - checked)]
+    found += [Finding(c, "ok", "") for c in sorted(PREFLIGHT_CHECKS - checked)]
     return found
 
 
@@ -238,14 +186,12 @@ def _cuda_number(version: str) -> Optional[int]:
         return None
 
 
-def run(env: Mapping[str, str], job_dir: Path, pol: Optional[Policy] = None) -> Report:
-    from . import gpu
-    from . import resources as node
+def run(pol: Preflight, job_dir: Path, ipoib_device: str) -> Report:
+    from . import gpu, resources
 
-    pol = pol or policy(env)
     started = time.monotonic()
-    inv = gpu.inspect(env)
-    state = node.measure(env, job_dir)
+    inv = gpu.inspect(pol)
+    state = resources.measure(pol, job_dir, ipoib_device)
     findings = evaluate(inv, state, pol)
     return Report(inv, state, tuple(findings), time.monotonic() - started)
 

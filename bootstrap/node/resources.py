@@ -11,14 +11,16 @@ from __future__ import annotations
 import glob
 import os
 import resource
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
+
+if TYPE_CHECKING:
+    from ..config.settings import Preflight
 
 
 @dataclass(frozen=True)
-class NodeState:
+class Resources:
     job_dir: str
     job_dir_free: Optional[int]  # bytes free where the code lands
     cache_dir: Optional[str]  # the node-local SSD, when it exists
@@ -63,10 +65,11 @@ def memory() -> tuple[int, int]:
         return int(mem.total), int(mem.available)
 
 
-def measure(env: Mapping[str, str], job_dir: Path) -> NodeState:
+def measure(pol: Preflight, job_dir: Path, ipoib_device: str) -> Resources:
+    """This node's disks, memory and limits, as the preflight judges them."""
     from ..cluster import ipoib
 
-    cache = env.get("BOOTSTRAP_CACHE_DIR", "/cache")
+    cache = str(pol.cache_dir)
     has_cache = os.path.isdir(cache)
     try:
         st = os.statvfs("/dev/shm")
@@ -74,14 +77,14 @@ def measure(env: Mapping[str, str], job_dir: Path) -> NodeState:
     except OSError:
         shm = None
     mem_total, mem_available = memory()
-    device = ipoib.device(env)
-    return NodeState(
+    device = ipoib_device
+    return Resources(
         job_dir=str(job_dir), job_dir_free=_free(job_dir),
         cache_dir=cache if has_cache else None,
         cache_free=_free(Path(cache)) if has_cache else None,
         shm_total=shm, mem_total=mem_total, mem_available=mem_available,
         nofile=_limit(resource.RLIMIT_NOFILE), memlock=_limit(resource.RLIMIT_MEMLOCK),
         ib_device=device if ipoib.local_address(device) else None,
-        cuda_image=env.get("CUDA_VERSION") or None,
+        cuda_image=pol.cuda_image,
         cuda_compat=bool(glob.glob("/usr/local/cuda/compat/libcuda.so*")),
     )

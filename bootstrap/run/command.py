@@ -22,6 +22,9 @@ from typing import Optional
 from ..errors import UsageError
 from ..transfer import location as loc
 
+# Where the platform has put code directories: its documented original layout and the
+# ma-user one. A file named under either is looked for in this job's directory too.
+JOB_DIR_LAYOUTS = (Path("/home/work/user-job-dir"), Path("/home/ma-user/modelarts/user-job-dir"))
 _INTERPRETER = re.compile(r"^(python(\d+(\.\d+)?)?|bash|sh|dash|zsh|ksh)$")
 # Characters that only mean something to a shell: their presence in a lone
 # argument says the user typed a shell command line, not a program name.
@@ -54,7 +57,8 @@ def unwrap_entrypoint(argv: Sequence[str]) -> list[str]:
 def parse(argv: Sequence[str]) -> Command:
     if not argv:
         raise UsageError("no command given; usage: run_train.sh [python|bash|...] FILE "
-                         "[ARGS...]  or  run_train.sh COMMAND [ARGS...]")
+                         "[ARGS...]  or  run_train.sh COMMAND [ARGS...]; run_train.sh --help "
+                         "says more")
     first = argv[0]
     if not first:
         raise UsageError("the command is an empty string; give a program or a file to run")
@@ -67,19 +71,19 @@ def parse(argv: Sequence[str]) -> Command:
 
 
 def resolve(command: Command, code_dir: Optional[Path], cwd: Path,
-            code_location: Optional[loc.Location]) -> tuple[str, ...]:
+            code_location: Optional[loc.Location], job_dir: Path) -> tuple[str, ...]:
     """The argv to exec: the file form's file made absolute, the shell form wrapped."""
     if command.form == "shell":
         return ("/bin/sh", "-c", command.argv[0])
     if command.form == "raw":
         return command.argv
     given = command.argv[1]
-    path = _find_file(given, code_dir, cwd, code_location)
+    path = _find_file(given, code_dir, cwd, code_location, job_dir)
     return (command.argv[0], str(path), *command.argv[2:])
 
 
 def _find_file(given: str, code_dir: Optional[Path], cwd: Path,
-               code_location: Optional[loc.Location]) -> Path:
+               code_location: Optional[loc.Location], job_dir: Path) -> Path:
     if "://" in given:
         relative = loc.key_inside(code_location, given) if code_location else None
         if relative is None or code_dir is None:
@@ -88,7 +92,7 @@ def _find_file(given: str, code_dir: Optional[Path], cwd: Path,
                              "of the downloaded code directory can be run by URL")
         candidates = [code_dir / relative]
     elif os.path.isabs(given):
-        candidates = [Path(given)]
+        candidates = [Path(given), *_in_job_dir(Path(given), job_dir)]
     else:
         candidates = ([code_dir / given] if code_dir else []) + [cwd / given]
     for candidate in candidates:
@@ -97,3 +101,17 @@ def _find_file(given: str, code_dir: Optional[Path], cwd: Path,
     looked = ", ".join(str(c) for c in dict.fromkeys(candidates))
     raise UsageError(f"file {given!r} not found (looked in: {looked}); check the path in the "
                      "run command against the code directory")
+
+
+def _in_job_dir(given: Path, job_dir: Path) -> list[Path]:
+    """``given`` moved into this job's directory when it names a file of another layout.
+
+    The platform's documentation writes run commands for its original layout
+    (``python /home/work/user-job-dir/new/train.py``); an image with the ma-user layout
+    (``MA_JOB_DIR=/home/ma-user/modelarts/user-job-dir``) or a custom BOOTSTRAP_HOME
+    puts the code elsewhere, and the same command must still find its file.
+    """
+    for layout in JOB_DIR_LAYOUTS:
+        if layout != job_dir and given.is_relative_to(layout):
+            return [job_dir / given.relative_to(layout)]
+    return []

@@ -15,16 +15,21 @@ import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from ..errors import DependencyInstallFailed
 from ..log import Log
 
+if TYPE_CHECKING:
+    from ..config.settings import PipInstall
 
-def requirements_file(code_dir: Path, mode: str) -> Optional[Path]:
-    if mode == "0":
+
+def requirements_file(code_dir: Path, mode: PipInstall) -> Optional[Path]:
+    """The file to install: pip-requirements.txt, or with mode "on" requirements.txt
+    too; None when there is none or installing is off."""
+    if mode == "off":
         return None
-    names = ["pip-requirements.txt"] + (["requirements.txt"] if mode == "1" else [])
+    names = ["pip-requirements.txt"] + (["requirements.txt"] if mode == "on" else [])
     for name in names:
         if (code_dir / name).is_file():
             return code_dir / name

@@ -25,14 +25,15 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import NoReturn, Optional
 
+from ..config.settings import ACTIVE_MARKER
 from ..errors import CommandNotExecutable, CommandNotFound
 
-CACHE_DIR = "/cache"
-ACTIVE_MARKER = "BOOTSTRAP_ACTIVE"  # set for the command: a nested run_train.sh execs at once
 
-
-def user_environment(env: Mapping[str, str], home: Path, job_dir: Path,
+def user_environment(env: Mapping[str, str], home: Path, job_dir: Path, cache_dir: Path,
                      code_dir: Optional[Path], exports: Mapping[str, str]) -> dict[str, str]:
+    """The command's environment: ours passed through, plus the original script's
+    variables, the code directory first on PYTHONPATH, TMPDIR on the node's SSD when
+    the user set none, the nested-run marker and the cluster's exports."""
     out = dict(env)
     out["DLS_USER_HOME_DIR"] = str(home)
     out["DLS_USER_JOB_DIR"] = str(job_dir)
@@ -43,9 +44,8 @@ def user_environment(env: Mapping[str, str], home: Path, job_dir: Path,
     out["PYTHONUNBUFFERED"] = "1"
     if code_dir:
         out["BOOTSTRAP_CODE_DIR"] = str(code_dir)
-    cache = env.get("BOOTSTRAP_CACHE_DIR", CACHE_DIR)
-    if "TMPDIR" not in env and os.path.isdir(cache) and os.access(cache, os.W_OK | os.X_OK):
-        out["TMPDIR"] = cache
+    if "TMPDIR" not in env and cache_dir.is_dir() and os.access(cache_dir, os.W_OK | os.X_OK):
+        out["TMPDIR"] = str(cache_dir)
     out[ACTIVE_MARKER] = "1"
     out.update(exports)
     return out

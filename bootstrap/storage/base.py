@@ -1,7 +1,7 @@
 """The one interface every transfer goes through, whichever library is underneath.
 
 A :class:`Store` is bound to one bucket and speaks in whole keys. Its methods are
-coroutines: the engines (:mod:`bootstrap.fetch`, :mod:`bootstrap.upload`) keep
+coroutines: the engines (:mod:`bootstrap.transfer.fetch`, :mod:`bootstrap.transfer.upload`) keep
 hundreds of requests in flight from one thread, bounded by a memory budget, not by
 a thread count. Every failure is a :class:`~.errors.StorageError`; verifying bytes
 (size, MD5) is the engines' job, so it happens the same way on every backend.
@@ -14,19 +14,20 @@ Backends (:func:`open_store`):
   an exotic platform), on a thread pool.
 
 ``BOOTSTRAP_S3_BACKEND`` picks one (``auto``: native when it imports). Two kinds of
-request go around the store, through :mod:`.listing`, whatever the backend: listing
+request go around the store, through :mod:`.signed`, whatever the backend: listing
 (object_store rewrites keys) and the ranged GETs of large objects (measured faster
 into reused buffers on threads).
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Protocol
 
+from ..config.storage import Credentials
+
 if TYPE_CHECKING:
-    from ..config.settings import Settings
-    from ..config.storage import Credentials, Endpoint
+    from ..config.settings import Transfer
 
 
 class Store(Protocol):
@@ -50,9 +51,27 @@ class Store(Protocol):
         """Releases connections and threads."""
 
 
-def open_store(backend: str, endpoint: Endpoint, creds: Credentials, bucket: str,
-               settings: Settings, env: Mapping[str, str]) -> Store:
-    """The store for ``bucket``; ``backend`` is ``auto``, ``native`` or ``boto3``."""
+def credentials(transfer: Transfer) -> Credentials:
+    """The environment's keys, else botocore's chain (config files, container and
+    instance roles; imported only then: ~100 ms), frozen for one transfer."""
+    if transfer.credentials is not None:
+        return transfer.credentials
+    import botocore.session
+
+    from .errors import StorageError
+
+    creds = botocore.session.Session().get_credentials()
+    if creds is None:
+        raise StorageError("credentials", kind="credentials",
+                           message="no object-store credentials found")
+    frozen = creds.get_frozen_credentials()
+    return Credentials(frozen.access_key, frozen.secret_key, frozen.token)
+
+
+def open_store(transfer: Transfer, creds: Credentials, bucket: str) -> Store:
+    """The store for ``bucket`` on the backend BOOTSTRAP_S3_BACKEND picks (``auto``:
+    native when obstore imports)."""
+    backend = transfer.backend
     if backend in ("auto", "native"):
         try:
             from .native import NativeStore
@@ -64,7 +83,7 @@ def open_store(backend: str, endpoint: Endpoint, creds: Credentials, bucket: str
                                   "for this Python; pip install obstore (Python >= 3.11), "
                                   "or unset it for the boto3 fallback") from None
         else:
-            return NativeStore(endpoint, creds, bucket, settings)
+            return NativeStore(transfer.endpoint, creds, bucket, transfer)
     from .boto import BotoStore
 
-    return BotoStore(endpoint, creds, bucket, settings, env)
+    return BotoStore(transfer.endpoint, creds, bucket, transfer)

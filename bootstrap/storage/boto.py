@@ -17,14 +17,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 from . import retry
 from .errors import StorageError
 
 if TYPE_CHECKING:
-    from ..config.settings import Settings
+    from ..config.settings import Transfer
     from ..config.storage import Credentials, Endpoint
 
 T = TypeVar("T")
@@ -61,7 +61,7 @@ def _no_expect(request: Any, **_: Any) -> None:
 
 class BotoStore:
     def __init__(self, endpoint: Endpoint, creds: Credentials, bucket: str,
-                 settings: Settings, env: Mapping[str, str]) -> None:
+                 settings: Transfer) -> None:
         from concurrent.futures import ThreadPoolExecutor
 
         import boto3
@@ -70,7 +70,7 @@ class BotoStore:
 
         self.backend = f"boto3 {botocore.__version__}"
         self.bucket = bucket
-        threads = min(settings.download_workers, 64)
+        threads = min(settings.workers, 64)
         options: dict[str, Any] = dict(
             signature_version="s3v4",
             s3={"addressing_style": endpoint.addressing},

@@ -34,7 +34,7 @@ import obstore
 from .errors import StorageError
 
 if TYPE_CHECKING:
-    from ..config.settings import Settings
+    from ..config.settings import Transfer
     from ..config.storage import Credentials, Endpoint
 
 _STATUS = re.compile(r"status code: (\d{3})")
@@ -87,7 +87,7 @@ def _endpoint_for(endpoint: Endpoint, bucket: str) -> str:
 
 class NativeStore:
     def __init__(self, endpoint: Endpoint, creds: Credentials, bucket: str,
-                 settings: Settings) -> None:
+                 settings: Transfer) -> None:
         from obstore.store import S3Store
 
         self.backend = f"native (obstore {obstore.__version__})"

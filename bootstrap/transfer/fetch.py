@@ -40,12 +40,11 @@ import signal
 import threading
 import time
 from collections import deque
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
-from ..config.settings import Settings
+from ..config.settings import Transfer
 from ..errors import STOP_SIGNALS, BootstrapError, DownloadError, Terminated
 from ..log import Log
 from ..storage import retry
@@ -99,7 +98,7 @@ class Stats:
 # --------------------------------------------------------------------------- listing
 
 def list_objects(lister: Lister, location: Location,
-                 settings: Settings) -> tuple[list[RemoteObject], list[str]]:
+                 settings: Transfer) -> tuple[list[RemoteObject], list[str]]:
     """Every object under the prefix, as relative paths already checked for safety,
     and every folder (directory markers and files' parents), parents first."""
     objects: list[RemoteObject] = []
@@ -142,9 +141,30 @@ def list_objects(lister: Lister, location: Location,
         raise DownloadError(f"{location.url}{name} is both a file and a folder in the bucket; "
                             "a local tree cannot hold both: rename one of them")
     if not objects and not folders:
+        single = named_object(lister, location, settings)
+        if single is not None:
+            folder = location.url[: location.url.rstrip("/").rfind("/") + 1]
+            raise DownloadError(f"{location.url.rstrip('/')} names a file, not a folder; "
+                                f"point the URL at its folder ({folder}) and name the file "
+                                "in the run command")
         raise DownloadError(f"no objects under {location.url}: the code directory is empty "
                             "or does not exist; check DLS_APP_URL")
     return objects, sorted(folders)
+
+
+def named_object(lister: Lister, location: Location,
+                 settings: Transfer) -> Optional[RemoteObject]:
+    """The object whose key is the location's prefix without its final "/", when one
+    exists: ``s3://b/new/train.py`` names a file, not a folder (a common slip)."""
+    key = location.prefix.rstrip("/")
+    if not key:
+        return None
+    items, _ = retry.call(lambda: lister.page(location.bucket, key, None),
+                          settings.retry_attempts, settings.retry_deadline)
+    for name, size, etag in items:
+        if name == key:
+            return RemoteObject(key, key.rsplit("/", 1)[-1], size, etag)
+    return None
 
 
 # --------------------------------------------------------------------------- transfer
@@ -200,7 +220,7 @@ class Engine:
     module's contract."""
 
     def __init__(self, store: Store, ranges: Lister, location: Location, dest: Path,
-                 settings: Settings, log: Log, manifest: Manifest) -> None:
+                 settings: Transfer, log: Log, manifest: Manifest) -> None:
         import threading
 
         self.store = store
@@ -489,10 +509,10 @@ class Engine:
         import asyncio
         from concurrent.futures import ThreadPoolExecutor
 
-        self._budget = ByteBudget(self.settings.transfer_memory)
+        self._budget = ByteBudget(self.settings.memory)
         self._range_slots = asyncio.Semaphore(RANGE_STREAMS)
         self._range_pool = ThreadPoolExecutor(RANGE_STREAMS, thread_name_prefix="range")
-        count = min(self.settings.download_workers, len(self._ranges) + len(self._smalls))
+        count = min(self.settings.workers, len(self._ranges) + len(self._smalls))
         workers = [asyncio.ensure_future(self._worker()) for _ in range(count)]
         progress = asyncio.ensure_future(self._progress(time.monotonic(), progress_every))
         try:
@@ -636,8 +656,7 @@ def manifest_path(dest: Path) -> Path:
     return dest.parent / f".{dest.name}.bootstrap-manifest.jsonl"
 
 
-def fetch(location: Location, dest: Path, settings: Settings, env: Mapping[str, str],
-          log: Log) -> Stats:
+def fetch(location: Location, dest: Path, settings: Transfer, log: Log) -> Stats:
     """Brings the tree at ``location`` to ``dest``; raises DownloadError with the reason."""
     try:
         dest.mkdir(parents=True, exist_ok=True)
@@ -647,21 +666,19 @@ def fetch(location: Location, dest: Path, settings: Settings, env: Mapping[str, 
     if not location.is_remote:
         assert location.path is not None
         return copy_local(location.path, dest)
-    from ..config.storage import credentials, resolve_endpoint
-    from ..storage.base import open_store
+    from ..storage.base import credentials, open_store
     from ..storage.signed import Lister
 
-    endpoint = resolve_endpoint(env, settings.addressing)
+    endpoint = settings.endpoint
     try:
-        creds = credentials(env)
+        creds = credentials(settings)
         lister = Lister(endpoint, creds, settings.connect_timeout, settings.read_timeout)
         try:
             objects, folders = list_objects(lister, location, settings)
         finally:
             lister.close()
         manifest = Manifest(manifest_path(dest), location.url)
-        store = open_store(settings.s3_backend, endpoint, creds, location.bucket, settings,
-                           env)
+        store = open_store(settings, creds, location.bucket)
         try:
             engine = Engine(store, lister, location, dest, settings, log, manifest)
             engine.plan(objects, folders)

@@ -11,11 +11,10 @@ is reported and never changes the exit code.
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Optional
 
-from ..config.settings import Settings
+from ..config.settings import Outputs, Transfer
 from ..errors import BootstrapError, ConfigError
 from ..log import Log
 from . import location as loc
@@ -28,7 +27,7 @@ def remote(url: str, what: str) -> loc.Location:
     return parsed
 
 
-def destination(settings: Settings) -> loc.Location:
+def destination(settings: Outputs) -> loc.Location:
     """Where BOOTSTRAP_OUTPUT_DIR goes; checked before anything else runs."""
     if settings.train_url is None:
         raise ConfigError("BOOTSTRAP_OUTPUT_DIR is set but DLS_TRAIN_URL is not: set the "
@@ -37,26 +36,30 @@ def destination(settings: Settings) -> loc.Location:
 
 
 class OutputSync:
-    def __init__(self, settings: Settings, env: Mapping[str, str], log: Log) -> None:
+    """The output folder's sync: periodic while the command runs, final once it ended;
+    what was sent is remembered in ``state_file`` so each round sends only changes."""
+
+    def __init__(self, settings: Outputs, transfer: Transfer, state_file: Path,
+                 log: Log) -> None:
         if settings.output_dir is None:
             raise ValueError("OutputSync needs BOOTSTRAP_OUTPUT_DIR")
         self.src = settings.output_dir
         self.dest = destination(settings)
-        self.settings, self.env, self.log = settings, env, log
+        self.settings, self.transfer, self.log = settings, transfer, log
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
         self._lock = threading.Lock()  # one sync at a time: periodic and final never overlap
         from .upload import SyncState
 
         self.src.mkdir(parents=True, exist_ok=True)
-        self.state = SyncState.load(settings.job_dir / ".output-sync-state.json")
+        self.state = SyncState.load(state_file)
 
     def _sync(self, settle: float) -> str:
         from .upload import sync_tree
 
         with self._lock:
-            stats = sync_tree(self.src, self.dest, self.settings, self.env, self.log,
-                              self.state, settle=settle)
+            stats = sync_tree(self.src, self.dest, self.transfer, self.log, self.state,
+                              settle=settle)
         return stats.summary()
 
     def start_periodic(self) -> None:
@@ -89,14 +92,13 @@ class OutputSync:
         return True
 
 
-def upload_log(path: Path, url: str, settings: Settings, env: Mapping[str, str],
-               log: Log) -> None:
+def upload_log(path: Path, url: str, transfer: Transfer, log: Log) -> None:
     from .upload import upload_file
 
     try:
         dest = remote(url, "the log upload URL")
         key = (dest.prefix or "") + path.name
-        upload_file(path, dest, key, settings, env)
+        upload_file(path, dest, key, transfer)
         log.info(f"log uploaded to {dest.bucket}/{key}")
     except (BootstrapError, OSError) as exc:  # a log upload never changes the job's end
         log.warn(f"log upload failed (the exit code is unchanged): {exc}")

@@ -29,12 +29,12 @@ import os
 import re
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
-from ..config.settings import Settings
+from ..config.settings import Transfer
 from ..errors import BootstrapError, DownloadError
 from ..log import Log
 from ..storage import retry
@@ -108,12 +108,12 @@ def expected_etag(part_md5s: list[bytes]) -> str:
 class Uploader:
     """Uploads files to one destination through one store, on the running loop."""
 
-    def __init__(self, store: Store, dest: Location, settings: Settings,
+    def __init__(self, store: Store, dest: Location, settings: Transfer,
                  stats: UploadStats) -> None:
         from .fetch import ByteBudget
 
         self.store, self.dest, self.settings, self.stats = store, dest, settings, stats
-        self.memory = max(settings.transfer_memory // UPLOAD_MEMORY_SHARE, MIN_PART)
+        self.memory = max(settings.memory // UPLOAD_MEMORY_SHARE, MIN_PART)
         self._budget = ByteBudget(self.memory)
 
     def _on_retry(self, exc: BaseException) -> None:
@@ -204,18 +204,15 @@ def scan(root: Path) -> dict[str, tuple[int, int, Path]]:
     return found
 
 
-def _transfer(dest: Location, settings: Settings, env: Mapping[str, str],
-              work: Any) -> None:
+def _transfer(dest: Location, settings: Transfer, work: Any) -> None:
     """Opens the store for ``dest`` and runs ``work(store)`` (a coroutine function) to
     the end; every failure becomes an :class:`UploadError` with one line."""
-    from ..config.storage import credentials, resolve_endpoint
-    from ..storage.base import open_store
+    from ..storage.base import credentials, open_store
     from .fetch import _run_stoppable
 
-    endpoint = resolve_endpoint(env, settings.addressing)
+    endpoint = settings.endpoint
     try:
-        store = open_store(settings.s3_backend, endpoint, credentials(env), dest.bucket,
-                           settings, env)
+        store = open_store(settings, credentials(settings), dest.bucket)
         try:
             _run_stoppable(work(store))
         finally:
@@ -227,7 +224,7 @@ def _transfer(dest: Location, settings: Settings, env: Mapping[str, str],
         raise UploadError(f"upload to {dest.url} failed: {err.message}") from None
 
 
-def sync_tree(src: Path, dest: Location, settings: Settings, env: Mapping[str, str], log: Log,
+def sync_tree(src: Path, dest: Location, settings: Transfer, log: Log,
               state: Optional[SyncState] = None, settle: float = 0.0) -> UploadStats:
     """Uploads the files of ``src`` that changed since ``state`` recorded them."""
     state = state or SyncState()
@@ -266,7 +263,7 @@ def sync_tree(src: Path, dest: Location, settings: Settings, env: Mapping[str, s
                 await one(*queue.popleft())
 
         workers = [asyncio.ensure_future(worker())
-                   for _ in range(min(settings.download_workers, len(todo)))]
+                   for _ in range(min(settings.workers, len(todo)))]
         try:
             done, _ = await asyncio.wait(workers, return_when=asyncio.FIRST_EXCEPTION)
             for task in done:
@@ -279,15 +276,14 @@ def sync_tree(src: Path, dest: Location, settings: Settings, env: Mapping[str, s
 
     try:
         if todo:
-            _transfer(dest, settings, env, work)
+            _transfer(dest, settings, work)
     finally:
         state.save()
         stats.seconds = time.monotonic() - started
     return stats
 
 
-def upload_file(path: Path, dest: Location, key: str, settings: Settings,
-                env: Mapping[str, str]) -> UploadStats:
+def upload_file(path: Path, dest: Location, key: str, settings: Transfer) -> UploadStats:
     """One file to ``key`` (the log upload)."""
     stats = UploadStats()
 
@@ -295,5 +291,5 @@ def upload_file(path: Path, dest: Location, key: str, settings: Settings,
         stats.bytes = await Uploader(store, dest, settings, stats).put_file(path, key)
         stats.files = 1
 
-    _transfer(dest, settings, env, work)
+    _transfer(dest, settings, work)
     return stats
