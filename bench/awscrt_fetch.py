@@ -26,15 +26,17 @@ from awscrt.s3 import S3Client, S3RequestTlsMode, S3RequestType  # noqa: E402
 imported = time.perf_counter()
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bootstrap.config.storage import credentials, resolve_endpoint  # noqa: E402
-from bootstrap.storage.signed import Lister  # noqa: E402
+from bootstrap.config.settings import load_transfer  # noqa: E402
+from bootstrap.config.storage import resolve_endpoint  # noqa: E402
+from bootstrap.storage.base import credentials  # noqa: E402
+from bootstrap.storage.signed import SignedClient  # noqa: E402
 
 
 def main() -> int:
     bucket, prefix, dest = sys.argv[1], sys.argv[2], Path(sys.argv[3])
     endpoint = resolve_endpoint(os.environ, "path")
-    creds = credentials(os.environ)
-    lister = Lister(endpoint, creds, 10, 30)
+    creds = credentials(load_transfer(os.environ))
+    lister = SignedClient(endpoint, creds, 10, 30)
     keys, token = [], None
     while True:
         items, token = lister.page(bucket, prefix, token)

@@ -29,9 +29,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -110,7 +110,8 @@ def materialize(ds: DataSet, root: Path) -> dict[str, str]:
     folder = root / f"{ds.name}-{len(spec)}-{sum(spec.values())}"
     manifest = folder.with_suffix(".md5.json")
     if manifest.exists():
-        return json.loads(manifest.read_text())
+        known: dict[str, str] = json.loads(manifest.read_text())
+        return known
     shutil.rmtree(folder, ignore_errors=True)
     rng = random.Random(ds.name + "-bytes")
     sums = {}
@@ -241,9 +242,10 @@ def contenders(endpoint: str, s3: S3Server,
         return [sys.executable, str(REPO / "bench/boto3_pool.py"), "bench", f"{prefix}/",
                 str(work / "out")], base, work / "out"
 
-    found = {"bootstrap": bootstrap, "s5cmd": s5cmd, "lean-py": lean, "awscrt": awscrt,
-             "boto3-fallback": fallback, "rclone": rclone, "aws-cli": aws,
-             "boto3-pool": boto3_pool}
+    found: dict[str, Callable[[str, Path], Invocation]] = {
+        "bootstrap": bootstrap, "s5cmd": s5cmd, "lean-py": lean, "awscrt": awscrt,
+        "boto3-fallback": fallback, "rclone": rclone, "aws-cli": aws,
+        "boto3-pool": boto3_pool}
     if old is None:
         del found["lean-py"]
     if not (BIN / "rclone").exists():

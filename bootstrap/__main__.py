@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Sequence
-from typing import Callable, Optional
+from collections.abc import Callable, Sequence
+from typing import Optional
 
 from .errors import EXIT_INTERNAL, EXIT_USAGE, BootstrapError
 from .log import Redactor

@@ -44,10 +44,19 @@ class ConfigError(BootstrapError):
     exit_code = EXIT_USAGE
 
 
-class DownloadError(BootstrapError):
-    """The code directory could not be fetched; the job cannot start without it."""
+class TransferError(BootstrapError):
+    """Bytes could not be moved between the object store and this node (the original
+    script's "App download error" code, for uploads too)."""
 
     exit_code = EXIT_DOWNLOAD
+
+
+class DownloadError(TransferError):
+    """The code directory could not be fetched; the job cannot start without it."""
+
+
+class UploadError(TransferError):
+    """Outputs, a log or a synced tree could not be uploaded."""
 
 
 class CommandNotFound(BootstrapError):
@@ -74,7 +83,7 @@ class DependencyInstallFailed(BootstrapError):
     exit_code = EXIT_DEPENDENCIES
 
 
-# Signals that stop the bootstrap itself before the command runs (main.py turns them
+# Signals that stop the bootstrap itself before the command runs (job.py turns them
 # into Terminated; the transfer engines stop their requests and remove their temporaries).
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 

@@ -43,10 +43,13 @@ def _raise_terminated(signum: int, frame: Any) -> NoReturn:
 
 
 class Timer:
-    """``with timed(log, NAME) as t:`` logs ``stage NAME: N ms (t.detail)`` at the end."""
+    """``with timed(log, NAME) as t:`` logs ``stage NAME: N ms (t.detail)`` at the end,
+    with ``t.fields`` as JSON fields (BOOTSTRAP_LOG_FORMAT=json) beside ``stage`` and
+    ``seconds``."""
 
     def __init__(self) -> None:
         self.detail = ""
+        self.fields: dict[str, Any] = {}
 
 
 @contextmanager
@@ -54,7 +57,7 @@ def timed(log: Log, name: str) -> Iterator[Timer]:
     timer = Timer()
     started = time.monotonic()
     yield timer
-    log.stage(name, time.monotonic() - started, timer.detail)
+    log.stage(name, time.monotonic() - started, timer.detail, **timer.fields)
 
 
 def run(argv: Sequence[str], environ: Mapping[str, str]) -> int:
@@ -154,6 +157,7 @@ def _fetch_stage(code_url: location.Location, code_dir: Path, settings: Settings
     with timed(log, "fetch") as t:
         stats = fetch.fetch(code_url, code_dir, settings.transfer, log)
         t.detail = f"{stats.summary()} -> {code_dir}"
+        t.fields = stats.fields()
 
 
 def _deps_stage(code_dir: Path, argv: Sequence[str], env: Mapping[str, str],
@@ -238,6 +242,7 @@ def _peers_stage(settings: Settings, log: Log, stop: threading.Event) -> dict[st
         addresses = peers.wait_for_names(settings.cluster.layout.peers,
                                          settings.cluster.peer_timeout, log, stop=stop)
         t.detail = f"{len(addresses)} peer name(s) resolved"
+        t.fields = {"resolved": len(addresses)}
     return addresses
 
 

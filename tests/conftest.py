@@ -3,6 +3,8 @@ and a helper that runs the real entrypoint (scripts/run_train.sh) as a user woul
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import subprocess
 import sys
@@ -63,6 +65,24 @@ def base_env(home: Path, extra: Optional[Mapping[str, str]] = None) -> dict[str,
     env["AWS_CONFIG_FILE"] = env["AWS_SHARED_CREDENTIALS_FILE"] = str(home / "no-aws")
     env.update(extra or {})
     return env
+
+
+def log_records(stderr: str) -> list[dict[str, Any]]:
+    """The JSON log lines (BOOTSTRAP_LOG_FORMAT=json) of a run's stderr, in order; the
+    command's own output lines are left out."""
+    records = []
+    for line in stderr.splitlines():
+        if line.startswith("{"):
+            with contextlib.suppress(ValueError):
+                records.append(json.loads(line))
+    return records
+
+
+def stage(stderr: str, name: str) -> dict[str, Any]:
+    """The one record of stage ``name`` (its fields: seconds, files, ...)."""
+    found = [r for r in log_records(stderr) if r.get("stage") == name]
+    assert len(found) == 1, f"stage {name!r}: {len(found)} records in\n{stderr}"
+    return found[0]
 
 
 def run_train(argv: list[str], env: Mapping[str, str], cwd: Optional[Path] = None,

@@ -40,20 +40,22 @@ _MESSAGES = {3: "Not Supported", 9: "Driver Not Loaded", 12: "NVML Shared Librar
 class NVMLError(Exception):
     """Like pynvml's: ``NVMLError(code)`` builds the subclass for that code."""
 
+    value: int
+
     _valClassMapping: dict[int, type] = {}
 
     def __new__(cls, value: int) -> NVMLError:
         if cls is NVMLError:
             cls = NVMLError._valClassMapping.get(value, cls)
         obj = Exception.__new__(cls)
-        obj.value = value  # type: ignore[attr-defined]
+        obj.value = value
         return obj
 
     def __init__(self, value: int) -> None:
         super().__init__(value)
 
     def __str__(self) -> str:
-        return _MESSAGES.get(self.value, f"NVML Error with code {self.value}")  # type: ignore[attr-defined]
+        return _MESSAGES.get(self.value, f"NVML Error with code {self.value}")
 
 
 class NVMLError_NotSupported(NVMLError): ...  # noqa: N801,E701 - pynvml's names
@@ -81,7 +83,9 @@ class c_nvmlProcessInfo_t:  # noqa: N801
 
 
 def _scenario() -> dict[str, Any]:
-    return json.loads(os.environ.get("FAKE_NVML", '{"mode": "ok", "gpus": []}'))
+    scenario: dict[str, Any] = json.loads(os.environ.get("FAKE_NVML",
+                                                         '{"mode": "ok", "gpus": []}'))
+    return scenario
 
 
 _state: dict[str, Any] = {}

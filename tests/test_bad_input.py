@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from devtools.s3server import S3Server
 from tests.conftest import RUN_TRAIN, Bucket, assert_one_error_line, base_env, run_train
 from tests.hostile_s3 import HostileS3
 
@@ -105,7 +106,7 @@ ROWS: list[tuple[str, list[str], dict[str, str], int, tuple[str, ...]]] = [
 
 
 @pytest.fixture(scope="module")
-def code_bucket(s3) -> str:  # type: ignore[no-untyped-def]
+def code_bucket(s3: S3Server) -> str:
     client = s3.client()
     client.create_bucket(Bucket="bad-input-code")
     Bucket("bad-input-code", client).put_tree({"train.py": b"print(1)\n",
@@ -118,7 +119,7 @@ def test_the_table_has_at_least_thirty_rows() -> None:
 
 
 @pytest.mark.parametrize("case, argv, extra, code, words", ROWS, ids=[r[0] for r in ROWS])
-def test_bad_input(s3, code_bucket: str, home: Path, tmp_path: Path, case: str,  # type: ignore[no-untyped-def]
+def test_bad_input(s3: S3Server, code_bucket: str, home: Path, tmp_path: Path, case: str,
                    argv: list[str], extra: dict[str, Any], code: int,
                    words: tuple[str, ...]) -> None:
     (tmp_path / "plain.txt").write_text("not a program\n")
@@ -143,7 +144,7 @@ def test_endpoint_that_is_not_s3(home: Path) -> None:
     assert_one_error_line(r.stderr, "did not answer like an S3 server")
 
 
-def test_full_destination(s3, code_bucket: str, home: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_full_destination(s3: S3Server, code_bucket: str, home: Path, tmp_path: Path) -> None:
     if os.geteuid() != 0:
         pytest.skip("mounting a tiny tmpfs needs root")
     tiny = tmp_path / "tiny"

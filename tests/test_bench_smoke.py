@@ -16,7 +16,7 @@ from tests.conftest import REPO
 pytestmark = pytest.mark.timeout(600)
 
 
-def test_benchmark_smoke(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_benchmark_smoke(tmp_path: Path) -> None:
     r = subprocess.run([sys.executable, str(REPO / "bench/run.py"), "--smoke", "--data",
                         str(tmp_path)], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]

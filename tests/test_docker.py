@@ -112,7 +112,7 @@ def test_requirements_match_pyproject() -> None:
     assert listed == deps
 
 
-def test_single_node_job_in_a_container(docker_env: dict[str, str], image: str, s3,  # type: ignore[no-untyped-def]
+def test_single_node_job_in_a_container(docker_env: dict[str, str], image: str, s3: S3Server,
                                         bucket: Bucket, containers: list[str]) -> None:
     bucket.put_tree({"train.py": TRAIN, "pkg/data.txt": b"data"}, "code/")
     name = f"bt-{uuid.uuid4().hex[:8]}"
@@ -127,8 +127,8 @@ def test_single_node_job_in_a_container(docker_env: dict[str, str], image: str, 
     assert "supervised, pid 1" in r.stderr
 
 
-def test_docker_stop_delivers_sigterm_and_exits_143(docker_env: dict[str, str], image: str,  # type: ignore[no-untyped-def]
-                                                    s3, bucket: Bucket,
+def test_docker_stop_delivers_sigterm_and_exits_143(docker_env: dict[str, str], image: str,
+                                                    s3: S3Server, bucket: Bucket,
                                                     containers: list[str]) -> None:
     bucket.put("code/train.py", TRAIN)
     env_args = [a for k, v in {**s3.env(), "DLS_APP_URL": f"s3://{bucket.name}/code/"}.items()

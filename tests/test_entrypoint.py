@@ -163,7 +163,9 @@ def test_no_usable_python_is_one_clear_line(tmp_path: Path) -> None:
     bindir = tmp_path / "bin"
     bindir.mkdir()
     for tool in ("dirname", "bash"):
-        os.symlink(shutil.which(tool), bindir / tool)  # type: ignore[arg-type]
+        found = shutil.which(tool)
+        assert found is not None, tool
+        os.symlink(found, bindir / tool)
     env = {"PATH": str(bindir), "HOME": str(tmp_path)}
     r = subprocess.run(["bash", str(RUN_TRAIN), "true"], env=env, capture_output=True,
                        text=True, timeout=60, cwd=tmp_path)

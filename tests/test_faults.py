@@ -16,10 +16,20 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import RUN_TRAIN, Bucket, assert_one_error_line, base_env, run_train
+from devtools.s3server import S3Server
+from tests.conftest import (
+    RUN_TRAIN,
+    Bucket,
+    assert_one_error_line,
+    base_env,
+    run_train,
+    stage,
+)
 from tests.faultproxy import FaultProxy
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+
+Tree = tuple[str, dict[str, bytes]]  # bucket name, path -> content
 
 
 def make_tree(n_small: int, large_mib: int, seed: int = 1) -> dict[str, bytes]:
@@ -39,14 +49,14 @@ def local_digests(root: Path) -> dict[str, str]:
             for p in root.rglob("*") if p.is_file() and not p.name.endswith(".bootstrap-tmp")}
 
 
-def env_via(proxy: FaultProxy, s3, home: Path, url: str, **extra: str) -> dict[str, str]:  # type: ignore[no-untyped-def]
+def env_via(proxy: FaultProxy, s3: S3Server, home: Path, url: str, **extra: str) -> dict[str, str]:
     return base_env(home, {**s3.env(), "AWS_ENDPOINT_URL": proxy.endpoint, "DLS_APP_URL": url,
                            "BOOTSTRAP_S3_READ_TIMEOUT": "1", "BOOTSTRAP_S3_CONNECT_TIMEOUT": "2",
                            **extra})
 
 
 @pytest.fixture(scope="module")
-def tree(s3) -> tuple[str, dict[str, bytes]]:  # type: ignore[no-untyped-def]
+def tree(s3: S3Server) -> Tree:
     client = s3.client()
     name = "faults-tree"
     client.create_bucket(Bucket=name)
@@ -55,7 +65,8 @@ def tree(s3) -> tuple[str, dict[str, bytes]]:  # type: ignore[no-untyped-def]
     return name, files
 
 
-def test_ten_percent_mixed_faults_still_give_an_exact_tree(s3, tree, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_ten_percent_mixed_faults_still_give_an_exact_tree(
+        s3: S3Server, tree: Tree, tmp_path: Path) -> None:
     name, files = tree
     ratios = []
     for attempt in range(2):  # a timing bound on a shared 2-core machine: measure twice
@@ -87,7 +98,8 @@ def test_ten_percent_mixed_faults_still_give_an_exact_tree(s3, tree, tmp_path: P
 
 
 @pytest.mark.parametrize("only", ["", "/code/"])
-def test_everything_failing_gives_up_in_bounded_time(s3, tree, tmp_path: Path, only: str) -> None:  # type: ignore[no-untyped-def]
+def test_everything_failing_gives_up_in_bounded_time(
+        s3: S3Server, tree: Tree, tmp_path: Path, only: str) -> None:
     name, _ = tree
     with FaultProxy(s3.endpoint, rate=1.0, kinds=("slowdown", "error500", "reset"),
                     only=only) as proxy:
@@ -105,7 +117,8 @@ def test_everything_failing_gives_up_in_bounded_time(s3, tree, tmp_path: Path, o
     assert leftovers == [], leftovers[:5]
 
 
-def test_a_stalled_connection_times_out_and_the_range_is_retried(s3, tree, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_a_stalled_connection_times_out_and_the_range_is_retried(
+        s3: S3Server, tree: Tree, tmp_path: Path) -> None:
     name, files = tree
     with FaultProxy(s3.endpoint, rate=0.5, seed=3, kinds=("stall",), only="model.bin",
                     stall=60) as proxy:
@@ -119,7 +132,8 @@ def test_a_stalled_connection_times_out_and_the_range_is_retried(s3, tree, tmp_p
     assert elapsed < 40, elapsed  # a hang would sit at the proxy's 60 s stall
 
 
-def test_uploads_under_faults_leave_only_complete_objects(s3, bucket: Bucket, home: Path,  # type: ignore[no-untyped-def]
+def test_uploads_under_faults_leave_only_complete_objects(
+        s3: S3Server, bucket: Bucket, home: Path,
                                                          tmp_path: Path) -> None:
     out = tmp_path / "out"
     out.mkdir()
@@ -151,7 +165,7 @@ def test_uploads_under_faults_leave_only_complete_objects(s3, bucket: Bucket, ho
 # --------------------------------------------------------------------------- crashes
 
 @pytest.fixture(scope="module")
-def crash_tree(s3) -> tuple[str, dict[str, bytes]]:  # type: ignore[no-untyped-def]
+def crash_tree(s3: S3Server) -> Tree:
     client = s3.client()
     name = "crash-tree"
     client.create_bucket(Bucket=name)
@@ -160,14 +174,16 @@ def crash_tree(s3) -> tuple[str, dict[str, bytes]]:  # type: ignore[no-untyped-d
     return name, files
 
 
-def test_sigkill_at_random_moments_then_rerun(s3, crash_tree, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_sigkill_at_random_moments_then_rerun(
+        s3: S3Server, crash_tree: Tree, tmp_path: Path) -> None:
     name, files = crash_tree
     want = digests(files)
     skipped_somewhere = False
     for seed in range(20):
         home = tmp_path / f"run{seed}"
         home.mkdir()
-        env = base_env(home, {**s3.env(), "DLS_APP_URL": f"s3://{name}/code/"})
+        env = base_env(home, {**s3.env(), "DLS_APP_URL": f"s3://{name}/code/",
+                              "BOOTSTRAP_LOG_FORMAT": "json"})
         proc = subprocess.Popen(["bash", str(RUN_TRAIN), "true"], env=env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                 start_new_session=True)
@@ -182,12 +198,13 @@ def test_sigkill_at_random_moments_then_rerun(s3, crash_tree, tmp_path: Path) ->
         assert r.returncode == 0, (seed, r.stderr)
         assert local_digests(code) == want, seed
         assert not list(code.rglob("*.bootstrap-tmp")), seed
-        skipped = int(r.stderr.split(" unchanged skipped")[0].rsplit(" ", 1)[1])
+        skipped = stage(r.stderr, "fetch")["skipped"]
         skipped_somewhere |= skipped > 0
     assert skipped_somewhere  # the manifest made some rerun skip finished files
 
 
-def test_sigterm_during_download_cleans_up_and_exits_143(s3, crash_tree, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_sigterm_during_download_cleans_up_and_exits_143(
+        s3: S3Server, crash_tree: Tree, tmp_path: Path) -> None:
     name, _ = crash_tree
     with FaultProxy(s3.endpoint, rate=1.0, kinds=("latency",), latency=0.5) as proxy:
         env = env_via(proxy, s3, tmp_path, f"s3://{name}/code/",
@@ -196,11 +213,14 @@ def test_sigterm_during_download_cleans_up_and_exits_143(s3, crash_tree, tmp_pat
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         code = tmp_path / "user-job-dir" / "code"
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and not (
-                code.exists() and list(code.rglob("*.bootstrap-tmp"))):
+        temporaries: list[Path] = []
+        while time.monotonic() < deadline and not temporaries:
+            temporaries = list(code.rglob("*.bootstrap-tmp")) if code.exists() else []
             time.sleep(0.05)
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=60)
+    # The signal landed mid-transfer (temporaries were there), so the clean-up is real.
+    assert temporaries, "no temporary file appeared before SIGTERM: the test proved nothing"
     assert proc.returncode == 143, err
     assert_one_error_line(err, "SIGTERM")
     assert list(code.rglob("*.bootstrap-tmp")) == []

@@ -11,21 +11,29 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import RUN_TRAIN, Bucket, assert_one_error_line, base_env, run_train
+from devtools.s3server import S3Server
+from tests.conftest import (
+    RUN_TRAIN,
+    Bucket,
+    assert_one_error_line,
+    base_env,
+    run_train,
+    stage,
+)
 from tests.hostile_s3 import HostileS3
 
 pytestmark = pytest.mark.timeout(300)
 
 
-def fetch_env(s3, home: Path, url: str, **extra: str) -> dict[str, str]:  # type: ignore[no-untyped-def]
+def fetch_env(s3: S3Server, home: Path, url: str, **extra: str) -> dict[str, str]:
     return base_env(home, {**s3.env(), "DLS_APP_URL": url, **extra})
 
 
-def own_files_only(home: Path) -> bool:
-    """Nothing but the bootstrap's own preflight report (it runs beside the download)."""
-    written = [p for p in home.rglob("*") if p.is_file()]
-    assert written in ([], [home / "user-job-dir" / "preflight.json"]), written
-    return True
+def files_besides_our_own(home: Path) -> list[Path]:
+    """What a failed fetch left under the home, besides the bootstrap's own preflight
+    report (it runs beside the download): a refused tree must leave nothing."""
+    return [p for p in home.rglob("*")
+            if p.is_file() and p != home / "user-job-dir" / "preflight.json"]
 
 
 def tree_digest(root: Path) -> dict[str, str]:
@@ -33,7 +41,7 @@ def tree_digest(root: Path) -> dict[str, str]:
             for p in root.rglob("*") if p.is_file()}
 
 
-def test_tree_lands_byte_for_byte(s3, bucket: Bucket, home: Path) -> None:  # type: ignore[no-untyped-def]
+def test_tree_lands_byte_for_byte(s3: S3Server, bucket: Bucket, home: Path) -> None:
     rng = random.Random(7)
     files = {
         "train.py": b"print('ok')\n",
@@ -46,7 +54,7 @@ def test_tree_lands_byte_for_byte(s3, bucket: Bucket, home: Path) -> None:  # ty
     bucket.put_tree(files, "new/")
     bucket.put("new/only-a-folder/")  # a directory marker
     env = fetch_env(s3, home, f"s3://{bucket.name}/new", BOOTSTRAP_RANGE_SIZE="65536",
-                    BOOTSTRAP_MULTIPART_THRESHOLD="131072")
+                    BOOTSTRAP_MULTIPART_THRESHOLD="131072", BOOTSTRAP_LOG_FORMAT="json")
     r = run_train(["python", "-c", "import os; print(os.getcwd())"], env)
     assert r.returncode == 0, r.stderr
     code = home / "user-job-dir" / "new"
@@ -54,29 +62,30 @@ def test_tree_lands_byte_for_byte(s3, bucket: Bucket, home: Path) -> None:  # ty
     assert tree_digest(code) == {k: hashlib.md5(v).hexdigest() for k, v in files.items()}
     assert (code / "only-a-folder").is_dir()
     assert not list(code.rglob("*.bootstrap-tmp"))
-    assert "1105 files" in r.stderr
+    assert stage(r.stderr, "fetch")["files"] == 1105
 
 
-def test_rerun_skips_unchanged_files(s3, bucket: Bucket, home: Path) -> None:  # type: ignore[no-untyped-def]
+def test_rerun_skips_unchanged_files(s3: S3Server, bucket: Bucket, home: Path) -> None:
     bucket.put_tree({f"f{i}.txt": os.urandom(100) for i in range(20)}, "code/")
-    env = fetch_env(s3, home, f"s3://{bucket.name}/code/")
+    env = fetch_env(s3, home, f"s3://{bucket.name}/code/", BOOTSTRAP_LOG_FORMAT="json")
     assert run_train(["true"], env).returncode == 0
     target = home / "user-job-dir" / "code" / "f3.txt"
     before = target.stat().st_mtime_ns
     bucket.put("code/f5.txt", b"changed")  # one object changes between runs
     r = run_train(["true"], env)
     assert r.returncode == 0, r.stderr
-    assert "1 files" in r.stderr and "19 unchanged skipped" in r.stderr
+    fetched = stage(r.stderr, "fetch")
+    assert (fetched["files"], fetched["skipped"], fetched["total_files"]) == (1, 19, 20)
     assert target.stat().st_mtime_ns == before
     assert (home / "user-job-dir" / "code" / "f5.txt").read_bytes() == b"changed"
     # A local edit invalidates the record: the file is fetched again.
     target.write_bytes(b"edited locally!!")
     r = run_train(["true"], env)
-    assert "1 files" in r.stderr, r.stderr
+    assert stage(r.stderr, "fetch")["files"] == 1, r.stderr
     assert len(target.read_bytes()) == 100
 
 
-def test_bucket_root_lands_in_bucket_name(s3, bucket: Bucket, home: Path) -> None:  # type: ignore[no-untyped-def]
+def test_bucket_root_lands_in_bucket_name(s3: S3Server, bucket: Bucket, home: Path) -> None:
     bucket.put("a.py", b"x")
     r = run_train(["true"], fetch_env(s3, home, f"obs://{bucket.name}"))
     assert r.returncode == 0, r.stderr
@@ -90,7 +99,7 @@ def test_bucket_root_lands_in_bucket_name(s3, bucket: Bucket, home: Path) -> Non
     ("wrong-key", "access key id is not known"),
     ("refused", "cannot connect"),
 ])
-def test_download_errors_exit_127_with_one_line(s3, bucket: Bucket, home: Path, case: str,  # type: ignore[no-untyped-def]
+def test_download_errors_exit_127_with_one_line(s3: S3Server, bucket: Bucket, home: Path, case: str,
                                                 needle: str) -> None:
     bucket.put("other/x.py", b"x")
     env = fetch_env(s3, home, f"s3://{bucket.name}/code/", BOOTSTRAP_RETRY_ATTEMPTS="2")
@@ -117,10 +126,10 @@ def test_traversal_keys_from_a_hostile_server(home: Path, key: str) -> None:
         r = run_train(["true"], env)
     assert r.returncode == 127
     assert_one_error_line(r.stderr, "refusing object key")
-    assert own_files_only(home)
+    assert files_besides_our_own(home) == []
 
 
-def test_symlink_in_destination_is_not_followed(s3, bucket: Bucket, home: Path,  # type: ignore[no-untyped-def]
+def test_symlink_in_destination_is_not_followed(s3: S3Server, bucket: Bucket, home: Path,
                                                 tmp_path: Path) -> None:
     outside = tmp_path / "outside"
     outside.mkdir()
@@ -188,7 +197,7 @@ def test_more_hostile_listings(home: Path, objects: dict[str, bytes], needle: st
         r = run_train(["true"], base_env(home, {**HOSTILE_ENV, "AWS_ENDPOINT_URL": srv.endpoint}))
     assert r.returncode == 127
     assert_one_error_line(r.stderr, needle)
-    assert own_files_only(home)
+    assert files_besides_our_own(home) == []
 
 
 def test_body_longer_than_listing(home: Path) -> None:

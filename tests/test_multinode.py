@@ -8,15 +8,14 @@ import random
 import subprocess
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import pytest
 
 from devtools.s3server import S3Server
-from tests.conftest import RUN_TRAIN, assert_one_error_line, base_env
+from tests.conftest import RUN_TRAIN, assert_one_error_line, base_env, stage
 from tests.netns import Hosts, LoopbackHosts, namespaces_available
 
 pytestmark = [pytest.mark.multinode, pytest.mark.timeout(600)]
@@ -79,10 +78,15 @@ def new_contract(lab: Lab, n: int, port: int) -> Callable[[int], dict[str, str]]
 
 def run_job(lab: Lab, tmp: Path, n: int, argv: list[str],
             contract: Callable[[int], dict[str, str]], extra: Mapping[str, str] = {},
-            timeout: float = 240, during: Callable[[], None] | None = None) -> list[NodeResult]:
+            timeout: float = 240, during: Callable[[], None] | None = None,
+            before: Callable[[], None] | None = None) -> list[NodeResult]:
+    """Starts nodes 0..n-1 of a job and waits for them; ``before`` runs once the hosts
+    files are written and before any node starts, ``during`` right after they start."""
     for i in range(lab.hosts.n):
         if lab.hosts.real:
             lab.hosts.write_hosts(i, range(lab.hosts.n))
+    if before is not None:
+        before()
     procs = []
     homes = []
     for i in range(n):
@@ -194,26 +198,25 @@ def test_peer_that_resolves_late_still_starts(lab: Lab, tmp_path: Path) -> None:
     if not lab.hosts.real:
         pytest.skip("needs per-node hosts files")
 
-    def hide_then_reveal() -> None:
+    def hide() -> None:  # before any node starts: node-0 cannot resolve node-1 yet
+        lab.hosts.write_hosts(0, [0])
+
+    def reveal_later() -> None:
         def later() -> None:
             time.sleep(4)
             lab.hosts.add_host(0, 1)
 
         threading.Thread(target=later, daemon=True).start()
 
-    lab.hosts.write_hosts(0, [0])  # node-0 cannot resolve node-1 yet
-    p = port()
-    contract = old_contract(lab, 2, p)
-
-    # run_job rewrites the hosts files first: hide node-1 from node-0 in `during` instead.
-    def during() -> None:
-        lab.hosts.write_hosts(0, [0])
-        hide_then_reveal()
-
+    contract = old_contract(lab, 2, port())
     results = run_job(lab, tmp_path, 2, ["python", "allreduce.py"], contract,
-                      extra={"BOOTSTRAP_PEER_TIMEOUT": "60"}, during=during)
+                      extra={"BOOTSTRAP_PEER_TIMEOUT": "60", "BOOTSTRAP_LOG_FORMAT": "json"},
+                      before=hide, during=reveal_later)
     assert_all_ok(results, 2)
-    assert "stage peers" in results[0].err
+    waited = stage(results[0].err, "peers")
+    # Node 0 really waited for the late name (the reveal comes 4 s after the start),
+    # and got it: the test exercised the wait, not a name that was there all along.
+    assert waited["seconds"] >= 3.0 and waited["resolved"] == 1, waited
 
 
 def test_peer_that_never_resolves_fails_within_the_timeout(lab: Lab, tmp_path: Path) -> None:

@@ -16,7 +16,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import RUN_TRAIN, Bucket, assert_one_error_line, base_env, run_train
+from devtools.s3server import S3Server
+from tests.conftest import (
+    RUN_TRAIN,
+    Bucket,
+    assert_one_error_line,
+    base_env,
+    log_records,
+    run_train,
+)
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -59,7 +67,7 @@ def keys(bucket: Bucket, prefix: str) -> dict[str, bytes]:
             for o in resp.get("Contents", [])}
 
 
-def test_sigterm_is_forwarded_and_the_checkpoint_uploaded(s3, bucket: Bucket, home: Path,  # type: ignore[no-untyped-def]
+def test_sigterm_is_forwarded_and_the_checkpoint_uploaded(s3: S3Server, bucket: Bucket, home: Path,
                                                           tmp_path: Path) -> None:
     env = base_env(home, {**s3.env(), "BOOTSTRAP_OUTPUT_DIR": str(tmp_path / "out"),
                           "DLS_TRAIN_URL": f"s3://{bucket.name}/train/"})
@@ -162,7 +170,7 @@ print("forwarded", got == [signal.SIGUSR2], flush=True)
     assert "zombies 0" in r.stdout and "forwarded True" in r.stdout
 
 
-def test_periodic_sync_uploads_complete_changed_files(s3, bucket: Bucket, home: Path,  # type: ignore[no-untyped-def]
+def test_periodic_sync_uploads_complete_changed_files(s3: S3Server, bucket: Bucket, home: Path,
                                                       tmp_path: Path) -> None:
     out = tmp_path / "out"
     script = r'''
@@ -177,7 +185,8 @@ print("done", flush=True)
 '''
     env = base_env(home, {**s3.env(), "BOOTSTRAP_OUTPUT_DIR": str(out),
                           "DLS_TRAIN_URL": f"s3://{bucket.name}/run1/",
-                          "BOOTSTRAP_SYNC_INTERVAL": "1", "BOOTSTRAP_SYNC_SETTLE_SECONDS": "1"})
+                          "BOOTSTRAP_SYNC_INTERVAL": "1", "BOOTSTRAP_SYNC_SETTLE_SECONDS": "1",
+                          "BOOTSTRAP_LOG_FORMAT": "json"})
     proc = start(["python", "-c", script], env)
     seen_mid_run: dict[str, bytes] = {}
     deadline = time.monotonic() + 60
@@ -191,17 +200,19 @@ print("done", flush=True)
         seen_mid_run["run1/growing.log"].endswith(b"\n")
     final = keys(bucket, "run1/")
     assert final["run1/growing.log"] == "".join(f"line {i}\n" for i in range(30)).encode()
-    rounds = [line for line in err.splitlines() if "run_train: output sync: " in line]
+    records = log_records(err)
+    rounds = [r for r in records if r.get("sync") == "periodic"]
     # The first round that sends anything sends ckpt-1 alone (an earlier round may find
     # it younger than the settle time: that depends on how fast the command started).
-    sending = [line for line in rounds if "output sync: 0 files" not in line]
-    assert "output sync: 1 files" in sending[0], rounds
-    assert any("0 files" in line and "1 unchanged" in line for line in rounds[1:]), rounds
-    assert any("1 still being written" in line for line in rounds), rounds
-    assert "output sync (final)" in err
+    sending = [r for r in rounds if r["files"] > 0]
+    assert sending[0]["files"] == 1, rounds
+    assert any(r["files"] == 0 and r["unchanged"] == 1 for r in rounds[1:]), rounds
+    assert any(r["settling"] == 1 for r in rounds), rounds
+    assert [r["sync"] for r in records if "sync" in r][-1] == "final"
 
 
-def test_final_sync_runs_after_a_crash(s3, bucket: Bucket, home: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_final_sync_runs_after_a_crash(s3: S3Server, bucket: Bucket, home: Path,
+                                       tmp_path: Path) -> None:
     out = tmp_path / "out"
     big = os.urandom(6 * 2**20 + 123)  # multipart with the small part size below
     blob = tmp_path / "blob"
@@ -226,7 +237,8 @@ def test_output_dir_without_train_url_is_a_config_error(home: Path, tmp_path: Pa
     assert_one_error_line(r.stderr, "DLS_TRAIN_URL")
 
 
-def test_log_upload_like_the_original(s3, bucket: Bucket, home: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_log_upload_like_the_original(s3: S3Server, bucket: Bucket, home: Path,
+                                      tmp_path: Path) -> None:
     log = tmp_path / "dls-task-0.log"
     env = base_env(home, {**s3.env(), "DLS_USE_UPLOADER": "true", "BOOTSTRAP_LOG_FILE": str(log),
                           "DLS_UPLOAD_LOG_OBS_DIR": f"s3://{bucket.name}/logs/"})
@@ -239,7 +251,7 @@ def test_log_upload_like_the_original(s3, bucket: Bucket, home: Path, tmp_path: 
     assert "log upload failed" in r.stderr
 
 
-def test_sync_command_both_ways_and_once_per_node(s3, bucket: Bucket, home: Path,  # type: ignore[no-untyped-def]
+def test_sync_command_both_ways_and_once_per_node(s3: S3Server, bucket: Bucket, home: Path,
                                                   tmp_path: Path) -> None:
     src = tmp_path / "src"
     (src / "a" / "b").mkdir(parents=True)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from devtools.s3server import S3Server
 from tests.conftest import REPO, RUN_TRAIN, Bucket, base_env
 
 UID = 1101
@@ -58,7 +59,7 @@ def top() -> Iterator[Path]:
 
 
 @pytest.mark.parametrize("cache", ["absent", "read-only"])
-def test_single_node_job_as_uid_1101(s3, bucket: Bucket, venv: Path, top: Path,  # type: ignore[no-untyped-def]
+def test_single_node_job_as_uid_1101(s3: S3Server, bucket: Bucket, venv: Path, top: Path,
                                      cache: str) -> None:
     files = {"train.py": b"import os; print('uid', os.getuid(), 'tmp', os.environ.get('TMPDIR'))\n",
              "data/blob.bin": os.urandom(3 * 2**20)}

@@ -43,19 +43,20 @@ def wait_for_names(peers: Sequence[Member], timeout: float, log: Log,
     stop = stop or threading.Event()
     addresses: dict[str, str] = {}
     pending = sorted({n.host for n in peers})
-    last_report = [time.monotonic()]
+    last_report = time.monotonic()
 
     def attempt() -> list[str]:
+        nonlocal last_report
         for host in list(pending):
             addr = resolve(host)
             if addr is not None:
                 addresses[host] = addr
                 pending.remove(host)
         now = time.monotonic()
-        if pending and now - last_report[0] >= report_every:
+        if pending and now - last_report >= report_every:
             log.info(f"peers: waiting for DNS of {len(pending)}: {', '.join(pending[:8])}"
                      + (" ..." if len(pending) > 8 else ""))
-            last_report[0] = now
+            last_report = now
         return pending
 
     def sleep(seconds: float) -> None:

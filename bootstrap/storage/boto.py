@@ -17,8 +17,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any, Callable, TypeVar
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import retry
 from .errors import StorageError

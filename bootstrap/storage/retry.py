@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Awaitable
-from typing import Callable, Optional, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import Optional, TypeVar
 
 from .errors import StorageError, TransientError
 
@@ -62,9 +62,12 @@ class Policy:
     """Attempts and deadline for one request; :meth:`wait` says how long to sleep
     before the next try, or None to give up (re-raise)."""
 
-    def __init__(self, attempts: int, deadline: float) -> None:
+    def __init__(self, attempts: int, deadline: float,
+                 clock: Callable[[], float] = time.monotonic,
+                 rng: Callable[[], float] = random.random) -> None:
         self.attempts, self.deadline = attempts, deadline
-        self.started = time.monotonic()
+        self._clock, self._rng = clock, rng  # injectable: the schedule is unit-tested
+        self.started = clock()
         self.tried = 0
 
     def wait(self, exc: BaseException) -> Optional[float]:
@@ -75,8 +78,8 @@ class Policy:
         limit = self.attempts * (THROTTLE_PATIENCE if throttled else 1)
         if self.tried >= limit:
             return None
-        pause = backoff(self.tried, throttled)
-        if time.monotonic() + pause - self.started > self.deadline:
+        pause = backoff(self.tried, throttled, self._rng)
+        if self._clock() + pause - self.started > self.deadline:
             return None
         return pause
 

@@ -7,7 +7,7 @@ empty *file* ``new/empty-dir``, and a console-made marker beside its children lo
 like a file/folder clash), and one key it does not accept as a path (``a//b``,
 ``./x``, a control character) fails the whole listing without naming the key. A
 listing is one request per 1,000 keys, never the hot path, so it is read here,
-verbatim, and every key is judged by :mod:`bootstrap.paths` with a message that
+verbatim, and every key is judged by :mod:`bootstrap.transfer.paths` with a message that
 names it. Nor boto3: ~200 ms of import and client creation on every job's start.
 
 Why large objects' ranges come here too: measured on 4 x 64 MiB, obstore's streamed
@@ -28,8 +28,8 @@ import http.client
 import os
 import socket
 import ssl
-from collections.abc import Mapping
-from typing import Callable, Optional
+from collections.abc import Callable, Mapping
+from typing import Optional
 from urllib.parse import quote, urlsplit
 
 from ..config.storage import Credentials, Endpoint
@@ -51,7 +51,7 @@ def tls_context(endpoint: Endpoint) -> ssl.SSLContext:
     return context
 
 
-class Lister:
+class SignedClient:
     """Signed GETs over kept-alive connections, one per thread: listing pages, and
     byte ranges read straight into a file (:meth:`read_range_into`)."""
 
@@ -100,7 +100,7 @@ class Lister:
     def _headers(self, host_header: str, path: str, query: str,
                  extra: Mapping[str, str]) -> dict[str, str]:
         """AWS Signature Version 4 for a GET with an empty, unsigned payload."""
-        now = datetime.datetime.now(datetime.timezone.utc)
+        now = datetime.datetime.now(datetime.UTC)
         amz_date = now.strftime("%Y%m%dT%H%M%SZ")
         day = amz_date[:8]
         region = self.endpoint.region

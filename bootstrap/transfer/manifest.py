@@ -14,16 +14,18 @@ import json
 import os
 import threading
 from pathlib import Path
-from typing import Optional
+from typing import Optional, TextIO
 
 
 class Manifest:
+    """The record for one destination: :meth:`unchanged` asks, :meth:`record` tells."""
+
     def __init__(self, path: Path, source: str) -> None:
         self.path = path
         self.source = source
         self._entries: dict[str, tuple[int, str, int]] = {}
         self._lock = threading.Lock()
-        self._fh: Optional[object] = None
+        self._fh: Optional[TextIO] = None
         self._load()
 
     def _load(self) -> None:
@@ -73,11 +75,11 @@ class Manifest:
         with self._lock:
             self._entries[rel] = (size, etag, mtime)
             if self._fh is not None:
-                self._fh.write(line)  # type: ignore[attr-defined]
-                self._fh.flush()  # type: ignore[attr-defined]
+                self._fh.write(line)
+                self._fh.flush()
 
     def close(self) -> None:
         with self._lock:
             if self._fh is not None:
-                self._fh.close()  # type: ignore[attr-defined]
+                self._fh.close()
                 self._fh = None

@@ -54,13 +54,14 @@ class OutputSync:
         self.src.mkdir(parents=True, exist_ok=True)
         self.state = SyncState.load(state_file)
 
-    def _sync(self, settle: float) -> str:
+    def _sync(self, settle: float, round_name: str) -> None:
         from .upload import sync_tree
 
         with self._lock:
             stats = sync_tree(self.src, self.dest, self.transfer, self.log, self.state,
                               settle=settle)
-        return stats.summary()
+        self.log.info(f"output sync{round_name}: {stats.summary()} -> {self.dest.url}",
+                      sync="final" if round_name else "periodic", **stats.fields())
 
     def start_periodic(self) -> None:
         interval = self.settings.sync_interval
@@ -70,8 +71,7 @@ class OutputSync:
         def loop() -> None:
             while not self._stop.wait(interval):
                 try:
-                    summary = self._sync(self.settings.sync_settle)
-                    self.log.info(f"output sync: {summary} -> {self.dest.url}")
+                    self._sync(self.settings.sync_settle, "")
                 except BootstrapError as exc:  # the final sync retries; the job goes on
                     self.log.warn(f"periodic output sync failed: {exc.message}")
 
@@ -83,12 +83,11 @@ class OutputSync:
         if self._thread is not None:
             self._thread.join()
         try:
-            summary = self._sync(0.0)
+            self._sync(0.0, " (final)")
         except BootstrapError as exc:
             self.log.error(f"final output sync failed, outputs are only in {self.src}: "
                            f"{exc.message}")
             return False
-        self.log.info(f"output sync (final): {summary} -> {self.dest.url}")
         return True
 
 

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
 from ..config.settings import Transfer
-from ..errors import BootstrapError, DownloadError
+from ..errors import BootstrapError, UploadError
 from ..log import Log
 from ..storage import retry
 from ..storage.errors import TransientError, explain
@@ -51,12 +51,6 @@ PART_STREAMS = 8  # parts in flight per file; each is held whole (its SHA-256 is
 # 4 x 64 MiB, with 85 instead of 130 MiB peak RSS
 UPLOAD_MEMORY_SHARE = 4  # uploads run beside the training: a quarter of the budget
 _ETAG = re.compile(r"^[0-9a-f]{32}(-\d+)?$")
-
-
-class UploadError(BootstrapError):
-    """An upload failed; same exit code as a failed download (127), its own message."""
-
-    exit_code = DownloadError.exit_code
 
 
 @dataclass
@@ -94,6 +88,11 @@ class UploadStats:
     retries: int = 0
     seconds: float = 0.0
 
+    def fields(self) -> dict[str, int]:
+        """The counts as JSON log fields."""
+        return {"files": self.files, "bytes": self.bytes, "unchanged": self.unchanged,
+                "settling": self.settling}
+
     def summary(self) -> str:
         return (f"{self.files} files, {self.bytes / 2**20:.1f} MiB uploaded, {self.unchanged} "
                 f"unchanged, {self.settling} still being written")
@@ -110,7 +109,7 @@ class Uploader:
 
     def __init__(self, store: Store, dest: Location, settings: Transfer,
                  stats: UploadStats) -> None:
-        from .fetch import ByteBudget
+        from .loop import ByteBudget
 
         self.store, self.dest, self.settings, self.stats = store, dest, settings, stats
         self.memory = max(settings.memory // UPLOAD_MEMORY_SHARE, MIN_PART)
@@ -208,13 +207,13 @@ def _transfer(dest: Location, settings: Transfer, work: Any) -> None:
     """Opens the store for ``dest`` and runs ``work(store)`` (a coroutine function) to
     the end; every failure becomes an :class:`UploadError` with one line."""
     from ..storage.base import credentials, open_store
-    from .fetch import _run_stoppable
+    from .loop import run_stoppable
 
     endpoint = settings.endpoint
     try:
         store = open_store(settings, credentials(settings), dest.bucket)
         try:
-            _run_stoppable(work(store))
+            run_stoppable(work(store))
         finally:
             store.close()
     except BootstrapError:

@@ -5,7 +5,7 @@
 # with DLS_APP_URL pointing at it, then stops the server. BOOTSTRAP_DEMO_NODES=2 runs
 # the same job as two local nodes.
 set -euo pipefail
-cd "$(dirname "$0")/.."
-bash scripts/setup-dev.sh
+cd "$(dirname "$0")/../.."
+bash scripts/dev/setup-dev.sh demo
 export PATH="$PWD/.venv/bin:$PATH"
 exec python -m devtools.demo "$@"

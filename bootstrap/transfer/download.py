@@ -1,0 +1,481 @@
+"""The download engine: an object-store prefix to a local tree, in parallel, atomically.
+
+Contract (each point is tested):
+
+* Listing is paginated ListObjectsV2 (:mod:`bootstrap.transfer.listing`, over
+  :mod:`bootstrap.storage.signed`); a listing that repeats a continuation token or
+  a key, or exceeds ``BOOTSTRAP_MAX_FILES``, is refused rather than followed forever.
+* Transfers go through one :class:`~bootstrap.storage.base.Store` (native obstore,
+  else boto3) from one event loop: up to ``BOOTSTRAP_DOWNLOAD_WORKERS`` requests in
+  flight (hundreds: a store tens of milliseconds away needs them), and never more
+  than ``BOOTSTRAP_TRANSFER_MEMORY_MB`` of object bytes held in memory at once.
+* Objects smaller than the multipart threshold are one GET each, verified in memory
+  (size always, MD5 when the ETag is a plain MD5) before a byte is written. Larger
+  ones are split into byte ranges (at most ``RANGE_STREAMS`` at once, on threads,
+  read into reused buffers: measured faster than the native library's streams)
+  written in place with ``pwrite`` and hashed in order as the contiguous prefix
+  grows. A range answer is accepted when its Content-Range is the one asked for,
+  whatever its 2xx status (``rclone serve s3`` answers 200); a server that ignores
+  Range has its large objects streamed whole instead, never written at the wrong
+  offsets.
+* Every file lands under a hidden temporary name beside its destination and is
+  renamed into place only once verified. A killed or failed run never leaves a
+  truncated file under a final name; temporaries of a killed run are swept by the
+  next one. SIGTERM/SIGINT/SIGHUP stop the transfers, remove the temporaries and
+  surface as :class:`~bootstrap.errors.Terminated`.
+* Transient failures are retried (:mod:`bootstrap.storage.retry`); anything else
+  becomes a :class:`DownloadError` with one line saying what to fix (exit 127).
+* A rerun skips files whose size and ETag match the manifest.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import secrets
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional
+
+from ..errors import DownloadError
+from ..log import Log
+from ..storage import retry
+from ..storage.errors import StorageError, TransientError
+from .listing import RemoteObject
+from .location import Location
+from .loop import ByteBudget, run_stoppable
+from .manifest import Manifest
+from .paths import SafeDirs
+
+if TYPE_CHECKING:
+    from ..config.settings import Transfer
+    from ..storage.base import Store
+    from ..storage.signed import SignedClient
+
+RANGE_STREAMS = 8  # concurrent ranged GETs of large objects (measured: 8 beat 32)
+CHUNK = 1 << 20  # each range thread's buffer
+STREAM_BYTES = CHUNK  # what one range stream holds in memory
+TMP_SUFFIX = ".bootstrap-tmp"
+
+
+@dataclass
+class Stats:
+    files: int = 0
+    bytes: int = 0
+    skipped: int = 0
+    total_files: int = 0
+    total_bytes: int = 0
+    retries: int = 0
+    seconds: float = 0.0
+    backend: str = ""
+
+    def fields(self) -> dict[str, int]:
+        """The counts as JSON log fields (what tests and log pipelines read)."""
+        return {"files": self.files, "bytes": self.bytes, "skipped": self.skipped,
+                "total_files": self.total_files, "retries": self.retries}
+
+    def summary(self) -> str:
+        rate = self.bytes / self.seconds / 2**20 if self.seconds > 0 else 0.0
+        return (f"{self.files} files, {self.bytes / 2**20:.1f} MiB fetched, "
+                f"{self.skipped} unchanged skipped, {rate:.1f} MiB/s, {self.retries} retries"
+                + (f", via {self.backend}" if self.backend else ""))
+
+
+@dataclass
+class _LargeFile:
+    """One object fetched as ranges: its temporary file and the in-order MD5.
+
+    Ranges finish out of order; whichever range completes the stretch that continues
+    the hashed prefix hashes it forward (see :meth:`Engine._advance`), so by the last
+    range only its own tail is left to hash, not the whole object.
+    """
+
+    obj: RemoteObject
+    remaining: int
+    tmp: Optional[str] = None  # created by the first range to start
+    digest: Any = None
+    hashed: int = 0  # bytes [0, hashed) are in the digest
+    done: dict[int, int] = field(default_factory=dict)  # written, not yet hashed: start -> end
+    hashing: bool = False
+    finished: bool = False
+    streamed: bool = False  # the server cannot do ranges: fetched whole instead
+    failed: bool = False
+
+
+class Engine:
+    """Runs the planned transfers on one event loop in the calling thread; see the
+    module's contract."""
+
+    def __init__(self, store: Store, ranges: SignedClient, location: Location, dest: Path,
+                 settings: Transfer, log: Log, manifest: Manifest) -> None:
+
+        self.store = store
+        self.ranges = ranges  # ranged GETs of large objects (threads, reused buffers)
+        self.location = location
+        self.dest = dest
+        self.settings = settings
+        self.log = log
+        self.manifest = manifest
+        self.dirs = SafeDirs(dest)
+        self.stats = Stats(backend=store.backend)
+        self._ranges: deque[tuple[_LargeFile, int, int]] = deque()
+        self._smalls: deque[RemoteObject] = deque()
+        self._temps: set[str] = set()  # every temporary that may exist: removed on the way out
+        self._can_range = True
+        self._dest = str(dest)
+        self._serial = 0
+        self._tag = secrets.token_hex(4)
+        self._local = threading.local()  # each range thread's reused buffer
+        self._stopping = False  # set on the way out: range threads stop at their next chunk
+
+    # -- planning
+    def plan(self, objects: list[RemoteObject], folders: list[str]) -> None:
+        for obj in objects:
+            self.stats.total_files += 1
+            self.stats.total_bytes += obj.size
+            if self.manifest.unchanged(obj.rel, obj.size, obj.etag, self.dest / obj.rel):
+                self.stats.skipped += 1
+            elif obj.size >= self.settings.multipart_threshold:
+                size = self.settings.range_size
+                state = _LargeFile(obj, remaining=-(-obj.size // size))
+                self._ranges.extend((state, s, min(s + size, obj.size))
+                                    for s in range(0, obj.size, size))
+            else:
+                self._smalls.append(obj)
+        for rel in folders:
+            self.dirs.ensure(rel)
+
+    # -- temporaries and commits
+    def _new_temp(self, obj: RemoteObject) -> tuple[str, int]:
+        """A new hidden temporary beside ``obj``'s destination, open for writing."""
+        self.dirs.ensure(obj.rel.rpartition("/")[0])
+        tmp = self._temp_name(obj)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        return tmp, fd
+
+    def _drop_temp(self, tmp: str) -> None:
+        self._temps.discard(tmp)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+    def _commit(self, obj: RemoteObject, tmp: str) -> None:
+        final = self.dest / obj.rel
+        os.chmod(tmp, 0o644)
+        try:
+            os.replace(tmp, final)  # rename(2) replaces a symlink, never follows it
+        except IsADirectoryError:
+            self._drop_temp(tmp)
+            raise DownloadError(f"{final} is a folder but the bucket holds a file of that "
+                                "name; remove it and rerun") from None
+        self._temps.discard(tmp)
+        self.manifest.record(obj.rel, obj.size, obj.etag, final)
+        self.stats.files += 1
+
+    def _on_retry(self, exc: BaseException) -> None:
+        self.stats.retries += 1
+
+    async def _retrying(self, fn: Any) -> Any:
+        return await retry.call_async(fn, self.settings.retry_attempts,
+                                      self.settings.retry_deadline, self._on_retry)
+
+    # -- whole objects
+    async def _fetch_small(self, obj: RemoteObject) -> None:
+        import asyncio
+
+        tmp = self._temp_name(obj)
+
+        async def attempt() -> None:
+            # An empty object needs no request: the listing already says all of it.
+            data = await self.store.get(obj.key, obj.size) if obj.size else memoryview(b"")
+            self.stats.bytes += len(data)
+            if len(data) < 1 << 20:
+                self._land(obj, data, tmp)
+            else:  # hashing a large buffer would stall the loop: a thread, GIL released
+                await asyncio.to_thread(self._land, obj, data, tmp)
+
+        await self._budget.acquire(obj.size)
+        try:
+            await self._retrying(attempt)
+        except BaseException:
+            self._drop_temp(tmp)
+            raise
+        finally:
+            await self._budget.release(obj.size)
+        self._temps.discard(tmp)
+        self.stats.files += 1
+
+    def _temp_name(self, obj: RemoteObject) -> str:
+        """A hidden temporary name beside ``obj``'s destination, known to the cleanup
+        before anything is created under it."""
+        self._serial += 1
+        parent = obj.rel.rpartition("/")[0]
+        tmp = os.path.join(self._dest, parent, f".{self._serial:x}-{self._tag}{TMP_SUFFIX}")
+        self._temps.add(tmp)
+        return tmp
+
+    def _land(self, obj: RemoteObject, data: memoryview, tmp: str) -> None:
+        """Verify, write, rename, record: on the loop's thread for small objects. Handing
+        each file to a worker thread was measured slower here (2,000 files: 3.0 s
+        instead of 1.5 s, mostly futex system time), although creating a file is the
+        costliest call of the lot (~0.35 ms in this sandbox)."""
+        _verify(obj, data)
+        self.dirs.ensure(obj.rel.rpartition("/")[0])
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            _write_all(fd, data)
+            os.fchmod(fd, 0o644)
+        finally:
+            os.close(fd)
+        final = os.path.join(self._dest, obj.rel)
+        try:
+            os.replace(tmp, final)  # rename(2) replaces a symlink, never follows it
+        except IsADirectoryError:
+            raise DownloadError(f"{final} is a folder but the bucket holds a file of that "
+                                "name; remove it and rerun") from None
+        self.manifest.record(obj.rel, obj.size, obj.etag, Path(final))
+
+    # -- large objects
+    async def _fetch_range(self, state: _LargeFile, start: int, end: int) -> None:
+        if state.failed or state.streamed:
+            return
+        if not self._can_range:
+            await self._stream_whole(state)
+            return
+        if state.tmp is None:  # the first range to start creates the file (no await yet)
+            state.tmp, fd = self._new_temp(state.obj)
+            os.ftruncate(fd, state.obj.size)
+            os.close(fd)
+            state.digest = hashlib.md5(usedforsecurity=False) if state.obj.md5 else None
+        tmp = state.tmp
+        async with self._range_slots:
+            await self._budget.acquire(STREAM_BYTES)
+            try:
+                try:
+                    await self._retrying(lambda: self._get_range(state, tmp, start, end))
+                except StorageError as exc:
+                    if exc.kind != "not_partial":
+                        raise
+                    if self._can_range:
+                        self._can_range = False  # this server cannot: stream them whole
+                        self.log.info(f"fetch: {exc.message}; large objects are streamed "
+                                      "whole")
+                    await self._stream_whole(state)
+                    return
+            except BaseException:
+                state.failed = True
+                self._drop_temp(tmp)
+                raise
+            finally:
+                await self._budget.release(STREAM_BYTES)
+        if state.failed or state.streamed:
+            return
+        state.remaining -= 1
+        state.done[start] = end
+        await self._advance(state)
+
+    async def _get_range(self, state: _LargeFile, tmp: str, start: int, end: int) -> None:
+        """Bytes ``[start, end)`` into place, on a range thread (see
+        :meth:`~bootstrap.storage.signed.SignedClient.read_range_into` for why not the store)."""
+        import asyncio
+
+        def work() -> int:
+            try:
+                fd = os.open(tmp, os.O_WRONLY)
+            except FileNotFoundError:
+                if gave_up():
+                    return 0  # another range gave this file up meanwhile
+                raise
+            try:
+                buf = getattr(self._local, "buf", None)
+                if buf is None:
+                    buf = self._local.buf = memoryview(bytearray(CHUNK))
+                return self.ranges.read_range_into(self.location.bucket, state.obj.key, start,
+                                                   end, fd, buf, gave_up)
+            finally:
+                os.close(fd)
+
+        def gave_up() -> bool:
+            return state.failed or state.streamed or self._stopping
+
+        got = await asyncio.get_running_loop().run_in_executor(self._range_pool, work)
+        self.stats.bytes += got
+        if got != end - start and not gave_up():
+            raise TransientError(f"range {start}-{end - 1} of {state.obj.key!r}: received "
+                                 f"{got} of {end - start} bytes")
+
+    async def _advance(self, state: _LargeFile) -> None:
+        """Hashes the file forward over every finished range that continues the hashed
+        prefix (reading back from the page cache, in a thread), one hasher at a time;
+        the object is finished once every range is written and hashed."""
+        import asyncio
+
+        if state.digest is not None and not state.hashing:
+            state.hashing = True
+            try:
+                while (end := state.done.pop(state.hashed, None)) is not None:
+                    await asyncio.to_thread(_hash_file, state.tmp, state.digest,
+                                            state.hashed, end)
+                    state.hashed = end
+            finally:
+                state.hashing = False
+        hashed = state.digest is None or state.hashed == state.obj.size
+        if state.remaining == 0 and hashed and not state.finished and not state.failed:
+            state.finished = True
+            self._finish_large(state)
+
+    async def _stream_whole(self, state: _LargeFile) -> None:
+        """The object in one streamed GET (a server without proper ranges)."""
+        import asyncio
+
+        if state.streamed:
+            return
+        state.streamed = True
+        if state.tmp is not None:
+            self._drop_temp(state.tmp)
+        obj = state.obj
+
+        async def get() -> str:
+            tmp, fd = self._new_temp(obj)
+            digest = hashlib.md5(usedforsecurity=False) if obj.md5 else None
+            got = 0
+            try:
+                async for chunk in self.store.get_chunks(obj.key):
+                    await asyncio.to_thread(_write_hash, fd, chunk, digest)
+                    got += len(chunk)
+                    self.stats.bytes += len(chunk)
+                    if got > obj.size:
+                        break
+                _check(obj, got, digest)
+            except BaseException:
+                os.close(fd)
+                self._drop_temp(tmp)
+                raise
+            os.close(fd)
+            return tmp
+
+        self._commit(obj, await self._retrying(get))
+
+    def _finish_large(self, state: _LargeFile) -> None:
+        obj, tmp = state.obj, state.tmp
+        assert tmp is not None
+        try:
+            _check(obj, os.path.getsize(tmp), state.digest)
+        except TransientError as exc:
+            self._drop_temp(tmp)
+            raise DownloadError(f"{exc}; the object store serves a broken object: check "
+                                "it, or upload it again") from None
+        self._commit(obj, tmp)
+
+    # -- running
+    async def _worker(self) -> None:
+        while True:
+            if self._ranges:
+                state, start, end = self._ranges.popleft()
+                await self._fetch_range(state, start, end)
+            elif self._smalls:
+                await self._fetch_small(self._smalls.popleft())
+            else:
+                return
+
+    async def _progress(self, started: float, every: float) -> None:
+        import asyncio
+
+        while True:
+            await asyncio.sleep(every)
+            s = self.stats
+            elapsed = time.monotonic() - started
+            todo = max(s.total_bytes - s.bytes, 0)
+            rate = s.bytes / elapsed if elapsed > 0 else 0.0
+            eta = f"{todo / rate:.0f} s" if rate > 0 else "?"
+            self.log.info(f"fetch: {s.files + s.skipped}/{s.total_files} files, "
+                          f"{s.bytes / 2**20:.0f}/{s.total_bytes / 2**20:.0f} MiB, "
+                          f"{rate / 2**20:.1f} MiB/s, ETA {eta}")
+
+    async def _main(self, progress_every: float) -> None:
+        import asyncio
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._budget = ByteBudget(self.settings.memory)
+        self._range_slots = asyncio.Semaphore(RANGE_STREAMS)
+        self._range_pool = ThreadPoolExecutor(RANGE_STREAMS, thread_name_prefix="range")
+        count = min(self.settings.workers, len(self._ranges) + len(self._smalls))
+        workers = [asyncio.ensure_future(self._worker()) for _ in range(count)]
+        progress = asyncio.ensure_future(self._progress(time.monotonic(), progress_every))
+        try:
+            if workers:
+                done, _ = await asyncio.wait(workers, return_when=asyncio.FIRST_EXCEPTION)
+                for task in done:
+                    if task.exception() is not None:
+                        raise task.exception()  # type: ignore[misc]
+        finally:
+            self._stopping = True
+            progress.cancel()
+            for task in workers:
+                task.cancel()
+            await asyncio.gather(progress, *workers, return_exceptions=True)
+            self._range_pool.shutdown(wait=True)  # each stops at its next chunk
+
+    def run(self, progress_every: float = 5.0) -> Stats:
+        started = time.monotonic()
+        try:
+            run_stoppable(self._main(progress_every))
+        finally:
+            for tmp in list(self._temps):
+                self._drop_temp(tmp)
+            self.manifest.close()
+            self.stats.seconds = time.monotonic() - started
+        self._sweep_stale_temps()
+        return self.stats
+
+    def _sweep_stale_temps(self) -> None:
+        """Removes temporaries left by a run that was killed (SIGKILL cannot clean up)."""
+        for folder, _, names in os.walk(self.dest):
+            for name in names:
+                if name.endswith(TMP_SUFFIX):
+                    with contextlib.suppress(OSError):
+                        os.unlink(os.path.join(folder, name))
+
+
+def _verify(obj: RemoteObject, data: memoryview) -> None:
+    digest = hashlib.md5(data, usedforsecurity=False) if obj.md5 else None
+    _check(obj, len(data), digest)
+
+
+def _check(obj: RemoteObject, got: int, digest: Any) -> None:
+    if got != obj.size:
+        raise TransientError(f"{obj.key!r}: received {got} bytes but the listing says "
+                             f"{obj.size}")
+    if digest is not None and digest.hexdigest() != obj.md5:
+        raise TransientError(f"{obj.key!r}: MD5 {digest.hexdigest()} does not match "
+                             f"the ETag {obj.md5}")
+
+
+def _write_all(fd: int, data: memoryview) -> None:
+    while data:
+        data = data[os.write(fd, data):]
+
+
+def _write_hash(fd: int, data: memoryview, digest: Any) -> None:
+    _write_all(fd, data)
+    if digest is not None:
+        digest.update(data)
+
+
+def _hash_file(path: Optional[str], digest: Any, start: int, end: int) -> None:
+    """Adds bytes ``[start, end)`` of ``path`` to ``digest`` (a thread: the GIL is free
+    while hashing and reading)."""
+    assert path is not None
+    buf = bytearray(CHUNK)
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0) as fh:
+        fh.seek(start)
+        while start < end:
+            n = fh.readinto(view[: min(CHUNK, end - start)])
+            if not n:
+                return  # cut short: the size check says so
+            digest.update(view[:n])
+            start += n

@@ -1,0 +1,79 @@
+"""The event loop both engines run on: a memory budget and a stoppable run.
+
+Downloads and uploads keep hundreds of requests in flight from one thread; what
+bounds them is the bytes they hold (:class:`ByteBudget`), and what ends them early is
+a stop signal (:func:`run_stoppable`), after which every ``finally`` has run.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from typing import Any, Optional
+
+from ..errors import STOP_SIGNALS, Terminated
+
+
+class ByteBudget:
+    """At most ``limit`` bytes held at once; one request larger than the whole budget
+    still runs, alone, so no object is ever stuck. Taking a share that fits costs no
+    await (the common case, thousands of times a second)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.used = limit, 0
+        self._freed: Optional[Any] = None  # an asyncio.Event while someone waits
+
+    async def acquire(self, n: int) -> None:
+        import asyncio
+
+        while not (self.used == 0 or self.used + n <= self.limit):
+            if self._freed is None:
+                self._freed = asyncio.Event()
+            await self._freed.wait()
+        self.used += n
+
+    async def release(self, n: int) -> None:
+        self.used -= n
+        if self._freed is not None:
+            self._freed.set()
+            self._freed = None
+
+
+def run_stoppable(main: Any) -> None:
+    """``asyncio.run(main)``; in the main thread, SIGTERM/SIGINT/SIGHUP cancel it (every
+    ``finally`` runs, thread work is waited for) and then raise Terminated, the
+    bootstrap's own handlers being restored."""
+    import asyncio
+
+    if threading.current_thread() is not threading.main_thread():
+        asyncio.run(main)
+        return
+    received: list[int] = []
+    # A signal the caller ignores stays ignored (the final output sync must finish
+    # even when the platform repeats its SIGTERM).
+    previous = {s: signal.getsignal(s) for s in STOP_SIGNALS
+                if signal.getsignal(s) is not signal.SIG_IGN}
+
+    async def guarded() -> None:
+        loop = asyncio.get_running_loop()
+        task = asyncio.ensure_future(main)
+
+        def stop(signum: int) -> None:
+            received.append(signum)
+            task.cancel()
+
+        for s in previous:
+            loop.add_signal_handler(s, stop, s)
+        try:
+            await task
+        except asyncio.CancelledError:
+            if not received:
+                raise
+
+    try:
+        asyncio.run(guarded())
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    if received:
+        raise Terminated(received[0])

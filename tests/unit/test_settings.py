@@ -1,0 +1,76 @@
+"""Settings parsing: defaults, closed sets, bad values named, the job-dir rule."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bootstrap.config import parse
+from bootstrap.config.settings import load, load_preflight, load_transfer
+from bootstrap.errors import ConfigError
+
+NOWHERE = {"BOOTSTRAP_VOLCANO_DIR": "/nonexistent-volcano"}
+
+
+def test_defaults(tmp_path: Path) -> None:
+    s = load({**NOWHERE, "BOOTSTRAP_HOME": str(tmp_path)})
+    assert s.job_dir == tmp_path / "user-job-dir" and s.app_url is None
+    assert s.transfer.workers == 256 and s.transfer.memory == 256 * 2**20
+    assert s.transfer.backend == "auto" and s.transfer.endpoint.region == "us-east-1"
+    assert s.cluster.layout.size == 1 and s.cluster.layout.source == "local"
+    assert s.cluster.barrier == "auto" and s.cluster.ipoib_device == "ib0"
+    assert s.run.supervise is None and s.run.pip_install == "auto" and not s.run.nested
+    assert s.run.failure_file == tmp_path / "user-job-dir" / "failure.json"
+    assert s.outputs.output_dir is None and s.outputs.log_upload_url is None
+    assert "gpu.ecc" in s.preflight.fatal and "node.shm" not in s.preflight.fatal
+
+
+@pytest.mark.parametrize("name, value", [
+    ("BOOTSTRAP_DOWNLOAD_WORKERS", "abc"), ("BOOTSTRAP_DOWNLOAD_WORKERS", "0"),
+    ("BOOTSTRAP_PEER_TIMEOUT", "-1"), ("BOOTSTRAP_PEER_TIMEOUT", "nan"),
+    ("BOOTSTRAP_LOG_FORMAT", "xml"), ("BOOTSTRAP_S3_ADDRESSING", "x"),
+    ("BOOTSTRAP_S3_BACKEND", "rust"), ("BOOTSTRAP_SUPERVISE", "maybe"),
+    ("BOOTSTRAP_PIP_INSTALL", "sometimes"), ("BOOTSTRAP_FATAL_CHECKS", "gpu.nope"),
+    ("BOOTSTRAP_MASTER_PORT", "70000"), ("AWS_ENDPOINT_URL", "ftp://x"),
+])
+def test_a_bad_value_names_its_variable(tmp_path: Path, name: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=name.split("_URL")[0] if "URL" in name else name):
+        load({**NOWHERE, "BOOTSTRAP_HOME": str(tmp_path), name: value})
+
+
+def test_closed_sets_are_normalised() -> None:
+    assert load_transfer({"BOOTSTRAP_S3_BACKEND": " Native "}).backend == "native"
+    assert load({**NOWHERE, "BOOTSTRAP_PIP_INSTALL": "1"}).run.pip_install == "on"
+    assert load({**NOWHERE, "BOOTSTRAP_PIP_INSTALL": "off"}).run.pip_install == "off"
+    assert load({**NOWHERE, "BOOTSTRAP_SUPERVISE": "yes"}).run.supervise is True
+    assert load_preflight({"BOOTSTRAP_FATAL_CHECKS": "none"}).fatal == frozenset()
+    assert load_preflight({"BOOTSTRAP_FATAL_CHECKS": "node.shm, gpu.pcie"}).fatal == {
+        "node.shm", "gpu.pcie"}
+
+
+def test_the_job_dir_rule(tmp_path: Path) -> None:
+    ma = str(tmp_path / "ma" / "user-job-dir")
+    launcher = {**NOWHERE, "BOOTSTRAP_LAUNCHER_HOME": str(tmp_path / "work")}
+    assert load(launcher).job_dir == tmp_path / "work" / "user-job-dir"
+    assert load({**launcher, "MA_JOB_DIR": ma}).job_dir == Path(ma)
+    explicit = {**launcher, "MA_JOB_DIR": ma, "BOOTSTRAP_HOME": str(tmp_path / "mine")}
+    assert load(explicit).job_dir == tmp_path / "mine" / "user-job-dir"
+    assert load(explicit).home == tmp_path / "mine"
+
+
+def test_endpoint_and_keys_come_from_the_platforms_variables() -> None:
+    t = load_transfer({"S3_ENDPOINT": "obs.cn-north-4.myhuaweicloud.com",
+                       "S3_ACCESS_KEY_ID": "AKIDEXAMPLE", "S3_SECRET_ACCESS_KEY": "s3cr3t"})
+    assert t.endpoint.url == "https://obs.cn-north-4.myhuaweicloud.com"
+    assert t.endpoint.region == "cn-north-4" and t.endpoint.addressing == "virtual"
+    assert t.credentials is not None and t.credentials.secret_key == "s3cr3t"
+    assert "s3cr3t" not in repr(t)  # a stray repr in a log line must not leak it
+    local = load_transfer({"AWS_ENDPOINT_URL": "http://127.0.0.1:8333"})
+    assert local.endpoint.addressing == "path" and local.credentials is None
+
+
+def test_parse_helpers() -> None:
+    assert parse.integer({"N": " 12 "}, "N", 3) == 12 and parse.integer({}, "N", 3) == 3
+    assert parse.flag({"F": "TRUE"}, "F", False) is True and parse.flag({}, "F", True) is True
+    assert parse.first({"A": "", "B": "b"}, "A", "B") == "b" and parse.text({"T": " "}, "T") is None
