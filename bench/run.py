@@ -100,8 +100,11 @@ FULL = [DataSet("small2k", small(2000)), DataSet("large4x64", large(4, 64 * MiB)
         DataSet("one1g", large(1, 1024 * MiB), only=("bootstrap", "s5cmd", "lean-py", "awscrt"),
                 reps=3),
         # A job's start-to-exec with a tiny code directory: start-up plus one listing.
-        DataSet("code10", small(10), only=("bootstrap", "s5cmd", "lean-py"), reps=9)]
-SMOKE = [DataSet("small2k", small(60)), DataSet("large4x64", large(2, 2 * MiB))]
+        DataSet("code10", small(10), only=("bootstrap", "s5cmd", "lean-py"), reps=9),
+        # Data staging (DLS_DATA_URL onto the node's SSD): a mixed tree of about 1 GiB.
+        DataSet("mixed1g", mixed(4700), only=("staging", "bootstrap", "s5cmd"), reps=3)]
+SMOKE = [DataSet("small2k", small(60)), DataSet("large4x64", large(2, 2 * MiB)),
+         DataSet("mixed1g", mixed(40), only=("staging", "bootstrap", "s5cmd"))]
 
 
 def materialize(ds: DataSet, root: Path) -> dict[str, str]:
@@ -204,6 +207,12 @@ def contenders(endpoint: str, s3: S3Server,
         return ["bash", str(REPO / "scripts/run_train.sh"), "true"], \
             bootstrap_env(prefix, work), work / "user-job-dir" / prefix
 
+    def staging(prefix: str, work: Path) -> Invocation:
+        """The job's data staged (DLS_DATA_URL -> BOOTSTRAP_DATA_DIR), no code."""
+        env = {**base, "DLS_DATA_URL": f"s3://bench/{prefix}/", "BOOTSTRAP_HOME": str(work),
+               "BOOTSTRAP_DATA_DIR": str(work / "data"), "PATH": f"{BIN}:{os.environ['PATH']}"}
+        return ["bash", str(REPO / "scripts/run_train.sh"), "true"], env, work / "data" / prefix
+
     def fallback(prefix: str, work: Path) -> Invocation:
         return ["bash", str(REPO / "scripts/run_train.sh"), "true"], \
             bootstrap_env(prefix, work, BOOTSTRAP_S3_BACKEND="boto3"), \
@@ -243,7 +252,8 @@ def contenders(endpoint: str, s3: S3Server,
                 str(work / "out")], base, work / "out"
 
     found: dict[str, Callable[[str, Path], Invocation]] = {
-        "bootstrap": bootstrap, "s5cmd": s5cmd, "lean-py": lean, "awscrt": awscrt,
+        "bootstrap": bootstrap, "staging": staging, "s5cmd": s5cmd, "lean-py": lean,
+        "awscrt": awscrt,
         "boto3-fallback": fallback, "rclone": rclone, "aws-cli": aws,
         "boto3-pool": boto3_pool}
     if old is None:
@@ -317,7 +327,8 @@ def run_downloads(sets: list[DataSet], names: dict[str, Callable[[str, Path], In
     for ds in sets:
         sums = uploaded[ds.name]
         print(f"\n{ds.label}: {len(sums)} files", flush=True)
-        chosen = {n: b for n, b in names.items() if not ds.only or n in ds.only}
+        chosen = {n: b for n, b in names.items()
+                  if (not ds.only and n != "staging") or n in ds.only}
         rows = {n: Row([], len(sums)) for n in chosen}
         for rep in range(ds.reps or reps):
             for name, build in chosen.items():
@@ -406,6 +417,31 @@ def run_latency(ds: DataSet, s3: S3Server, delays: list[float], reps: int,
         finally:
             proxy.stop()
     return results
+
+
+def overlap(s3: S3Server, code: str, data: str, reps: int) -> dict[str, float]:
+    """A job that downloads its code and stages its data at once: each stage's time
+    (from the JSON log) against the job's wall time, the sum against the longest."""
+    walls, sums, longest = [], [], []
+    for _ in range(reps):
+        with tempfile.TemporaryDirectory(prefix="bench-") as work:
+            env = {**os.environ, **s3.env(), "DLS_APP_URL": f"s3://bench/{code}/",
+                   "DLS_DATA_URL": f"s3://bench/{data}/", "BOOTSTRAP_HOME": work,
+                   "BOOTSTRAP_DATA_DIR": f"{work}/data", "BOOTSTRAP_LOG_FORMAT": "json",
+                   "PATH": f"{BIN}:{os.environ['PATH']}"}
+            started = time.perf_counter()
+            r = subprocess.run(["bash", str(REPO / "scripts/run_train.sh"), "true"], env=env,
+                               cwd=work, capture_output=True, text=True, check=True)
+            walls.append(time.perf_counter() - started)
+        stages = {}
+        for line in r.stderr.splitlines():
+            rec = json.loads(line) if line.startswith("{") else {}
+            if rec.get("stage") in ("fetch", "data", "preflight"):
+                stages[rec["stage"]] = rec["seconds"]
+        sums.append(sum(stages.values()))
+        longest.append(max(stages.values()))
+    return {"wall_s": statistics.median(walls), "sum_s": statistics.median(sums),
+            "longest_s": statistics.median(longest)}
 
 
 def source_folder(ds: DataSet, data_root: Path) -> Path:
@@ -498,19 +534,24 @@ def main() -> int:
         latency_set = next((d for d in sets if d.name == "small2k"), None)
         latency = run_latency(latency_set, s3, delays, reps, uploaded, data_root) \
             if latency_set is not None and delays else {}
+        both = overlap(s3, "small2k", "mixed1g", 1 if args.smoke else 3) \
+            if {"small2k", "mixed1g"} <= {d.name for d in sets} else {}
         start = startup(5 if args.smoke else 30)
         imports = import_costs(3 if args.smoke else 15)
     print_ratios("ratio to s5cmd (median time; < 1 is faster than s5cmd)", results)
     print_ratios("uploads: ratio to s5cmd", upload_results)
     if latency:
         print_ratios("latency mode: ratio to s5cmd at the same delay", latency)
+    if both:
+        print(f"\ncode and data at once (small2k + mixed1g): stages sum {both['sum_s']:.2f} s, "
+              f"longest {both['longest_s']:.2f} s, job wall {both['wall_s']:.2f} s")
     print("\nimport cost: " + ", ".join(f"{k} {v:.0f} ms" for k, v in imports.items()))
     print(f"\nstart-up: python -c pass {start['python_ms']:.1f} ms, run_train.sh python -c pass "
           f"{start['run_train_ms']:.1f} ms, overhead {start['overhead_ms']:.1f} ms")
     out = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": f"{platform.node()} "
            f"{os.cpu_count()} cores {platform.machine()}", "smoke": args.smoke, "reps": reps,
            "results": results, "uploads": upload_results, "latency": latency,
-           "startup": start, "imports": imports}
+           "startup": start, "imports": imports, "overlap": both}
     results_dir = REPO / "bench" / "results"
     results_dir.mkdir(exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")

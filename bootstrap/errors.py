@@ -16,6 +16,7 @@ EXIT_PEERS = 3  # peers never resolved / never answered within BOOTSTRAP_PEER_TI
 EXIT_PREFLIGHT = 4  # this node failed its GPU/node checks
 EXIT_BARRIER = 5  # another node failed, or the start barrier broke
 EXIT_DEPENDENCIES = 6  # pip install of the code directory's requirements failed
+EXIT_NO_SPACE = 7  # the node lacks room for the job's data (BOOTSTRAP_DATA_DIR)
 EXIT_INTERNAL = 70  # a bug in the bootstrap (EX_SOFTWARE)
 EXIT_NOT_EXECUTABLE = 126  # like a shell: the command exists but cannot be run
 EXIT_DOWNLOAD = 127  # the original run_train.sh's "App download error" code
@@ -57,6 +58,12 @@ class DownloadError(TransferError):
 
 class UploadError(TransferError):
     """Outputs, a log or a synced tree could not be uploaded."""
+
+
+class NoSpaceForData(BootstrapError):
+    """The data to stage does not fit where it should land (or exceeds the cap)."""
+
+    exit_code = EXIT_NO_SPACE
 
 
 class CommandNotFound(BootstrapError):

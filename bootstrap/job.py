@@ -1,6 +1,6 @@
 """The whole story of a job's start, stage by stage.
 
-settings -> command -> (fetch | preflight | peers) -> barrier -> network -> launch.
+settings -> command -> (fetch | data | preflight | peers) -> barrier -> network -> launch.
 
 Each stage lives in a package named for its concern (``config``, ``transfer``,
 ``node``, ``cluster``, ``run``); this file only orders them, times them and hands
@@ -23,7 +23,14 @@ from typing import TYPE_CHECKING, Any, NoReturn, Optional
 
 from .cluster import topology
 from .config.settings import ACTIVE_MARKER, Settings, load
-from .errors import EXIT_DOWNLOAD, STOP_SIGNALS, BarrierFailed, PreflightFailed, Terminated
+from .errors import (
+    EXIT_DOWNLOAD,
+    STOP_SIGNALS,
+    BarrierFailed,
+    BootstrapError,
+    PreflightFailed,
+    Terminated,
+)
 from .log import Log, Redactor
 from .node import preflight
 from .run import command, launch
@@ -32,6 +39,7 @@ from .transfer import location
 if TYPE_CHECKING:
     from .config.platform import Cluster
     from .transfer.outputs import OutputSync
+    from .transfer.staging import Staged
 
 # STOP_SIGNALS: a handler that raises turns them into an exception, so every stage's
 # cleanup (temporary files of a half-done download) runs on the way out. exec resets
@@ -100,23 +108,27 @@ def run(argv: Sequence[str], environ: Mapping[str, str]) -> int:
     stop = threading.Event()
     checked = _Background(_preflight_stage, settings, log)
     resolved = _Background(_peers_stage, settings, log, stop) if cluster.size > 1 else None
+    staging = _Background(_staging_stage, settings, log) if settings.staging.enabled else None
     try:
         if code_url is not None and code_dir is not None:
             _fetch_stage(code_url, code_dir, settings, log)
         report: preflight.Report = checked.result()
+        staged, data_failure = _staged(staging, cluster.size)
         addresses: dict[str, str] = resolved.result() if resolved is not None else {}
     except BaseException:
         stop.set()
-        for stage in (checked, resolved):
+        for stage in (checked, resolved):  # staging is left to end with the process
             if stage is not None:
                 stage.join()
         raise
 
-    topo = _cluster_stage(settings, log, report, addresses)
+    topo = _cluster_stage(settings, log, report, addresses, data_failure)
     exports: dict[str, str] = {}
     if topo is not None:
         files = topology.write_files(topo, settings.job_dir)
         exports = topology.without_user_overrides(topo.exports(files), environ)
+    if staged is not None:
+        exports.update(staged.exports())
 
     final_argv = command.resolve(cmd, code_dir, Path.cwd(), code_url, settings.job_dir)
     env = launch.user_environment(environ, settings.home, settings.job_dir,
@@ -158,6 +170,34 @@ def _fetch_stage(code_url: location.Location, code_dir: Path, settings: Settings
         stats = fetch.fetch(code_url, code_dir, settings.transfer, log)
         t.detail = f"{stats.summary()} -> {code_dir}"
         t.fields = stats.fields()
+
+
+def _staging_stage(settings: Settings, log: Log) -> Staged:
+    from .transfer import staging
+
+    cluster = settings.cluster.layout
+    with timed(log, "data") as t:
+        staged = staging.stage(settings.staging, settings.transfer, cluster.rank, cluster.size,
+                               log)
+        how = "reused, nothing fetched" if staged.reused else staged.stats.summary()
+        t.detail = f"{how} -> {staged.path}"
+        t.fields = {**staged.stats.fields(), "reused": staged.reused}
+    return staged
+
+
+def _staged(staging: Optional[_Background],
+            nodes: int) -> tuple[Optional[Staged], Optional[BootstrapError]]:
+    """The staged data, or (on a multi-node job) the failure to report at the barrier
+    before stopping, so the other nodes stop at once instead of waiting out their
+    deadline."""
+    if staging is None:
+        return None, None
+    try:
+        return staging.result(), None
+    except BootstrapError as exc:
+        if nodes == 1:
+            raise
+        return None, exc
 
 
 def _deps_stage(code_dir: Path, argv: Sequence[str], env: Mapping[str, str],
@@ -252,12 +292,14 @@ def _local_failure(report: preflight.Report) -> PreflightFailed:
 
 
 def _cluster_stage(settings: Settings, log: Log, report: preflight.Report,
-                   addresses: Mapping[str, str]) -> Optional[topology.Topology]:
+                   addresses: Mapping[str, str],
+                   data_failure: Optional[BootstrapError] = None) -> Optional[topology.Topology]:
     """The start barrier and the topology, once the peers resolve; None for a local
     one-node job with no platform variables (nothing to hand the engines).
 
-    A node that failed its preflight still takes part in the barrier, so that every
-    other node learns why the job stops; then it exits with the preflight's code.
+    A node that failed its preflight (or its data staging) still takes part in the
+    barrier, so that every other node learns why the job stops; then it exits with
+    that failure's code.
     """
     cluster, knobs = settings.cluster.layout, settings.cluster
     facts = topology.MemberFacts(gpus=report.gpu_count)
@@ -280,19 +322,25 @@ def _cluster_stage(settings: Settings, log: Log, report: preflight.Report,
     barrier_local = None
     if run_barrier:
         with timed(log, "barrier") as t:
-            reason = "; ".join(f"{f.check}: {f.message}" for f in report.failures())
-            mine = barrier.Readiness(cluster.rank, report.ok, reason, facts)
+            reasons = [f"{f.check}: {f.message}" for f in report.failures()]
+            if data_failure is not None:
+                reasons.append(f"data staging: {data_failure.message}")
+            mine = barrier.Readiness(cluster.rank, not reasons, "; ".join(reasons), facts)
             try:
                 everyone, barrier_local = barrier.exchange(
                     cluster, mine, addresses.get(cluster.master.host), knobs.peer_timeout, log)
             except BarrierFailed:
                 if not report.ok:  # our own failure is the story, not the echo of it
                     raise _local_failure(report) from None
+                if data_failure is not None:
+                    raise data_failure from None
                 raise
             all_facts = {r: rep.facts for r, rep in everyone.items()}
             t.detail = f"{len(everyone)} node(s) ready"
     elif not report.ok:
         raise _local_failure(report)
+    if data_failure is not None:
+        raise data_failure
     topo = topology.Topology(cluster, all_facts, master_addr_ib=knobs.master_addr_ib)
     net: dict[str, str] = {}
     if knobs.network == "auto":

@@ -50,6 +50,7 @@ class FaultProxy(LocalServer):
         self.lock = threading.Lock()
         self.injected: Counter[str] = Counter()
         self.requests = 0
+        self.object_gets: Counter[str] = Counter()  # GETs of objects (not listings), by path
         self.stop = threading.Event()
         owner = self
 
@@ -62,6 +63,10 @@ class FaultProxy(LocalServer):
             def _handle(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
+                if self.command == "GET" and "list-type=" not in self.path \
+                        and "?uploads" not in self.path:
+                    with owner.lock:
+                        owner.object_gets[self.path.split("?")[0]] += 1
                 fault = owner.draw(self.path)
                 if fault == "reset":
                     self._reset()

@@ -23,10 +23,15 @@ def test_benchmark_smoke(tmp_path: Path) -> None:
     assert "ratio to s5cmd" in r.stdout and "start-up:" in r.stdout
     path = r.stdout.strip().splitlines()[-1].split("results: ")[1]
     data = json.loads(Path(path).read_text())
-    assert set(data["results"]) == {"small2k", "large4x64"}
-    for row in data["results"].values():
+    assert set(data["results"]) == {"small2k", "large4x64", "mixed1g"}
+    for name in ("small2k", "large4x64"):
+        row = data["results"][name]
         assert {"bootstrap", "s5cmd", "boto3-pool", "boto3-fallback"} <= set(row)
         assert row["bootstrap"]["cpu_ms_per_object"] > 0
+    assert set(data["results"]["mixed1g"]) == {"staging", "bootstrap", "s5cmd"}
+    assert data["results"]["mixed1g"]["staging"]["cpu_ms_per_object"] > 0
+    both = data["overlap"]  # code and data at once: the stages overlap
+    assert 0 < both["longest_s"] <= both["sum_s"]
     assert set(data["uploads"]) == {"small2k upload", "large4x64 upload"}
     for row in data["uploads"].values():
         assert {"bootstrap", "s5cmd"} <= set(row)

@@ -244,6 +244,22 @@ def test_barrier_times_out_cleanly_when_a_node_never_comes(lab: Lab, tmp_path: P
 
 
 
+def test_a_node_whose_data_does_not_fit_stops_the_others_through_the_barrier(
+        lab: Lab, tmp_path: Path) -> None:
+    contract = old_contract(lab, 2, port())
+    started = time.monotonic()
+    results = run_job(lab, tmp_path, 2, ["python", "-c", "print('must not run')"],
+                      lambda i: {**contract(i), "DLS_DATA_URL": lab.url,
+                                 "BOOTSTRAP_DATA_DIR": str(tmp_path / f"data{i}"),
+                                 **({"BOOTSTRAP_DATA_MAX_GB": "0.000000001"} if i == 1 else {})},
+                      extra={"BOOTSTRAP_BARRIER": "on", "BOOTSTRAP_PEER_TIMEOUT": "60"})
+    assert [r.code for r in results] == [5, 7], [r.err for r in results]
+    assert time.monotonic() - started < 40  # node 0 did not wait out its 60 s deadline
+    assert_one_error_line(results[0].err, "node 1 (", "data staging", "BOOTSTRAP_DATA_MAX_GB")
+    assert_one_error_line(results[1].err, "over BOOTSTRAP_DATA_MAX_GB=1e-09")
+    assert all("must not run" not in r.out for r in results)
+
+
 def test_a_failing_node_stops_every_node_through_the_barrier(lab: Lab, tmp_path: Path) -> None:
     contract = old_contract(lab, 3, port())
     results = run_job(lab, tmp_path, 3, ["python", "-c", "print('must not run')"],

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     LogFormat = Literal["text", "json"]
     Network = Literal["auto", "off"]
     PipInstall = Literal["auto", "on", "off"]
+    Shard = Literal["none", "node"]
 
 MiB = 1024 * 1024
 GB = 1000**3
@@ -126,6 +127,21 @@ class Outputs:
 
 
 @dataclass(frozen=True)
+class Staging:
+    """The job's data (DLS_DATA_URL) staged onto the node before the command starts."""
+
+    url: str | None  # DLS_DATA_URL; staging runs when it and `folder` are both set
+    folder: Path | None  # BOOTSTRAP_DATA_DIR, e.g. /cache/data
+    shard: Shard  # "node": key i goes to node i mod N
+    timeout: float  # seconds to wait for another process staging the same data here
+    max_bytes: int | None  # BOOTSTRAP_DATA_MAX_GB: the most this node stages
+
+    @property
+    def enabled(self) -> bool:
+        return self.url is not None and self.folder is not None
+
+
+@dataclass(frozen=True)
 class Settings:
     home: Path  # the original script's $home (/home/work)
     job_dir: Path  # where the code directory lands: $home/user-job-dir or $MA_JOB_DIR
@@ -137,6 +153,7 @@ class Settings:
     preflight: Preflight
     run: RunSettings
     outputs: Outputs
+    staging: Staging
 
 
 def debug(env: Mapping[str, str]) -> bool:
@@ -161,6 +178,7 @@ def load(env: Mapping[str, str]) -> Settings:
         preflight=load_preflight(env),
         run=_run(env, job_dir, task),
         outputs=_outputs(env),
+        staging=_staging(env),
     )
 
 
@@ -269,6 +287,19 @@ def _outputs(env: Mapping[str, str]) -> Outputs:
         sync_interval=parse.number(env, "BOOTSTRAP_SYNC_INTERVAL", 0.0, minimum=0),
         sync_settle=parse.number(env, "BOOTSTRAP_SYNC_SETTLE_SECONDS", 5.0, minimum=0),
         log_upload_url=_log_upload_url(env),
+    )
+
+
+def _staging(env: Mapping[str, str]) -> Staging:
+    folder = parse.text(env, "BOOTSTRAP_DATA_DIR")
+    cap = parse.number(env, "BOOTSTRAP_DATA_MAX_GB", 0.0, minimum=0)
+    return Staging(
+        url=parse.text(env, "DLS_DATA_URL"),
+        folder=Path(folder).expanduser().absolute() if folder else None,
+        shard=parse.choice(env, "BOOTSTRAP_DATA_SHARD", "none",  # type: ignore[arg-type]
+                           ("none", "node")),
+        timeout=parse.number(env, "BOOTSTRAP_DATA_TIMEOUT", 3600.0, minimum=0),
+        max_bytes=int(cap * GB) if cap > 0 else None,
     )
 
 

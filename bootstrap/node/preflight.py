@@ -33,6 +33,7 @@ Thresholds: ``BOOTSTRAP_MIN_DISK_GB``, ``BOOTSTRAP_MIN_CACHE_GB``,
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -199,7 +200,7 @@ def run(pol: Preflight, job_dir: Path, ipoib_device: str) -> Report:
 def write(report: Report, job_dir: Path) -> Path:
     job_dir.mkdir(parents=True, exist_ok=True)
     path = job_dir / "preflight.json"
-    tmp = path.with_name(".preflight.json.tmp")
+    tmp = path.with_name(f".preflight.json.{os.getpid()}.tmp")  # two jobs may share a home
     tmp.write_text(json.dumps(report.to_json(), indent=2) + "\n")
     tmp.replace(path)
     return path

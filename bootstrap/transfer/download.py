@@ -118,6 +118,7 @@ class Engine:
         self.location = location
         self.dest = dest
         self.settings = settings
+        self.label = "fetch"  # what progress lines say: "fetch", or "data" when staging
         self.log = log
         self.manifest = manifest
         self.dirs = SafeDirs(dest)
@@ -391,7 +392,7 @@ class Engine:
             todo = max(s.total_bytes - s.bytes, 0)
             rate = s.bytes / elapsed if elapsed > 0 else 0.0
             eta = f"{todo / rate:.0f} s" if rate > 0 else "?"
-            self.log.info(f"fetch: {s.files + s.skipped}/{s.total_files} files, "
+            self.log.info(f"{self.label}: {s.files + s.skipped}/{s.total_files} files, "
                           f"{s.bytes / 2**20:.0f}/{s.total_bytes / 2**20:.0f} MiB, "
                           f"{rate / 2**20:.1f} MiB/s, ETA {eta}")
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -18,12 +20,14 @@ from ..errors import BootstrapError, DownloadError
 from ..log import Log
 from ..storage.errors import explain
 from .download import Engine, Stats
-from .listing import list_objects
+from .listing import RemoteObject, list_objects
 from .location import Location
 from .manifest import Manifest
 
 if TYPE_CHECKING:
     from ..config.settings import Transfer
+    from ..config.storage import Credentials
+    from ..storage.signed import SignedClient
 
 
 def copy_local(src: Path, dest: Path) -> Stats:
@@ -59,27 +63,53 @@ def fetch(location: Location, dest: Path, settings: Transfer, log: Log) -> Stats
     if not location.is_remote:
         assert location.path is not None
         return copy_local(location.path, dest)
-    from ..storage.base import credentials, open_store
-    from ..storage.signed import SignedClient
+    with remote(location, settings) as source:
+        objects, folders = list_objects(source.client, location, settings)
+        return source.download(objects, folders, dest,
+                               Manifest(manifest_path(dest), location.url), log)
 
-    endpoint = settings.endpoint
-    try:
-        creds = credentials(settings)
-        lister = SignedClient(endpoint, creds, settings.connect_timeout, settings.read_timeout)
+
+class Remote:
+    """A remote tree being fetched: credentials resolved once, one signed client for
+    its listing and its large objects' ranges."""
+
+    def __init__(self, location: Location, settings: Transfer, creds: Credentials,
+                 client: SignedClient) -> None:
+        self.location, self.settings, self.creds, self.client = location, settings, creds, client
+
+    def download(self, objects: list[RemoteObject], folders: list[str], dest: Path,
+                 manifest: Manifest, log: Log, label: str = "fetch") -> Stats:
+        """Fetches ``objects`` into ``dest``, skipping those ``manifest`` vouches for."""
+        from ..storage.base import open_store
+
+        store = open_store(self.settings, self.creds, self.location.bucket)
         try:
-            objects, folders = list_objects(lister, location, settings)
-        finally:
-            lister.close()
-        manifest = Manifest(manifest_path(dest), location.url)
-        store = open_store(settings, creds, location.bucket)
-        try:
-            engine = Engine(store, lister, location, dest, settings, log, manifest)
+            engine = Engine(store, self.client, self.location, dest, self.settings, log,
+                            manifest)
+            engine.label = label
             engine.plan(objects, folders)
             manifest.open_for_append()
             return engine.run()
         finally:
             store.close()
+
+
+@contextmanager
+def remote(location: Location, settings: Transfer) -> Iterator[Remote]:
+    """The session for one remote tree; every store failure inside it leaves as one
+    clear DownloadError line."""
+    from ..storage.base import credentials
+    from ..storage.signed import SignedClient
+
+    try:
+        creds = credentials(settings)
+        client = SignedClient(settings.endpoint, creds, settings.connect_timeout,
+                              settings.read_timeout)
+        try:
+            yield Remote(location, settings, creds, client)
+        finally:
+            client.close()
     except BootstrapError:
         raise
     except Exception as exc:  # noqa: BLE001 - every store failure becomes one clear line
-        raise explain(exc, location, endpoint.where) from None
+        raise explain(exc, location, settings.endpoint.where) from None

@@ -58,10 +58,14 @@ class Manifest:
             return False
         return st.st_size == size and st.st_mtime_ns == entry[2] and not os.path.islink(local)
 
+    def entries(self) -> list[str]:
+        """The relative paths recorded (valid for this source)."""
+        return list(self._entries)
+
     def open_for_append(self) -> None:
         """Starts a fresh manifest holding the still-valid entries, then appends."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
         with open(tmp, "w", encoding="utf-8") as fh:
             fh.write(json.dumps({"source": self.source}) + "\n")
             for rel, (size, etag, mtime) in self._entries.items():

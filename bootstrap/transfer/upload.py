@@ -74,7 +74,7 @@ class SyncState:
     def save(self) -> None:
         if self.path is None:
             return
-        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
         tmp.write_text(json.dumps(self.done))
         os.replace(tmp, self.path)
 

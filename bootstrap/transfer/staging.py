@@ -1,0 +1,437 @@
+"""Stage the job's data (``DLS_DATA_URL``) onto the node before the command starts.
+
+Opt-in: ``BOOTSTRAP_DATA_DIR`` (e.g. ``/cache/data``) and ``DLS_DATA_URL`` both set.
+The data lands in a *version* of ``$BOOTSTRAP_DATA_DIR/<last component>``; the command
+gets that version's path as ``BOOTSTRAP_DATA_PATH`` (fixed for its whole life) and the
+list of its files as ``BOOTSTRAP_DATA_SHARE_FILE``. Contract (each point is tested):
+
+* **Sources**: ``s3://``/``obs://`` through the code directory's engine (endpoint,
+  credentials, retries, verification, atomic files), or a mounted path / ``file://``
+  copied in parallel with the same atomicity. A URL that does not end in ``/`` and
+  names an existing object is that one object, staged as one file.
+* **Sharding** (``BOOTSTRAP_DATA_SHARD=node``): the keys, sorted by their UTF-8 bytes
+  (folder markers left out), are dealt by index: key *i* goes to node *i* mod *N*,
+  so the N nodes together hold exactly one copy (:func:`share`).
+* **Once per node**: processes staging into the same folder take an exclusive
+  ``flock`` on ``.bootstrap-stage/<name>.lock`` in it (not in a container's /tmp); the
+  others wait (``BOOTSTRAP_DATA_TIMEOUT``), then find the data staged and fetch nothing.
+  The kernel drops the lock of a holder that dies, so a waiter takes over.
+* **Reuse, safely**: versions live in ``.bootstrap-stage/<name>/v*``; the next job
+  hard-links every unchanged file (size and ETag, as recorded) from the current
+  version into a new one, fetches only what changed, leaves out what disappeared, and
+  switches the ``<name>`` symlink atomically. A running job holds its version with a
+  shared ``flock`` (inherited by the command across exec); a version is deleted only
+  when nobody holds it, and only versions this uid staged. A folder staged from
+  another URL or shard spec is an error, not a merge; a version owned by another uid,
+  or group/world-writable, is never reused.
+* **Space first**: the bytes to fetch are compared with the free space (and with
+  ``BOOTSTRAP_DATA_MAX_GB``) before any download: exit 7 with one line otherwise.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import shutil
+import stat
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Optional
+
+from ..errors import ConfigError, DownloadError, NoSpaceForData
+from . import location as locations
+from .download import Stats
+from .listing import RemoteObject
+from .manifest import Manifest
+
+if TYPE_CHECKING:
+    from ..config.settings import Staging, Transfer
+    from ..log import Log
+
+STATE = ".bootstrap-stage"  # beside the staged data, in BOOTSTRAP_DATA_DIR
+GB = 1000**3
+
+
+@dataclass(frozen=True)
+class Staged:
+    """What the command is told: where its data is, and which files are this node's."""
+
+    path: Path  # the version (or, for a single object, its file)
+    share_file: Path
+    stats: Stats
+    reused: bool  # the current version was complete and unchanged: nothing fetched
+    hold_fd: int  # the shared lock on the version, kept open into the command
+
+    def exports(self) -> dict[str, str]:
+        return {"BOOTSTRAP_DATA_PATH": str(self.path),
+                "BOOTSTRAP_DATA_SHARE_FILE": str(self.share_file)}
+
+
+def share(objects: Sequence[RemoteObject], rank: int, nodes: int) -> list[RemoteObject]:
+    """Node ``rank``'s share: sorted by the keys' UTF-8 bytes, key i to node i mod N."""
+    ordered = sorted(objects, key=lambda o: o.rel.encode("utf-8", "surrogateescape"))
+    return ordered[rank::nodes]
+
+
+def stage(settings: Staging, transfer: Transfer, rank: int, nodes: int, log: Log) -> Staged:
+    """Stages the data for this node; see the module's contract."""
+    assert settings.url is not None and settings.folder is not None
+    source = locations.parse(settings.url, "DLS_DATA_URL")
+    root = settings.folder
+    name = source.name
+    spec = "none" if settings.shard == "none" or nodes == 1 else f"node {rank}/{nodes}"
+    state = root / STATE
+    versions = state / name
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        _shared_dir(state)
+        _shared_dir(versions)
+    except OSError as exc:
+        raise DownloadError(f"cannot prepare BOOTSTRAP_DATA_DIR={root}: {exc.strerror}; "
+                            "point it at a writable folder (e.g. /cache/data)") from None
+    with _node_lock(state / f"{name}.lock", settings.timeout, log):
+        _claim(state / f"{name}.json", settings.url, spec, root / name)
+        listed, single = _list(source, transfer)
+        mine = share(listed, rank, nodes) if spec != "none" else share(listed, 0, 1)
+        current = _current(root / name, versions)
+        reusable = current if current is not None and _trusted(current) else None
+        if current is not None and reusable is None:
+            log.info(f"data: {current} is not this uid's or is writable by others; "
+                     "staging a fresh copy")
+        stats = Stats(backend="reused")
+        unchanged = _unchanged(reusable, mine, settings.url) if reusable else set()
+        if reusable is not None and unchanged == {o.rel for o in mine} \
+                and _files(reusable, settings.url) == unchanged:
+            version, reused = reusable, True
+            stats.total_files, stats.skipped = len(mine), len(mine)
+            stats.total_bytes = sum(o.size for o in mine)
+        else:
+            version = versions / f"v{time.time_ns()}-{os.getpid()}"
+            _check_space(root, mine, unchanged, settings.max_bytes)
+            stats = _build(version, reusable, mine, unchanged, source, transfer, settings.url,
+                           log)
+            reused = False
+        share_file = versions / f"{version.name}.share"
+        if not reused:
+            _write_atomic(share_file, "".join(f"{o.rel}\n" for o in mine))
+            _write_atomic(versions / f"{version.name}.complete",
+                          json.dumps({"source": settings.url, "shard": spec,
+                                      "files": len(mine)}) + "\n")
+        target = version / single.rel if single is not None else version
+        if not reused:
+            _switch(root / name, target)
+        hold = _hold(versions / f"{version.name}.hold")
+        _collect(versions, keep=version, log=log)
+    return Staged(target, share_file, stats, reused, hold)
+
+
+# --------------------------------------------------------------------------- listing
+
+def _list(source: locations.Location,
+          transfer: Transfer) -> tuple[list[RemoteObject], Optional[RemoteObject]]:
+    """Every file of the source (relative paths), and the single object when the URL
+    names one."""
+    if not source.is_remote:
+        assert source.path is not None
+        return _list_local(source.path)
+    from .fetch import remote
+    from .listing import list_objects, named_object
+
+    with remote(source, transfer) as session:
+        if not source.url.endswith("/"):
+            single = named_object(session.client, source, transfer)
+            if single is not None:
+                return [single], single
+        objects, _ = list_objects(session.client, source, transfer)
+        return objects, None
+
+
+def _list_local(path: Path) -> tuple[list[RemoteObject], Optional[RemoteObject]]:
+    """A mounted path's files; the local "ETag" is size and mtime (what rsync trusts)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        raise DownloadError(f"data source {path} does not exist; check DLS_DATA_URL") from None
+    if stat.S_ISREG(st.st_mode):
+        one = RemoteObject(str(path), path.name, st.st_size, f"{st.st_size}:{st.st_mtime_ns}")
+        return [one], one
+    found = []
+    for folder, dirs, names in os.walk(path):
+        dirs.sort()
+        for name in names:
+            full = os.path.join(folder, name)
+            try:
+                fst = os.stat(full)
+            except OSError:
+                continue
+            if stat.S_ISREG(fst.st_mode):
+                rel = os.path.relpath(full, path).replace(os.sep, "/")
+                found.append(RemoteObject(full, rel, fst.st_size,
+                                          f"{fst.st_size}:{fst.st_mtime_ns}"))
+    if not found:
+        raise DownloadError(f"data source {path} holds no files; check DLS_DATA_URL")
+    return found, None
+
+
+# --------------------------------------------------------------------------- versions
+
+def _shared_dir(path: Path) -> None:
+    """A folder every uid of the node can add to, like /tmp (sticky: each removes only
+    its own), so containers of other users can stage beside each other."""
+    try:
+        path.mkdir(mode=0o755)
+    except FileExistsError:
+        return
+    os.chmod(path, 0o1777)
+
+
+def _claim(identity: Path, url: str, spec: str, link: Path) -> None:
+    """One source and one shard spec per staged name: anything else is refused."""
+    want = {"source": url, "shard": spec}
+    try:
+        held = json.loads(identity.read_text())
+    except FileNotFoundError:
+        if os.path.lexists(link) and not link.is_symlink():
+            raise ConfigError(f"BOOTSTRAP_DATA_DIR already holds {link}, which the bootstrap "
+                              "did not stage; point BOOTSTRAP_DATA_DIR at another folder or "
+                              "move it away") from None
+        _write_atomic(identity, json.dumps(want) + "\n", mode=0o644)
+        return
+    except (OSError, ValueError):
+        held = {}
+    if held != want:
+        raise ConfigError(f"BOOTSTRAP_DATA_DIR holds {link.name} staged from "
+                          f"{held.get('source')!r} (shard {held.get('shard')!r}), not "
+                          f"{url!r} (shard {spec!r}); use another BOOTSTRAP_DATA_DIR for it")
+
+
+def _current(link: Path, versions: Path) -> Optional[Path]:
+    """The complete version the ``<name>`` symlink points at, if it is one of ours."""
+    try:
+        target = Path(os.readlink(link))
+    except OSError:
+        return None
+    version = target if target.parent == versions else target.parent
+    if version.parent != versions or not (versions / f"{version.name}.complete").exists():
+        return None
+    return version
+
+
+def _trusted(version: Path) -> bool:
+    try:
+        st = os.lstat(version)
+    except OSError:
+        return False
+    return st.st_uid == os.getuid() and not st.st_mode & 0o022 and stat.S_ISDIR(st.st_mode)
+
+
+def _manifest(version: Path, url: str) -> Manifest:
+    from .fetch import manifest_path
+
+    return Manifest(manifest_path(version), url)
+
+
+def _unchanged(version: Path, objects: Sequence[RemoteObject], url: str) -> set[str]:
+    record = _manifest(version, url)
+    return {o.rel for o in objects
+            if record.unchanged(o.rel, o.size, o.etag, version / o.rel)}
+
+
+def _files(version: Path, url: str) -> set[str]:
+    """The files the version holds, by its manifest (what to compare with the listing)."""
+    return set(_manifest(version, url).entries())
+
+
+def _check_space(root: Path, objects: Sequence[RemoteObject], unchanged: set[str],
+                 cap: Optional[int]) -> None:
+    total = sum(o.size for o in objects)
+    need = sum(o.size for o in objects if o.rel not in unchanged)
+    if cap is not None and total > cap:
+        raise NoSpaceForData(
+            f"the data for this node is {_human(total)}, over BOOTSTRAP_DATA_MAX_GB="
+            f"{cap / GB:g}; raise the cap, or shard the data (BOOTSTRAP_DATA_SHARD=node)")
+    st = os.statvfs(root)
+    free = st.f_bavail * st.f_frsize
+    if need > free:
+        raise NoSpaceForData(
+            f"staging needs {_human(need)} but {root} has {_human(free)} free; "
+            "free space there, point BOOTSTRAP_DATA_DIR at a larger disk, or shard the data "
+            "(BOOTSTRAP_DATA_SHARD=node)")
+
+
+def _human(n: int) -> str:
+    return f"{n / GB:.2f} GB" if n >= GB else f"{n / 1e6:.1f} MB"
+
+
+def _build(version: Path, previous: Optional[Path], objects: list[RemoteObject],
+           unchanged: set[str], source: locations.Location, transfer: Transfer, url: str,
+           log: Log) -> Stats:
+    """A new version: unchanged files hard-linked from ``previous`` (same inodes, never
+    modified: downloads land by rename), the rest fetched."""
+    version.mkdir(mode=0o755)
+    record = _manifest(version, url)
+    linked = 0
+    for obj in objects:
+        if previous is None or obj.rel not in unchanged:
+            continue
+        dest = version / obj.rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(previous / obj.rel, dest)
+        except OSError:
+            continue  # fetched instead
+        record.record(obj.rel, obj.size, obj.etag, dest)
+        linked += 1
+    folders = sorted({"/".join(o.rel.split("/")[:i])
+                      for o in objects for i in range(1, o.rel.count("/") + 1)})
+    try:
+        if source.is_remote:
+            from .fetch import remote
+
+            with remote(source, transfer) as session:
+                return session.download(objects, folders, version, record, log, label="data")
+        return _copy_local(objects, folders, version, record, transfer.workers)
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise NoSpaceForData(f"{version.parent.parent.parent} ran out of space while "
+                                 "staging; free space there or shard the data") from None
+        raise
+
+
+def _copy_local(objects: list[RemoteObject], folders: list[str], version: Path,
+                record: Manifest, workers: int) -> Stats:
+    """A mounted path's files, copied on threads, each under a temporary name first."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from .download import TMP_SUFFIX
+
+    stats = Stats(backend="local copy")
+    started = time.monotonic()
+    for rel in folders:
+        (version / rel).mkdir(parents=True, exist_ok=True)
+    todo = []
+    for obj in objects:
+        stats.total_files += 1
+        stats.total_bytes += obj.size
+        if record.unchanged(obj.rel, obj.size, obj.etag, version / obj.rel):
+            stats.skipped += 1
+        else:
+            todo.append(obj)
+
+    def copy(obj: RemoteObject) -> None:
+        dest = version / obj.rel
+        tmp = dest.with_name(f".{dest.name}.{os.getpid()}{TMP_SUFFIX}")
+        try:
+            shutil.copyfile(obj.key, tmp)
+            if os.path.getsize(tmp) != obj.size:
+                raise DownloadError(f"{obj.key} changed while it was being staged; rerun")
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, dest)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+        record.record(obj.rel, obj.size, obj.etag, dest)
+
+    record.open_for_append()
+    try:
+        with ThreadPoolExecutor(min(max(workers, 1), 16)) as pool:
+            for obj, _ in zip(todo, pool.map(copy, todo), strict=True):
+                stats.files += 1
+                stats.bytes += obj.size
+    finally:
+        record.close()
+    stats.seconds = time.monotonic() - started
+    return stats
+
+
+def _switch(link: Path, target: Path) -> None:
+    """Points ``link`` at ``target`` in one rename: a reader sees the old or the new."""
+    tmp = link.with_name(f".{link.name}.{os.getpid()}.link")
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    os.symlink(target, tmp)
+    os.replace(tmp, link)
+
+
+def _hold(path: Path) -> int:
+    """A shared lock on a version for as long as the command runs: the fd is
+    inheritable, so it survives the exec into the command."""
+    fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_SH)
+    os.set_inheritable(fd, True)
+    return fd
+
+
+def _collect(versions: Path, keep: Path, log: Log) -> None:
+    """Deletes this uid's versions other than ``keep`` that no running job holds."""
+    uid = os.getuid()
+    for entry in sorted(versions.iterdir()):
+        if not entry.name.startswith("v") or entry == keep or not entry.is_dir() \
+                or entry.is_symlink() or entry.lstat().st_uid != uid:
+            continue
+        hold = versions / f"{entry.name}.hold"
+        try:
+            fd = os.open(hold, os.O_RDONLY | os.O_CREAT, 0o644)
+        except OSError:
+            continue
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # a running job still reads it
+            shutil.rmtree(entry, ignore_errors=True)
+            from .fetch import manifest_path
+
+            for leftover in (manifest_path(entry), versions / f"{entry.name}.complete",
+                             versions / f"{entry.name}.share", hold):
+                with contextlib.suppress(FileNotFoundError):
+                    leftover.unlink()
+            log.info(f"data: removed the old version {entry.name} (no job holds it)")
+        finally:
+            os.close(fd)
+
+
+@contextlib.contextmanager
+def _node_lock(path: Path, timeout: float, log: Log) -> Iterator[None]:
+    """One stager per node and name; the others wait here, the kernel frees the lock
+    of a holder that dies."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except PermissionError:
+        fd = os.open(path, os.O_RDONLY)  # another uid's lock file: flock works read-only
+    else:
+        with contextlib.suppress(OSError):
+            os.fchmod(fd, 0o666)  # other uids on the node must be able to open it
+    try:
+        deadline = time.monotonic() + timeout
+        told = False
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if not told:
+                    log.info(f"data: another process on this node is staging the same data "
+                             f"({path}); waiting for it")
+                    told = True
+                if time.monotonic() >= deadline:
+                    raise DownloadError(
+                        f"another process has been staging the same data for over "
+                        f"{timeout:g} s (BOOTSTRAP_DATA_TIMEOUT); raise the timeout or check "
+                        "that process") from None
+                time.sleep(0.2)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _write_atomic(path: Path, text: str, mode: int = 0o644) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.chmod(tmp, mode)
+    os.replace(tmp, path)
