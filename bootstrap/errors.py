@@ -18,6 +18,7 @@ EXIT_BARRIER = 5  # another node failed, or the start barrier broke
 EXIT_DEPENDENCIES = 6  # pip install of the code directory's requirements failed
 EXIT_NO_SPACE = 7  # the node lacks room for the job's data (BOOTSTRAP_DATA_DIR)
 EXIT_INTERNAL = 70  # a bug in the bootstrap (EX_SOFTWARE)
+EXIT_HANG = 124  # the hang watchdog stopped the command (the code timeout(1) uses)
 EXIT_NOT_EXECUTABLE = 126  # like a shell: the command exists but cannot be run
 EXIT_DOWNLOAD = 127  # the original run_train.sh's "App download error" code
 EXIT_NOT_FOUND = 127  # like a shell: command not found

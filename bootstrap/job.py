@@ -25,6 +25,7 @@ from .cluster import topology
 from .config.settings import ACTIVE_MARKER, Settings, load
 from .errors import (
     EXIT_DOWNLOAD,
+    EXIT_HANG,
     STOP_SIGNALS,
     BarrierFailed,
     BootstrapError,
@@ -38,6 +39,7 @@ from .transfer import location
 
 if TYPE_CHECKING:
     from .config.platform import Cluster
+    from .run.watchdog import Watchdog
     from .transfer.outputs import OutputSync
     from .transfer.staging import Staged
 
@@ -87,6 +89,22 @@ def run(argv: Sequence[str], environ: Mapping[str, str]) -> int:
                  f"{shlex.join(log.redact.argv(final_argv))}")
         _default_signals()
         launch.exec_command(final_argv, environ, None, user_umask)
+    try:
+        return _start(cmd, argv, environ, settings, log, user_umask)
+    except BootstrapError as exc:
+        # Stopped before the command ran: the record says so, as it would after a run,
+        # so that one reader finds every node's end (the culprit of a multi-node stop).
+        from .run import supervise
+
+        supervise.write_start_failure(settings.run.failure_file, exc, settings.task_index,
+                                      log)
+        raise
+
+
+def _start(cmd: command.Command, argv: Sequence[str], environ: Mapping[str, str],
+           settings: Settings, log: Log, user_umask: int) -> int:
+    """Everything after the settings and the command's form are known: the stages,
+    then exec or supervise."""
     code_url = location.parse(settings.app_url) if settings.app_url else None
     cluster = settings.cluster.layout
     if settings.outputs.output_dir is not None:
@@ -217,25 +235,59 @@ def _supervise(argv: Sequence[str], env: Mapping[str, str], cwd: Optional[Path],
     from .run import supervise
     from .transfer import outputs
 
+    dog, stacks_dir = None, None
+    if settings.run.hang_seconds > 0:
+        dog, stacks_dir, env = _watchdog(settings, env, log)
     if sync is not None:
         sync.start_periodic()
-    outcome = supervise.Supervisor(argv, env, cwd, settings.run.grace_seconds, log,
-                                   settings.run.log_file, user_umask).run()
+    try:
+        outcome = supervise.Supervisor(argv, env, cwd, settings.run.grace_seconds, log,
+                                       settings.run.log_file, user_umask, dog).run()
+    finally:
+        if stacks_dir is not None:
+            import shutil
+
+            shutil.rmtree(stacks_dir, ignore_errors=True)
     # The platform may repeat its SIGTERM while we save the outputs: finish the job's
     # last duties rather than die half-way (SIGKILL still ends everything).
     for signum in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, signal.SIG_IGN)
-    code = outcome.exit_code
+    code = EXIT_HANG if outcome.hang else outcome.exit_code
     if code != 0:
         supervise.write_failure_record(settings.run.failure_file, outcome,
-                                       settings.task_index, log)
+                                       settings.task_index, log, exit_code=code)
     if sync is not None and not sync.final() and code == 0:
         code = EXIT_DOWNLOAD  # the command succeeded but its outputs did not reach OBS
     if settings.outputs.log_upload_url is not None:
         outputs.upload_log(settings.run.log_file, settings.outputs.log_upload_url,
                            settings.transfer, log)
-    log.info(outcome.describe() + (f"; exiting {code}" if code != outcome.exit_code else ""))
+    said = outcome.describe() + (f"; exiting {code}" if code != outcome.exit_code else "")
+    if outcome.exit_code == 0 and code != 0:
+        said += ("; reason: upload (infrastructure): the command succeeded but its outputs "
+                 "did not reach DLS_TRAIN_URL")
+    elif code != 0:
+        found = outcome.diagnosis()
+        said += f"; reason: {found.reason} ({found.category}): {found.evidence}"
+    log.info(said)
     return code
+
+
+def _watchdog(settings: Settings, env: Mapping[str, str],
+              log: Log) -> tuple[Watchdog, Path, dict[str, str]]:
+    from .run import watchdog
+
+    stacks_dir = settings.job_dir / f".stacks-{os.getpid()}"
+    stacks_dir.mkdir(parents=True, exist_ok=True)
+    with_hook = dict(env)
+    watchdog.environment(with_hook, stacks_dir, settings.run.heartbeat_file)
+    dog = watchdog.Watchdog(settings.run.hang_seconds, settings.run.hang_action,
+                            settings.run.heartbeat_file, settings.outputs.output_dir,
+                            stacks_dir, settings.run.failure_file.parent / "hang-stacks.txt",
+                            log, stop_command=lambda: None)
+    log.info(f"hang watchdog: {settings.run.hang_seconds:g} s without output, output-file "
+             f"growth or a heartbeat ({settings.run.heartbeat_file}) is a hang; action "
+             f"{settings.run.hang_action}")
+    return dog, stacks_dir, with_hook
 
 
 class _Background(threading.Thread):

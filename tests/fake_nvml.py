@@ -6,7 +6,7 @@ reads its scenario from the ``FAKE_NVML`` environment variable (JSON) so that a
 bootstrap started as a subprocess with ``BOOTSTRAP_NVML_MODULE=tests.fake_nvml``
 sees the same GPUs as the test that set it up::
 
-    {"mode": "ok" | "missing" | "no-driver" | "mismatch",
+    {"mode": "ok" | "missing" | "no-driver" | "mismatch" | "hang-init",
      "driver": "550.54.15", "cuda": 12040,
      "gpus": [{"name": ..., "ecc": 0, "processes": 0, "memory_used": 0, ...}]}
 """
@@ -113,6 +113,10 @@ def nvmlInit() -> None:
         raise NVMLError(NVML_ERROR_DRIVER_NOT_LOADED)
     if mode == "mismatch":
         raise NVMLError(NVML_ERROR_LIB_RM_VERSION_MISMATCH)
+    if mode == "hang-init":  # a GPU that fell off the bus: the driver never answers
+        import time
+
+        time.sleep(3600)
     _state.update(sc)
     _state.setdefault("gpus", [])
 
@@ -176,6 +180,18 @@ def nvmlDeviceGetMaxPcieLinkWidth(handle: int) -> int:
 
 def nvmlDeviceGetTemperature(handle: int, sensor: int) -> int:
     return int(_gpu(handle).get("temperature", 35))
+
+
+@dataclass
+class c_nvmlUtilization_t:  # noqa: N801 - pynvml's name
+    gpu: int
+    memory: int
+
+
+def nvmlDeviceGetUtilizationRates(handle: int) -> c_nvmlUtilization_t:
+    """A rank stuck in an NCCL collective spins at 100 %: the watchdog must not care."""
+    util = int(_gpu(handle).get("utilization", 0))
+    return c_nvmlUtilization_t(util, util)
 
 
 def nvmlDeviceGetPowerUsage(handle: int) -> int:

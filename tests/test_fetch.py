@@ -31,9 +31,10 @@ def fetch_env(s3: S3Server, home: Path, url: str, **extra: str) -> dict[str, str
 
 def files_besides_our_own(home: Path) -> list[Path]:
     """What a failed fetch left under the home, besides the bootstrap's own preflight
-    report (it runs beside the download): a refused tree must leave nothing."""
-    return [p for p in home.rglob("*")
-            if p.is_file() and p != home / "user-job-dir" / "preflight.json"]
+    report (it runs beside the download) and its failure record: a refused tree must
+    leave nothing."""
+    ours = {home / "user-job-dir" / "preflight.json", home / "user-job-dir" / "failure.json"}
+    return [p for p in home.rglob("*") if p.is_file() and p not in ours]
 
 
 def tree_digest(root: Path) -> dict[str, str]:

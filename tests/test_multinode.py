@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from devtools.s3server import S3Server
-from tests.conftest import RUN_TRAIN, assert_one_error_line, base_env, stage
+from tests.conftest import REPO, RUN_TRAIN, assert_one_error_line, base_env, stage
 from tests.netns import Hosts, LoopbackHosts, namespaces_available
 
 pytestmark = [pytest.mark.multinode, pytest.mark.timeout(600)]
@@ -258,6 +258,26 @@ def test_a_node_whose_data_does_not_fit_stops_the_others_through_the_barrier(
     assert_one_error_line(results[0].err, "node 1 (", "data staging", "BOOTSTRAP_DATA_MAX_GB")
     assert_one_error_line(results[1].err, "over BOOTSTRAP_DATA_MAX_GB=1e-09")
     assert all("must not run" not in r.out for r in results)
+
+
+def test_a_node_whose_gpu_driver_hangs_stops_the_others_at_once(lab: Lab, tmp_path: Path) -> None:
+    """NVML never answers on node 1 (a GPU off the bus): it fails its preflight at
+    BOOTSTRAP_PREFLIGHT_TIMEOUT and the barrier stops node 0 long before its deadline."""
+    contract = old_contract(lab, 2, port())
+    hung = {"BOOTSTRAP_NVML_MODULE": "tests.fake_nvml", "PYTHONPATH": str(REPO),
+            "FAKE_NVML": json.dumps({"mode": "hang-init"}), "BOOTSTRAP_PREFLIGHT_TIMEOUT": "3"}
+    started = time.monotonic()
+    results = run_job(lab, tmp_path, 2, ["python", "-c", "print('must not run')"],
+                      lambda i: {**contract(i), **(hung if i == 1 else {})},
+                      extra={"BOOTSTRAP_BARRIER": "on", "BOOTSTRAP_PEER_TIMEOUT": "120"})
+    assert [r.code for r in results] == [5, 4], [r.err for r in results]
+    assert time.monotonic() - started < 40  # not node 0's 120 s deadline
+    assert_one_error_line(results[1].err, "nvmlInit never returned")
+    assert_one_error_line(results[0].err, "node 1 (", "nvmlInit never returned")
+    # Each node's record tells its own story: the culprit is the one that is not "barrier".
+    reasons = [json.loads((r.home / "user-job-dir" / "failure.json").read_text())["reason"]
+               for r in results]
+    assert reasons == ["barrier", "preflight"]
 
 
 def test_a_failing_node_stops_every_node_through_the_barrier(lab: Lab, tmp_path: Path) -> None:

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     Network = Literal["auto", "off"]
     PipInstall = Literal["auto", "on", "off"]
     Shard = Literal["none", "node"]
+    HangAction = Literal["stop", "dump"]
 
 MiB = 1024 * 1024
 GB = 1000**3
@@ -92,6 +93,7 @@ class Preflight:
     min_memory: int
     min_nofile: int
     busy_fraction: float
+    timeout: float  # BOOTSTRAP_PREFLIGHT_TIMEOUT: a check that does not return fails
     nvml_module: str  # the NVML bindings' module (tests load a fake)
     cuda_visible: str | None  # CUDA_VISIBLE_DEVICES as given
     nvidia_visible: str | None  # NVIDIA_VISIBLE_DEVICES as given
@@ -113,6 +115,9 @@ class RunSettings:
     failure_file: Path
     pip_install: PipInstall  # "on": requirements.txt too, not only pip-requirements.txt
     cache_dir: Path  # the command's TMPDIR when it exists and TMPDIR is unset
+    hang_seconds: float  # BOOTSTRAP_HANG_SECONDS: no progress this long is a hang; 0: off
+    hang_action: HangAction  # "stop": stacks, then SIGTERM/grace/SIGKILL, exit 124
+    heartbeat_file: Path  # touched by the command: progress (exported to it)
 
 
 @dataclass(frozen=True)
@@ -250,6 +255,7 @@ def load_preflight(env: Mapping[str, str]) -> Preflight:
         min_memory=int(parse.number(env, "BOOTSTRAP_MIN_MEMORY_GB", 2) * GB),
         min_nofile=parse.integer(env, "BOOTSTRAP_MIN_NOFILE", 8192),
         busy_fraction=parse.number(env, "BOOTSTRAP_BUSY_MEMORY_FRACTION", 0.5),
+        timeout=parse.number(env, "BOOTSTRAP_PREFLIGHT_TIMEOUT", 60.0, minimum=0.1),
         nvml_module=parse.text(env, "BOOTSTRAP_NVML_MODULE") or "pynvml",
         cuda_visible=env.get("CUDA_VISIBLE_DEVICES"),
         nvidia_visible=env.get("NVIDIA_VISIBLE_DEVICES"),
@@ -268,6 +274,12 @@ def _run(env: Mapping[str, str], job_dir: Path, task: str) -> RunSettings:
     pip_install: PipInstall = "auto"
     if pip is not None and pip.lower() != "auto":
         pip_install = "on" if parse.flag(env, "BOOTSTRAP_PIP_INSTALL", False) else "off"
+    hang = parse.number(env, "BOOTSTRAP_HANG_SECONDS", 0.0, minimum=0)
+    if hang > 0:
+        if supervise is False:
+            raise ConfigError("BOOTSTRAP_HANG_SECONDS needs a supervised run, but "
+                              "BOOTSTRAP_SUPERVISE=0; unset one of them")
+        supervise = True  # only a parent can watch the command
     return RunSettings(
         nested=env.get(ACTIVE_MARKER) == "1",
         supervise=supervise,
@@ -276,6 +288,11 @@ def _run(env: Mapping[str, str], job_dir: Path, task: str) -> RunSettings:
         failure_file=Path(parse.text(env, "BOOTSTRAP_FAILURE_FILE") or job_dir / "failure.json"),
         pip_install=pip_install,
         cache_dir=_cache_dir(env),
+        hang_seconds=hang,
+        hang_action=parse.choice(env, "BOOTSTRAP_HANG_ACTION", "stop",  # type: ignore[arg-type]
+                                 ("stop", "dump")),
+        heartbeat_file=Path(parse.text(env, "BOOTSTRAP_HEARTBEAT_FILE")
+                            or job_dir / "heartbeat"),
     )
 
 

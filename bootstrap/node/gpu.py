@@ -110,12 +110,32 @@ def _library_loads() -> bool:
     return True
 
 
-def inspect(pol: Preflight) -> Inventory:
+class _Traced:
+    """The bindings, recording each call as it starts: a driver that never answers is
+    then named by the call that did not return (BOOTSTRAP_PREFLIGHT_TIMEOUT)."""
+
+    def __init__(self, module: Any, calls: list[str]) -> None:
+        self._module, self._calls = module, calls
+
+    def __getattr__(self, name: str) -> Any:
+        value = getattr(self._module, name)
+        if not name.startswith("nvml") or isinstance(value, type) or not callable(value):
+            return value
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            self._calls.append(name)
+            return value(*args, **kwargs)
+
+        return call
+
+
+def inspect(pol: Preflight, calls: Optional[list[str]] = None) -> Inventory:
+    """The GPUs as NVML sees them; ``calls`` receives each NVML call as it starts."""
     module = pol.nvml_module
     if module == "pynvml" and not _library_loads():
         return Inventory(nvml=False, notes=(f"NVML: {NVML_LIBRARY} not found",))
     try:
-        nvml = importlib.import_module(module)
+        nvml = _Traced(importlib.import_module(module), calls if calls is not None else [])
     except ImportError:
         return Inventory(nvml=False, notes=(f"the NVML bindings ({module}) are not installed",))
     try:

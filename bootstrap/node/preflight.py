@@ -188,10 +188,31 @@ def _cuda_number(version: str) -> Optional[int]:
 
 
 def run(pol: Preflight, job_dir: Path, ipoib_device: str) -> Report:
+    """Inspects and judges this node, within ``pol.timeout`` seconds.
+
+    NVML can block for minutes on a node whose GPU fell off the bus (where
+    ``nvidia-smi`` hangs too). The inspection runs on a daemon thread; past the
+    deadline the node fails ``gpu.nvml`` naming the call that never returned, and the
+    job stops (the start barrier tells the other nodes) instead of holding them all.
+    """
+    import threading
+
     from . import gpu, resources
 
     started = time.monotonic()
-    inv = gpu.inspect(pol)
+    calls: list[str] = []
+    found: list[Inventory] = []
+    worker = threading.Thread(target=lambda: found.append(gpu.inspect(pol, calls)),
+                              daemon=True, name="nvml")
+    worker.start()
+    worker.join(pol.timeout)
+    if found:
+        inv = found[0]
+    else:
+        stuck = calls[-1] if calls else "loading the NVML library"
+        inv = Inventory(nvml=True, error=f"NVML did not answer within {pol.timeout:g} s "
+                                         f"(BOOTSTRAP_PREFLIGHT_TIMEOUT): {stuck} never "
+                                         "returned; the GPU or its driver is hung")
     state = resources.measure(pol, job_dir, ipoib_device)
     findings = evaluate(inv, state, pol)
     return Report(inv, state, tuple(findings), time.monotonic() - started)

@@ -15,8 +15,12 @@ sync, log upload), the bootstrap keeps running as the parent:
   reports it (never flattened to 1);
 * stdout and stderr stream through unchanged, and are also appended to the log file
   (``/tmp/dls-task-$DLS_TASK_INDEX.log`` like the original, ``BOOTSTRAP_LOG_FILE``);
-* on a non-zero end a failure record (exit code, signal, last lines of stderr) is
-  written once to ``BOOTSTRAP_FAILURE_FILE`` (default ``<job dir>/failure.json``).
+* on a non-zero end a failure record (exit code, signal, last lines of stderr, and
+  the :mod:`~bootstrap.run.diagnose` reason and category) is written once to
+  ``BOOTSTRAP_FAILURE_FILE`` (default ``<job dir>/failure.json``);
+* with ``BOOTSTRAP_HANG_SECONDS`` a :class:`~bootstrap.run.watchdog.Watchdog` watches
+  for progress; the command's ``oom_score_adj`` is raised above ours, so that the OOM
+  killer picks it, not the supervisor that must still sync the outputs.
 """
 
 from __future__ import annotations
@@ -31,12 +35,17 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Optional
+from typing import IO, TYPE_CHECKING, Any, Optional
 
+from ..errors import BootstrapError
 from ..log import Log
+from .diagnose import Diagnosis, before_start, classify, oom_kills
+
+if TYPE_CHECKING:
+    from .watchdog import Watchdog
 
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
              signal.SIGUSR2)
@@ -52,6 +61,16 @@ class Outcome:
     killed_after_grace: bool
     seconds: float
     stderr_tail: str
+    hang: bool = False  # the watchdog found no progress (and, with "stop", ended it)
+    hang_where: str = ""
+    stacks: str = ""
+    stacks_file: Optional[str] = None
+    oom_kills: int = 0  # OOM kills in our memory cgroup during the run
+
+    def diagnosis(self) -> Diagnosis:
+        return classify(self.exit_code, self.signal, self.stderr_tail, hang=self.hang,
+                        stacks=self.stacks, hang_where=self.hang_where,
+                        oom_kills=self.oom_kills, sent_by_us=self.hang)
 
     def describe(self) -> str:
         if self.killed_after_grace:
@@ -80,9 +99,11 @@ class _Tee(threading.Thread):
     lines at a time, so stdout and stderr lines never interleave mid-line there."""
 
     def __init__(self, pipe: IO[bytes], out: IO[bytes], logfile: Optional[IO[bytes]],
-                 lock: threading.Lock, keep_tail: bool) -> None:
+                 lock: threading.Lock, keep_tail: bool,
+                 on_data: Optional[Callable[[], None]] = None) -> None:
         super().__init__(daemon=True)
         self.pipe, self.out, self.logfile, self.lock = pipe, out, logfile, lock
+        self.on_data = on_data
         self.tail: collections.deque[bytes] = collections.deque()
         self.tail_size = 0
         self.keep_tail = keep_tail
@@ -98,6 +119,8 @@ class _Tee(threading.Thread):
             if not chunk:
                 self._log(pending)
                 break
+            if self.on_data is not None:
+                self.on_data()
             with contextlib.suppress(OSError):  # a closed stdout must not kill the job
                 self.out.write(chunk)
                 self.out.flush()
@@ -129,9 +152,13 @@ class _Tee(threading.Thread):
 
 class Supervisor:
     def __init__(self, argv: Sequence[str], env: Mapping[str, str], cwd: Optional[Path],
-                 grace: float, log: Log, log_path: Optional[Path], umask: int = -1) -> None:
+                 grace: float, log: Log, log_path: Optional[Path], umask: int = -1,
+                 watchdog: Optional[Watchdog] = None) -> None:
         self.argv, self.env, self.cwd, self.umask = list(argv), dict(env), cwd, umask
         self.grace, self.log, self.log_path = grace, log, log_path
+        self.watchdog = watchdog
+        if watchdog is not None:
+            watchdog.stop_command = self._stop_hung
         self.child: Optional[subprocess.Popen[bytes]] = None
         self.killed_after_grace = False
         self._grace_timer: Optional[threading.Timer] = None
@@ -148,6 +175,11 @@ class Supervisor:
             self._grace_timer = threading.Timer(self.grace, self._kill)
             self._grace_timer.daemon = True
             self._grace_timer.start()
+
+    def _stop_hung(self) -> None:
+        """The watchdog's "stop": what a platform stop does (SIGTERM, grace, SIGKILL)."""
+        self.log.info("hang: stopping the command (BOOTSTRAP_HANG_ACTION=stop)")
+        self._forward(signal.SIGTERM, None)
 
     def _kill(self) -> None:
         child = self.child
@@ -170,17 +202,27 @@ class Supervisor:
             signal.signal(signum, self._forward)
         sys.stdout.flush()
         sys.stderr.flush()
+        oom_before = oom_kills()
         self.child = subprocess.Popen(self.argv, env=self.env, cwd=self.cwd,
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                       start_new_session=True, umask=self.umask)
+        _raise_oom_score(self.child.pid)
         lock = threading.Lock()
         assert self.child.stdout is not None and self.child.stderr is not None
-        tees = [_Tee(self.child.stdout, sys.stdout.buffer, logfile, lock, keep_tail=False),
-                _Tee(self.child.stderr, sys.stderr.buffer, logfile, lock, keep_tail=True)]
+        progress = self.watchdog.progress if self.watchdog is not None else None
+        tees = [_Tee(self.child.stdout, sys.stdout.buffer, logfile, lock, keep_tail=False,
+                     on_data=progress),
+                _Tee(self.child.stderr, sys.stderr.buffer, logfile, lock, keep_tail=True,
+                     on_data=progress)]
         for tee in tees:
             tee.start()
+        if self.watchdog is not None:
+            self.watchdog.sid = self.child.pid
+            self.watchdog.start()
         status = self._reap_until_child_exits(self.child.pid)
         self.child.returncode = status
+        if self.watchdog is not None:
+            self.watchdog.finish()
         if self._grace_timer is not None:
             self._grace_timer.cancel()
         for tee in tees:  # grandchildren may keep the pipes open: do not wait for ever
@@ -191,8 +233,14 @@ class Supervisor:
             signal.signal(signum, signal.SIG_DFL)
         died_by = os.WTERMSIG(status) if os.WIFSIGNALED(status) else None
         code = 128 + died_by if died_by is not None else os.WEXITSTATUS(status)
+        dog = self.watchdog
+        hung = dog is not None and dog.hangs > 0
         return Outcome(code, died_by, self.killed_after_grace, time.monotonic() - started,
-                       tees[1].text())
+                       tees[1].text(), hang=hung and dog is not None and dog.action == "stop",
+                       hang_where=dog.summary if dog is not None else "",
+                       stacks=_read(dog.stacks_file) if hung and dog is not None else "",
+                       stacks_file=str(dog.stacks_file) if hung and dog is not None else None,
+                       oom_kills=max(oom_kills() - oom_before, 0))
 
     @staticmethod
     def _reap_until_child_exits(pid: int) -> int:
@@ -210,14 +258,51 @@ class Supervisor:
                 return status
 
 
-def write_failure_record(path: Path, outcome: Outcome, task_index: str, log: Log) -> None:
+def _raise_oom_score(pid: int) -> None:
+    """The command is the OOM killer's first choice, 500 above the supervisor."""
+    try:
+        ours = int(Path("/proc/self/oom_score_adj").read_text())
+        Path(f"/proc/{pid}/oom_score_adj").write_text(str(min(ours + 500, 1000)))
+    except (OSError, ValueError):
+        pass  # not Linux, or not allowed: the kernel's own choice stands
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace")
+    except OSError:
+        return ""
+
+
+def write_failure_record(path: Path, outcome: Outcome, task_index: str, log: Log,
+                         exit_code: Optional[int] = None) -> None:
     """Written once: an existing record (the first failure of the job) is never replaced."""
-    record = {"exit_code": outcome.exit_code,
-              "signal": signal.Signals(outcome.signal).name if outcome.signal else None,
-              "killed_after_grace": outcome.killed_after_grace,
-              "wall_seconds": round(outcome.seconds, 3), "task_index": task_index,
-              "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-              "stderr_tail": log.redact(outcome.stderr_tail)}
+    found = outcome.diagnosis()
+    _write_record(path, {
+        "exit_code": outcome.exit_code if exit_code is None else exit_code,
+        "reason": found.reason, "category": found.category,
+        "evidence": log.redact(found.evidence), "stacks_file": outcome.stacks_file,
+        "oom_kills": outcome.oom_kills,
+        "signal": signal.Signals(outcome.signal).name if outcome.signal else None,
+        "killed_after_grace": outcome.killed_after_grace,
+        "wall_seconds": round(outcome.seconds, 3), "task_index": task_index,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "stderr_tail": log.redact(outcome.stderr_tail)}, log)
+
+
+def write_start_failure(path: Path, error: BootstrapError, task_index: str, log: Log) -> None:
+    """The record of a job that stopped before its command ran (preflight, barrier,
+    download, ...): the same file and fields, so one reader finds every node's end."""
+    found = before_start(type(error).__name__, error.message)
+    _write_record(path, {"exit_code": error.exit_code, "reason": found.reason,
+                         "category": found.category, "evidence": log.redact(found.evidence),
+                         "stacks_file": None, "oom_kills": 0, "signal": None,
+                         "killed_after_grace": False, "wall_seconds": None,
+                         "task_index": task_index, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                         "stderr_tail": ""}, log)
+
+
+def _write_record(path: Path, record: dict[str, Any], log: Log) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
