@@ -159,7 +159,8 @@ def _start(cmd: command.Command, argv: Sequence[str], environ: Mapping[str, str]
         from .transfer import outputs
 
         sync = outputs.OutputSync(settings.outputs, settings.transfer,
-                                  settings.job_dir / ".output-sync-state.json", log)
+                                  settings.job_dir / ".output-sync-state.json", log,
+                                  rank=settings.cluster.layout.rank)
     supervise = settings.run.supervise
     if supervise is None:  # PID 1 must supervise; so must anything with work after the end
         supervise = (os.getpid() == 1 or sync is not None
@@ -172,7 +173,8 @@ def _start(cmd: command.Command, argv: Sequence[str], environ: Mapping[str, str]
         launch.exec_command(final_argv, env, code_dir, user_umask)
     log.info(f"run (supervised, pid {os.getpid()}): {shlex.join(log.redact.argv(final_argv))}"
              f"{where}; log: {settings.run.log_file}")
-    return _supervise(final_argv, env, code_dir, settings, log, sync, user_umask)
+    return _supervise(final_argv, env, code_dir, settings, log, sync, user_umask,
+                      report.gpu_count)
 
 
 def _default_signals() -> None:
@@ -231,7 +233,7 @@ def _deps_stage(code_dir: Path, argv: Sequence[str], env: Mapping[str, str],
 
 def _supervise(argv: Sequence[str], env: Mapping[str, str], cwd: Optional[Path],
                settings: Settings, log: Log, sync: Optional[OutputSync],
-               user_umask: int) -> int:
+               user_umask: int, gpus: int = 0) -> int:
     from .run import supervise
     from .transfer import outputs
 
@@ -241,8 +243,9 @@ def _supervise(argv: Sequence[str], env: Mapping[str, str], cwd: Optional[Path],
     if sync is not None:
         sync.start_periodic()
     try:
-        outcome = supervise.Supervisor(argv, env, cwd, settings.run.grace_seconds, log,
-                                       settings.run.log_file, user_umask, dog).run()
+        outcome = supervise.Supervisor(
+            argv, env, cwd, settings.run.grace_seconds, log, settings.run.log_file, user_umask,
+            dog, settings.preflight.nvml_module if gpus else None).run()
     finally:
         if stacks_dir is not None:
             import shutil
@@ -256,7 +259,7 @@ def _supervise(argv: Sequence[str], env: Mapping[str, str], cwd: Optional[Path],
     if code != 0:
         supervise.write_failure_record(settings.run.failure_file, outcome,
                                        settings.task_index, log, exit_code=code)
-    if sync is not None and not sync.final() and code == 0:
+    if sync is not None and not sync.final(code) and code == 0:
         code = EXIT_DOWNLOAD  # the command succeeded but its outputs did not reach OBS
     if settings.outputs.log_upload_url is not None:
         outputs.upload_log(settings.run.log_file, settings.outputs.log_upload_url,

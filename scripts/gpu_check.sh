@@ -17,4 +17,17 @@ command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi --query-gpu=index,name,drive
 rc=$?
 "$PY" -m bootstrap check --json > "${TMPDIR:-/tmp}/bootstrap-gpu-check.json"
 echo "JSON report: ${TMPDIR:-/tmp}/bootstrap-gpu-check.json (exit $rc)"
+# The Xid watch a supervised job runs beside its command (NVML's event API), for 3 s:
+# it must register on every GPU without error; a healthy node reports no event.
+"$PY" - <<'PYEOF' || rc=$?
+import time
+from bootstrap.node.xid import XidWatch, describe
+watch = XidWatch("pynvml")
+watch.start()
+time.sleep(3)
+events = watch.stop()
+print("xid watch:", watch.note or "registered on every GPU", "| events:",
+      describe(events) or "none")
+raise SystemExit(1 if watch.note.startswith("Xid watch stopped") else 0)  # no NVML: CPU node
+PYEOF
 exit $rc

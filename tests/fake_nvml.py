@@ -28,6 +28,8 @@ NVML_ERROR_NOT_SUPPORTED = 3
 NVML_ERROR_DRIVER_NOT_LOADED = 9
 NVML_ERROR_LIBRARY_NOT_FOUND = 12
 NVML_ERROR_LIB_RM_VERSION_MISMATCH = 18
+NVML_ERROR_TIMEOUT = 10
+nvmlEventTypeXidCriticalError = 8
 nvmlClocksThrottleReasonHwSlowdown = 0x08
 nvmlClocksThrottleReasonSwThermalSlowdown = 0x20
 nvmlClocksThrottleReasonHwThermalSlowdown = 0x40
@@ -62,11 +64,21 @@ class NVMLError_NotSupported(NVMLError): ...  # noqa: N801,E701 - pynvml's names
 class NVMLError_DriverNotLoaded(NVMLError): ...  # noqa: N801,E701
 class NVMLError_LibraryNotFound(NVMLError): ...  # noqa: N801,E701
 class NVMLError_LibRmVersionMismatch(NVMLError): ...  # noqa: N801,E701
+class NVMLError_Timeout(NVMLError): ...  # noqa: N801,E701
 
 
 NVMLError._valClassMapping.update({3: NVMLError_NotSupported, 9: NVMLError_DriverNotLoaded,
                                    12: NVMLError_LibraryNotFound,
-                                   18: NVMLError_LibRmVersionMismatch})
+                                   18: NVMLError_LibRmVersionMismatch, 10: NVMLError_Timeout})
+
+
+@dataclass
+class c_nvmlEventData_t:  # noqa: N801
+    device: int
+    eventType: int  # noqa: N815
+    eventData: int  # noqa: N815 - the Xid
+    gpuInstanceId: int  # noqa: N815
+    computeInstanceId: int  # noqa: N815
 
 
 @dataclass
@@ -135,6 +147,44 @@ def nvmlSystemGetCudaDriverVersion() -> int:
 
 def nvmlDeviceGetCount() -> int:
     return len(_state["gpus"])
+
+
+def nvmlEventSetCreate() -> dict[str, Any]:
+    """Xid events come from the scenario: ``"xid": [{"gpu": 0, "xid": 79, "after": 1.0}]``
+    (seconds after the set was created)."""
+    import time
+
+    return {"created": time.monotonic(), "devices": set(), "sent": 0}
+
+
+def nvmlDeviceRegisterEvents(handle: int, eventTypes: int, eventSet: dict[str, Any]) -> None:  # noqa: N803
+    _gpu(handle)
+    eventSet["devices"].add(handle)
+
+
+def nvmlEventSetWait_v2(eventSet: dict[str, Any], timeoutms: int) -> c_nvmlEventData_t:
+    import time
+
+    pending = [e for e in _state.get("xid", []) if e.get("gpu", 0) in eventSet["devices"]]
+    if eventSet["sent"] < len(pending):
+        event = pending[eventSet["sent"]]
+        due = eventSet["created"] + float(event.get("after", 0))
+        if time.monotonic() + timeoutms / 1000 >= due:
+            time.sleep(max(due - time.monotonic(), 0))
+            eventSet["sent"] += 1
+            return c_nvmlEventData_t(int(event.get("gpu", 0)), nvmlEventTypeXidCriticalError,
+                                     int(event["xid"]), 0xFFFFFFFF, 0xFFFFFFFF)
+    time.sleep(timeoutms / 1000)
+    raise NVMLError(NVML_ERROR_TIMEOUT)
+
+
+def nvmlDeviceGetIndex(handle: int) -> int:
+    _gpu(handle)
+    return handle
+
+
+def nvmlEventSetFree(eventSet: dict[str, Any]) -> None:
+    eventSet["devices"].clear()
 
 
 def nvmlDeviceGetHandleByIndex(index: int) -> int:

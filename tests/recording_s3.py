@@ -136,8 +136,11 @@ class RecordingS3(LocalServer):
 
             def do_DELETE(self) -> None:  # noqa: N802
                 self._record(b"")
-                _, _, query = self._key()
-                owner.uploads.pop(query.get("uploadId", [""])[0], None)
+                key, _, query = self._key()
+                if "uploadId" in query:
+                    owner.uploads.pop(query["uploadId"][0], None)
+                else:
+                    owner.objects.pop(key, None)
                 send(self, 204, b"")
 
         super().__init__(Handler)

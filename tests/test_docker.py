@@ -146,6 +146,22 @@ def test_docker_stop_delivers_sigterm_and_exits_143(docker_env: dict[str, str], 
     assert "child got SIGTERM" in docker(docker_env, "logs", cid).stdout
 
 
+def test_hang_watchdog_as_pid_1(docker_env: dict[str, str], image: str,
+                               containers: list[str]) -> None:
+    """The watchdog's stack dump needs no ptrace and nothing installed: as PID 1 in the
+    image, under its non-root user, a hung command ends with its stacks and 124."""
+    name = f"bt-{uuid.uuid4().hex[:8]}"
+    containers.append(name)
+    stuck = ("import time\nprint('up', flush=True)\n"
+             "def hung_in_the_image_k4():\n    time.sleep(600)\nhung_in_the_image_k4()\n")
+    r = docker(docker_env, "run", "--name", name, "-e", "BOOTSTRAP_HANG_SECONDS=2",
+               "-e", "BOOTSTRAP_GRACE_SECONDS=2", image, "bash", "/home/work/run_train.sh",
+               "python3", "-c", stuck, check=False)
+    assert r.returncode == 124, r.stderr
+    assert "supervised, pid 1" in r.stderr and "hung_in_the_image_k4" in r.stderr
+    assert "reason: hang" in r.stderr.strip().splitlines()[-1]
+
+
 def test_check_image_mode(docker_env: dict[str, str], image: str) -> None:
     r = docker(docker_env, "run", "--rm", "--entrypoint", "/opt/bootstrap/bin/bootstrap-check",
                image, "--image", check=False)

@@ -7,12 +7,14 @@ retries stay bounded, and a killed run's rerun finishes the job.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import random
 import signal
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -133,8 +135,7 @@ def test_a_stalled_connection_times_out_and_the_range_is_retried(
 
 
 def test_uploads_under_faults_leave_only_complete_objects(
-        s3: S3Server, bucket: Bucket, home: Path,
-                                                         tmp_path: Path) -> None:
+        s3: S3Server, bucket: Bucket, home: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     out.mkdir()
     rng = random.Random(5)
@@ -153,8 +154,16 @@ def test_uploads_under_faults_leave_only_complete_objects(
         r = run_train(["true"], env)
     assert r.returncode == 0, r.stderr
     assert sum(proxy.injected.values()) > 5
-    listed = bucket.client.list_objects_v2(Bucket=bucket.name, Prefix="train/")["Contents"]
+    listed = [o for o in bucket.client.list_objects_v2(Bucket=bucket.name,
+                                                       Prefix="train/")["Contents"]
+              if "/.bootstrap/" not in o["Key"]]
     assert len(listed) == len(files)
+    done = json.loads(bucket.client.get_object(
+        Bucket=bucket.name, Key="train/.bootstrap/0/complete.json")["Body"].read())
+    assert {k: v["size"] for k, v in done["objects"].items()} == \
+        {f"train/{rel}": len(data) for rel, data in files.items()}
+    assert all(v["etag"] == o["ETag"].strip('"') for o in listed
+               for k, v in done["objects"].items() if k == o["Key"])
     for rel, data in files.items():
         body = bucket.client.get_object(Bucket=bucket.name, Key=f"train/{rel}")["Body"].read()
         assert body == data, rel
@@ -224,3 +233,51 @@ def test_sigterm_during_download_cleans_up_and_exits_143(
     assert proc.returncode == 143, err
     assert_one_error_line(err, "SIGTERM")
     assert list(code.rglob("*.bootstrap-tmp")) == []
+
+
+def test_sigkill_during_the_final_sync_then_a_rerun_leaves_nothing_dangling(
+        s3: S3Server, bucket: Bucket, home: Path, tmp_path: Path) -> None:
+    """The platform's grace runs out mid-upload: SIGKILL. The store then holds a dangling
+    multipart upload and no completion manifest (so a reader knows the outputs are cut);
+    the node's next run aborts what it left and writes a manifest a reader can check."""
+    out = tmp_path / "out"
+    out.mkdir()
+    big = os.urandom(30 * 2**20 + 7)
+    (out / "ckpt.pt").write_bytes(big)
+    (out / "notes.txt").write_text("epoch 9\n")
+    env = base_env(home, {**s3.env(), "BOOTSTRAP_OUTPUT_DIR": str(out),
+                          "DLS_TRAIN_URL": f"s3://{bucket.name}/run/",
+                          "BOOTSTRAP_MULTIPART_THRESHOLD": str(5 * 2**20)})
+    with FaultProxy(s3.endpoint, rate=1.0, kinds=("latency",), latency=0.5) as proxy:
+        proc = subprocess.Popen(["bash", str(RUN_TRAIN), "true"],
+                                env={**env, "AWS_ENDPOINT_URL": proxy.endpoint},
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                start_new_session=True)
+        deadline = time.monotonic() + 60
+        while not bucket.client.list_multipart_uploads(Bucket=bucket.name).get("Uploads"):
+            assert time.monotonic() < deadline and proc.poll() is None, "no upload started"
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    # Control: the failure this guards against is real.
+    assert bucket.client.list_multipart_uploads(Bucket=bucket.name).get("Uploads")
+
+    def manifest() -> Any:
+        try:
+            return json.loads(bucket.client.get_object(
+                Bucket=bucket.name, Key="run/.bootstrap/0/complete.json")["Body"].read())
+        except bucket.client.exceptions.NoSuchKey:
+            return None
+
+    assert manifest() is None  # a cut sync has no completion manifest
+    r = run_train(["true"], env)
+    assert r.returncode == 0, r.stderr
+    assert "aborted 1 multipart upload(s)" in r.stderr
+    assert bucket.client.list_multipart_uploads(Bucket=bucket.name).get("Uploads", []) == []
+    done = manifest()
+    assert done is not None and done["exit_code"] == 0
+    for key, want in (("run/ckpt.pt", big), ("run/notes.txt", b"epoch 9\n")):
+        head = bucket.client.head_object(Bucket=bucket.name, Key=key)
+        assert done["objects"][key] == {"size": len(want), "etag": head["ETag"].strip('"')}
+    assert bucket.client.list_objects_v2(
+        Bucket=bucket.name, Prefix="run/.bootstrap/0/uploads/").get("KeyCount") == 0

@@ -98,7 +98,12 @@ def test_obs_requirements_on_the_wire(backend: str, hosts: Path, home: Path,
     ranged = [req for req in rec.seen if "range" in req.headers and req.path.endswith("big.bin")]
     assert len(ranged) == 4, [req.headers.get("range") for req in rec.seen]  # 4 x 64 KiB
     puts = [req for req in rec.seen if req.method == "PUT"]
-    assert len(puts) == 3, puts  # one object, two parts
+    ours = [req.path.split("/.bootstrap/0/")[1].split("/")[0] for req in puts
+            if "/.bootstrap/" in req.path]
+    assert len(puts) - len(ours) == 3, puts  # one object, two parts
+    assert sorted(ours) == ["complete.json", "uploads"], ours  # the journal and the manifest
+    deletes = [req for req in rec.seen if req.method == "DELETE"]
+    assert deletes and all("?delete" not in req.path for req in rec.seen), rec.seen
     for req in puts:
         if backend == "boto3":
             assert req.headers["content-md5"] == req.body_md5, req

@@ -13,6 +13,7 @@ import sys
 import time
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -62,9 +63,20 @@ def wait_for_line(proc: subprocess.Popen[str], needle: str, timeout: float = 60)
 
 
 def keys(bucket: Bucket, prefix: str) -> dict[str, bytes]:
+    """The user's objects under ``prefix`` (the bootstrap's own ``.bootstrap/`` left out)."""
     resp = bucket.client.list_objects_v2(Bucket=bucket.name, Prefix=prefix)
     return {o["Key"]: bucket.client.get_object(Bucket=bucket.name, Key=o["Key"])["Body"].read()
-            for o in resp.get("Contents", [])}
+            for o in resp.get("Contents", []) if "/.bootstrap/" not in o["Key"]}
+
+
+def manifest(bucket: Bucket, prefix: str, rank: int = 0) -> dict[str, Any] | None:
+    try:
+        body = bucket.client.get_object(Bucket=bucket.name,
+                                        Key=f"{prefix}.bootstrap/{rank}/complete.json")["Body"]
+    except bucket.client.exceptions.NoSuchKey:
+        return None
+    found: dict[str, Any] = json.loads(body.read())
+    return found
 
 
 def test_sigterm_is_forwarded_and_the_checkpoint_uploaded(s3: S3Server, bucket: Bucket, home: Path,
@@ -79,6 +91,10 @@ def test_sigterm_is_forwarded_and_the_checkpoint_uploaded(s3: S3Server, bucket: 
     assert "child got SIGTERM" in out
     assert "ended by SIGTERM: exit code 143" in err
     assert keys(bucket, "train/") == {"train/ckpt-final.pt": b"saved on SIGTERM"}
+    done = manifest(bucket, "train/")  # written last, with what a reader can check
+    assert done is not None and done["exit_code"] == 143
+    assert done["objects"] == {"train/ckpt-final.pt": {
+        "size": 16, "etag": hashlib.md5(b"saved on SIGTERM").hexdigest()}}
     record = json.loads((home / "user-job-dir" / "failure.json").read_text())
     assert record["exit_code"] == 143 and record["signal"] == "SIGTERM"
 

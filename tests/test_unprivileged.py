@@ -86,3 +86,22 @@ def test_single_node_job_as_uid_1101(s3: S3Server, bucket: Bucket, venv: Path, t
         hashlib.md5(files["data/blob.bin"]).digest()
     assert {p.stat().st_uid for p in code.rglob("*")} == {UID}
     assert "task.log" in os.listdir(work)
+
+
+def test_hang_watchdog_as_uid_1101(venv: Path, top: Path) -> None:
+    work = top / "home" / "work"
+    work.mkdir(parents=True)
+    (top / "home").chmod(0o755)
+    shutil.copy(RUN_TRAIN, work / "run_train.sh")
+    os.chown(work, UID, UID)
+    env = base_env(work, {"BOOTSTRAP_PYTHON": str(venv / "bin/python"), "HOME": str(work),
+                          "BOOTSTRAP_HANG_SECONDS": "2", "BOOTSTRAP_GRACE_SECONDS": "2",
+                          "BOOTSTRAP_LOG_FILE": str(work / "task.log")})
+    del env["BOOTSTRAP_HOME"]
+    env["PATH"] = f"{venv / 'bin'}:/usr/bin:/bin"
+    stuck = "import time\ndef hung_as_1101_m2():\n    time.sleep(600)\nhung_as_1101_m2()\n"
+    r = as_user(["bash", str(work / "run_train.sh"), "python", "-c", stuck], env, work)
+    assert r.returncode == 124, r.stderr
+    stacks = (work / "user-job-dir" / "hang-stacks.txt").read_text()
+    assert "hung_as_1101_m2" in stacks
+    assert (work / "user-job-dir" / "hang-stacks.txt").stat().st_uid == UID

@@ -169,3 +169,21 @@ def test_a_hung_nvml_fails_the_preflight_within_its_timeout(home: Path) -> None:
     assert (rec["reason"], rec["category"], rec["exit_code"]) == \
         ("preflight", "infrastructure", 4)
     assert "nvmlInit never returned" in rec["evidence"]
+
+
+def test_an_xid_during_the_run_makes_it_the_nodes_fault(home: Path) -> None:
+    """NVML's event API (the kernel log is not readable in a container) reports Xid 79
+    (GPU fallen off the bus) while the command runs; the command then crashes."""
+    scenario = {**HEALTHY, "gpus": [{}] * 2, "xid": [{"gpu": 1, "xid": 79, "after": 0.3}]}
+    env = base_env(home, fake_env(scenario, BOOTSTRAP_SUPERVISE="1"))
+    r = run_train(["python", "-c", "import time; time.sleep(2); raise RuntimeError('boom')"],
+                  env, timeout=60)
+    assert r.returncode == 1, r.stderr
+    rec = record(home)
+    assert (rec["reason"], rec["category"]) == ("gpu", "infrastructure"), rec
+    assert rec["xids"] == "Xid 79 on GPU 1" and "Xid 79 on GPU 1" in rec["evidence"]
+    # Control: the same crash without the Xid is the job's own exception.
+    (home / "user-job-dir" / "failure.json").unlink()
+    env = base_env(home, fake_env({**HEALTHY, "gpus": [{}] * 2}, BOOTSTRAP_SUPERVISE="1"))
+    r = run_train(["python", "-c", "raise RuntimeError('boom')"], env, timeout=60)
+    assert record(home)["reason"] == "exception"

@@ -9,6 +9,7 @@ line that decided it. The first rule that matches wins, most specific first:
 reason          category        evidence
 ==============  ==============  ===================================================
 hang            see below       the innermost frames of the stuck process
+gpu             infrastructure  an Xid event from NVML during the run
 oom             user            the cgroup's ``oom_kill`` counter grew during the run
 nccl            infrastructure  an ``NCCL error`` / ``NCCL WARN`` line
 gpu             infrastructure  a CUDA error naming ECC, a lost GPU, or an Xid
@@ -51,12 +52,14 @@ class Diagnosis:
 
 def classify(exit_code: int, died_by: Optional[int], stderr_tail: str, *, hang: bool = False,
              stacks: str = "", hang_where: str = "", oom_kills: int = 0,
-             sent_by_us: bool = False) -> Diagnosis:
+             sent_by_us: bool = False, xids: str = "") -> Diagnosis:
     """The diagnosis of one failed run (``exit_code`` != 0)."""
     lines = [ln.strip() for ln in stderr_tail.splitlines() if ln.strip()]
     if hang:
         category = "infrastructure" if _COLLECTIVE.search(stacks) else "user"
         return Diagnosis("hang", category, hang_where or "no progress; no Python stacks")
+    if xids:
+        return Diagnosis("gpu", "infrastructure", f"NVML reported {xids} during the run")
     if oom_kills > 0:
         return Diagnosis("oom", "user", f"the kernel's OOM killer ended {oom_kills} process(es) "
                                         "of the job's memory cgroup")

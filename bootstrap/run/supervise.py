@@ -66,11 +66,12 @@ class Outcome:
     stacks: str = ""
     stacks_file: Optional[str] = None
     oom_kills: int = 0  # OOM kills in our memory cgroup during the run
+    xids: str = ""  # Xid events NVML reported during the run ("Xid 79 on GPU 0")
 
     def diagnosis(self) -> Diagnosis:
         return classify(self.exit_code, self.signal, self.stderr_tail, hang=self.hang,
                         stacks=self.stacks, hang_where=self.hang_where,
-                        oom_kills=self.oom_kills, sent_by_us=self.hang)
+                        oom_kills=self.oom_kills, sent_by_us=self.hang, xids=self.xids)
 
     def describe(self) -> str:
         if self.killed_after_grace:
@@ -153,10 +154,11 @@ class _Tee(threading.Thread):
 class Supervisor:
     def __init__(self, argv: Sequence[str], env: Mapping[str, str], cwd: Optional[Path],
                  grace: float, log: Log, log_path: Optional[Path], umask: int = -1,
-                 watchdog: Optional[Watchdog] = None) -> None:
+                 watchdog: Optional[Watchdog] = None, nvml_module: Optional[str] = None) -> None:
         self.argv, self.env, self.cwd, self.umask = list(argv), dict(env), cwd, umask
         self.grace, self.log, self.log_path = grace, log, log_path
         self.watchdog = watchdog
+        self.nvml_module = nvml_module  # watch Xid events when the node has GPUs
         if watchdog is not None:
             watchdog.stop_command = self._stop_hung
         self.child: Optional[subprocess.Popen[bytes]] = None
@@ -203,6 +205,12 @@ class Supervisor:
         sys.stdout.flush()
         sys.stderr.flush()
         oom_before = oom_kills()
+        xid_watch = None
+        if self.nvml_module is not None:
+            from ..node.xid import XidWatch
+
+            xid_watch = XidWatch(self.nvml_module)
+            xid_watch.start()
         self.child = subprocess.Popen(self.argv, env=self.env, cwd=self.cwd,
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                       start_new_session=True, umask=self.umask)
@@ -223,6 +231,13 @@ class Supervisor:
         self.child.returncode = status
         if self.watchdog is not None:
             self.watchdog.finish()
+        xids = ""
+        if xid_watch is not None:
+            from ..node.xid import describe
+
+            xids = describe(xid_watch.stop())
+            if xids:
+                self.log.error(f"NVML reported {xids} while the command ran")
         if self._grace_timer is not None:
             self._grace_timer.cancel()
         for tee in tees:  # grandchildren may keep the pipes open: do not wait for ever
@@ -240,7 +255,7 @@ class Supervisor:
                        hang_where=dog.summary if dog is not None else "",
                        stacks=_read(dog.stacks_file) if hung and dog is not None else "",
                        stacks_file=str(dog.stacks_file) if hung and dog is not None else None,
-                       oom_kills=max(oom_kills() - oom_before, 0))
+                       oom_kills=max(oom_kills() - oom_before, 0), xids=xids)
 
     @staticmethod
     def _reap_until_child_exits(pid: int) -> int:
@@ -282,7 +297,7 @@ def write_failure_record(path: Path, outcome: Outcome, task_index: str, log: Log
         "exit_code": outcome.exit_code if exit_code is None else exit_code,
         "reason": found.reason, "category": found.category,
         "evidence": log.redact(found.evidence), "stacks_file": outcome.stacks_file,
-        "oom_kills": outcome.oom_kills,
+        "oom_kills": outcome.oom_kills, "xids": outcome.xids or None,
         "signal": signal.Signals(outcome.signal).name if outcome.signal else None,
         "killed_after_grace": outcome.killed_after_grace,
         "wall_seconds": round(outcome.seconds, 3), "task_index": task_index,

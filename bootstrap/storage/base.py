@@ -47,6 +47,9 @@ class Store(Protocol):
         """A multipart upload of ``(part, its MD5)`` in order; completed, or aborted on
         any failure (no dangling upload); returns the final ETag."""
 
+    async def delete(self, key: str) -> None:
+        """Removes one object (absent is fine: S3 answers 204 either way)."""
+
     def close(self) -> None:
         """Releases connections and threads."""
 

@@ -133,6 +133,10 @@ class BotoStore:
             ContentMD5=base64.b64encode(md5).decode()))
         return str(resp.get("ETag", "")).strip('"')
 
+    async def delete(self, key: str) -> None:
+        await self._run("DeleteObject", lambda: self._client.delete_object(
+            Bucket=self.bucket, Key=key))
+
     async def put_parts(self, key: str, parts: AsyncIterator[tuple[bytes, bytes]],
                         part_size: int, concurrency: int) -> str:
         upload_id = (await self._run("CreateMultipartUpload",

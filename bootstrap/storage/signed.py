@@ -52,8 +52,9 @@ def tls_context(endpoint: Endpoint) -> ssl.SSLContext:
 
 
 class SignedClient:
-    """Signed GETs over kept-alive connections, one per thread: listing pages, and
-    byte ranges read straight into a file (:meth:`read_range_into`)."""
+    """Signed requests over kept-alive connections, one per thread: listing pages, byte
+    ranges read straight into a file (:meth:`read_range_into`), and the multipart
+    housekeeping the libraries do not expose (:meth:`uploads`, :meth:`abort`)."""
 
     def __init__(self, endpoint: Endpoint, creds: Credentials, connect_timeout: float,
                  read_timeout: float) -> None:
@@ -98,8 +99,8 @@ class SignedClient:
             self._local.conn = None
 
     def _headers(self, host_header: str, path: str, query: str,
-                 extra: Mapping[str, str]) -> dict[str, str]:
-        """AWS Signature Version 4 for a GET with an empty, unsigned payload."""
+                 extra: Mapping[str, str], method: str = "GET") -> dict[str, str]:
+        """AWS Signature Version 4 for a request with an empty, unsigned payload."""
         now = datetime.datetime.now(datetime.UTC)
         amz_date = now.strftime("%Y%m%dT%H%M%SZ")
         day = amz_date[:8]
@@ -109,7 +110,7 @@ class SignedClient:
             headers["x-amz-security-token"] = self.creds.token
         headers.update(extra)
         names = sorted(headers)
-        canonical = "\n".join(["GET", path, query,
+        canonical = "\n".join([method, path, query,
                                "".join(f"{n}:{headers[n].strip()}\n" for n in names),
                                ";".join(names), _UNSIGNED])
         scope = f"{day}/{region}/s3/aws4_request"
@@ -126,8 +127,8 @@ class SignedClient:
         return headers
 
     def _request(self, operation: str, bucket: str, key: str, query: Mapping[str, str],
-                 extra: Mapping[str, str]) -> http.client.HTTPResponse:
-        """Sends a signed GET; an error answer raises (its connection closed)."""
+                 extra: Mapping[str, str], method: str = "GET") -> http.client.HTTPResponse:
+        """Sends a signed request; an error answer raises (its connection closed)."""
         if self.endpoint.addressing == "path":
             host, netloc = self.host, self.netloc
             path = f"{self.base_path}/{bucket}/{key}" if key else f"{self.base_path}/{bucket}"
@@ -139,8 +140,8 @@ class SignedClient:
                       for k, v in sorted(query.items()))
         try:
             conn = self._connect(host)
-            conn.request("GET", f"{path}?{qs}" if qs else path,
-                         headers=self._headers(netloc, path, qs, extra))
+            conn.request(method, f"{path}?{qs}" if qs else path,
+                         headers=self._headers(netloc, path, qs, extra, method))
             resp = conn.getresponse()
         except BaseException as exc:
             self.close()
@@ -160,6 +161,34 @@ class SignedClient:
         except Exception as exc:  # noqa: BLE001 - a socket failure in the model's terms
             self.close()
             raise socket_error(exc, "ListObjectsV2") from None
+
+    def uploads(self, bucket: str, key: str) -> list[str]:
+        """The ids of the multipart uploads in progress for exactly ``key``."""
+        import xml.etree.ElementTree as ET
+
+        resp = self._request("ListMultipartUploads", bucket, "",
+                             {"uploads": "", "prefix": key}, {})
+        try:
+            body = resp.read()
+        except Exception as exc:  # noqa: BLE001 - a socket failure in the model's terms
+            self.close()
+            raise socket_error(exc, "ListMultipartUploads") from None
+        ids = []
+        for upload in ET.fromstring(body).iter(f"{_NS}Upload"):
+            if upload.findtext(f"{_NS}Key") == key:
+                ids.append(upload.findtext(f"{_NS}UploadId") or "")
+        return [i for i in ids if i]
+
+    def delete(self, bucket: str, key: str) -> None:
+        """One DeleteObject (a plain DELETE: OBS wants Content-MD5 on the batch form)."""
+        resp = self._request("DeleteObject", bucket, key, {}, {}, method="DELETE")
+        resp.read()
+
+    def abort(self, bucket: str, key: str, upload_id: str) -> None:
+        """Aborts one multipart upload (its parts are freed)."""
+        resp = self._request("AbortMultipartUpload", bucket, key, {"uploadId": upload_id}, {},
+                             method="DELETE")
+        resp.read()
 
     def page(self, bucket: str, prefix: str,
              token: Optional[str]) -> tuple[list[tuple[str, int, str]], Optional[str]]:

@@ -3,7 +3,16 @@
 ``BOOTSTRAP_OUTPUT_DIR`` (a local folder, e.g. on /cache) is synced to
 ``DLS_TRAIN_URL`` when the command ends, whatever its exit code, and every
 ``BOOTSTRAP_SYNC_INTERVAL`` seconds while it runs, so a preempted job keeps its last
-checkpoints. The log file is uploaded to ``BOOTSTRAP_LOG_UPLOAD_URL`` (or the
+checkpoints.
+
+A reader of ``DLS_TRAIN_URL`` can tell a finished sync from a cut one: the first round
+withdraws the previous completion manifest, and the final one, once every object is
+there, writes ``.bootstrap/<rank>/complete.json`` last (keys, sizes, ETags, the
+command's exit code, the time). Multipart uploads in flight are noted under
+``.bootstrap/<rank>/uploads/``; a run killed mid-upload (SIGKILL after the platform's
+grace) leaves those notes, and the next run of that node aborts the uploads they name.
+
+The log file is uploaded to ``BOOTSTRAP_LOG_UPLOAD_URL`` (or the
 original's ``DLS_UPLOAD_LOG_OBS_DIR`` with ``DLS_USE_UPLOADER``); a log upload error
 is reported and never changes the exit code.
 """
@@ -40,12 +49,14 @@ class OutputSync:
     what was sent is remembered in ``state_file`` so each round sends only changes."""
 
     def __init__(self, settings: Outputs, transfer: Transfer, state_file: Path,
-                 log: Log) -> None:
+                 log: Log, rank: int = 0) -> None:
         if settings.output_dir is None:
             raise ValueError("OutputSync needs BOOTSTRAP_OUTPUT_DIR")
         self.src = settings.output_dir
         self.dest = destination(settings)
         self.settings, self.transfer, self.log = settings, transfer, log
+        self.journal = f"{self.dest.prefix}.bootstrap/{rank}/"
+        self._begun = False
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
         self._lock = threading.Lock()  # one sync at a time: periodic and final never overlap
@@ -55,11 +66,14 @@ class OutputSync:
         self.state = SyncState.load(state_file)
 
     def _sync(self, settle: float, round_name: str) -> None:
-        from .upload import sync_tree
+        from .upload import begin_outputs, sync_tree
 
         with self._lock:
+            if not self._begun:
+                begin_outputs(self.dest, self.transfer, self.journal, self.log)
+                self._begun = True
             stats = sync_tree(self.src, self.dest, self.transfer, self.log, self.state,
-                              settle=settle)
+                              settle=settle, journal=self.journal)
         self.log.info(f"output sync{round_name}: {stats.summary()} -> {self.dest.url}",
                       sync="final" if round_name else "periodic", **stats.fields())
 
@@ -78,12 +92,18 @@ class OutputSync:
         self._thread = threading.Thread(target=loop, name="output-sync", daemon=True)
         self._thread.start()
 
-    def final(self) -> bool:
+    def final(self, exit_code: int) -> bool:
+        """The last sync, then the completion manifest; False when outputs are missing."""
+        from .upload import write_manifest
+
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
         try:
             self._sync(0.0, " (final)")
+            key = write_manifest(self.dest, self.transfer, self.journal, self.state,
+                                 exit_code)
+            self.log.info(f"output sync: completion manifest {self.dest.bucket}/{key}")
         except BootstrapError as exc:
             self.log.error(f"final output sync failed, outputs are only in {self.src}: "
                            f"{exc.message}")

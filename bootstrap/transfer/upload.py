@@ -49,16 +49,18 @@ MAX_PARTS = 10_000  # S3's (and OBS's) most parts in one upload
 PART_STREAMS = 8  # parts in flight per file; each is held whole (its SHA-256 is signed
 # before it is sent), so parts stay small: 8 x 5 MiB measured as fast as 4 x 8 MiB on
 # 4 x 64 MiB, with 85 instead of 130 MiB peak RSS
+MANIFEST_NAME = "complete.json"  # under <DLS_TRAIN_URL>/.bootstrap/<rank>/
 UPLOAD_MEMORY_SHARE = 4  # uploads run beside the training: a quarter of the budget
 _ETAG = re.compile(r"^[0-9a-f]{32}(-\d+)?$")
 
 
 @dataclass
 class SyncState:
-    """What was uploaded: ``rel -> (size, mtime_ns)``; persisted beside the outputs."""
+    """What was uploaded: ``rel -> (size, mtime_ns, etag)``; persisted beside the
+    outputs (the ETags make the completion manifest)."""
 
     path: Optional[Path] = None
-    done: dict[str, tuple[int, int]] = field(default_factory=dict)
+    done: dict[str, tuple[int, int, str]] = field(default_factory=dict)
 
     @classmethod
     def load(cls, path: Optional[Path]) -> SyncState:
@@ -66,7 +68,7 @@ class SyncState:
         if path is not None:
             try:
                 raw = json.loads(path.read_text())
-                state.done = {k: (int(v[0]), int(v[1])) for k, v in raw.items()}
+                state.done = {k: (int(v[0]), int(v[1]), str(v[2])) for k, v in raw.items()}
             except (OSError, ValueError, TypeError, IndexError, AttributeError):
                 pass  # no record: everything is uploaded once more, which is safe
         return state
@@ -88,10 +90,10 @@ class UploadStats:
     retries: int = 0
     seconds: float = 0.0
 
-    def fields(self) -> dict[str, int]:
+    def fields(self) -> dict[str, float]:
         """The counts as JSON log fields."""
         return {"files": self.files, "bytes": self.bytes, "unchanged": self.unchanged,
-                "settling": self.settling}
+                "settling": self.settling, "seconds": round(self.seconds, 3)}
 
     def summary(self) -> str:
         return (f"{self.files} files, {self.bytes / 2**20:.1f} MiB uploaded, {self.unchanged} "
@@ -108,17 +110,19 @@ class Uploader:
     """Uploads files to one destination through one store, on the running loop."""
 
     def __init__(self, store: Store, dest: Location, settings: Transfer,
-                 stats: UploadStats) -> None:
+                 stats: UploadStats, journal: Optional[str] = None) -> None:
         from .loop import ByteBudget
 
         self.store, self.dest, self.settings, self.stats = store, dest, settings, stats
+        self.journal = journal  # where multipart uploads in flight are noted (outputs)
         self.memory = max(settings.memory // UPLOAD_MEMORY_SHARE, MIN_PART)
         self._budget = ByteBudget(self.memory)
 
     def _on_retry(self, exc: BaseException) -> None:
         self.stats.retries += 1
 
-    async def put_file(self, path: Path, key: str) -> int:
+    async def put_file(self, path: Path, key: str) -> tuple[int, str]:
+        """Uploads one file; returns the bytes sent and the object's ETag."""
         size = os.stat(path).st_size
         if size >= max(self.settings.multipart_threshold, MIN_PART):
             return await self._multipart(path, key, size)
@@ -126,25 +130,42 @@ class Uploader:
         try:
             data = _read(path, size) if size <= 1 << 20 else \
                 await asyncio.to_thread(_read, path, size)
-            md5 = hashlib.md5(data, usedforsecurity=False)
-
-            async def put() -> None:
-                etag = await self.store.put(key, data, md5.digest())
-                _check_etag(key, etag, md5.hexdigest())
-
-            await retry.call_async(put, self.settings.retry_attempts,
-                                   self.settings.retry_deadline, self._on_retry)
+            return len(data), await self.put_bytes(key, data)
         finally:
             await self._budget.release(size)
-        return len(data)
 
-    async def _multipart(self, path: Path, key: str, size: int) -> int:
+    async def put_bytes(self, key: str, data: bytes) -> str:
+        md5 = hashlib.md5(data, usedforsecurity=False)
+        etag = ""
+
+        async def put() -> None:
+            nonlocal etag
+            etag = await self.store.put(key, data, md5.digest())
+            _check_etag(key, etag, md5.hexdigest())
+
+        await retry.call_async(put, self.settings.retry_attempts,
+                               self.settings.retry_deadline, self._on_retry)
+        return etag or md5.hexdigest()
+
+    async def delete(self, key: str) -> None:
+        await retry.call_async(lambda: self.store.delete(key), self.settings.retry_attempts,
+                               self.settings.retry_deadline, self._on_retry)
+
+    async def _multipart(self, path: Path, key: str, size: int) -> tuple[int, str]:
         part_size = max(MIN_PART, -(-size // MAX_PARTS))  # past 50 GB, parts grow
         streams = max(min(PART_STREAMS, self.memory // part_size), 1)
         held = min(size, streams * part_size)
+        marker = None
+        if self.journal is not None:
+            # Noted before it starts: a run killed mid-upload (the platform's grace ran
+            # out) leaves this behind, and the next run aborts what it names.
+            marker = f"{self.journal}uploads/{hashlib.md5(key.encode()).hexdigest()}"
+            await self.put_bytes(marker, key.encode())
         await self._budget.acquire(held)
+        etag = ""
         try:
             async def put() -> None:
+                nonlocal etag
                 md5s: list[bytes] = []
                 etag = await self.store.put_parts(key, _parts(path, size, part_size, md5s),
                                                   part_size, streams)
@@ -154,7 +175,9 @@ class Uploader:
                                    self.settings.retry_deadline, self._on_retry)
         finally:
             await self._budget.release(held)
-        return size
+        if marker is not None:
+            await self.delete(marker)
+        return size, etag
 
 
 async def _parts(path: Path, size: int, part_size: int,
@@ -224,15 +247,17 @@ def _transfer(dest: Location, settings: Transfer, work: Any) -> None:
 
 
 def sync_tree(src: Path, dest: Location, settings: Transfer, log: Log,
-              state: Optional[SyncState] = None, settle: float = 0.0) -> UploadStats:
-    """Uploads the files of ``src`` that changed since ``state`` recorded them."""
+              state: Optional[SyncState] = None, settle: float = 0.0,
+              journal: Optional[str] = None) -> UploadStats:
+    """Uploads the files of ``src`` that changed since ``state`` recorded them;
+    ``journal`` (a key prefix) notes multipart uploads in flight there."""
     state = state or SyncState()
     stats = UploadStats()
     started = time.monotonic()
     now = time.time_ns()
     todo = []
     for rel, (size, mtime, path) in sorted(scan(src).items()):
-        if state.done.get(rel) == (size, mtime):
+        if state.done.get(rel, (-1, -1, ""))[:2] == (size, mtime):
             stats.unchanged += 1
         elif settle > 0 and now - mtime < settle * 1e9:
             stats.settling += 1
@@ -242,16 +267,16 @@ def sync_tree(src: Path, dest: Location, settings: Transfer, log: Log,
     async def work(store: Store) -> None:
         import asyncio
 
-        uploader = Uploader(store, dest, settings, stats)
+        uploader = Uploader(store, dest, settings, stats, journal)
 
         async def one(rel: str, size: int, mtime: int, path: Path) -> None:
-            sent = await uploader.put_file(path, dest.prefix + rel)
+            sent, etag = await uploader.put_file(path, dest.prefix + rel)
             try:
                 st = path.stat()
             except OSError:
                 return
             if (st.st_size, st.st_mtime_ns) == (size, mtime):  # unchanged while we sent it
-                state.done[rel] = (size, mtime)
+                state.done[rel] = (size, mtime, etag)
             stats.files += 1
             stats.bytes += sent
 
@@ -287,8 +312,61 @@ def upload_file(path: Path, dest: Location, key: str, settings: Transfer) -> Upl
     stats = UploadStats()
 
     async def work(store: Store) -> None:
-        stats.bytes = await Uploader(store, dest, settings, stats).put_file(path, key)
+        stats.bytes, _ = await Uploader(store, dest, settings, stats).put_file(path, key)
         stats.files = 1
 
     _transfer(dest, settings, work)
     return stats
+
+
+def begin_outputs(dest: Location, settings: Transfer, journal: str, log: Log) -> int:
+    """The first duty of an output sync: withdraw the previous run's completion
+    manifest (a reader must never trust it while this run writes), and abort the
+    multipart uploads the journal says a killed run of this node left dangling.
+    Returns how many were aborted."""
+    from ..storage.base import credentials
+    from ..storage.signed import SignedClient
+
+    aborted = 0
+
+    async def work(store: Store) -> None:
+        nonlocal aborted
+        uploader = Uploader(store, dest, settings, UploadStats())
+        await uploader.delete(journal + MANIFEST_NAME)
+        client = SignedClient(settings.endpoint, credentials(settings),
+                              settings.connect_timeout, settings.read_timeout)
+        try:
+            notes, _ = await asyncio.to_thread(client.page, dest.bucket, journal + "uploads/",
+                                               None)
+            for note, size, _etag in notes:
+                key = bytes(await store.get(note, size)).decode() if size else ""
+                ids = await asyncio.to_thread(client.uploads, dest.bucket, key) if key else []
+                for upload_id in ids:
+                    await asyncio.to_thread(client.abort, dest.bucket, key, upload_id)
+                    aborted += 1
+                await uploader.delete(note)
+        finally:
+            client.close()
+
+    _transfer(dest, settings, work)
+    if aborted:
+        log.info(f"output sync: aborted {aborted} multipart upload(s) a killed run of this "
+                 "node left dangling")
+    return aborted
+
+
+def write_manifest(dest: Location, settings: Transfer, journal: str,
+                   state: SyncState, exit_code: int) -> str:
+    """The completion manifest, written last: every output object with its size and
+    ETag, the command's exit code and the time. Returns its key."""
+    body = {"exit_code": exit_code, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "objects": {dest.prefix + rel: {"size": size, "etag": etag}
+                        for rel, (size, _mtime, etag) in sorted(state.done.items())}}
+    key = journal + MANIFEST_NAME
+
+    async def work(store: Store) -> None:
+        await Uploader(store, dest, settings, UploadStats()).put_bytes(
+            key, (json.dumps(body, indent=1) + "\n").encode())
+
+    _transfer(dest, settings, work)
+    return key
