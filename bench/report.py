@@ -56,6 +56,11 @@ def main() -> int:
           f"{s['run_train_ms']:.1f} ms: **{s['overhead_ms']:.1f} ms** of overhead.")
     if data.get("imports"):
         print("Import cost: " + ", ".join(f"{k} {v:.0f} ms" for k, v in data["imports"].items()))
+    if data.get("overlap"):
+        o = data["overlap"]
+        print(f"Code (small2k) and data (mixed1g) in one job start: stages {o['sum_s']:.2f} s "
+              f"in sum, the longest {o['longest_s']:.2f} s, the job's wall time "
+              f"{o['wall_s']:.2f} s.")
     return 0
 
 
