@@ -224,6 +224,13 @@ def test_a_mounted_path_and_a_single_object(s3: S3Server, bucket: Bucket, home: 
     path = Path(seen["BOOTSTRAP_DATA_PATH"])
     assert path.name == "train.tar" and path.read_bytes() == archive
     assert (tmp_path / "c2" / "train.tar").resolve() == path
+    # One object cannot be split: with sharding on, node 1 of 2 stages it too.
+    seen = shown(run_train(["python", "-c", SHOW], data_env(
+        s3, home, f"s3://{bucket.name}/sets/train.tar", tmp_path / "c3",
+        BOOTSTRAP_DATA_SHARD="node", VC_TASK_INDEX="1", MA_NUM_HOSTS="2",
+        VC_WORKER_HOSTS="127.0.0.1,127.0.0.2", BOOTSTRAP_NETWORK="off",
+        BOOTSTRAP_VOLCANO_DIR=str(tmp_path / "none"))))
+    assert Path(seen["BOOTSTRAP_DATA_PATH"]).read_bytes() == archive
 
 
 def test_faults_during_staging_still_give_a_verified_tree(s3: S3Server, bucket: Bucket,

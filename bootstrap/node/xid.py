@@ -41,6 +41,8 @@ class XidWatch(threading.Thread):
             self.note = f"no Xid watch: {exc}"
             return
         try:
+            # nvmlEventSetWait_v2 from driver 450 / nvidia-ml-py 11.450; older: the v1.
+            wait = getattr(nvml, "nvmlEventSetWait_v2", None) or nvml.nvmlEventSetWait
             events = nvml.nvmlEventSetCreate()
             for index in range(nvml.nvmlDeviceGetCount()):
                 handle = nvml.nvmlDeviceGetHandleByIndex(index)
@@ -48,7 +50,7 @@ class XidWatch(threading.Thread):
                     nvml.nvmlDeviceRegisterEvents(handle, XID_CRITICAL, events)
             while not self._halt.is_set():
                 try:
-                    data = nvml.nvmlEventSetWait_v2(events, WAIT_MS)
+                    data = wait(events, WAIT_MS)
                 except nvml.NVMLError:  # a timeout: nothing happened in WAIT_MS
                     continue
                 index = -1

@@ -11,7 +11,8 @@ list of its files as ``BOOTSTRAP_DATA_SHARE_FILE``. Contract (each point is test
   names an existing object is that one object, staged as one file.
 * **Sharding** (``BOOTSTRAP_DATA_SHARD=node``): the keys, sorted by their UTF-8 bytes
   (folder markers left out), are dealt by index: key *i* goes to node *i* mod *N*,
-  so the N nodes together hold exactly one copy (:func:`share`).
+  so the N nodes together hold exactly one copy (:func:`share`). A single object
+  cannot be split: every node stages it.
 * **Once per node**: processes staging into the same folder take an exclusive
   ``flock`` on ``.bootstrap-stage/<name>.lock`` in it (not in a container's /tmp); the
   others wait (``BOOTSTRAP_DATA_TIMEOUT``), then find the data staged and fetch nothing.
@@ -85,6 +86,8 @@ def stage(settings: Staging, transfer: Transfer, rank: int, nodes: int, log: Log
     root = settings.folder
     name = source.name
     spec = "none" if settings.shard == "none" or nodes == 1 else f"node {rank}/{nodes}"
+    if spec != "none" and not settings.url.endswith("/") and _names_a_file(source, transfer):
+        spec = "none"  # one object cannot be split: every node stages it
     state = root / STATE
     versions = state / name
     try:
@@ -131,6 +134,16 @@ def stage(settings: Staging, transfer: Transfer, rank: int, nodes: int, log: Log
 
 
 # --------------------------------------------------------------------------- listing
+
+def _names_a_file(source: locations.Location, transfer: Transfer) -> bool:
+    if not source.is_remote:
+        return source.path is not None and source.path.is_file()
+    from .fetch import remote
+    from .listing import named_object
+
+    with remote(source, transfer) as session:
+        return named_object(session.client, source, transfer) is not None
+
 
 def _list(source: locations.Location,
           transfer: Transfer) -> tuple[list[RemoteObject], Optional[RemoteObject]]:
