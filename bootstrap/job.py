@@ -119,9 +119,10 @@ def _start(cmd: command.Command, argv: Sequence[str], environ: Mapping[str, str]
         log.info(f"cluster: node {cluster.rank} of {cluster.size} ({cluster.source} contract), "
                  f"master {cluster.master.host}:{cluster.master.port}")
 
-    # The three slow waits overlap, so start-up costs the longest of them, not their sum:
-    # the download runs here (where signals land), the preflight and the peers' DNS in
-    # threads. A failure in any of them stops the others and the job.
+    # The slow waits overlap, so start-up costs the longest of them, not their sum: the
+    # code download runs here (where signals land), the preflight, the data staging and
+    # the peers' DNS in threads. A failure in any of them stops the job (the peers' wait
+    # at once; a half-done staging is left to the next run, which sweeps it).
     code_dir = location.destination(settings.job_dir, code_url) if code_url else None
     stop = threading.Event()
     checked = _Background(_preflight_stage, settings, log)

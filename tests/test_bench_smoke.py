@@ -37,3 +37,17 @@ def test_benchmark_smoke(tmp_path: Path) -> None:
         assert {"bootstrap", "s5cmd"} <= set(row)
     assert set(data["latency"]) == {f"small2k +{d} ms" for d in (0, 5, 15, 30)}
     assert "uploads: ratio to s5cmd" in r.stdout and "latency mode" in r.stdout
+
+
+def test_peer_fanout_simulation_runs_and_separates_the_designs() -> None:
+    """bench/peer_sim.py (issue #16's design study) keeps running; its model must show
+    the store-only design growing with the node count and a tree asking for one copy."""
+    r = subprocess.run([sys.executable, str(REPO / "bench/peer_sim.py"), "--nodes", "4,64"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    rows = {int(cols[0]): cols for cols in (line.split() for line in r.stdout.splitlines())
+            if cols and cols[0].isdigit()}
+    store_4, store_64 = float(rows[4][1]), float(rows[64][1])
+    assert store_64 > 10 * store_4  # every node asks the store: linear in the nodes
+    assert int(rows[64][2]) == 64 * 2000 and int(rows[64][7]) == 2000  # GETs: N copies vs one
+    assert float(rows[64][4]) < store_64 / 10  # tree-4 near node 0's own fetch time
