@@ -17,10 +17,10 @@ HOP_BY_HOP = ("transfer-encoding", "connection", "content-length")
 
 
 class LocalServer:
-    def __init__(self, handler: type[BaseHTTPRequestHandler]) -> None:
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    def __init__(self, handler: type[BaseHTTPRequestHandler], ip: str = "127.0.0.1") -> None:
+        self.server = ThreadingHTTPServer((ip, 0), handler)
         self.server.daemon_threads = True
-        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.endpoint = f"http://{ip}:{self.server.server_address[1]}"
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     def closing(self) -> None:

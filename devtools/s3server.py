@@ -60,6 +60,19 @@ class S3Server:
     ip: str = "127.0.0.1"  # the multi-node tests bind it to their bridge's address
 
     def start(self, timeout: float = 60.0) -> S3Server:
+        """Starts the server; a port taken between our probe and weed's bind (another
+        process on the machine, or weed's own gRPC port = port + 10000) is retried with
+        fresh ports, twice."""
+        for attempt in range(3):
+            try:
+                return self._start_once(timeout)
+            except RuntimeError as exc:
+                if "Port allocation failed" not in str(exc) or attempt == 2:
+                    raise
+                self.stop()
+        raise AssertionError("unreachable")
+
+    def _start_once(self, timeout: float) -> S3Server:
         self.workdir = tempfile.mkdtemp(prefix="bootstrap-weed-")
         config = Path(self.workdir, "s3.json")
         config.write_text(json.dumps({"identities": [{

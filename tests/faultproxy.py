@@ -41,7 +41,7 @@ ALL_FAULTS = ("slowdown", "error500", "reset", "midreset", "truncate", "latency"
 class FaultProxy(LocalServer):
     def __init__(self, upstream: str, rate: float = 0.0, seed: int = 0,
                  kinds: Sequence[str] = ALL_FAULTS, only: str = "", latency: float = 1.0,
-                 stall: float = 30.0) -> None:
+                 stall: float = 30.0, ip: str = "127.0.0.1") -> None:
         parts = urlsplit(upstream)
         self.up_host, self.up_port = parts.hostname or "127.0.0.1", parts.port or 80
         self.rate, self.kinds, self.only = rate, tuple(kinds), only
@@ -108,7 +108,7 @@ class FaultProxy(LocalServer):
 
             do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _handle  # noqa: N815
 
-        super().__init__(Handler)
+        super().__init__(Handler, ip)
 
     def draw(self, path: str) -> Optional[str]:
         with self.lock:

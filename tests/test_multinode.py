@@ -8,7 +8,7 @@ import random
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,9 +79,11 @@ def new_contract(lab: Lab, n: int, port: int) -> Callable[[int], dict[str, str]]
 def run_job(lab: Lab, tmp: Path, n: int, argv: list[str],
             contract: Callable[[int], dict[str, str]], extra: Mapping[str, str] = {},
             timeout: float = 240, during: Callable[[], None] | None = None,
-            before: Callable[[], None] | None = None) -> list[NodeResult]:
-    """Starts nodes 0..n-1 of a job and waits for them; ``before`` runs once the hosts
-    files are written and before any node starts, ``during`` right after they start."""
+            before: Callable[[], None] | None = None,
+            only: Sequence[int] | None = None) -> list[NodeResult]:
+    """Starts nodes 0..n-1 of a job (or the ranks in ``only``: the others are absent, or
+    played by the test) and waits for them; ``before`` runs once the hosts files are
+    written and before any node starts, ``during`` right after they start."""
     for i in range(lab.hosts.n):
         if lab.hosts.real:
             lab.hosts.write_hosts(i, range(lab.hosts.n))
@@ -89,7 +91,8 @@ def run_job(lab: Lab, tmp: Path, n: int, argv: list[str],
         before()
     procs = []
     homes = []
-    for i in range(n):
+    ranks = list(range(n)) if only is None else list(only)
+    for i in ranks:
         home = tmp / f"node{i}"
         home.mkdir(parents=True, exist_ok=True)
         homes.append(home)
@@ -101,14 +104,14 @@ def run_job(lab: Lab, tmp: Path, n: int, argv: list[str],
         during()
     results = []
     deadline = time.monotonic() + timeout
-    for i, proc in enumerate(procs):
+    for i, proc in zip(ranks, procs, strict=True):
         try:
             out, err = proc.communicate(timeout=max(deadline - time.monotonic(), 1))
         except subprocess.TimeoutExpired:
             proc.kill()
             out, err = proc.communicate()
             err += "\n[test: killed after timeout]"
-        results.append(NodeResult(i, proc.returncode, out, err, homes[i]))
+        results.append(NodeResult(i, proc.returncode, out, err, homes[ranks.index(i)]))
     return results
 
 

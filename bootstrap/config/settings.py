@@ -37,9 +37,11 @@ if TYPE_CHECKING:
     PipInstall = Literal["auto", "on", "off"]
     Shard = Literal["none", "node"]
     HangAction = Literal["stop", "dump"]
+    PeerFetch = Literal["auto", "on", "off"]
 
 MiB = 1024 * 1024
 GB = 1000**3
+PEER_FETCH_NODES = 8  # BOOTSTRAP_PEER_FETCH=auto: from this many nodes on
 CACHE_DIR = "/cache"  # the node-local NVMe SSD the platform mounts on GPU nodes
 ACTIVE_MARKER = "BOOTSTRAP_ACTIVE"  # set for the command: a nested run_train.sh execs at once
 PREFLIGHT_CHECKS_FATAL = frozenset({"gpu.nvml", "gpu.required", "gpu.count", "gpu.ecc",
@@ -77,6 +79,8 @@ class ClusterSettings:
     master_addr_ib: bool  # MASTER_ADDR = node 0's IPoIB address
     network: Network  # "auto": choose the engines' interface, prove the master reachable
     ipoib_device: str  # DLS_IPOIB_DEVICE
+    peer_fetch: PeerFetch  # "auto": on for jobs of PEER_FETCH_NODES nodes or more
+    relay_port: int  # BOOTSTRAP_RELAY_PORT: where a node serves the tree to its children
     sysfs_root: Path  # where /sys is read for HCAs (tests point it at a prepared tree)
 
 
@@ -222,6 +226,9 @@ def load_cluster(env: Mapping[str, str]) -> ClusterSettings:
         network=parse.choice(env, "BOOTSTRAP_NETWORK", "auto",  # type: ignore[arg-type]
                              ("auto", "off")),
         ipoib_device=parse.text(env, "DLS_IPOIB_DEVICE") or "ib0",
+        peer_fetch=parse.choice(env, "BOOTSTRAP_PEER_FETCH", "auto",  # type: ignore[arg-type]
+                                ("auto", "on", "off")),
+        relay_port=_port(env, "BOOTSTRAP_RELAY_PORT", 29611),
         sysfs_root=Path(parse.text(env, "BOOTSTRAP_SYSFS_ROOT") or "/sys"),
     )
 
@@ -305,6 +312,13 @@ def _outputs(env: Mapping[str, str]) -> Outputs:
         sync_settle=parse.number(env, "BOOTSTRAP_SYNC_SETTLE_SECONDS", 5.0, minimum=0),
         log_upload_url=_log_upload_url(env),
     )
+
+
+def _port(env: Mapping[str, str], name: str, default: int) -> int:
+    port = parse.integer(env, name, default, minimum=1)
+    if port > 65535:
+        raise ConfigError(f"{name}={port} is out of range 1-65535")
+    return port
 
 
 def _staging(env: Mapping[str, str]) -> Staging:

@@ -72,11 +72,13 @@ class Stats:
     retries: int = 0
     seconds: float = 0.0
     backend: str = ""
+    peer_files: int = 0  # files a parent node passed on (peer-assisted fetch)
 
     def fields(self) -> dict[str, int]:
         """The counts as JSON log fields (what tests and log pipelines read)."""
         return {"files": self.files, "bytes": self.bytes, "skipped": self.skipped,
-                "total_files": self.total_files, "retries": self.retries}
+                "total_files": self.total_files, "retries": self.retries,
+                "peer_files": self.peer_files}
 
     def summary(self) -> str:
         rate = self.bytes / self.seconds / 2**20 if self.seconds > 0 else 0.0

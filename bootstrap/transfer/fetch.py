@@ -13,6 +13,7 @@ import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -113,3 +114,68 @@ def remote(location: Location, settings: Transfer) -> Iterator[Remote]:
         raise
     except Exception as exc:  # noqa: BLE001 - every store failure becomes one clear line
         raise explain(exc, location, settings.endpoint.where) from None
+
+
+@dataclass(frozen=True)
+class Peers:
+    """Where this node sits in the job's relay tree, and how to prove it belongs."""
+
+    rank: int
+    hosts: tuple[str, ...]  # by rank
+    port: int
+    key: bytes
+    wait: float  # seconds a node waits for a file or for its children
+
+
+def fetch_with_peers(location: Location, dest: Path, settings: Transfer, peers: Peers,
+                     log: Log) -> Stats:
+    """:func:`fetch` with the job's nodes passing files down a tree (see
+    :mod:`.relay`); whatever the peers cannot give comes from the store."""
+    from . import relay
+
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DownloadError(f"cannot create {dest}: {exc.strerror}; check that "
+                            "BOOTSTRAP_HOME is writable") from None
+    with remote(location, settings) as source:
+        objects, folders = list_objects(source.client, location, settings)
+        held = relay.Held()
+        manifest = relay.AnnouncingManifest(manifest_path(dest), location.url, held)
+        for obj in objects:
+            if manifest.unchanged(obj.rel, obj.size, obj.etag, dest / obj.rel):
+                held.add(obj.rel)
+        kids = relay.children(peers.rank, len(peers.hosts))
+        server = None
+        if kids:
+            try:
+                server = relay.RelayServer(peers.port, peers.key, dest,
+                                           {o.rel: o.size for o in objects}, held, kids,
+                                           peers.wait, log)
+            except OSError as exc:  # the children find no parent and use the store
+                log.warn(f"relay: cannot serve on port {peers.port} ({exc.strerror}); "
+                         f"node(s) {kids} will fetch from the store")
+            else:
+                server.start()
+        from_peer = 0
+        try:
+            up = relay.parent(peers.rank)
+            if up is not None:
+                want = [o for o in objects if o.md5 and not
+                        manifest.unchanged(o.rel, o.size, o.etag, dest / o.rel)]
+                failed = relay.pull(peers.hosts[up], peers.port, peers.key, peers.rank, want,
+                                    dest, manifest, peers.wait, log)
+                from_peer = len(want) - len(failed)
+            stats = source.download(objects, folders, dest, manifest, log)
+        finally:
+            held.close()  # what has not landed now never will: children go to the store
+            if server is not None:
+                server.finish(peers.wait)
+        parent_note = f"from node {relay.parent(peers.rank)}" if peers.rank else "(node 0)"
+        log.info(f"relay: {from_peer} file(s) {parent_note}, {stats.files} from the store"
+                 + (f"; served {server.served} to node(s) {kids}" if server else ""),
+                 peer_files=from_peer, store_files=stats.files,
+                 served=server.served if server else 0)
+        stats.skipped -= from_peer  # fetched from a peer this run, not unchanged
+        stats.peer_files = from_peer
+        return stats

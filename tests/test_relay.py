@@ -1,0 +1,197 @@
+"""Peer-assisted fetch on network-namespace hosts: the tree passes down the relay, the
+store sees one copy, and nothing a peer does can make a node keep a wrong byte."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bootstrap.transfer import relay
+from tests.conftest import log_records, stage
+from tests.faultproxy import FaultProxy
+from tests.test_multinode import Lab, lab, old_contract, port, run_job  # noqa: F401
+
+pytestmark = [pytest.mark.multinode, pytest.mark.timeout(600)]
+
+FILES = {f"src/mod{i:03d}.py": random.Random(i).randbytes(random.Random(i).randint(10, 9000))
+         for i in range(120)}
+
+
+@pytest.fixture(scope="module")
+def tree(lab: Lab) -> Iterator[str]:  # noqa: F811
+    client = lab.s3.client()
+    for rel, data in FILES.items():
+        client.put_object(Bucket="mn-code", Key=f"peer/{rel}", Body=data)
+    # An object with a multipart ETag: no MD5 to check a peer's bytes against.
+    up = client.create_multipart_upload(Bucket="mn-code", Key="peer/weights.bin")
+    part = client.upload_part(Bucket="mn-code", Key="peer/weights.bin", PartNumber=1,
+                              UploadId=up["UploadId"], Body=b"w" * 1000)
+    client.complete_multipart_upload(Bucket="mn-code", Key="peer/weights.bin",
+                                     UploadId=up["UploadId"],
+                                     MultipartUpload={"Parts": [{"PartNumber": 1,
+                                                                 "ETag": part["ETag"]}]})
+    yield "s3://mn-code/peer/"
+
+
+def digest(root: Path) -> dict[str, str]:
+    return {p.relative_to(root).as_posix(): hashlib.md5(p.read_bytes()).hexdigest()
+            for p in root.rglob("*") if p.is_file()}
+
+
+WANT = {**{k: hashlib.md5(v).hexdigest() for k, v in FILES.items()},
+        "weights.bin": hashlib.md5(b"w" * 1000).hexdigest()}
+WANT = {k.removeprefix("peer/"): v for k, v in WANT.items()}
+
+
+def test_three_nodes_fetch_one_copy_from_the_store(lab: Lab, tree: str,  # noqa: F811
+                                                   tmp_path: Path) -> None:
+    if not lab.hosts.real:
+        pytest.skip("needs network namespaces: every node would share one address")
+    with FaultProxy(lab.s3.endpoint, ip=lab.hosts.bridge_ip) as proxy:
+        results = run_job(lab, tmp_path, 3, ["true"], old_contract(lab, 3, port()),
+                          extra={"DLS_APP_URL": tree, "AWS_ENDPOINT_URL": proxy.endpoint,
+                                 "BOOTSTRAP_PEER_FETCH": "on", "BOOTSTRAP_LOG_FORMAT": "json"})
+    for r in results:
+        assert r.code == 0, r.err
+        assert digest(r.home / "user-job-dir" / "peer") == WANT, r.rank
+    gets = proxy.object_gets
+    plain = {k: v for k, v in gets.items() if not k.endswith("weights.bin")}
+    assert len(plain) == len(FILES) and set(plain.values()) == {1}, plain  # one copy
+    assert gets["/mn-code/peer/weights.bin"] == 3  # no MD5 to verify: each node's own
+    for r in results[1:]:
+        fetched = stage(r.err, "fetch")
+        assert fetched["peer_files"] == len(FILES) and fetched["files"] == 1, fetched
+    relays = [x for x in log_records(results[0].err) if "served" in x]
+    assert relays and relays[0]["served"] == 2 * len(FILES)
+
+
+FAKE_PARENT = r'''
+import hashlib, hmac, json, os, secrets, socket, sys
+key = bytes.fromhex(sys.argv[2])
+tree = sys.argv[3] if len(sys.argv) > 3 else ""  # serve these real files, then die
+srv = socket.create_server(("", int(sys.argv[1])))
+print("listening", flush=True)
+conn, _ = srv.accept()
+r = conn.makefile("rb")
+nonce = secrets.token_hex(16)
+conn.sendall(b"BRLY1 " + nonce.encode() + b"\n")
+hello = json.loads(r.readline())
+want = hmac.new(key, f"{nonce}|{hello['rank']}".encode(), hashlib.sha256).hexdigest()
+assert hello["proof"] == want
+conn.sendall(b"OK\n")
+while True:
+    line = r.readline()
+    if not line or b"done" in line:
+        break
+    for n, rel in enumerate(json.loads(line)["get"]):
+        if tree and n == 10:
+            os._exit(9)  # killed while serving
+        data = open(os.path.join(tree, rel), "rb").read() if tree else b"evil" * 3
+        conn.sendall(json.dumps({"rel": rel, "size": len(data)}).encode() + b"\n" + data)
+'''
+
+
+def test_a_parent_serving_wrong_bytes_is_caught_and_the_store_serves(
+        lab: Lab, tree: str, tmp_path: Path) -> None:  # noqa: F811
+    if not lab.hosts.real:
+        pytest.skip("needs network namespaces")
+    relay_port = port()
+    key = relay.job_key(lab.s3.secret_key, "relay-hostile")
+    script = tmp_path / "fake_parent.py"
+    script.write_text(FAKE_PARENT)
+    fake = lab.hosts.spawn(0, ["python3", str(script), str(relay_port), key.hex()],
+                           {"PATH": os.environ["PATH"]})
+    assert fake.stdout is not None and fake.stdout.readline().strip() == "listening"
+    contract = old_contract(lab, 2, port())
+    results = run_job(lab, tmp_path, 2, ["true"], contract,
+                      extra={"DLS_APP_URL": tree, "BOOTSTRAP_PEER_FETCH": "on",
+                             "BOOTSTRAP_RELAY_PORT": str(relay_port), "MA_JOB_ID":
+                             "relay-hostile", "BOOTSTRAP_NETWORK": "off",
+                             "BOOTSTRAP_BARRIER": "off"},
+                      only=[1])
+    fake.wait(timeout=30)
+    r = results[0]
+    assert r.code == 0, r.err
+    assert digest(r.home / "user-job-dir" / "peer") == WANT  # every byte as listed
+    assert "does not match the store's listing" in r.err
+
+
+def test_strangers_and_paths_outside_the_tree_are_refused(lab: Lab, tree: str,  # noqa: F811
+                                                          tmp_path: Path) -> None:
+    if not lab.hosts.real:
+        pytest.skip("needs network namespaces")
+    relay_port = port()
+    contract = old_contract(lab, 2, port())
+    env_extra = {"DLS_APP_URL": tree, "BOOTSTRAP_PEER_FETCH": "on", "MA_JOB_ID": "relay-auth",
+                 "BOOTSTRAP_RELAY_PORT": str(relay_port), "BOOTSTRAP_NETWORK": "off",
+                 "BOOTSTRAP_BARRIER": "off", "BOOTSTRAP_PEER_TIMEOUT": "60"}
+    key = relay.job_key(lab.s3.secret_key, "relay-auth")
+    answers: list[bytes] = []
+
+    def probe() -> None:  # node 1's place in the tree, taken by a test client
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                conn = socket.create_connection((lab.hosts.addr(0), relay_port), timeout=5)
+                break
+            except OSError:
+                assert time.monotonic() < deadline
+                time.sleep(0.2)
+        nonce = conn.makefile("rb").readline().split()[1].decode()
+        conn.sendall(json.dumps({"rank": 1, "proof": "0" * 64}).encode() + b"\n")
+        answers.append(conn.recv(100))  # wrong key: closed without a word
+        conn.close()
+        conn = socket.create_connection((lab.hosts.addr(0), relay_port), timeout=5)
+        reader = conn.makefile("rb")
+        nonce = reader.readline().split()[1].decode()
+        conn.sendall(json.dumps({"rank": 1, "proof": relay.proof(key, nonce, 1)}).encode()
+                     + b"\n")
+        assert reader.readline() == b"OK\n"
+        conn.sendall(json.dumps({"get": ["../../../../etc/passwd"]}).encode() + b"\n")
+        answers.append(reader.read())  # refused: nothing but the closed connection
+        conn.close()
+
+    results = run_job(lab, tmp_path, 2, ["true"], contract, extra=env_extra, only=[0],
+                      during=probe)
+    r = results[0]
+    assert r.code == 0, r.err
+    assert answers == [b"", b""]
+    assert "relay: refused" in r.err and "no proof of the job's key" in r.err
+    assert "a path outside the job's tree" in r.err
+
+
+def test_a_parent_killed_while_serving_leaves_the_rest_to_the_store(
+        lab: Lab, tree: str, tmp_path: Path) -> None:  # noqa: F811
+    if not lab.hosts.real:
+        pytest.skip("needs network namespaces")
+    copy = tmp_path / "parent-copy"
+    for rel, data in FILES.items():
+        (copy / rel).parent.mkdir(parents=True, exist_ok=True)
+        (copy / rel).write_bytes(data)
+    relay_port = port()
+    key = relay.job_key(lab.s3.secret_key, "relay-killed")
+    script = tmp_path / "fake_parent.py"
+    script.write_text(FAKE_PARENT)
+    fake = lab.hosts.spawn(0, ["python3", str(script), str(relay_port), key.hex(), str(copy)],
+                           {"PATH": os.environ["PATH"]})
+    assert fake.stdout is not None and fake.stdout.readline().strip() == "listening"
+    results = run_job(lab, tmp_path, 2, ["true"], old_contract(lab, 2, port()),
+                      extra={"DLS_APP_URL": tree, "BOOTSTRAP_PEER_FETCH": "on",
+                             "BOOTSTRAP_RELAY_PORT": str(relay_port), "MA_JOB_ID":
+                             "relay-killed", "BOOTSTRAP_NETWORK": "off",
+                             "BOOTSTRAP_BARRIER": "off", "BOOTSTRAP_LOG_FORMAT": "json"},
+                      only=[1])
+    fake.wait(timeout=30)
+    r = results[0]
+    assert r.code == 0, r.err
+    assert digest(r.home / "user-job-dir" / "peer") == WANT
+    fetched = stage(r.err, "fetch")
+    assert fetched["peer_files"] == 10 and fetched["files"] == len(WANT) - 10, fetched
