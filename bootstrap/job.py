@@ -198,8 +198,8 @@ def _fetch_stage(code_url: location.Location, code_dir: Path, settings: Settings
         t.fields = stats.fields()
 
 
-def _peers_for_fetch(settings: Settings, code_url: location.Location,
-                     log: Log) -> Optional[fetch_types.Peers]:
+def _peers_for_fetch(settings: Settings, code_url: location.Location, log: Log,
+                     port_offset: int = 0) -> Optional[fetch_types.Peers]:
     """The relay tree, when peer-assisted fetch applies (BOOTSTRAP_PEER_FETCH): a
     remote tree, several nodes, and static keys every node shares (the proof of
     membership is derived from them); else None, and the log says why when asked."""
@@ -212,7 +212,7 @@ def _peers_for_fetch(settings: Settings, code_url: location.Location,
         return None
     if mode == "auto" and cluster.size < PEER_FETCH_NODES:
         return None
-    if settings.cluster.relay_port == cluster.master.port:
+    if settings.cluster.relay_port + port_offset == cluster.master.port:
         log.warn(f"relay: off: BOOTSTRAP_RELAY_PORT={settings.cluster.relay_port} is the "
                  "engines' MASTER_PORT; choose another port for it")
         return None
@@ -222,7 +222,7 @@ def _peers_for_fetch(settings: Settings, code_url: location.Location,
                  "token), so membership cannot be proven; every node fetches from the store")
         return None
     return fetch_types.Peers(cluster.rank, tuple(m.host for m in cluster.nodes),
-                             settings.cluster.relay_port,
+                             settings.cluster.relay_port + port_offset,
                              relay.job_key(creds.secret_key, cluster.job_id),
                              min(settings.cluster.peer_timeout, 300.0))
 
@@ -232,8 +232,11 @@ def _staging_stage(settings: Settings, log: Log) -> Staged:
 
     cluster = settings.cluster.layout
     with timed(log, "data") as t:
+        url = location.parse(settings.staging.url or "", "DLS_DATA_URL")
+        # The data's relay listens one port above the code's: both run at once.
+        peers = _peers_for_fetch(settings, url, log, port_offset=1)
         staged = staging.stage(settings.staging, settings.transfer, cluster.rank, cluster.size,
-                               log)
+                               log, peers)
         how = "reused, nothing fetched" if staged.reused else staged.stats.summary()
         t.detail = f"{how} -> {staged.path}"
         t.fields = {**staged.stats.fields(), "reused": staged.reused}

@@ -91,7 +91,11 @@ class S3Server:
         data.mkdir()
         argv = [weed_binary(), "mini", f"-dir={data}", f"-ip={self.ip}", f"-ip.bind={self.ip}",
                 f"-s3.config={config}", "-s3.autoCreateBucket=false", "-webdav=false",
-                "-admin.ui=false"]
+                "-admin.ui=false",
+                # Every bucket is a collection with volumes of its own; left to itself,
+                # mini allows free disk / 128 MB volumes, and a suite creating a bucket
+                # per test ran out of them on a fuller disk (InternalError on writes).
+                "-volume.max=4000", "-master.volumeSizeLimitMB=64"]
         argv += [f"-{k}={v}" for k, v in ports.items()]
         log = open(Path(self.workdir, "weed.log"), "wb")  # noqa: SIM115 - lives with the process
         self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,

@@ -46,7 +46,7 @@ class Lab:
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     reason = namespaces_available()
-    hosts: Hosts = Hosts(3) if reason is None else LoopbackHosts(3)
+    hosts: Hosts = Hosts(4) if reason is None else LoopbackHosts(4)
     if reason is not None:
         print(f"multi-node tests run on loopback addresses: {reason}")
     with hosts, S3Server(ip=hosts.bridge_ip) as s3:

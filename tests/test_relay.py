@@ -51,12 +51,12 @@ WANT = {**{k: hashlib.md5(v).hexdigest() for k, v in FILES.items()},
 WANT = {k.removeprefix("peer/"): v for k, v in WANT.items()}
 
 
-def test_three_nodes_fetch_one_copy_from_the_store(lab: Lab, tree: str,  # noqa: F811
-                                                   tmp_path: Path) -> None:
+def test_four_nodes_fetch_one_copy_from_the_store(lab: Lab, tree: str,  # noqa: F811
+                                                  tmp_path: Path) -> None:
     if not lab.hosts.real:
         pytest.skip("needs network namespaces: every node would share one address")
     with FaultProxy(lab.s3.endpoint, ip=lab.hosts.bridge_ip) as proxy:
-        results = run_job(lab, tmp_path, 3, ["true"], old_contract(lab, 3, port()),
+        results = run_job(lab, tmp_path, 4, ["true"], old_contract(lab, 4, port()),
                           extra={"DLS_APP_URL": tree, "AWS_ENDPOINT_URL": proxy.endpoint,
                                  "BOOTSTRAP_PEER_FETCH": "on", "BOOTSTRAP_LOG_FORMAT": "json"})
     for r in results:
@@ -65,12 +65,12 @@ def test_three_nodes_fetch_one_copy_from_the_store(lab: Lab, tree: str,  # noqa:
     gets = proxy.object_gets
     plain = {k: v for k, v in gets.items() if not k.endswith("weights.bin")}
     assert len(plain) == len(FILES) and set(plain.values()) == {1}, plain  # one copy
-    assert gets["/mn-code/peer/weights.bin"] == 3  # no MD5 to verify: each node's own
+    assert gets["/mn-code/peer/weights.bin"] == 4  # no MD5 to verify: each node's own
     for r in results[1:]:
         fetched = stage(r.err, "fetch")
         assert fetched["peer_files"] == len(FILES) and fetched["files"] == 1, fetched
     relays = [x for x in log_records(results[0].err) if "served" in x]
-    assert relays and relays[0]["served"] == 2 * len(FILES)
+    assert relays and relays[0]["served"] == 3 * len(FILES)  # node 0 fed nodes 1, 2, 3
 
 
 FAKE_PARENT = r'''
@@ -195,3 +195,23 @@ def test_a_parent_killed_while_serving_leaves_the_rest_to_the_store(
     assert digest(r.home / "user-job-dir" / "peer") == WANT
     fetched = stage(r.err, "fetch")
     assert fetched["peer_files"] == 10 and fetched["files"] == len(WANT) - 10, fetched
+
+
+def test_staged_data_goes_down_the_tree_too(lab: Lab, tree: str,  # noqa: F811
+                                            tmp_path: Path) -> None:
+    if not lab.hosts.real:
+        pytest.skip("needs network namespaces")
+    contract = old_contract(lab, 3, port())
+    with FaultProxy(lab.s3.endpoint, ip=lab.hosts.bridge_ip) as proxy:
+        results = run_job(lab, tmp_path, 3, ["true"],
+                          lambda i: {**contract(i), "BOOTSTRAP_DATA_DIR": str(tmp_path / f"d{i}")},
+                          extra={"DLS_DATA_URL": tree, "AWS_ENDPOINT_URL": proxy.endpoint,
+                                 "BOOTSTRAP_PEER_FETCH": "on", "BOOTSTRAP_LOG_FORMAT": "json"})
+    for r in results:
+        assert r.code == 0, r.err
+        assert digest((tmp_path / f"d{r.rank}" / "peer").resolve()) == WANT, r.rank
+    data = {k: v for k, v in proxy.object_gets.items()
+            if k.startswith("/mn-code/peer/") and not k.endswith("weights.bin")}
+    assert len(data) == len(FILES) and set(data.values()) == {1}, data  # one copy
+    for r in results[1:]:
+        assert stage(r.err, "data")["peer_files"] == len(FILES)

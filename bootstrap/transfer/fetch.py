@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from ..config.settings import Transfer
     from ..config.storage import Credentials
     from ..storage.signed import SignedClient
+    from .relay import AnnouncingManifest
 
 
 def copy_local(src: Path, dest: Path) -> Stats:
@@ -140,42 +141,77 @@ def fetch_with_peers(location: Location, dest: Path, settings: Transfer, peers: 
                             "BOOTSTRAP_HOME is writable") from None
     with remote(location, settings) as source:
         objects, folders = list_objects(source.client, location, settings)
-        held = relay.Held()
-        manifest = relay.AnnouncingManifest(manifest_path(dest), location.url, held)
+        manifest = relay.AnnouncingManifest(manifest_path(dest), location.url, relay.Held())
         for obj in objects:
             if manifest.unchanged(obj.rel, obj.size, obj.etag, dest / obj.rel):
-                held.add(obj.rel)
-        kids = relay.children(peers.rank, len(peers.hosts))
-        server = None
-        if kids:
-            try:
-                server = relay.RelayServer(peers.port, peers.key, dest,
-                                           {o.rel: o.size for o in objects}, held, kids,
-                                           peers.wait, log)
-            except OSError as exc:  # the children find no parent and use the store
-                log.warn(f"relay: cannot serve on port {peers.port} ({exc.strerror}); "
-                         f"node(s) {kids} will fetch from the store")
-            else:
-                server.start()
-        from_peer = 0
+                manifest.held.add(obj.rel)
+        return download_with_peers(source, objects, folders, dest, manifest, peers, log)
+
+
+def download_with_peers(source: Remote, objects: list[RemoteObject], folders: list[str],
+                        dest: Path, manifest: AnnouncingManifest, peers: Peers, log: Log,
+                        label: str = "fetch") -> Stats:
+    """``objects`` into ``dest``: from the parent what it can give and the listing can
+    verify, the rest from the store, while serving this node's children; ``manifest``
+    already holds (and has announced) what ``dest`` has."""
+    from . import relay
+
+    held = manifest.held
+    kids = relay.children(peers.rank, len(peers.hosts))
+    server = None
+    if kids:
         try:
-            up = relay.parent(peers.rank)
-            if up is not None:
-                want = [o for o in objects if o.md5 and not
-                        manifest.unchanged(o.rel, o.size, o.etag, dest / o.rel)]
-                failed = relay.pull(peers.hosts[up], peers.port, peers.key, peers.rank, want,
-                                    dest, manifest, peers.wait, log)
-                from_peer = len(want) - len(failed)
-            stats = source.download(objects, folders, dest, manifest, log)
-        finally:
-            held.close()  # what has not landed now never will: children go to the store
-            if server is not None:
-                server.finish(peers.wait)
-        parent_note = f"from node {relay.parent(peers.rank)}" if peers.rank else "(node 0)"
-        log.info(f"relay: {from_peer} file(s) {parent_note}, {stats.files} from the store"
-                 + (f"; served {server.served} to node(s) {kids}" if server else ""),
-                 peer_files=from_peer, store_files=stats.files,
-                 served=server.served if server else 0)
-        stats.skipped -= from_peer  # fetched from a peer this run, not unchanged
-        stats.peer_files = from_peer
-        return stats
+            server = relay.RelayServer(peers.port, peers.key, dest,
+                                       {o.rel: o.size for o in objects}, held, kids,
+                                       peers.wait, log)
+        except OSError as exc:  # the children find no parent and use the store
+            log.warn(f"relay: cannot serve on port {peers.port} ({exc.strerror}); "
+                     f"node(s) {kids} will fetch from the store")
+        else:
+            server.start()
+    from_peer = 0
+    try:
+        up = relay.parent(peers.rank)
+        if up is not None:
+            want = [o for o in objects if o.md5 and not
+                    manifest.unchanged(o.rel, o.size, o.etag, dest / o.rel)]
+            failed = relay.pull(peers.hosts[up], peers.port, peers.key, peers.rank, want,
+                                dest, manifest, peers.wait, log)
+            from_peer = len(want) - len(failed)
+        stats = source.download(objects, folders, dest, manifest, log, label=label)
+    finally:
+        held.close()  # what has not landed now never will: children go to the store
+        if server is not None:
+            server.finish(peers.wait)
+    parent_note = f"from node {relay.parent(peers.rank)}" if peers.rank else "(node 0)"
+    log.info(f"relay ({label}): {from_peer} file(s) {parent_note}, {stats.files} from the "
+             "store" + (f"; served {server.served} to node(s) {kids}" if server else ""),
+             peer_files=from_peer, store_files=stats.files,
+             served=server.served if server else 0)
+    stats.skipped -= from_peer  # fetched from a peer this run, not unchanged
+    stats.peer_files = from_peer
+    return stats
+
+
+def serve_only(dest: Path, objects: list[RemoteObject], peers: Peers, log: Log) -> None:
+    """A node whose copy is already complete (staged data reused) still serves it to its
+    children, who count on their parent."""
+    from . import relay
+
+    kids = relay.children(peers.rank, len(peers.hosts))
+    if not kids:
+        return
+    held = relay.Held()
+    for obj in objects:
+        held.add(obj.rel)
+    held.close()
+    try:
+        server = relay.RelayServer(peers.port, peers.key, dest,
+                                   {o.rel: o.size for o in objects}, held, kids, peers.wait,
+                                   log)
+    except OSError as exc:
+        log.warn(f"relay: cannot serve on port {peers.port} ({exc.strerror})")
+        return
+    server.start()
+    server.finish(peers.wait)
+    log.info(f"relay (data): reused, served {server.served} file(s) to node(s) {kids}")

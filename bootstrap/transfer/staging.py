@@ -53,6 +53,7 @@ from .manifest import Manifest
 if TYPE_CHECKING:
     from ..config.settings import Staging, Transfer
     from ..log import Log
+    from .fetch import Peers
 
 STATE = ".bootstrap-stage"  # beside the staged data, in BOOTSTRAP_DATA_DIR
 GB = 1000**3
@@ -79,8 +80,10 @@ def share(objects: Sequence[RemoteObject], rank: int, nodes: int) -> list[Remote
     return ordered[rank::nodes]
 
 
-def stage(settings: Staging, transfer: Transfer, rank: int, nodes: int, log: Log) -> Staged:
-    """Stages the data for this node; see the module's contract."""
+def stage(settings: Staging, transfer: Transfer, rank: int, nodes: int, log: Log,
+          peers: Optional[Peers] = None) -> Staged:
+    """Stages the data for this node; see the module's contract. With ``peers`` (and
+    no sharding: shards have no copies to share) the nodes pass it down the relay."""
     assert settings.url is not None and settings.folder is not None
     source = locations.parse(settings.url, "DLS_DATA_URL")
     root = settings.folder
@@ -88,6 +91,8 @@ def stage(settings: Staging, transfer: Transfer, rank: int, nodes: int, log: Log
     spec = "none" if settings.shard == "none" or nodes == 1 else f"node {rank}/{nodes}"
     if spec != "none" and not settings.url.endswith("/") and _names_a_file(source, transfer):
         spec = "none"  # one object cannot be split: every node stages it
+    if spec != "none" or not source.is_remote:
+        peers = None
     state = root / STATE
     versions = state / name
     try:
@@ -113,11 +118,15 @@ def stage(settings: Staging, transfer: Transfer, rank: int, nodes: int, log: Log
             version, reused = reusable, True
             stats.total_files, stats.skipped = len(mine), len(mine)
             stats.total_bytes = sum(o.size for o in mine)
+            if peers is not None:
+                from .fetch import serve_only
+
+                serve_only(version, mine, peers, log)
         else:
             version = versions / f"v{time.time_ns()}-{os.getpid()}"
             _check_space(root, mine, unchanged, settings.max_bytes)
             stats = _build(version, reusable, mine, unchanged, source, transfer, settings.url,
-                           log)
+                           log, peers)
             reused = False
         share_file = versions / f"{version.name}.share"
         if not reused:
@@ -283,11 +292,18 @@ def _human(n: int) -> str:
 
 def _build(version: Path, previous: Optional[Path], objects: list[RemoteObject],
            unchanged: set[str], source: locations.Location, transfer: Transfer, url: str,
-           log: Log) -> Stats:
+           log: Log, peers: Optional[Peers] = None) -> Stats:
     """A new version: unchanged files hard-linked from ``previous`` (same inodes, never
-    modified: downloads land by rename), the rest fetched."""
+    modified: downloads land by rename), the rest fetched (through the relay, with
+    ``peers``)."""
     version.mkdir(mode=0o755)
-    record = _manifest(version, url)
+    if peers is not None:
+        from .fetch import manifest_path
+        from .relay import AnnouncingManifest, Held
+
+        record: Manifest = AnnouncingManifest(manifest_path(version), url, Held())
+    else:
+        record = _manifest(version, url)
     linked = 0
     for obj in objects:
         if previous is None or obj.rel not in unchanged:
@@ -307,6 +323,13 @@ def _build(version: Path, previous: Optional[Path], objects: list[RemoteObject],
             from .fetch import remote
 
             with remote(source, transfer) as session:
+                if peers is not None:
+                    from .fetch import download_with_peers
+                    from .relay import AnnouncingManifest
+
+                    assert isinstance(record, AnnouncingManifest)
+                    return download_with_peers(session, objects, folders, version, record,
+                                               peers, log, label="data")
                 return session.download(objects, folders, version, record, log, label="data")
         return _copy_local(objects, folders, version, record, transfer.workers)
     except OSError as exc:
