@@ -158,17 +158,8 @@ def download_with_peers(source: Remote, objects: list[RemoteObject], folders: li
 
     held = manifest.held
     kids = relay.children(peers.rank, len(peers.hosts))
-    server = None
-    if kids:
-        try:
-            server = relay.RelayServer(peers.port, peers.key, dest,
-                                       {o.rel: o.size for o in objects}, held, kids,
-                                       peers.wait, log)
-        except OSError as exc:  # the children find no parent and use the store
-            log.warn(f"relay: cannot serve on port {peers.port} ({exc.strerror}); "
-                     f"node(s) {kids} will fetch from the store")
-        else:
-            server.start()
+    server = relay.open_server(dest, objects, held, peers.port, peers.key, kids, peers.wait,
+                               log) if kids else None
     from_peer = 0
     try:
         up = relay.parent(peers.rank)
@@ -205,13 +196,9 @@ def serve_only(dest: Path, objects: list[RemoteObject], peers: Peers, log: Log) 
     for obj in objects:
         held.add(obj.rel)
     held.close()
-    try:
-        server = relay.RelayServer(peers.port, peers.key, dest,
-                                   {o.rel: o.size for o in objects}, held, kids, peers.wait,
-                                   log)
-    except OSError as exc:
-        log.warn(f"relay: cannot serve on port {peers.port} ({exc.strerror})")
+    server = relay.open_server(dest, objects, held, peers.port, peers.key, kids, peers.wait,
+                               log)
+    if server is None:
         return
-    server.start()
     server.finish(peers.wait)
     log.info(f"relay (data): reused, served {server.served} file(s) to node(s) {kids}")

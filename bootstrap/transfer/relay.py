@@ -234,6 +234,21 @@ class RelayServer(threading.Thread):
                 self._all_done.set()
 
 
+def open_server(dest: Path, objects: list[RemoteObject], held: Held, peers_port: int,
+                key: bytes, kids: list[int], wait: float, log: Log) -> Optional[RelayServer]:
+    """This node's server for its children, started; None when the port cannot open
+    (the children then find no parent and use the store)."""
+    try:
+        server = RelayServer(peers_port, key, dest, {o.rel: o.size for o in objects}, held,
+                             kids, wait, log)
+    except OSError as exc:
+        log.warn(f"relay: cannot serve on port {peers_port} ({exc.strerror}); node(s) "
+                 f"{kids} will fetch from the store")
+        return None
+    server.start()
+    return server
+
+
 def _read_json(reader: BinaryIO) -> dict[str, Any]:
     line = reader.readline(MAX_LINE + 1)
     if not line or len(line) > MAX_LINE or not line.endswith(b"\n"):
@@ -313,15 +328,13 @@ def pull(address: str, port: int, key: bytes, rank: int, objects: list[RemoteObj
                         tmp.unlink()
                 manifest.record(obj.rel, obj.size, obj.etag, dest)
         conn.sendall(b'{"done": true}\n')
-    except _Mismatch as exc:
-        # A parent that sent one wrong byte is not asked for another: the rest of this
-        # node's work goes to the store.
-        log.warn(f"relay: {exc.obj.rel} from the parent {address} does not match the "
-                 f"store's listing ({exc}); this node fetches the rest from the store")
-        failed = [o for o in objects
-                  if not manifest.unchanged(o.rel, o.size, o.etag, root / o.rel)]
-    except (OSError, ValueError) as exc:
-        log.info(f"relay: parent {address} failed ({exc}); the rest from the store")
+    except (_Mismatch, OSError, ValueError) as exc:
+        if isinstance(exc, _Mismatch):
+            # A parent that sent one wrong byte is not asked for another.
+            log.warn(f"relay: {exc.obj.rel} from the parent {address} does not match the "
+                     f"store's listing ({exc}); this node fetches the rest from the store")
+        else:
+            log.info(f"relay: parent {address} failed ({exc}); the rest from the store")
         failed = [o for o in objects
                   if not manifest.unchanged(o.rel, o.size, o.etag, root / o.rel)]
     finally:
