@@ -88,11 +88,6 @@ def stage(settings: Staging, transfer: Transfer, rank: int, nodes: int, log: Log
     source = locations.parse(settings.url, "DLS_DATA_URL")
     root = settings.folder
     name = source.name
-    spec = "none" if settings.shard == "none" or nodes == 1 else f"node {rank}/{nodes}"
-    if spec != "none" and not settings.url.endswith("/") and _names_a_file(source, transfer):
-        spec = "none"  # one object cannot be split: every node stages it
-    if spec != "none" or not source.is_remote:
-        peers = None
     state = root / STATE
     versions = state / name
     try:
@@ -103,8 +98,13 @@ def stage(settings: Staging, transfer: Transfer, rank: int, nodes: int, log: Log
         raise DownloadError(f"cannot prepare BOOTSTRAP_DATA_DIR={root}: {exc.strerror}; "
                             "point it at a writable folder (e.g. /cache/data)") from None
     with _node_lock(state / f"{name}.lock", settings.timeout, log):
-        _claim(state / f"{name}.json", settings.url, spec, root / name)
         listed, single = _list(source, transfer)
+        # One object cannot be split: every node stages it.
+        spec = "none" if settings.shard == "none" or nodes == 1 or single is not None \
+            else f"node {rank}/{nodes}"
+        if spec != "none" or not source.is_remote:
+            peers = None  # shards have no copies to share; a mounted path needs no relay
+        _claim(state / f"{name}.json", settings.url, spec, root / name)
         mine = share(listed, rank, nodes) if spec != "none" else share(listed, 0, 1)
         current = _current(root / name, versions)
         reusable = current if current is not None and _trusted(current) else None
@@ -143,16 +143,6 @@ def stage(settings: Staging, transfer: Transfer, rank: int, nodes: int, log: Log
 
 
 # --------------------------------------------------------------------------- listing
-
-def _names_a_file(source: locations.Location, transfer: Transfer) -> bool:
-    if not source.is_remote:
-        return source.path is not None and source.path.is_file()
-    from .fetch import remote
-    from .listing import named_object
-
-    with remote(source, transfer) as session:
-        return named_object(session.client, source, transfer) is not None
-
 
 def _list(source: locations.Location,
           transfer: Transfer) -> tuple[list[RemoteObject], Optional[RemoteObject]]:
