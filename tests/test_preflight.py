@@ -198,7 +198,12 @@ def test_real_no_gpu_path_runs_cpu_only(home: Path) -> None:
 
 
 def test_check_command(home: Path) -> None:
-    env = base_env(home, fake_env({**HEALTHY, "gpus": [{"pcie_width": 8}]}))
+    # The host's own disk, memory and limits must not add warnings of their own: the count
+    # below is the fake GPU's alone (CI's disk once had 30.7 GB free, under the 32 GB bar).
+    host = {"BOOTSTRAP_MIN_DISK_GB": "0", "BOOTSTRAP_MIN_CACHE_GB": "0",
+            "BOOTSTRAP_MIN_SHM_MB": "0", "BOOTSTRAP_MIN_MEMORY_GB": "0",
+            "BOOTSTRAP_MIN_NOFILE": "0"}
+    env = base_env(home, {**fake_env({**HEALTHY, "gpus": [{"pcie_width": 8}]}), **host})
     cmd = [sys.executable, "-m", "bootstrap", "check"]
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
@@ -214,7 +219,7 @@ def test_check_command(home: Path) -> None:
     r = subprocess.run([*cmd, "--json"], env=env, capture_output=True, text=True, timeout=60)
     data = json.loads(r.stdout)
     assert data["ok"] is True and data["inventory"]["gpus"][0]["pcie_width"] == 8
-    env = base_env(home, fake_env({**HEALTHY, "gpus": [{"processes": 2}]}))
+    env = base_env(home, {**fake_env({**HEALTHY, "gpus": [{"processes": 2}]}), **host})
     r = subprocess.run([*cmd, "--json"], env=env, capture_output=True, text=True, timeout=60)
     assert r.returncode == 4 and json.loads(r.stdout)["ok"] is False
     r = subprocess.run([*cmd, "--bogus"], env=env, capture_output=True, text=True, timeout=60)
