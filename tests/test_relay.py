@@ -8,6 +8,7 @@ import json
 import os
 import random
 import socket
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +18,14 @@ import pytest
 from bootstrap.transfer import relay
 from tests.conftest import log_records, stage
 from tests.faultproxy import FaultProxy
-from tests.test_multinode import Lab, lab, old_contract, port, run_job  # noqa: F401
+from tests.test_multinode import (  # noqa: F401
+    Lab,
+    NodeResult,
+    lab,
+    old_contract,
+    port,
+    run_job,
+)
 
 pytestmark = [pytest.mark.multinode, pytest.mark.timeout(600)]
 
@@ -74,10 +82,10 @@ def test_four_nodes_fetch_one_copy_from_the_store(lab: Lab, tree: str,  # noqa: 
 
 
 FAKE_PARENT = r'''
-import hashlib, hmac, json, os, secrets, socket, sys
-key = bytes.fromhex(sys.argv[2])
-tree = sys.argv[3] if len(sys.argv) > 3 else ""  # serve these real files, then die
-srv = socket.create_server(("", int(sys.argv[1])))
+import hashlib, hmac, json, os, secrets, socket, sys, time
+port, key, mode = int(sys.argv[1]), bytes.fromhex(sys.argv[2]), sys.argv[3]
+tree = sys.argv[4]  # where the real files are
+srv = socket.create_server(("", port))
 print("listening", flush=True)
 conn, _ = srv.accept()
 r = conn.makefile("rb")
@@ -91,37 +99,155 @@ while True:
     line = r.readline()
     if not line or b"done" in line:
         break
+    if mode == "silent":  # alive, connected, and never a word again
+        time.sleep(120)
     for n, rel in enumerate(json.loads(line)["get"]):
-        if tree and n == 10:
+        if mode == "die" and n == 10:
             os._exit(9)  # killed while serving
-        data = open(os.path.join(tree, rel), "rb").read() if tree else b"evil" * 3
-        conn.sendall(json.dumps({"rel": rel, "size": len(data)}).encode() + b"\n" + data)
+        data = b"evil" * 3 if mode == "evil" else open(os.path.join(tree, rel), "rb").read()
+        conn.sendall(json.dumps({"rel": rel, "size": len(data)}).encode() + b"\n")
+        for i in range(0, len(data), 512):
+            if mode == "slow":
+                time.sleep(0.05)  # ~10 KB/s: a parent on a sick link
+            conn.sendall(data[i:i + 512])
 '''
+
+
+def fake_parent(lab: Lab, tmp_path: Path, job: str,  # noqa: F811
+                mode: str) -> tuple[subprocess.Popen[str], int]:
+    """Node 0's place in the tree, played by a script that proves itself like a real
+    parent and then misbehaves as ``mode`` says; returns it and its port."""
+    copy = tmp_path / "parent-copy"
+    for rel, data in FILES.items():
+        (copy / rel).parent.mkdir(parents=True, exist_ok=True)
+        (copy / rel).write_bytes(data)
+    relay_port = port()
+    key = relay.job_key(lab.s3.secret_key, job)
+    script = tmp_path / "fake_parent.py"
+    script.write_text(FAKE_PARENT)
+    fake = lab.hosts.spawn(0, ["python3", str(script), str(relay_port), key.hex(), mode,
+                               str(copy)], {"PATH": os.environ["PATH"]})
+    assert fake.stdout is not None and fake.stdout.readline().strip() == "listening"
+    return fake, relay_port
+
+
+def node_one_under(lab: Lab, tmp_path: Path, tree: str, job: str,  # noqa: F811
+                   relay_port: int) -> NodeResult:
+    """Node 1 of a 2-node job whose node 0 is the test's; the peer timeout is long
+    (120 s), so a fallback within seconds is the relay's own doing."""
+    return run_job(lab, tmp_path, 2, ["true"], old_contract(lab, 2, port()),
+                   extra={"DLS_APP_URL": tree, "BOOTSTRAP_PEER_FETCH": "on",
+                          "BOOTSTRAP_RELAY_PORT": str(relay_port), "MA_JOB_ID": job,
+                          "BOOTSTRAP_NETWORK": "off", "BOOTSTRAP_BARRIER": "off",
+                          "BOOTSTRAP_PEER_TIMEOUT": "120", "BOOTSTRAP_LOG_FORMAT": "json"},
+                   only=[1])[0]
 
 
 def test_a_parent_serving_wrong_bytes_is_caught_and_the_store_serves(
         lab: Lab, tree: str, tmp_path: Path) -> None:  # noqa: F811
     if not lab.hosts.real:
         pytest.skip("needs network namespaces")
-    relay_port = port()
-    key = relay.job_key(lab.s3.secret_key, "relay-hostile")
-    script = tmp_path / "fake_parent.py"
-    script.write_text(FAKE_PARENT)
-    fake = lab.hosts.spawn(0, ["python3", str(script), str(relay_port), key.hex()],
-                           {"PATH": os.environ["PATH"]})
-    assert fake.stdout is not None and fake.stdout.readline().strip() == "listening"
-    contract = old_contract(lab, 2, port())
-    results = run_job(lab, tmp_path, 2, ["true"], contract,
-                      extra={"DLS_APP_URL": tree, "BOOTSTRAP_PEER_FETCH": "on",
-                             "BOOTSTRAP_RELAY_PORT": str(relay_port), "MA_JOB_ID":
-                             "relay-hostile", "BOOTSTRAP_NETWORK": "off",
-                             "BOOTSTRAP_BARRIER": "off"},
-                      only=[1])
+    fake, relay_port = fake_parent(lab, tmp_path, "relay-hostile", "evil")
+    r = node_one_under(lab, tmp_path, tree, "relay-hostile", relay_port)
     fake.wait(timeout=30)
-    r = results[0]
     assert r.code == 0, r.err
     assert digest(r.home / "user-job-dir" / "peer") == WANT  # every byte as listed
     assert "does not match the store's listing" in r.err
+
+
+def test_a_parent_killed_while_serving_leaves_the_rest_to_the_store(
+        lab: Lab, tree: str, tmp_path: Path) -> None:  # noqa: F811
+    if not lab.hosts.real:
+        pytest.skip("needs network namespaces")
+    fake, relay_port = fake_parent(lab, tmp_path, "relay-killed", "die")
+    r = node_one_under(lab, tmp_path, tree, "relay-killed", relay_port)
+    fake.wait(timeout=30)
+    assert r.code == 0, r.err
+    assert digest(r.home / "user-job-dir" / "peer") == WANT
+    fetched = stage(r.err, "fetch")
+    assert fetched["peer_files"] == 10 and fetched["files"] == len(WANT) - 10, fetched
+
+
+@pytest.mark.parametrize("mode, reason", [("silent", "timed out"), ("slow", "slower than")])
+def test_a_stuck_or_slow_parent_is_left_within_seconds(lab: Lab, tree: str,  # noqa: F811
+                                                       tmp_path: Path, mode: str,
+                                                       reason: str) -> None:
+    # Before the heartbeat and the pace check, both waited out the peer timeout (120 s).
+    if not lab.hosts.real:
+        pytest.skip("needs network namespaces")
+    fake, relay_port = fake_parent(lab, tmp_path, f"relay-{mode}", mode)
+    try:
+        r = node_one_under(lab, tmp_path, tree, f"relay-{mode}", relay_port)
+    finally:
+        fake.kill()
+        fake.wait()
+    assert r.code == 0, r.err
+    assert digest(r.home / "user-job-dir" / "peer") == WANT
+    fetched = stage(r.err, "fetch")
+    assert fetched["seconds"] < 25, fetched
+    assert fetched["peer_files"] < len(FILES) // 2, fetched  # the store did the rest
+    said = [x["msg"] for x in log_records(r.err) if x["msg"].startswith("relay: parent")]
+    assert said and reason in said[0], said
+
+
+SQUATTER = '''
+import socket, sys
+srv = socket.create_server(("", int(sys.argv[1])))
+print("listening", flush=True)
+held = []
+while True:
+    held.append(srv.accept()[0])  # accepts, and never says a word
+'''
+
+
+def test_a_port_held_by_another_program_costs_seconds(lab: Lab, tree: str,  # noqa: F811
+                                                      tmp_path: Path) -> None:
+    # Node 0 cannot listen (something else holds the port and says nothing): node 0
+    # fetches alone, node 1 gives up on the silent stranger after the handshake time.
+    if not lab.hosts.real:
+        pytest.skip("needs network namespaces")
+    relay_port = port()
+    squatter = lab.hosts.spawn(0, ["python3", "-c", SQUATTER, str(relay_port)],
+                               {"PATH": os.environ["PATH"]})
+    try:
+        assert squatter.stdout is not None and squatter.stdout.readline().strip() == "listening"
+        results = run_job(lab, tmp_path, 2, ["true"], old_contract(lab, 2, port()),
+                          extra={"DLS_APP_URL": tree, "BOOTSTRAP_PEER_FETCH": "on",
+                                 "BOOTSTRAP_RELAY_PORT": str(relay_port),
+                                 "BOOTSTRAP_PEER_TIMEOUT": "120",
+                                 "BOOTSTRAP_LOG_FORMAT": "json"})
+    finally:
+        squatter.kill()
+        squatter.wait()
+    for r in results:
+        assert r.code == 0, r.err
+        assert digest(r.home / "user-job-dir" / "peer") == WANT
+    assert "relay: cannot serve on port" in results[0].err
+    fetched = stage(results[1].err, "fetch")
+    assert fetched["peer_files"] == 0 and fetched["seconds"] < 20, fetched
+
+
+def test_a_parent_still_listing_keeps_its_children(lab: Lab, tree: str,  # noqa: F811
+                                                   tmp_path: Path) -> None:
+    # Node 0's listing takes 12 s (longer than a child's SILENCE): it listens already,
+    # says it is waiting, and node 1 still takes every file from it.
+    if not lab.hosts.real:
+        pytest.skip("needs network namespaces")
+    contract = old_contract(lab, 2, port())
+    with FaultProxy(lab.s3.endpoint, ip=lab.hosts.bridge_ip, rate=1.0, kinds=["latency"],
+                    only="list-type", latency=12.0) as slow, \
+            FaultProxy(lab.s3.endpoint, ip=lab.hosts.bridge_ip) as direct:
+        results = run_job(lab, tmp_path, 2, ["true"],
+                          lambda i: {**contract(i), "AWS_ENDPOINT_URL":
+                                     (slow if i == 0 else direct).endpoint},
+                          extra={"DLS_APP_URL": tree, "BOOTSTRAP_PEER_FETCH": "on",
+                                 "BOOTSTRAP_LOG_FORMAT": "json"})
+    for r in results:
+        assert r.code == 0, r.err
+        assert digest(r.home / "user-job-dir" / "peer") == WANT
+    assert stage(results[0].err, "fetch")["seconds"] > 12  # the wait was real
+    assert set(direct.object_gets) == {"/mn-code/peer/weights.bin"}, direct.object_gets
+    assert stage(results[1].err, "fetch")["peer_files"] == len(FILES)
 
 
 def test_strangers_and_paths_outside_the_tree_are_refused(lab: Lab, tree: str,  # noqa: F811
@@ -166,35 +292,6 @@ def test_strangers_and_paths_outside_the_tree_are_refused(lab: Lab, tree: str,  
     assert answers == [b"", b""]
     assert "relay: refused" in r.err and "no proof of the job's key" in r.err
     assert "a path outside the job's tree" in r.err
-
-
-def test_a_parent_killed_while_serving_leaves_the_rest_to_the_store(
-        lab: Lab, tree: str, tmp_path: Path) -> None:  # noqa: F811
-    if not lab.hosts.real:
-        pytest.skip("needs network namespaces")
-    copy = tmp_path / "parent-copy"
-    for rel, data in FILES.items():
-        (copy / rel).parent.mkdir(parents=True, exist_ok=True)
-        (copy / rel).write_bytes(data)
-    relay_port = port()
-    key = relay.job_key(lab.s3.secret_key, "relay-killed")
-    script = tmp_path / "fake_parent.py"
-    script.write_text(FAKE_PARENT)
-    fake = lab.hosts.spawn(0, ["python3", str(script), str(relay_port), key.hex(), str(copy)],
-                           {"PATH": os.environ["PATH"]})
-    assert fake.stdout is not None and fake.stdout.readline().strip() == "listening"
-    results = run_job(lab, tmp_path, 2, ["true"], old_contract(lab, 2, port()),
-                      extra={"DLS_APP_URL": tree, "BOOTSTRAP_PEER_FETCH": "on",
-                             "BOOTSTRAP_RELAY_PORT": str(relay_port), "MA_JOB_ID":
-                             "relay-killed", "BOOTSTRAP_NETWORK": "off",
-                             "BOOTSTRAP_BARRIER": "off", "BOOTSTRAP_LOG_FORMAT": "json"},
-                      only=[1])
-    fake.wait(timeout=30)
-    r = results[0]
-    assert r.code == 0, r.err
-    assert digest(r.home / "user-job-dir" / "peer") == WANT
-    fetched = stage(r.err, "fetch")
-    assert fetched["peer_files"] == 10 and fetched["files"] == len(WANT) - 10, fetched
 
 
 def test_staged_data_goes_down_the_tree_too(lab: Lab, tree: str,  # noqa: F811

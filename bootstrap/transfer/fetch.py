@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Optional
 
 from ..errors import BootstrapError, DownloadError
 from ..log import Log
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from ..config.settings import Transfer
     from ..config.storage import Credentials
     from ..storage.signed import SignedClient
-    from .relay import AnnouncingManifest
+    from .relay import AnnouncingManifest, RelayServer
 
 
 def copy_local(src: Path, dest: Path) -> Stats:
@@ -139,66 +139,84 @@ def fetch_with_peers(location: Location, dest: Path, settings: Transfer, peers: 
     except OSError as exc:
         raise DownloadError(f"cannot create {dest}: {exc.strerror}; check that "
                             "BOOTSTRAP_HOME is writable") from None
-    with remote(location, settings) as source:
-        objects, folders = list_objects(source.client, location, settings)
-        manifest = relay.AnnouncingManifest(manifest_path(dest), location.url, relay.Held())
-        for obj in objects:
-            if manifest.unchanged(obj.rel, obj.size, obj.etag, dest / obj.rel):
-                manifest.held.add(obj.rel)
-        return download_with_peers(source, objects, folders, dest, manifest, peers, log)
+    server = open_relay(peers, log)  # before the listing: children may knock already
+    try:
+        with remote(location, settings) as source:
+            objects, folders = list_objects(source.client, location, settings)
+            manifest = relay.AnnouncingManifest(manifest_path(dest), location.url,
+                                                relay.Held())
+            for obj in objects:
+                if manifest.unchanged(obj.rel, obj.size, obj.etag, dest / obj.rel):
+                    manifest.held.add(obj.rel)
+            return download_with_peers(source, objects, folders, dest, manifest, peers,
+                                       server, log)
+    finally:
+        if server is not None:
+            server.close()  # a failed listing: the children find no parent, use the store
+
+
+def open_relay(peers: Peers, log: Log) -> Optional[RelayServer]:
+    """This node's relay server, listening, when it has children in the tree."""
+    from . import relay
+
+    kids = relay.children(peers.rank, len(peers.hosts))
+    return relay.open_server(peers.port, peers.key, kids, peers.wait, log) if kids else None
 
 
 def download_with_peers(source: Remote, objects: list[RemoteObject], folders: list[str],
-                        dest: Path, manifest: AnnouncingManifest, peers: Peers, log: Log,
+                        dest: Path, manifest: AnnouncingManifest, peers: Peers,
+                        server: Optional[RelayServer], log: Log,
                         label: str = "fetch") -> Stats:
     """``objects`` into ``dest``: from the parent what it can give and the listing can
-    verify, the rest from the store, while serving this node's children; ``manifest``
-    already holds (and has announced) what ``dest`` has."""
+    verify, the rest from the store, while ``server`` (from :func:`open_relay`) serves
+    this node's children; ``manifest`` already holds (and has announced) what ``dest``
+    has."""
     from . import relay
 
     held = manifest.held
-    kids = relay.children(peers.rank, len(peers.hosts))
-    server = relay.open_server(dest, objects, held, peers.port, peers.key, kids, peers.wait,
-                               log) if kids else None
+    if server is not None:
+        server.offer(dest, {o.rel: o.size for o in objects}, held)
     from_peer = 0
+    started = time.monotonic()
     try:
         up = relay.parent(peers.rank)
         if up is not None:
             want = [o for o in objects if o.md5 and not
                     manifest.unchanged(o.rel, o.size, o.etag, dest / o.rel)]
             failed = relay.pull(peers.hosts[up], peers.port, peers.key, peers.rank, want,
-                                dest, manifest, peers.wait, log)
+                                dest, manifest, log)
             from_peer = len(want) - len(failed)
+        from_parent_s = time.monotonic() - started
         stats = source.download(objects, folders, dest, manifest, log, label=label)
     finally:
         held.close()  # what has not landed now never will: children go to the store
         if server is not None:
             server.finish(peers.wait)
+    served = server.served if server is not None else 0
     parent_note = f"from node {relay.parent(peers.rank)}" if peers.rank else "(node 0)"
-    log.info(f"relay ({label}): {from_peer} file(s) {parent_note}, {stats.files} from the "
-             "store" + (f"; served {server.served} to node(s) {kids}" if server else ""),
-             peer_files=from_peer, store_files=stats.files,
-             served=server.served if server else 0)
+    kids = relay.children(peers.rank, len(peers.hosts))
+    log.info(f"relay ({label}): {from_peer} file(s) {parent_note} in {from_parent_s:.2f} s, "
+             f"{stats.files} from the store"
+             + (f"; served {served} to node(s) {kids}" if kids else ""),
+             peer_files=from_peer, store_files=stats.files, served=served,
+             peer_seconds=round(from_parent_s, 3),
+             serve_seconds=round(time.monotonic() - started, 3))
     stats.skipped -= from_peer  # fetched from a peer this run, not unchanged
     stats.peer_files = from_peer
     return stats
 
 
-def serve_only(dest: Path, objects: list[RemoteObject], peers: Peers, log: Log) -> None:
+def serve_only(dest: Path, objects: list[RemoteObject], server: RelayServer,
+               log: Log) -> None:
     """A node whose copy is already complete (staged data reused) still serves it to its
     children, who count on their parent."""
     from . import relay
 
-    kids = relay.children(peers.rank, len(peers.hosts))
-    if not kids:
-        return
     held = relay.Held()
     for obj in objects:
         held.add(obj.rel)
     held.close()
-    server = relay.open_server(dest, objects, held, peers.port, peers.key, kids, peers.wait,
-                               log)
-    if server is None:
-        return
-    server.finish(peers.wait)
-    log.info(f"relay (data): reused, served {server.served} file(s) to node(s) {kids}")
+    server.offer(dest, {o.rel: o.size for o in objects}, held)
+    server.finish(server.wait)
+    log.info(f"relay (data): reused, served {server.served} file(s) to node(s) "
+             f"{sorted(server.expect)}")

@@ -9,9 +9,14 @@ alone. Contract (each point is tested):
 * **The store stays the source of truth.** Every node lists the prefix itself; a file
   from a peer is kept only when its size and MD5 match that listing's plain-MD5 ETag.
   Objects whose ETag is not a plain MD5 (multipart) come from the store.
-* **Never worse than today.** A refused connection, a dead or slow parent, a
-  mismatch: that node's remaining files come from the store, with the usual retries;
-  a peer failure never fails the job.
+* **Never worse than today.** A refused connection, a port held by something else
+  (no greeting within HANDSHAKE seconds), a parent silent for SILENCE seconds (a live
+  parent waiting on its own download says so every HEARTBEAT seconds), a parent slower
+  than the store would be (``Pace``), a mismatch: that node's remaining files come from
+  the store, with the usual retries; a peer failure never fails the job.
+* **Open early.** A node binds its port before it lists the store, so a child knocking
+  finds it as soon as the node's process has started, however long the listing takes;
+  requests wait (with heartbeats) until the node has its listing.
 * **Only the job's nodes, only the job's files.** The server sends a fresh nonce; the
   client answers ``HMAC(key, nonce|rank)``, the key being ``HMAC(secret key, job id)``:
   whoever could read the bucket anyway. Requests name files of this tree's listing
@@ -35,13 +40,15 @@ import secrets
 import socket
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Optional
 
 from .manifest import Manifest
 
 if TYPE_CHECKING:
+    import io
+
     from ..log import Log
     from .listing import RemoteObject
 
@@ -51,6 +58,15 @@ MAX_LINE = 64 * 1024
 BATCH = 64  # files per request line
 CHUNK = 1 << 20
 CONNECT_WINDOW = 30.0  # seconds a child keeps trying its parent, and a parent waits for it
+HANDSHAKE = 5.0  # seconds for the greeting and the answer to a proof
+HEARTBEAT = 2.0  # a parent waiting on its own download says so this often
+SILENCE = 10.0  # seconds without a byte or a heartbeat: the parent is stuck
+# A parent slower than this over a PACE_WINDOW of its active time (bytes or files) is
+# slower than the store would be: the rest comes from there. Both floors sit well below
+# what one store connection gives (tens of MB/s, tens of small objects per second).
+MIN_BYTES_PER_S = 2 << 20
+MIN_FILES_PER_S = 20.0
+PACE_WINDOW = 5.0
 
 
 def parent(rank: int) -> Optional[int]:
@@ -89,6 +105,10 @@ class Held:
             self.closed = True
             self._cond.notify_all()
 
+    def has(self, rel: str) -> bool:
+        with self._cond:
+            return rel in self._have
+
     def wait_for(self, rel: str, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
         with self._cond:
@@ -113,12 +133,18 @@ class AnnouncingManifest(Manifest):
 
 
 class RelayServer(threading.Thread):
-    """Serves this node's verified files to its children until each has said done."""
+    """Serves this node's verified files to its children until each has said done.
 
-    def __init__(self, port: int, key: bytes, root: Path, listing: Mapping[str, int],
-                 held: Held, expect: Iterable[int], wait: float, log: Log) -> None:
+    Bound before the node lists the store; :meth:`offer` hands it the tree once the
+    listing is known (until then, a child's requests wait, with heartbeats)."""
+
+    def __init__(self, port: int, key: bytes, expect: Iterable[int], wait: float,
+                 log: Log) -> None:
         super().__init__(daemon=True, name="relay-server")
-        self.key, self.root, self.listing, self.held = key, root, listing, held
+        self.key = key
+        self.root: Optional[Path] = None
+        self.listing: Mapping[str, int] = {}
+        self.held = Held()
         self.expect = set(expect)  # children's ranks
         self.wait, self.log = wait, log
         self.done: set[int] = set()
@@ -128,9 +154,16 @@ class RelayServer(threading.Thread):
         self.refused = 0
         self._lock = threading.Lock()
         self._all_done = threading.Event()
+        self._offered = threading.Event()
         self.sock = socket.create_server(("", port), reuse_port=False, backlog=64)
         self.sock.settimeout(0.5)
         self._closing = threading.Event()
+
+    def offer(self, root: Path, listing: Mapping[str, int], held: Held) -> None:
+        """The tree this node serves: files under ``root`` named in ``listing``, each as
+        soon as ``held`` has it."""
+        self.root, self.listing, self.held = root, listing, held
+        self._offered.set()
 
     def run(self) -> None:
         while not self._closing.is_set():
@@ -154,10 +187,17 @@ class RelayServer(threading.Thread):
             if now - self.started > timeout or (
                     waiting_for_strangers and now - self.started > CONNECT_WINDOW):
                 break
+        self.close()
+
+    def close(self) -> None:
+        """Closes the port now (the node serves nothing after all: children that knock
+        find no parent and use the store)."""
         self._closing.set()
+        self._offered.set()  # wakes requests waiting for a tree: there is none
         with contextlib.suppress(OSError):
             self.sock.close()
-        self.join(timeout=2)
+        if self.is_alive():
+            self.join(timeout=2)
 
     def _refuse(self, peer: Any, why: str) -> None:
         with self._lock:
@@ -165,7 +205,7 @@ class RelayServer(threading.Thread):
         self.log.warn(f"relay: refused {peer[0]}: {why}")
 
     def _serve(self, conn: socket.socket, peer: Any) -> None:
-        conn.settimeout(self.wait + 30)
+        conn.settimeout(HANDSHAKE)
         rank: Any = None
         try:
             nonce = secrets.token_hex(16)
@@ -180,6 +220,7 @@ class RelayServer(threading.Thread):
                 self._refuse(peer, "no proof of the job's key")
                 return
             conn.sendall(b"OK\n")
+            conn.settimeout(self.wait + 30)  # a child between requests is busy writing
             with self._lock:
                 self.connected.add(rank)
             while True:
@@ -191,6 +232,9 @@ class RelayServer(threading.Thread):
                 if not isinstance(wanted, list) or len(wanted) > BATCH:
                     self._refuse(peer, "a malformed request")
                     return
+                if not self._await(conn, self._offered.wait, "(listing)") or \
+                        self._closing.is_set():
+                    return  # no tree to serve after all: the child uses the store
                 for rel in wanted:
                     if not isinstance(rel, str) or rel not in self.listing:
                         self._refuse(peer, f"a path outside the job's tree: {str(rel)[:80]!r}")
@@ -204,8 +248,26 @@ class RelayServer(threading.Thread):
             if rank is not None and rank in self.expect:
                 self._mark_done(rank)  # finished or gone to the store: no need to wait
 
+    def _await(self, conn: socket.socket, ready: Callable[[float], bool], what: str) -> bool:
+        """Waits up to ``self.wait`` for ``ready``, telling the child at once and then
+        every HEARTBEAT seconds that this node is alive and waiting on its own download
+        (so the child neither takes it for stuck nor judges its pace by the store's)."""
+        if ready(0):
+            return True
+        deadline = time.monotonic() + self.wait
+        while True:
+            conn.sendall(json.dumps({"wait": what}).encode() + b"\n")
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            if ready(min(HEARTBEAT, left)):
+                return True
+
     def _send(self, conn: socket.socket, rel: str) -> None:
-        if not self.held.wait_for(rel, self.wait):
+        assert self.root is not None
+        held = self.held
+        if not self._await(conn, lambda t: held.wait_for(rel, t) or held.closed, rel) \
+                or not held.has(rel):
             conn.sendall(json.dumps({"rel": rel, "missing": True}).encode() + b"\n")
             return
         path = self.root / rel
@@ -234,19 +296,46 @@ class RelayServer(threading.Thread):
                 self._all_done.set()
 
 
-def open_server(dest: Path, objects: list[RemoteObject], held: Held, peers_port: int,
-                key: bytes, kids: list[int], wait: float, log: Log) -> Optional[RelayServer]:
-    """This node's server for its children, started; None when the port cannot open
-    (the children then find no parent and use the store)."""
+def open_server(port: int, key: bytes, kids: list[int], wait: float,
+                log: Log) -> Optional[RelayServer]:
+    """This node's server for its children, listening (the tree comes later, by
+    :meth:`RelayServer.offer`); None when the port cannot open: the children then find
+    no parent, or something else that does not greet them, and use the store."""
     try:
-        server = RelayServer(peers_port, key, dest, {o.rel: o.size for o in objects}, held,
-                             kids, wait, log)
+        server = RelayServer(port, key, kids, wait, log)
     except OSError as exc:
-        log.warn(f"relay: cannot serve on port {peers_port} ({exc.strerror}); node(s) "
-                 f"{kids} will fetch from the store")
+        log.warn(f"relay: cannot serve on port {port} ({exc.strerror}); node(s) {kids} "
+                 "will fetch from the store")
         return None
     server.start()
     return server
+
+
+class Pace:
+    """Is the parent slower than the store would be? Judged over windows of PACE_WINDOW
+    seconds of the parent's active time; a window restarts whenever the parent says it
+    is waiting on its own download (that wait is the store's pace, not the parent's)."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self.restart()
+
+    def restart(self) -> None:
+        self.since, self.bytes, self.files = self.clock(), 0, 0
+
+    def add(self, nbytes: int, files: int = 0) -> None:
+        self.bytes += nbytes
+        self.files += files
+
+    def slow(self) -> bool:
+        """True when the window just ended fell below both floors; each full window
+        starts a new one, so a parent that slows down late is caught too."""
+        spent = self.clock() - self.since
+        if spent < PACE_WINDOW:
+            return False
+        too_slow = self.bytes < MIN_BYTES_PER_S * spent and self.files < MIN_FILES_PER_S * spent
+        self.restart()
+        return too_slow
 
 
 def _read_json(reader: BinaryIO) -> dict[str, Any]:
@@ -260,28 +349,12 @@ def _read_json(reader: BinaryIO) -> dict[str, Any]:
 
 
 def pull(address: str, port: int, key: bytes, rank: int, objects: list[RemoteObject],
-         root: Path, manifest: Manifest, timeout: float, log: Log) -> list[RemoteObject]:
+         root: Path, manifest: Manifest, log: Log) -> list[RemoteObject]:
     """Fetches ``objects`` (plain-MD5 ones) from the parent at ``address``, verifying
     each against the listing; returns those that must come from the store instead."""
-    from .download import TMP_SUFFIX
-    from .paths import SafeDirs
-
-    dirs = SafeDirs(root)
-    pending = list(objects)
-    deadline = time.monotonic() + CONNECT_WINDOW
-    pause = 0.1
-    while True:  # the parent may still be listing: its port opens after that
-        try:
-            conn = socket.create_connection((address, port), timeout=10)
-            break
-        except OSError as exc:
-            if time.monotonic() + pause > deadline:
-                log.info(f"relay: parent {address}:{port} unreachable ({exc}); all from "
-                         "the store")
-                return pending
-            time.sleep(pause)
-            pause = min(pause * 2, 1.0)
-    conn.settimeout(timeout)
+    conn = _connect(address, port, log)
+    if conn is None:
+        return list(objects)
     failed: list[RemoteObject] = []
     try:
         reader = conn.makefile("rb")
@@ -293,54 +366,104 @@ def pull(address: str, port: int, key: bytes, rank: int, objects: list[RemoteObj
                      + b"\n")
         if reader.readline(10) != b"OK\n":
             raise ValueError("the parent refused our proof")
-        while pending:
-            batch, pending = pending[:BATCH], pending[BATCH:]
-            conn.sendall(json.dumps({"get": [o.rel for o in batch]}).encode() + b"\n")
-            for obj in batch:
-                header = _read_json(reader)
-                if header.get("rel") != obj.rel:
-                    raise ValueError("answers out of order")
-                if header.get("missing"):
-                    failed.append(obj)
-                    continue
-                size = header.get("size")
-                if size != obj.size:
-                    raise _Mismatch(obj, f"{size} bytes, not {obj.size}")
-                dest = dirs.ensure(obj.rel.rpartition("/")[0]) / obj.rel.rpartition("/")[2]
-                tmp = dest.with_name(f".{dest.name}.{secrets.token_hex(4)}{TMP_SUFFIX}")
-                digest = hashlib.md5(usedforsecurity=False)
-                try:
-                    with open(tmp, "wb") as out:
-                        left = obj.size
-                        while left > 0:
-                            chunk = reader.read(min(CHUNK, left))
-                            if not chunk:
-                                raise OSError("the parent closed mid-file")
-                            digest.update(chunk)
-                            out.write(chunk)
-                            left -= len(chunk)
-                    if digest.hexdigest() != obj.md5:
-                        raise _Mismatch(obj, "MD5 differs")
-                    os.chmod(tmp, 0o644)
-                    os.replace(tmp, dest)  # verified: only now under its name
-                finally:
-                    with contextlib.suppress(FileNotFoundError):
-                        tmp.unlink()
-                manifest.record(obj.rel, obj.size, obj.etag, dest)
+        conn.settimeout(SILENCE)
+        failed = _receive(conn, reader, list(objects), root, manifest)
         conn.sendall(b'{"done": true}\n')
-    except (_Mismatch, OSError, ValueError) as exc:
+    except (_Mismatch, _Slow, OSError, ValueError) as exc:
         if isinstance(exc, _Mismatch):
             # A parent that sent one wrong byte is not asked for another.
             log.warn(f"relay: {exc.obj.rel} from the parent {address} does not match the "
                      f"store's listing ({exc}); this node fetches the rest from the store")
         else:
-            log.info(f"relay: parent {address} failed ({exc}); the rest from the store")
+            log.info(f"relay: parent {address} failed ({exc or type(exc).__name__}); the "
+                     "rest from the store")
         failed = [o for o in objects
                   if not manifest.unchanged(o.rel, o.size, o.etag, root / o.rel)]
     finally:
         with contextlib.suppress(OSError):
             conn.close()
     return failed
+
+
+def _connect(address: str, port: int, log: Log) -> Optional[socket.socket]:
+    """The connection to the parent, retried for CONNECT_WINDOW (its process may start
+    later than ours); None when it never answered."""
+    deadline = time.monotonic() + CONNECT_WINDOW
+    pause = 0.1
+    while True:
+        try:
+            conn = socket.create_connection((address, port), timeout=HANDSHAKE)
+            conn.settimeout(HANDSHAKE)  # a port held by something that never greets us
+            return conn
+        except OSError as exc:
+            if time.monotonic() + pause > deadline:
+                log.info(f"relay: parent {address}:{port} unreachable ({exc}); all from "
+                         "the store")
+                return None
+            time.sleep(pause)
+            pause = min(pause * 2, 1.0)
+
+
+def _receive(conn: socket.socket, reader: io.BufferedReader, pending: list[RemoteObject],
+             root: Path, manifest: Manifest) -> list[RemoteObject]:
+    """Asks for ``pending`` in batches and keeps each file that verifies; returns the
+    ones the parent said it does not have. Raises on anything else."""
+    from .download import TMP_SUFFIX
+    from .paths import SafeDirs
+
+    dirs = SafeDirs(root)
+    pace = Pace()
+    failed: list[RemoteObject] = []
+    while pending:
+        batch, pending = pending[:BATCH], pending[BATCH:]
+        conn.sendall(json.dumps({"get": [o.rel for o in batch]}).encode() + b"\n")
+        for obj in batch:
+            header = _read_json(reader)
+            while "wait" in header:  # alive, waiting on its own download
+                pace.restart()
+                header = _read_json(reader)
+            if header.get("rel") != obj.rel:
+                raise ValueError("answers out of order")
+            if header.get("missing"):
+                failed.append(obj)
+                continue
+            size = header.get("size")
+            if size != obj.size:
+                raise _Mismatch(obj, f"{size} bytes, not {obj.size}")
+            dest = dirs.ensure(obj.rel.rpartition("/")[0]) / obj.rel.rpartition("/")[2]
+            tmp = dest.with_name(f".{dest.name}.{secrets.token_hex(4)}{TMP_SUFFIX}")
+            digest = hashlib.md5(usedforsecurity=False)
+            try:
+                with open(tmp, "wb") as out:
+                    left = obj.size
+                    while left > 0:
+                        chunk = reader.read1(min(CHUNK, left))  # what has come: paced as it comes
+                        if not chunk:
+                            raise OSError("the parent closed mid-file")
+                        digest.update(chunk)
+                        out.write(chunk)
+                        left -= len(chunk)
+                        pace.add(len(chunk))
+                        if pace.slow():
+                            raise _Slow()
+                if digest.hexdigest() != obj.md5:
+                    raise _Mismatch(obj, "MD5 differs")
+                os.chmod(tmp, 0o644)
+                os.replace(tmp, dest)  # verified: only now under its name
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    tmp.unlink()
+            manifest.record(obj.rel, obj.size, obj.etag, dest)
+            pace.add(0, files=1)
+            if pace.slow():
+                raise _Slow()
+    return failed
+
+
+class _Slow(Exception):
+    def __str__(self) -> str:
+        return (f"slower than {MIN_BYTES_PER_S >> 20} MiB/s and {MIN_FILES_PER_S:g} files/s "
+                f"over {PACE_WINDOW:g} s")
 
 
 class _Mismatch(Exception):

@@ -54,6 +54,7 @@ if TYPE_CHECKING:
     from ..config.settings import Staging, Transfer
     from ..log import Log
     from .fetch import Peers
+    from .relay import RelayServer
 
 STATE = ".bootstrap-stage"  # beside the staged data, in BOOTSTRAP_DATA_DIR
 GB = 1000**3
@@ -97,13 +98,18 @@ def stage(settings: Staging, transfer: Transfer, rank: int, nodes: int, log: Log
     except OSError as exc:
         raise DownloadError(f"cannot prepare BOOTSTRAP_DATA_DIR={root}: {exc.strerror}; "
                             "point it at a writable folder (e.g. /cache/data)") from None
-    with _node_lock(state / f"{name}.lock", settings.timeout, log):
+    # The relay listens before the lock and the listing, so children knock in time.
+    with _relay_server(peers if source.is_remote else None, log) as server, \
+            _node_lock(state / f"{name}.lock", settings.timeout, log):
         listed, single = _list(source, transfer)
         # One object cannot be split: every node stages it.
         spec = "none" if settings.shard == "none" or nodes == 1 or single is not None \
             else f"node {rank}/{nodes}"
         if spec != "none" or not source.is_remote:
             peers = None  # shards have no copies to share; a mounted path needs no relay
+            if server is not None:
+                server.close()
+                server = None
         _claim(state / f"{name}.json", settings.url, spec, root / name)
         mine = share(listed, rank, nodes) if spec != "none" else share(listed, 0, 1)
         current = _current(root / name, versions)
@@ -118,15 +124,15 @@ def stage(settings: Staging, transfer: Transfer, rank: int, nodes: int, log: Log
             version, reused = reusable, True
             stats.total_files, stats.skipped = len(mine), len(mine)
             stats.total_bytes = sum(o.size for o in mine)
-            if peers is not None:
+            if server is not None:
                 from .fetch import serve_only
 
-                serve_only(version, mine, peers, log)
+                serve_only(version, mine, server, log)
         else:
             version = versions / f"v{time.time_ns()}-{os.getpid()}"
             _check_space(root, mine, unchanged, settings.max_bytes)
             stats = _build(version, reusable, mine, unchanged, source, transfer, settings.url,
-                           log, peers)
+                           log, peers, server)
             reused = False
         share_file = versions / f"{version.name}.share"
         if not reused:
@@ -140,6 +146,23 @@ def stage(settings: Staging, transfer: Transfer, rank: int, nodes: int, log: Log
         hold = _hold(versions / f"{version.name}.hold")
         _collect(versions, keep=version, log=log)
     return Staged(target, share_file, stats, reused, hold)
+
+
+@contextlib.contextmanager
+def _relay_server(peers: Optional[Peers], log: Log) -> Iterator[Optional[RelayServer]]:
+    """This node's relay server for the data (None without peers or children), closed
+    at the end whatever happens."""
+    if peers is None:
+        yield None
+        return
+    from .fetch import open_relay
+
+    server = open_relay(peers, log)
+    try:
+        yield server
+    finally:
+        if server is not None:
+            server.close()
 
 
 # --------------------------------------------------------------------------- listing
@@ -282,7 +305,8 @@ def _human(n: int) -> str:
 
 def _build(version: Path, previous: Optional[Path], objects: list[RemoteObject],
            unchanged: set[str], source: locations.Location, transfer: Transfer, url: str,
-           log: Log, peers: Optional[Peers] = None) -> Stats:
+           log: Log, peers: Optional[Peers] = None,
+           server: Optional[RelayServer] = None) -> Stats:
     """A new version: unchanged files hard-linked from ``previous`` (same inodes, never
     modified: downloads land by rename), the rest fetched (through the relay, with
     ``peers``)."""
@@ -319,7 +343,7 @@ def _build(version: Path, previous: Optional[Path], objects: list[RemoteObject],
 
                     assert isinstance(record, AnnouncingManifest)
                     return download_with_peers(session, objects, folders, version, record,
-                                               peers, log, label="data")
+                                               peers, server, log, label="data")
                 return session.download(objects, folders, version, record, log, label="data")
         return _copy_local(objects, folders, version, record, transfer.workers)
     except OSError as exc:

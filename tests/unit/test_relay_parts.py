@@ -43,3 +43,39 @@ def test_held_files_wake_their_waiters_and_close_ends_the_wait() -> None:
     threading.Timer(0.1, held.close).start()
     assert not held.wait_for("never.py", 5)  # closed: it will not land here
     assert time.monotonic() - started < 2
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_pace_judges_whole_windows_of_active_time_by_bytes_or_files() -> None:
+    clock = Clock()
+    pace = relay.Pace(clock)
+    clock.now = relay.PACE_WINDOW - 0.1
+    assert not pace.slow()  # too early to judge anything
+    clock.now = relay.PACE_WINDOW
+    assert pace.slow()  # a whole window, nothing came: slower than the store
+    pace.add(int(relay.MIN_BYTES_PER_S * relay.PACE_WINDOW))
+    clock.now += relay.PACE_WINDOW
+    assert not pace.slow()  # big files at the byte floor
+    pace.add(0, files=int(relay.MIN_FILES_PER_S * relay.PACE_WINDOW))
+    clock.now += relay.PACE_WINDOW
+    assert not pace.slow()  # small files at the file floor
+    pace.add(1000, files=3)
+    clock.now += relay.PACE_WINDOW
+    assert pace.slow()  # a parent that slowed down late is caught in its window
+
+
+def test_a_parent_waiting_on_its_own_download_is_not_judged_for_it() -> None:
+    clock = Clock()
+    pace = relay.Pace(clock)
+    for _ in range(10):
+        clock.now += relay.PACE_WINDOW * 0.6
+        pace.restart()  # a "wait" line: the store's pace, not the parent's
+        pace.add(10, files=1)
+        assert not pace.slow()
