@@ -44,6 +44,10 @@ def send(handler: BaseHTTPRequestHandler, status: int, body: bytes,
     for name, value in headers.items():
         if name.lower() not in HOP_BY_HOP:
             handler.send_header(name, value)
+    if declared_length is None and handler.command == "HEAD":
+        # A HEAD's length is the object's (or the part's), not the empty body's.
+        declared_length = int(headers.get("Content-Length", headers.get("content-length",
+                                                                        len(body))))
     handler.send_header("Content-Length", str(len(body) if declared_length is None
                                               else declared_length))
     handler.end_headers()

@@ -33,19 +33,26 @@ FILES = {f"src/mod{i:03d}.py": random.Random(i).randbytes(random.Random(i).randi
          for i in range(120)}
 
 
+# Multipart objects: equal 5 MiB parts and a tail (checkable against the ETag with part
+# 1's length), and uneven parts (not checkable: each node takes it from the store).
+MULTIPART = {"weights.bin": [random.Random(1).randbytes(5 << 20), b"w" * 1000],
+             "uneven.bin": [random.Random(2).randbytes(5 << 20),
+                            random.Random(3).randbytes(6 << 20)]}
+
+
 @pytest.fixture(scope="module")
 def tree(lab: Lab) -> Iterator[str]:  # noqa: F811
     client = lab.s3.client()
     for rel, data in FILES.items():
         client.put_object(Bucket="mn-code", Key=f"peer/{rel}", Body=data)
-    # An object with a multipart ETag: no MD5 to check a peer's bytes against.
-    up = client.create_multipart_upload(Bucket="mn-code", Key="peer/weights.bin")
-    part = client.upload_part(Bucket="mn-code", Key="peer/weights.bin", PartNumber=1,
-                              UploadId=up["UploadId"], Body=b"w" * 1000)
-    client.complete_multipart_upload(Bucket="mn-code", Key="peer/weights.bin",
-                                     UploadId=up["UploadId"],
-                                     MultipartUpload={"Parts": [{"PartNumber": 1,
-                                                                 "ETag": part["ETag"]}]})
+    for rel, parts in MULTIPART.items():
+        key = f"peer/{rel}"
+        up = client.create_multipart_upload(Bucket="mn-code", Key=key)
+        done = [{"PartNumber": n, "ETag": client.upload_part(
+                    Bucket="mn-code", Key=key, PartNumber=n, UploadId=up["UploadId"],
+                    Body=body)["ETag"]} for n, body in enumerate(parts, 1)]
+        client.complete_multipart_upload(Bucket="mn-code", Key=key, UploadId=up["UploadId"],
+                                         MultipartUpload={"Parts": done})
     yield "s3://mn-code/peer/"
 
 
@@ -54,9 +61,8 @@ def digest(root: Path) -> dict[str, str]:
             for p in root.rglob("*") if p.is_file()}
 
 
-WANT = {**{k: hashlib.md5(v).hexdigest() for k, v in FILES.items()},
-        "weights.bin": hashlib.md5(b"w" * 1000).hexdigest()}
-WANT = {k.removeprefix("peer/"): v for k, v in WANT.items()}
+ALL = {**FILES, **{rel: b"".join(parts) for rel, parts in MULTIPART.items()}}
+WANT = {k: hashlib.md5(v).hexdigest() for k, v in ALL.items()}
 
 
 def test_four_nodes_fetch_one_copy_from_the_store(lab: Lab, tree: str,  # noqa: F811
@@ -71,14 +77,15 @@ def test_four_nodes_fetch_one_copy_from_the_store(lab: Lab, tree: str,  # noqa: 
         assert r.code == 0, r.err
         assert digest(r.home / "user-job-dir" / "peer") == WANT, r.rank
     gets = proxy.object_gets
-    plain = {k: v for k, v in gets.items() if not k.endswith("weights.bin")}
-    assert len(plain) == len(FILES) and set(plain.values()) == {1}, plain  # one copy
-    assert gets["/mn-code/peer/weights.bin"] == 4  # no MD5 to verify: each node's own
+    # One copy of everything the listing can check, the multipart weights included.
+    once = {k: v for k, v in gets.items() if not k.endswith("uneven.bin")}
+    assert len(once) == len(FILES) + 1 and set(once.values()) == {1}, gets
+    assert gets["/mn-code/peer/uneven.bin"] == 4  # not checkable: every node's own copy
     for r in results[1:]:
         fetched = stage(r.err, "fetch")
-        assert fetched["peer_files"] == len(FILES) and fetched["files"] == 1, fetched
+        assert fetched["peer_files"] == len(FILES) + 1 and fetched["files"] == 1, fetched
     relays = [x for x in log_records(results[0].err) if "served" in x]
-    assert relays and relays[0]["served"] == 3 * len(FILES)  # node 0 fed nodes 1, 2, 3
+    assert relays and relays[0]["served"] == 3 * (len(FILES) + 1)  # node 0 fed 1, 2, 3
 
 
 FAKE_PARENT = r'''
@@ -118,7 +125,7 @@ def fake_parent(lab: Lab, tmp_path: Path, job: str,  # noqa: F811
     """Node 0's place in the tree, played by a script that proves itself like a real
     parent and then misbehaves as ``mode`` says; returns it and its port."""
     copy = tmp_path / "parent-copy"
-    for rel, data in FILES.items():
+    for rel, data in ALL.items():
         (copy / rel).parent.mkdir(parents=True, exist_ok=True)
         (copy / rel).write_bytes(data)
     relay_port = port()
@@ -246,8 +253,8 @@ def test_a_parent_still_listing_keeps_its_children(lab: Lab, tree: str,  # noqa:
         assert r.code == 0, r.err
         assert digest(r.home / "user-job-dir" / "peer") == WANT
     assert stage(results[0].err, "fetch")["seconds"] > 12  # the wait was real
-    assert set(direct.object_gets) == {"/mn-code/peer/weights.bin"}, direct.object_gets
-    assert stage(results[1].err, "fetch")["peer_files"] == len(FILES)
+    assert set(direct.object_gets) == {"/mn-code/peer/uneven.bin"}, direct.object_gets
+    assert stage(results[1].err, "fetch")["peer_files"] == len(FILES) + 1
 
 
 def test_strangers_and_paths_outside_the_tree_are_refused(lab: Lab, tree: str,  # noqa: F811
@@ -308,7 +315,7 @@ def test_staged_data_goes_down_the_tree_too(lab: Lab, tree: str,  # noqa: F811
         assert r.code == 0, r.err
         assert digest((tmp_path / f"d{r.rank}" / "peer").resolve()) == WANT, r.rank
     data = {k: v for k, v in proxy.object_gets.items()
-            if k.startswith("/mn-code/peer/") and not k.endswith("weights.bin")}
-    assert len(data) == len(FILES) and set(data.values()) == {1}, data  # one copy
+            if k.startswith("/mn-code/peer/") and not k.endswith("uneven.bin")}
+    assert len(data) == len(FILES) + 1 and set(data.values()) == {1}, data  # one copy
     for r in results[1:]:
-        assert stage(r.err, "data")["peer_files"] == len(FILES)
+        assert stage(r.err, "data")["peer_files"] == len(FILES) + 1

@@ -190,6 +190,17 @@ class SignedClient:
                              method="DELETE")
         resp.read()
 
+    def first_part_size(self, bucket: str, key: str) -> tuple[int, Optional[int]]:
+        """HeadObject of part 1: its length and the parts count the store reports (None
+        where it does not: a store that ignores ``partNumber`` answers for the whole
+        object, which the caller's check against the ETag's count then refuses)."""
+        resp = self._request("HeadObject", bucket, key, {"partNumber": "1"}, {},
+                             method="HEAD")
+        resp.read()
+        count = resp.getheader("x-amz-mp-parts-count")
+        return int(resp.getheader("Content-Length") or -1), \
+            int(count) if count and count.isdigit() else None
+
     def page(self, bucket: str, prefix: str,
              token: Optional[str]) -> tuple[list[tuple[str, int, str]], Optional[str]]:
         """One page: its ``(key, size, etag without quotes)`` and the next token (None:

@@ -96,6 +96,31 @@ class Remote:
             store.close()
 
 
+    def part_sizes(self, objects: list[RemoteObject]) -> dict[str, int]:
+        """Part 1's length of each multipart object whose parts are equal (what lets a
+        peer's bytes be checked against its ETag), asked of the store, a few at a time;
+        an object the store cannot answer for is left out (it comes from the store)."""
+        from .relay import uniform_part_size
+
+        def ask(obj: RemoteObject) -> Optional[int]:
+            try:
+                first, count = self.client.first_part_size(self.location.bucket, obj.key)
+            except Exception:  # noqa: BLE001 - unanswered: the object comes from the store
+                return None
+            finally:
+                self.client.close()  # this worker thread's connection ends with it
+            assert obj.parts is not None
+            return first if uniform_part_size(obj.size, obj.parts, first, count) else None
+
+        if not objects:
+            return {}
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(min(8, len(objects))) as pool:
+            found = dict(zip((o.rel for o in objects), pool.map(ask, objects), strict=True))
+        return {rel: size for rel, size in found.items() if size is not None}
+
+
 @contextmanager
 def remote(location: Location, settings: Transfer) -> Iterator[Remote]:
     """The session for one remote tree; every store failure inside it leaves as one
@@ -176,16 +201,19 @@ def download_with_peers(source: Remote, objects: list[RemoteObject], folders: li
     held = manifest.held
     if server is not None:
         server.offer(dest, {o.rel: o.size for o in objects}, held)
-    from_peer = 0
+    from_peer = peer_bytes = 0
     started = time.monotonic()
     try:
         up = relay.parent(peers.rank)
         if up is not None:
-            want = [o for o in objects if o.md5 and not
-                    manifest.unchanged(o.rel, o.size, o.etag, dest / o.rel)]
+            want = [o for o in objects
+                    if not manifest.unchanged(o.rel, o.size, o.etag, dest / o.rel)]
+            part_sizes = source.part_sizes([o for o in want if o.parts])
+            want = [o for o in want if o.md5 or o.rel in part_sizes]
             failed = relay.pull(peers.hosts[up], peers.port, peers.key, peers.rank, want,
-                                dest, manifest, log)
+                                part_sizes, dest, manifest, log)
             from_peer = len(want) - len(failed)
+            peer_bytes = sum(o.size for o in want) - sum(o.size for o in failed)
         from_parent_s = time.monotonic() - started
         stats = source.download(objects, folders, dest, manifest, log, label=label)
     finally:
@@ -195,10 +223,11 @@ def download_with_peers(source: Remote, objects: list[RemoteObject], folders: li
     served = server.served if server is not None else 0
     parent_note = f"from node {relay.parent(peers.rank)}" if peers.rank else "(node 0)"
     kids = relay.children(peers.rank, len(peers.hosts))
-    log.info(f"relay ({label}): {from_peer} file(s) {parent_note} in {from_parent_s:.2f} s, "
-             f"{stats.files} from the store"
-             + (f"; served {served} to node(s) {kids}" if kids else ""),
-             peer_files=from_peer, store_files=stats.files, served=served,
+    log.info(f"relay ({label}): {from_peer} file(s) ({peer_bytes / 1e6:.1f} MB) {parent_note} "
+             f"in {from_parent_s:.2f} s, {stats.files} ({stats.bytes / 1e6:.1f} MB) from the "
+             "store" + (f"; served {served} to node(s) {kids}" if kids else ""),
+             peer_files=from_peer, peer_bytes=peer_bytes, store_files=stats.files,
+             store_bytes=stats.bytes, served=served,
              peer_seconds=round(from_parent_s, 3),
              serve_seconds=round(time.monotonic() - started, 3))
     stats.skipped -= from_peer  # fetched from a peer this run, not unchanged

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from ..storage.signed import SignedClient
 
 _PLAIN_MD5 = re.compile(r"^[0-9a-f]{32}$")
+_MULTIPART = re.compile(r"^[0-9a-f]{32}-([1-9][0-9]{0,4})$")
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,12 @@ class RemoteObject:
     def md5(self) -> Optional[str]:
         """The expected MD5 when the ETag is one (not a multipart or encrypted ETag)."""
         return self.etag if _PLAIN_MD5.match(self.etag) else None
+
+    @property
+    def parts(self) -> Optional[int]:
+        """The part count of a multipart ETag (MD5 of the parts' MD5s, ``-N``), else None."""
+        found = _MULTIPART.match(self.etag)
+        return int(found.group(1)) if found else None
 
 
 def list_objects(lister: SignedClient, location: Location,

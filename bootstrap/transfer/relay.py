@@ -7,8 +7,12 @@ forwards files to its children as they land, so the job waits about as long as n
 alone. Contract (each point is tested):
 
 * **The store stays the source of truth.** Every node lists the prefix itself; a file
-  from a peer is kept only when its size and MD5 match that listing's plain-MD5 ETag.
-  Objects whose ETag is not a plain MD5 (multipart) come from the store.
+  from a peer is kept only when its size and checksum match that listing's ETag: the
+  MD5 of a plain ETag, or for a multipart ETag (``MD5(part MD5s)-N``) the same sum
+  recomputed with part 1's length, which the node asks the store itself (HeadObject
+  ``partNumber=1``) and accepts only when N equal parts of it make the object's size.
+  An object that cannot be checked (another ETag, a store that does not answer for
+  parts) comes from the store.
 * **Never worse than today.** A refused connection, a port held by something else
   (no greeting within HANDSHAKE seconds), a parent silent for SILENCE seconds (a live
   parent waiting on its own download says so every HEARTBEAT seconds), a parent slower
@@ -349,9 +353,11 @@ def _read_json(reader: BinaryIO) -> dict[str, Any]:
 
 
 def pull(address: str, port: int, key: bytes, rank: int, objects: list[RemoteObject],
-         root: Path, manifest: Manifest, log: Log) -> list[RemoteObject]:
-    """Fetches ``objects`` (plain-MD5 ones) from the parent at ``address``, verifying
-    each against the listing; returns those that must come from the store instead."""
+         part_sizes: Mapping[str, int], root: Path, manifest: Manifest,
+         log: Log) -> list[RemoteObject]:
+    """Fetches ``objects`` from the parent at ``address``, verifying each against the
+    listing (plain MD5, or multipart with its part size in ``part_sizes``); returns those
+    that must come from the store instead."""
     conn = _connect(address, port, log)
     if conn is None:
         return list(objects)
@@ -367,7 +373,7 @@ def pull(address: str, port: int, key: bytes, rank: int, objects: list[RemoteObj
         if reader.readline(10) != b"OK\n":
             raise ValueError("the parent refused our proof")
         conn.settimeout(SILENCE)
-        failed = _receive(conn, reader, list(objects), root, manifest)
+        failed = _receive(conn, reader, list(objects), part_sizes, root, manifest)
         conn.sendall(b'{"done": true}\n')
     except (_Mismatch, _Slow, OSError, ValueError) as exc:
         if isinstance(exc, _Mismatch):
@@ -405,7 +411,8 @@ def _connect(address: str, port: int, log: Log) -> Optional[socket.socket]:
 
 
 def _receive(conn: socket.socket, reader: io.BufferedReader, pending: list[RemoteObject],
-             root: Path, manifest: Manifest) -> list[RemoteObject]:
+             part_sizes: Mapping[str, int], root: Path,
+             manifest: Manifest) -> list[RemoteObject]:
     """Asks for ``pending`` in batches and keeps each file that verifies; returns the
     ones the parent said it does not have. Raises on anything else."""
     from .download import TMP_SUFFIX
@@ -432,7 +439,7 @@ def _receive(conn: socket.socket, reader: io.BufferedReader, pending: list[Remot
                 raise _Mismatch(obj, f"{size} bytes, not {obj.size}")
             dest = dirs.ensure(obj.rel.rpartition("/")[0]) / obj.rel.rpartition("/")[2]
             tmp = dest.with_name(f".{dest.name}.{secrets.token_hex(4)}{TMP_SUFFIX}")
-            digest = hashlib.md5(usedforsecurity=False)
+            check = Verifier(obj, part_sizes.get(obj.rel))
             try:
                 with open(tmp, "wb") as out:
                     left = obj.size
@@ -440,13 +447,13 @@ def _receive(conn: socket.socket, reader: io.BufferedReader, pending: list[Remot
                         chunk = reader.read1(min(CHUNK, left))  # what has come: paced as it comes
                         if not chunk:
                             raise OSError("the parent closed mid-file")
-                        digest.update(chunk)
+                        check.update(chunk)
                         out.write(chunk)
                         left -= len(chunk)
                         pace.add(len(chunk))
                         if pace.slow():
                             raise _Slow()
-                if digest.hexdigest() != obj.md5:
+                if not check.matches():
                     raise _Mismatch(obj, "MD5 differs")
                 os.chmod(tmp, 0o644)
                 os.replace(tmp, dest)  # verified: only now under its name
@@ -458,6 +465,47 @@ def _receive(conn: socket.socket, reader: io.BufferedReader, pending: list[Remot
             if pace.slow():
                 raise _Slow()
     return failed
+
+
+def uniform_part_size(size: int, parts: int, first: int, reported: Optional[int]) -> bool:
+    """Can ``first`` (part 1's length, from the store) split ``size`` bytes into the
+    ETag's ``parts`` equal parts (the last one shorter), as every common uploader does?
+    Only then can a peer's bytes be checked against a multipart ETag."""
+    return reported in (None, parts) and first > 0 and \
+        first * (parts - 1) < size <= first * parts
+
+
+class Verifier:
+    """The store's checksum of one object, recomputed over bytes as they arrive: the MD5
+    (a plain ETag) or, given the part size, the MD5 of the parts' MD5s with ``-N`` (a
+    multipart ETag, as S3 and OBS compute it)."""
+
+    def __init__(self, obj: RemoteObject, part_size: Optional[int]) -> None:
+        self.obj, self.part_size = obj, part_size
+        self._part = hashlib.md5(usedforsecurity=False)
+        self._in_part = 0
+        self._digests: list[bytes] = []
+
+    def update(self, data: bytes) -> None:
+        if self.part_size is None:
+            self._part.update(data)
+            return
+        view = memoryview(data)
+        while view:
+            take = min(len(view), self.part_size - self._in_part)
+            self._part.update(view[:take])
+            self._in_part += take
+            view = view[take:]
+            if self._in_part == self.part_size:
+                self._digests.append(self._part.digest())
+                self._part, self._in_part = hashlib.md5(usedforsecurity=False), 0
+
+    def matches(self) -> bool:
+        if self.part_size is None:
+            return self._part.hexdigest() == self.obj.md5
+        digests = self._digests + ([self._part.digest()] if self._in_part else [])
+        combined = hashlib.md5(b"".join(digests), usedforsecurity=False).hexdigest()
+        return f"{combined}-{len(digests)}" == self.obj.etag
 
 
 class _Slow(Exception):

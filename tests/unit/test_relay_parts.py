@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 from collections.abc import Iterator
 
+import pytest
+
 from bootstrap.transfer import relay
+from bootstrap.transfer.listing import RemoteObject
 
 
 def test_a_four_ary_tree_by_rank_covers_every_node_once() -> None:
@@ -79,3 +83,49 @@ def test_a_parent_waiting_on_its_own_download_is_not_judged_for_it() -> None:
         pace.restart()  # a "wait" line: the store's pace, not the parent's
         pace.add(10, files=1)
         assert not pace.slow()
+
+
+def _multipart(parts: list[bytes]) -> RemoteObject:
+    sums = b"".join(hashlib.md5(p).digest() for p in parts)
+    return RemoteObject("k", "k", sum(map(len, parts)),
+                        f"{hashlib.md5(sums).hexdigest()}-{len(parts)}")
+
+
+@pytest.mark.parametrize("pieces", [1, 7, 1 << 20])
+def test_a_multipart_etag_is_recomputed_from_the_bytes_as_they_arrive(pieces: int) -> None:
+    parts = [b"a" * 5000, b"b" * 5000, b"c" * 17]
+    obj = _multipart(parts)
+    assert obj.parts == 3 and obj.md5 is None
+    data = b"".join(parts)
+    check = relay.Verifier(obj, 5000)
+    for i in range(0, len(data), pieces):  # however the network cuts it
+        check.update(data[i:i + pieces])
+    assert check.matches()
+    wrong = relay.Verifier(obj, 5000)
+    wrong.update(data[:-1] + b"x")
+    assert not wrong.matches()
+    cut = relay.Verifier(obj, 5000)
+    cut.update(data[:10000])  # two whole parts: a count of 2, not 3
+    assert not cut.matches()
+    other_split = relay.Verifier(obj, 4000)
+    other_split.update(data)
+    assert not other_split.matches()
+
+
+def test_a_plain_etag_is_the_md5() -> None:
+    obj = RemoteObject("k", "k", 3, hashlib.md5(b"abc").hexdigest())
+    assert obj.parts is None
+    check = relay.Verifier(obj, None)
+    check.update(b"ab")
+    check.update(b"c")
+    assert check.matches()
+
+
+def test_only_equal_parts_that_make_the_size_are_trusted() -> None:
+    assert relay.uniform_part_size(10017, 3, 5000, None)
+    assert relay.uniform_part_size(10017, 3, 5000, 3)
+    assert not relay.uniform_part_size(10017, 3, 5000, 4)  # the store counts otherwise
+    assert not relay.uniform_part_size(10017, 3, 10017, None)  # partNumber ignored
+    assert not relay.uniform_part_size(11 << 20, 2, 5 << 20, 2)  # 5 MiB + 6 MiB: uneven
+    assert relay.uniform_part_size(1000, 1, 1000, 1)
+    assert not relay.uniform_part_size(1000, 1, 0, None)
