@@ -5,7 +5,8 @@ proxy that adds latency to every request (a distant store: loopback hides it), a
 directory of many small files and one multipart weights file. Each mode runs the job
 through run_train.sh on every node at once and reports, per mode: the slowest node's
 fetch stage, the store's object GETs and bytes (at the proxy), the files and bytes each
-node took from a peer, and the bootstrap's CPU per node. The last lines are ratios.
+node took from a peer, and the bootstrap's CPU per node; "solo" is node 0 alone with
+the store to itself, the time the tree should approach. The last lines are ratios.
 
     python bench/relay_lab.py [--nodes 4] [--files 2000] [--latency 0.03] [--reps 2]
 
@@ -101,13 +102,16 @@ def main() -> int:
         url, total = build_tree(s3, args.files)
         print(f"{args.nodes} nodes, {args.files + 1} objects ({total / 1e6:.1f} MB), "
               f"+{args.latency * 1000:.0f} ms per store request")
-        runs: dict[str, list[dict[str, Any]]] = {"off": [], "on": []}
+        runs: dict[str, list[dict[str, Any]]] = {"solo": [], "off": [], "on": []}
         for rep in range(args.reps):
-            for mode in ("off", "on"):
-                got = run_mode(lab, url, args.nodes, mode, args.latency,
+            for mode in ("solo", "off", "on"):
+                # solo: node 0 alone, the store all its own (what the tree should approach)
+                got = run_mode(lab, url, 1 if mode == "solo" else args.nodes,
+                               "off" if mode == "solo" else mode, args.latency,
                                Path(tmp, f"{mode}{rep}"))
+                got["mode"] = mode
                 runs[mode].append(got)
-                print(f"  {mode:3}  slowest node {got['slowest_s']:6.2f} s  nodes {got['node_s']}"
+                print(f"  {mode:4}  slowest node {got['slowest_s']:6.2f} s  nodes {got['node_s']}"
                       f"  store GETs {got['store_gets']:5d}  from peers {got['peer_files']} "
                       f"files / {got['peer_mb']} MB  CPU {got['cpu_s_per_node']:.2f} s/node")
     med = {m: {k: statistics.median(r[k] for r in rs)
@@ -116,8 +120,9 @@ def main() -> int:
     print(f"store GETs per node-copy: off {med['off']['store_gets'] / objects:.2f}, "
           f"on {med['on']['store_gets'] / objects:.2f} (one copy = 1.00, "
           f"{args.nodes} nodes = {args.nodes:.2f})")
-    on, off = med["on"], med["off"]
+    on, off, solo = med["on"], med["off"], med["solo"]
     print(f"slowest node, on / off: {on['slowest_s'] / off['slowest_s']:.2f}x; "
+          f"on / one node alone: {on['slowest_s'] / solo['slowest_s']:.2f}x; "
           f"CPU per node, on / off: {on['cpu_s_per_node'] / off['cpu_s_per_node']:.2f}x; "
           f"CPU per object: off {off['cpu_s_per_node'] / objects * 1e3:.2f} ms, "
           f"on {on['cpu_s_per_node'] / objects * 1e3:.2f} ms")
