@@ -65,16 +65,25 @@ ALL = {**FILES, **{rel: b"".join(parts) for rel, parts in MULTIPART.items()}}
 WANT = {k: hashlib.md5(v).hexdigest() for k, v in ALL.items()}
 
 
+# The command binds the relay's ports (code's and data's): it fails while one is open.
+PORTS_CLOSED = ("import socket\n"
+                "for p in (29611, 29612):\n"
+                "    socket.create_server(('', p)).close()\n"
+                "print('relay ports closed')")
+
+
 def test_four_nodes_fetch_one_copy_from_the_store(lab: Lab, tree: str,  # noqa: F811
                                                   tmp_path: Path) -> None:
     if not lab.hosts.real:
         pytest.skip("needs network namespaces: every node would share one address")
     with FaultProxy(lab.s3.endpoint, ip=lab.hosts.bridge_ip) as proxy:
-        results = run_job(lab, tmp_path, 4, ["true"], old_contract(lab, 4, port()),
+        results = run_job(lab, tmp_path, 4, ["python3", "-c", PORTS_CLOSED],
+                          old_contract(lab, 4, port()),
                           extra={"DLS_APP_URL": tree, "AWS_ENDPOINT_URL": proxy.endpoint,
                                  "BOOTSTRAP_PEER_FETCH": "on", "BOOTSTRAP_LOG_FORMAT": "json"})
     for r in results:
         assert r.code == 0, r.err
+        assert "relay ports closed" in r.out  # the command could listen there itself
         assert digest(r.home / "user-job-dir" / "peer") == WANT, r.rank
     gets = proxy.object_gets
     # One copy of everything the listing can check, the multipart weights included.
