@@ -41,6 +41,9 @@ class Model:
     peer_bw: float  # bytes/s of one node's uplink
     batch: int  # files per round trip on a peer stream
     streams: int  # requests one node keeps in flight to the store
+    peer_file: float = 0.0  # seconds of a parent's uplink per file beyond its bytes
+    recv_file: float = 0.0  # seconds a child spends per file received beyond its bytes
+    recv_bw: float = float("inf")  # bytes/s one child checks and writes (MD5, disk)
 
 
 def store_only(m: Model, nodes: int) -> tuple[float, int]:
@@ -61,19 +64,21 @@ def _node0_arrivals(m: Model) -> list[float]:
 def tree(m: Model, nodes: int, k: int) -> tuple[float, int]:
     """A k-ary tree by rank; each parent forwards files in order as they arrive."""
     arrival: dict[int, list[float]] = {0: _node0_arrivals(m)}
-    per_file = m.size / m.peer_bw
+    per_file = m.size / m.peer_bw + m.peer_file
     for parent in range(nodes):
         children = [c for c in range(parent * k + 1, parent * k + k + 1) if c < nodes]
         if not children:
             continue
         uplink = 0.0
         got: dict[int, list[float]] = {c: [] for c in children}
+        receive = m.recv_file + m.size / m.recv_bw  # each child takes its files in turn
         for j, ready in enumerate(arrival[parent]):
             for c in children:  # the uplink sends file j to each child in turn
                 start = max(ready, uplink)
                 uplink = start + per_file
                 rtt = m.peer_rtt if j % m.batch == 0 else 0.0  # one round trip per batch
-                got[c].append(uplink + rtt)
+                free = got[c][-1] if got[c] else 0.0
+                got[c].append(max(uplink + rtt, free + receive))
         arrival.update(got)
     return max(max(a) for a in arrival.values()), m.files
 
@@ -94,7 +99,7 @@ def swarm(m: Model, nodes: int, seed: int = 0) -> tuple[float, int]:
     for i in range(1, nodes):
         heapq.heappush(events, (0.0, i, orders[i][0]))
     held_since: dict[tuple[int, int], float] = {(0, j): landed[j] for j in range(m.files)}
-    per_file = m.size / m.peer_bw
+    per_file = m.size / m.peer_bw + m.peer_file
     while events:
         now, i, j = heapq.heappop(events)
         known = have[j] if len(have[j]) <= 8 else rng.sample(have[j], 8)  # a few holders
@@ -127,15 +132,24 @@ def main() -> int:
     ap.add_argument("--peer-gbps", type=float, default=25, help="uplink, Gbit/s")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--streams", type=int, default=64)
+    ap.add_argument("--peer-file-us", type=float, default=0.0,
+                    help="a parent's fixed cost per file served (bench/relay_hop.py measures it)")
+    ap.add_argument("--recv-file-us", type=float, default=0.0,
+                    help="a child's fixed cost per file received (bench/relay_hop.py)")
+    ap.add_argument("--recv-mbps", type=float, default=float("inf"),
+                    help="MB/s one child checks and writes (bench/relay_hop.py)")
+    ap.add_argument("--no-swarm", action="store_true", help="the tree and the store only")
     args = ap.parse_args()
     m = Model(args.files, int(args.size_kib * 1024), args.store_rps, args.store_rtt,
               args.store_mbps * 1e6, args.store_total_gbps * 1e9 / 8, args.peer_rtt,
-              args.peer_gbps * 1e9 / 8, args.batch, args.streams)
+              args.peer_gbps * 1e9 / 8, args.batch, args.streams, args.peer_file_us / 1e6,
+              args.recv_file_us / 1e6, args.recv_mbps * 1e6)
     print(f"{m.files} files of {args.size_kib:g} KiB; store {m.store_rps:g} req/s, "
           f"{m.store_rtt * 1000:g} ms, {args.store_mbps:g} MB/s per node, "
           f"{args.store_total_gbps:g} Gbit/s in all; peers "
           f"{m.peer_rtt * 1e6:g} us, {args.peer_gbps:g} Gbit/s uplink, {m.batch} files "
-          "per round trip")
+          f"per round trip, {args.peer_file_us:g} us per file served, "
+          f"{args.recv_file_us:g} us + {args.recv_mbps:g} MB/s per child")
     print(f"{'nodes':>6} {'store s':>9} {'GETs':>8} {'tree-2 s':>9} {'tree-4 s':>9} "
           f"{'tree-8 s':>9} {'any s':>8} {'peer GETs':>10}")
     for n in (int(x) for x in args.nodes.split(",")):
@@ -143,7 +157,8 @@ def main() -> int:
         t2, peer_gets = tree(m, n, 2)
         t4, _ = tree(m, n, 4)
         t8, _ = tree(m, n, 8)
-        a, _ = swarm(m, n) if n * m.files <= 300_000 else (float("nan"), 0)
+        a, _ = swarm(m, n) if n * m.files <= 300_000 and not args.no_swarm \
+            else (float("nan"), 0)
         print(f"{n:>6} {s:>9.2f} {gets:>8} {t2:>9.2f} {t4:>9.2f} {t8:>9.2f} {a:>8.2f} "
               f"{peer_gets:>10}")
     return 0

@@ -18,13 +18,15 @@ SLOWDOWN = (b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>SlowDown</Code>
 
 
 class Throttle(LocalServer):
-    def __init__(self, upstream: str, rate: float, burst: float) -> None:
+    def __init__(self, upstream: str, rate: float, burst: float,
+                 ip: str = "127.0.0.1") -> None:
         parts = urlsplit(upstream)
         self.up = (parts.hostname or "127.0.0.1", parts.port or 80)
         self.rate, self.burst = rate, burst
         self.tokens, self.last = burst, time.monotonic()
         self.lock = threading.Lock()
         self.forwarded = self.throttled = 0
+        self.object_gets = 0  # forwarded GETs of objects (not listings)
         local = threading.local()
         owner = self
 
@@ -38,6 +40,9 @@ class Throttle(LocalServer):
                 if not owner.take():
                     send(self, 503, SLOWDOWN, {"Content-Type": "application/xml"})
                     return
+                if self.command == "GET" and "list-type=" not in self.path:
+                    with owner.lock:
+                        owner.object_gets += 1
                 conn = getattr(local, "conn", None)
                 if conn is None:
                     conn = local.conn = http.client.HTTPConnection(*owner.up, timeout=60)
@@ -50,7 +55,9 @@ class Throttle(LocalServer):
                     return
                 send(self, status, data, headers)
 
-        super().__init__(Handler)
+            do_HEAD = do_GET  # noqa: N815 - a part's length (peer fetch of multipart objects)
+
+        super().__init__(Handler, ip)
 
     def take(self) -> bool:
         with self.lock:

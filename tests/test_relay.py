@@ -93,8 +93,8 @@ def test_four_nodes_fetch_one_copy_from_the_store(lab: Lab, tree: str,  # noqa: 
     for r in results[1:]:
         fetched = stage(r.err, "fetch")
         assert fetched["peer_files"] == len(FILES) + 1 and fetched["files"] == 1, fetched
-    relays = [x for x in log_records(results[0].err) if "served" in x]
-    assert relays and relays[0]["served"] == 3 * (len(FILES) + 1)  # node 0 fed 1, 2, 3
+    served = [next(x["served"] for x in log_records(r.err) if "served" in x) for r in results]
+    assert served == [2 * (len(FILES) + 1), len(FILES) + 1, 0, 0]  # 0 fed 1 and 2; 1 fed 3
 
 
 FAKE_PARENT = r'''

@@ -13,14 +13,14 @@ from bootstrap.transfer import relay
 from bootstrap.transfer.listing import RemoteObject
 
 
-def test_a_four_ary_tree_by_rank_covers_every_node_once() -> None:
+def test_a_binary_tree_by_rank_covers_every_node_once() -> None:
     size = 87
     seen = [c for r in range(size) for c in relay.children(r, size)]
     assert sorted(seen) == list(range(1, size))  # every node but 0 has one parent
     assert all(relay.parent(c) == r for r in range(size) for c in relay.children(r, size))
     assert relay.parent(0) is None and relay.children(0, 1) == []
     depth = max(len(list(_ancestors(r))) for r in range(512))
-    assert depth == 5  # log4(512) levels: the time grows with log N
+    assert depth == 9  # log2(512) levels: the time grows with log N
 
 
 def _ancestors(rank: int) -> Iterator[int]:
