@@ -51,3 +51,16 @@ def test_peer_fanout_simulation_runs_and_separates_the_designs() -> None:
     assert store_64 > 10 * store_4  # every node asks the store: linear in the nodes
     assert int(rows[64][2]) == 64 * 2000 and int(rows[64][7]) == 2000  # GETs: N copies vs one
     assert float(rows[64][4]) < store_64 / 10  # tree-4 near node 0's own fetch time
+
+
+def test_relay_hop_measures_a_parent_serving_children() -> None:
+    """bench/relay_hop.py (the per-hop costs that chose the fan-out) keeps running with
+    the real relay: every child gets every file verified, and it prints the model's
+    calibration."""
+    r = subprocess.run([sys.executable, str(REPO / "bench/relay_hop.py"), "--files", "50",
+                        "--big-mib", "4", "--kids", "1", "2", "--port", "29791"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    model = r.stdout.strip().splitlines()[-1]
+    assert model.startswith("model: python bench/peer_sim.py --peer-file-us "), r.stdout
+    assert "k=2 vs k=1" in r.stdout
