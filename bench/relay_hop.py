@@ -52,7 +52,7 @@ log = Log(Redactor({}), stream=io.StringIO())
 manifest = Manifest(root.parent / f"manifest-{rank}.jsonl", "s3://bench/")
 manifest.open_for_append()
 key = relay.job_key("bench-secret", "bench-job")
-failed = relay.pull("127.0.0.1", port, key, rank, objects, {}, root, manifest, log)
+failed = relay.pull("127.0.0.1", port, key, rank, objects, {}, root, manifest, 60.0, log)
 print(json.dumps({"failed": len(failed)}))
 """
 

@@ -211,7 +211,7 @@ def download_with_peers(source: Remote, objects: list[RemoteObject], folders: li
             part_sizes = source.part_sizes([o for o in want if o.parts])
             want = [o for o in want if o.md5 or o.rel in part_sizes]
             failed = relay.pull(peers.hosts[up], peers.port, peers.key, peers.rank, want,
-                                part_sizes, dest, manifest, log)
+                                part_sizes, dest, manifest, peers.wait, log)
             from_peer = len(want) - len(failed)
             peer_bytes = sum(o.size for o in want) - sum(o.size for o in failed)
         from_parent_s = time.monotonic() - started

@@ -62,6 +62,7 @@ MAGIC = b"BRLY1"
 MAX_LINE = 64 * 1024
 BATCH = 64  # files per request line
 CHUNK = 1 << 20
+MAX_CONNECTIONS = 16  # served at once; each holds a thread and at most a line and a chunk
 CONNECT_WINDOW = 30.0  # seconds a child keeps trying its parent, and a parent waits for it
 HANDSHAKE = 5.0  # seconds for the greeting and the answer to a proof
 HEARTBEAT = 2.0  # a parent waiting on its own download says so this often
@@ -160,6 +161,8 @@ class RelayServer(threading.Thread):
         self._lock = threading.Lock()
         self._all_done = threading.Event()
         self._offered = threading.Event()
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        self._flooded = False
         self.sock = socket.create_server(("", port), reuse_port=False, backlog=64)
         self.sock.settimeout(0.5)
         self._closing = threading.Event()
@@ -178,8 +181,20 @@ class RelayServer(threading.Thread):
                 continue
             except OSError:
                 break
-            threading.Thread(target=self._serve, args=(conn, peer), daemon=True,
+            if not self._slots.acquire(blocking=False):
+                conn.close()  # a flood: a node has 2 children, a few retries at most
+                if not self._flooded:  # one line, not one per connection
+                    self._flooded = True
+                    self._refuse(peer, f"more than {MAX_CONNECTIONS} connections at once")
+                continue
+            threading.Thread(target=self._serve_in_slot, args=(conn, peer), daemon=True,
                              name="relay-conn").start()
+
+    def _serve_in_slot(self, conn: socket.socket, peer: Any) -> None:
+        try:
+            self._serve(conn, peer)
+        finally:
+            self._slots.release()
 
     def finish(self, timeout: float) -> None:
         """Waits for every child to finish, then closes the port. A child that has not
@@ -354,11 +369,12 @@ def _read_json(reader: BinaryIO) -> dict[str, Any]:
 
 
 def pull(address: str, port: int, key: bytes, rank: int, objects: list[RemoteObject],
-         part_sizes: Mapping[str, int], root: Path, manifest: Manifest,
+         part_sizes: Mapping[str, int], root: Path, manifest: Manifest, patience: float,
          log: Log) -> list[RemoteObject]:
     """Fetches ``objects`` from the parent at ``address``, verifying each against the
     listing (plain MD5, or multipart with its part size in ``part_sizes``); returns those
-    that must come from the store instead."""
+    that must come from the store instead. ``patience`` is how long the parent may wait
+    for one file (the job's peer wait: the parent's own bound)."""
     conn = _connect(address, port, log)
     if conn is None:
         return list(objects)
@@ -374,7 +390,8 @@ def pull(address: str, port: int, key: bytes, rank: int, objects: list[RemoteObj
         if reader.readline(10) != b"OK\n":
             raise ValueError("the parent refused our proof")
         conn.settimeout(SILENCE)
-        failed = _receive(conn, reader, list(objects), part_sizes, root, manifest)
+        failed = _receive(conn, reader, list(objects), part_sizes, root, manifest,
+                          patience + HEARTBEAT)
         conn.sendall(b'{"done": true}\n')
     except (_Mismatch, _Slow, OSError, ValueError) as exc:
         if isinstance(exc, _Mismatch):
@@ -412,10 +429,11 @@ def _connect(address: str, port: int, log: Log) -> Optional[socket.socket]:
 
 
 def _receive(conn: socket.socket, reader: io.BufferedReader, pending: list[RemoteObject],
-             part_sizes: Mapping[str, int], root: Path,
-             manifest: Manifest) -> list[RemoteObject]:
+             part_sizes: Mapping[str, int], root: Path, manifest: Manifest,
+             patience: float) -> list[RemoteObject]:
     """Asks for ``pending`` in batches and keeps each file that verifies; returns the
-    ones the parent said it does not have. Raises on anything else."""
+    ones the parent said it does not have. Raises on anything else, and when the parent
+    says it is waiting for one file longer than ``patience`` (its own bound)."""
     from .download import TMP_SUFFIX
     from .paths import SafeDirs
 
@@ -427,7 +445,10 @@ def _receive(conn: socket.socket, reader: io.BufferedReader, pending: list[Remot
         conn.sendall(json.dumps({"get": [o.rel for o in batch]}).encode() + b"\n")
         for obj in batch:
             header = _read_json(reader)
+            waiting_since = time.monotonic()
             while "wait" in header:  # alive, waiting on its own download
+                if time.monotonic() - waiting_since > patience:
+                    raise ValueError(f"the parent kept waiting for {obj.rel} over {patience:g} s")
                 pace.restart()
                 header = _read_json(reader)
             if header.get("rel") != obj.rel:
