@@ -28,6 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bootstrap.cluster import auth  # noqa: E402
 from bootstrap.log import Log, Redactor  # noqa: E402
 from bootstrap.transfer import relay  # noqa: E402
 from bootstrap.transfer.listing import RemoteObject  # noqa: E402
@@ -42,6 +43,7 @@ CHILD = """
 import hashlib, io, json, sys, time
 from pathlib import Path
 from bootstrap.log import Log, Redactor
+from bootstrap.cluster import auth
 from bootstrap.transfer import relay
 from bootstrap.transfer.listing import RemoteObject
 from bootstrap.transfer.manifest import Manifest
@@ -51,8 +53,10 @@ root.mkdir(parents=True)
 log = Log(Redactor({}), stream=io.StringIO())
 manifest = Manifest(root.parent / f"manifest-{rank}.jsonl", "s3://bench/")
 manifest.open_for_append()
-key = relay.job_key("bench-secret", "bench-job")
-failed = relay.pull("127.0.0.1", port, key, rank, objects, {}, root, manifest, 60.0, log)
+key = auth.derive("bench-secret", "bench-job", "relay-code")
+peers = relay.Peers(rank, ("127.0.0.1",) * (rank + 1), (port,) * (rank + 1), key, "relay-code",
+                    60.0)
+failed = relay.pull(peers, objects, {}, root, manifest, log, server=0)
 print(json.dumps({"failed": len(failed)}))
 """
 
@@ -74,9 +78,10 @@ def one_hop(objects: dict[str, bytes], tmp: Path, port: int,
     listing = tmp / "listing.json"
     listing.write_text(json.dumps([[o.key, o.rel, o.size, o.etag] for o in listed]))
     log = Log(Redactor({}), stream=io.StringIO())
-    key = relay.job_key("bench-secret", "bench-job")
-    server = relay.open_server(port, key, list(range(1, kids + 1)), 60.0, log)
-    assert server is not None
+    key = auth.derive("bench-secret", "bench-job", "relay-code")
+    # One parent serving ``kids`` children, whatever the tree's fan-out.
+    server = relay.RelayServer(port, key, "relay-code", 0, range(1, kids + 1), 60.0, log)
+    server.start()
     held = relay.Held()
     for obj in listed:
         held.add(obj.rel)

@@ -40,7 +40,6 @@ from .transfer import location
 if TYPE_CHECKING:
     from .config.platform import Cluster
     from .run.watchdog import Watchdog
-    from .transfer import fetch as fetch_types
     from .transfer.outputs import OutputSync
     from .transfer.staging import Staged
 
@@ -186,10 +185,10 @@ def _default_signals() -> None:
 
 def _fetch_stage(code_url: location.Location, code_dir: Path, settings: Settings,
                  log: Log) -> None:
-    from .transfer import fetch  # the S3 client loads only when there is something to fetch
+    from .transfer import fetch, relay  # loaded only when there is something to fetch
 
     with timed(log, "fetch") as t:
-        peers = _peers_for_fetch(settings, code_url, log)
+        peers = relay.plan(settings, code_url, "relay-code", log)
         if peers is not None:
             stats = fetch.fetch_with_peers(code_url, code_dir, settings.transfer, peers, log)
         else:
@@ -198,43 +197,13 @@ def _fetch_stage(code_url: location.Location, code_dir: Path, settings: Settings
         t.fields = stats.fields()
 
 
-def _peers_for_fetch(settings: Settings, code_url: location.Location, log: Log,
-                     port_offset: int = 0) -> Optional[fetch_types.Peers]:
-    """The relay tree, when peer-assisted fetch applies (BOOTSTRAP_PEER_FETCH): a
-    remote tree, several nodes, and static keys every node shares (the proof of
-    membership is derived from them); else None, and the log says why when asked."""
-    from .config.settings import PEER_FETCH_NODES
-    from .transfer import fetch as fetch_types
-    from .transfer import relay
-
-    cluster, mode = settings.cluster.layout, settings.cluster.peer_fetch
-    if mode == "off" or not code_url.is_remote or cluster.size == 1:
-        return None
-    if mode == "auto" and cluster.size < PEER_FETCH_NODES:
-        return None
-    if settings.cluster.relay_port + port_offset == cluster.master.port:
-        log.warn(f"relay: off: BOOTSTRAP_RELAY_PORT={settings.cluster.relay_port} is the "
-                 "engines' MASTER_PORT; choose another port for it")
-        return None
-    creds = settings.transfer.credentials
-    if creds is None or creds.token:
-        log.info("relay: off: the nodes hold no shared static keys (a role or a session "
-                 "token), so membership cannot be proven; every node fetches from the store")
-        return None
-    return fetch_types.Peers(cluster.rank, tuple(m.host for m in cluster.nodes),
-                             settings.cluster.relay_port + port_offset,
-                             relay.job_key(creds.secret_key, cluster.job_id),
-                             min(settings.cluster.peer_timeout, 300.0))
-
-
 def _staging_stage(settings: Settings, log: Log) -> Staged:
-    from .transfer import staging
+    from .transfer import relay, staging
 
     cluster = settings.cluster.layout
     with timed(log, "data") as t:
         url = location.parse(settings.staging.url or "", "DLS_DATA_URL")
-        # The data's relay listens one port above the code's: both run at once.
-        peers = _peers_for_fetch(settings, url, log, port_offset=1)
+        peers = relay.plan(settings, url, "relay-data", log)  # its own key and ports
         staged = staging.stage(settings.staging, settings.transfer, cluster.rank, cluster.size,
                                log, peers)
         how = "reused, nothing fetched" if staged.reused else staged.stats.summary()

@@ -12,11 +12,15 @@ import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import pytest
 
 from devtools.s3server import S3Server
+from tests.netns import Hosts, LoopbackHosts, namespaces_available
+
+if TYPE_CHECKING:
+    from tests.lab import Lab
 
 REPO = Path(__file__).resolve().parent.parent
 RUN_TRAIN = REPO / "scripts" / "run_train.sh"
@@ -106,3 +110,18 @@ def assert_one_error_line(stderr: str, *needles: str) -> str:
     for needle in needles:
         assert needle in errors[0], errors[0]
     return errors[0]
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    reason = namespaces_available()
+    hosts: Hosts = Hosts(4) if reason is None else LoopbackHosts(4)
+    if reason is not None:
+        print(f"multi-node tests run on loopback addresses: {reason}")
+    from tests.lab import ALLREDUCE, Lab
+
+    with hosts, S3Server(ip=hosts.bridge_ip) as s3:
+        client = s3.client()
+        client.create_bucket(Bucket="mn-code")
+        client.put_object(Bucket="mn-code", Key="job/allreduce.py", Body=ALLREDUCE.encode())
+        yield Lab(hosts, s3, "s3://mn-code/job/")

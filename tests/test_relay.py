@@ -3,29 +3,27 @@ store sees one copy, and nothing a peer does can make a node keep a wrong byte."
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import random
+import signal
 import socket
 import subprocess
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from bootstrap.cluster import auth
+from bootstrap.cluster.wire import Wire
 from bootstrap.transfer import relay
-from tests.conftest import log_records, stage
+from tests.conftest import REPO, log_records, stage
 from tests.faultproxy import FaultProxy
-from tests.test_multinode import (  # noqa: F401
-    Lab,
-    NodeResult,
-    lab,
-    old_contract,
-    port,
-    run_job,
-)
+from tests.lab import Lab, NodeResult, old_contract, port, run_job, shared_contract
 
 pytestmark = [pytest.mark.multinode, pytest.mark.timeout(600)]
 
@@ -41,18 +39,21 @@ MULTIPART = {"weights.bin": [random.Random(1).randbytes(5 << 20), b"w" * 1000],
 
 
 @pytest.fixture(scope="module")
-def tree(lab: Lab) -> Iterator[str]:  # noqa: F811
+def tree(lab: Lab) -> Iterator[str]:
+    """The code tree under peer/, and the same files as a data set under peerdata/."""
     client = lab.s3.client()
-    for rel, data in FILES.items():
-        client.put_object(Bucket="mn-code", Key=f"peer/{rel}", Body=data)
-    for rel, parts in MULTIPART.items():
-        key = f"peer/{rel}"
-        up = client.create_multipart_upload(Bucket="mn-code", Key=key)
-        done = [{"PartNumber": n, "ETag": client.upload_part(
-                    Bucket="mn-code", Key=key, PartNumber=n, UploadId=up["UploadId"],
-                    Body=body)["ETag"]} for n, body in enumerate(parts, 1)]
-        client.complete_multipart_upload(Bucket="mn-code", Key=key, UploadId=up["UploadId"],
-                                         MultipartUpload={"Parts": done})
+    for prefix in ("peer", "peerdata"):
+        for rel, data in FILES.items():
+            client.put_object(Bucket="mn-code", Key=f"{prefix}/{rel}", Body=data)
+        for rel, parts in MULTIPART.items():
+            key = f"{prefix}/{rel}"
+            up = client.create_multipart_upload(Bucket="mn-code", Key=key)
+            done = [{"PartNumber": n, "ETag": client.upload_part(
+                        Bucket="mn-code", Key=key, PartNumber=n, UploadId=up["UploadId"],
+                        Body=body)["ETag"]} for n, body in enumerate(parts, 1)]
+            client.complete_multipart_upload(Bucket="mn-code", Key=key,
+                                             UploadId=up["UploadId"],
+                                             MultipartUpload={"Parts": done})
     yield "s3://mn-code/peer/"
 
 
@@ -65,21 +66,25 @@ ALL = {**FILES, **{rel: b"".join(parts) for rel, parts in MULTIPART.items()}}
 WANT = {k: hashlib.md5(v).hexdigest() for k, v in ALL.items()}
 
 
-# The command binds the relay's ports (code's and data's): it fails while one is open.
-PORTS_CLOSED = ("import socket\n"
-                "for p in (29611, 29612):\n"
+# The command binds every relay port of the job (code's and data's): it fails while one
+# is open.
+PORTS_CLOSED = ("import socket, sys\n"
+                "base = int(sys.argv[1])\n"
+                "for p in range(base, base + 8):\n"
                 "    socket.create_server(('', p)).close()\n"
                 "print('relay ports closed')")
 
 
-def test_four_nodes_fetch_one_copy_from_the_store(lab: Lab, tree: str,  # noqa: F811
+def test_four_nodes_fetch_one_copy_from_the_store(lab: Lab, tree: str,
                                                   tmp_path: Path) -> None:
     if not lab.hosts.real:
         pytest.skip("needs network namespaces: every node would share one address")
+    base = port()
     with FaultProxy(lab.s3.endpoint, ip=lab.hosts.bridge_ip) as proxy:
-        results = run_job(lab, tmp_path, 4, ["python3", "-c", PORTS_CLOSED],
+        results = run_job(lab, tmp_path, 4, ["python3", "-c", PORTS_CLOSED, str(base)],
                           old_contract(lab, 4, port()),
                           extra={"DLS_APP_URL": tree, "AWS_ENDPOINT_URL": proxy.endpoint,
+                                 "BOOTSTRAP_RELAY_PORT": str(base),
                                  "BOOTSTRAP_PEER_FETCH": "on", "BOOTSTRAP_LOG_FORMAT": "json"})
     for r in results:
         assert r.code == 0, r.err
@@ -97,20 +102,59 @@ def test_four_nodes_fetch_one_copy_from_the_store(lab: Lab, tree: str,  # noqa: 
     assert served == [2 * (len(FILES) + 1), len(FILES) + 1, 0, 0]  # 0 fed 1 and 2; 1 fed 3
 
 
+LAYOUTS: dict[str, Callable[[int], int]] = {
+    "2 nodes a host on 2 hosts": lambda rank: rank // 2,
+    "4 nodes on 1 host": lambda rank: 0,
+}
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_nodes_sharing_a_host_each_serve_their_own_children(lab: Lab, tree: str,
+                                                             tmp_path: Path,
+                                                             layout: str) -> None:
+    """The host-network pools: several nodes of one job on one host, each its own port in
+    BATCH_CUSTOM*_HOSTS. Before: one node per host got the relay's port and the others
+    dialled their own server (a node hung past 180 s; the store served 3 copies of 401
+    files). Now each node serves on its own pair of ports and proves who it is."""
+    if not lab.hosts.real:
+        pytest.skip("needs network namespaces")
+    where = LAYOUTS[layout]
+    contract = shared_contract(lab, 4, port(), where)
+    with FaultProxy(lab.s3.endpoint, ip=lab.hosts.bridge_ip) as proxy:
+        results = run_job(lab, tmp_path, 4, ["true"],
+                          lambda i: {**contract(i), "BOOTSTRAP_DATA_DIR": str(tmp_path / f"d{i}")},
+                          extra={"DLS_APP_URL": tree, "DLS_DATA_URL": "s3://mn-code/peerdata/",
+                                 "AWS_ENDPOINT_URL": proxy.endpoint,
+                                 "BOOTSTRAP_RELAY_PORT": str(port()),
+                                 "BOOTSTRAP_PEER_FETCH": "on", "BOOTSTRAP_LOG_FORMAT": "json"},
+                          where=where, timeout=150)
+    for r in results:
+        assert r.code == 0, f"node {r.rank}: {r.err}"
+        assert digest(r.home / "user-job-dir" / "peer") == WANT, r.rank
+        assert digest((tmp_path / f"d{r.rank}" / "peerdata").resolve()) == WANT, r.rank
+    gets = proxy.object_gets
+    for prefix in ("peer", "peerdata"):  # one copy of each tree, code and data alike
+        once = {k: v for k, v in gets.items()
+                if k.startswith(f"/mn-code/{prefix}/") and not k.endswith("uneven.bin")}
+        assert len(once) == len(FILES) + 1 and set(once.values()) == {1}, (prefix, gets)
+    for r in results[1:]:
+        assert stage(r.err, "fetch")["peer_files"] == len(FILES) + 1, r.err
+        assert stage(r.err, "data")["peer_files"] == len(FILES) + 1, r.err
+        assert "is not this node's parent" not in r.err
+
+
 FAKE_PARENT = r'''
-import hashlib, hmac, json, os, secrets, socket, sys, time
+import json, os, socket, sys, time
+from bootstrap.cluster import auth
+from bootstrap.cluster.wire import Wire
 port, key, mode = int(sys.argv[1]), bytes.fromhex(sys.argv[2]), sys.argv[3]
 tree = sys.argv[4]  # where the real files are
 srv = socket.create_server(("", port))
 print("listening", flush=True)
 conn, _ = srv.accept()
+auth.accept(Wire(conn), bytes(key), "relay-code", 0, {1}, time.monotonic() + 5)  # node 0
+conn.settimeout(None)
 r = conn.makefile("rb")
-nonce = secrets.token_hex(16)
-conn.sendall(b"BRLY1 " + nonce.encode() + b"\n")
-hello = json.loads(r.readline())
-want = hmac.new(key, f"{nonce}|{hello['rank']}".encode(), hashlib.sha256).hexdigest()
-assert hello["proof"] == want
-conn.sendall(b"OK\n")
 while True:
     line = r.readline()
     if not line or b"done" in line:
@@ -129,7 +173,7 @@ while True:
 '''
 
 
-def fake_parent(lab: Lab, tmp_path: Path, job: str,  # noqa: F811
+def fake_parent(lab: Lab, tmp_path: Path, job: str,
                 mode: str) -> tuple[subprocess.Popen[str], int]:
     """Node 0's place in the tree, played by a script that proves itself like a real
     parent and then misbehaves as ``mode`` says; returns it and its port."""
@@ -137,17 +181,17 @@ def fake_parent(lab: Lab, tmp_path: Path, job: str,  # noqa: F811
     for rel, data in ALL.items():
         (copy / rel).parent.mkdir(parents=True, exist_ok=True)
         (copy / rel).write_bytes(data)
-    relay_port = port()
-    key = relay.job_key(lab.s3.secret_key, job)
+    relay_port = port()  # node 0's code port is the base
+    key = auth.derive(lab.s3.secret_key, job, "relay-code")
     script = tmp_path / "fake_parent.py"
     script.write_text(FAKE_PARENT)
     fake = lab.hosts.spawn(0, ["python3", str(script), str(relay_port), key.hex(), mode,
-                               str(copy)], {"PATH": os.environ["PATH"]})
+                               str(copy)], {"PATH": os.environ["PATH"], "PYTHONPATH": str(REPO)})
     assert fake.stdout is not None and fake.stdout.readline().strip() == "listening"
     return fake, relay_port
 
 
-def node_one_under(lab: Lab, tmp_path: Path, tree: str, job: str,  # noqa: F811
+def node_one_under(lab: Lab, tmp_path: Path, tree: str, job: str,
                    relay_port: int) -> NodeResult:
     """Node 1 of a 2-node job whose node 0 is the test's; the peer timeout is long
     (120 s), so a fallback within seconds is the relay's own doing."""
@@ -160,7 +204,7 @@ def node_one_under(lab: Lab, tmp_path: Path, tree: str, job: str,  # noqa: F811
 
 
 def test_a_parent_serving_wrong_bytes_is_caught_and_the_store_serves(
-        lab: Lab, tree: str, tmp_path: Path) -> None:  # noqa: F811
+        lab: Lab, tree: str, tmp_path: Path) -> None:
     if not lab.hosts.real:
         pytest.skip("needs network namespaces")
     fake, relay_port = fake_parent(lab, tmp_path, "relay-hostile", "evil")
@@ -172,7 +216,7 @@ def test_a_parent_serving_wrong_bytes_is_caught_and_the_store_serves(
 
 
 def test_a_parent_killed_while_serving_leaves_the_rest_to_the_store(
-        lab: Lab, tree: str, tmp_path: Path) -> None:  # noqa: F811
+        lab: Lab, tree: str, tmp_path: Path) -> None:
     if not lab.hosts.real:
         pytest.skip("needs network namespaces")
     fake, relay_port = fake_parent(lab, tmp_path, "relay-killed", "die")
@@ -185,10 +229,11 @@ def test_a_parent_killed_while_serving_leaves_the_rest_to_the_store(
 
 
 @pytest.mark.parametrize("mode, reason", [("silent", "timed out"), ("slow", "slower than")])
-def test_a_stuck_or_slow_parent_is_left_within_seconds(lab: Lab, tree: str,  # noqa: F811
+def test_a_stuck_or_slow_parent_is_left_within_seconds(lab: Lab, tree: str,
                                                        tmp_path: Path, mode: str,
                                                        reason: str) -> None:
-    # Before the heartbeat and the pace check, both waited out the peer timeout (120 s).
+    # Before the heartbeat and the pace check, both waited out the peer timeout (120 s):
+    # the logged reason says which bound fired; the ceiling is far from that control.
     if not lab.hosts.real:
         pytest.skip("needs network namespaces")
     fake, relay_port = fake_parent(lab, tmp_path, f"relay-{mode}", mode)
@@ -200,7 +245,7 @@ def test_a_stuck_or_slow_parent_is_left_within_seconds(lab: Lab, tree: str,  # n
     assert r.code == 0, r.err
     assert digest(r.home / "user-job-dir" / "peer") == WANT
     fetched = stage(r.err, "fetch")
-    assert fetched["seconds"] < 25, fetched
+    assert fetched["seconds"] < 60, fetched
     assert fetched["peer_files"] < len(FILES) // 2, fetched  # the store did the rest
     said = [x["msg"] for x in log_records(r.err) if x["msg"].startswith("relay: parent")]
     assert said and reason in said[0], said
@@ -216,7 +261,7 @@ while True:
 '''
 
 
-def test_a_port_held_by_another_program_costs_seconds(lab: Lab, tree: str,  # noqa: F811
+def test_a_port_held_by_another_program_costs_seconds(lab: Lab, tree: str,
                                                       tmp_path: Path) -> None:
     # Node 0 cannot listen (something else holds the port and says nothing): node 0
     # fetches alone, node 1 gives up on the silent stranger after the handshake time.
@@ -240,10 +285,12 @@ def test_a_port_held_by_another_program_costs_seconds(lab: Lab, tree: str,  # no
         assert digest(r.home / "user-job-dir" / "peer") == WANT
     assert "relay: cannot serve on port" in results[0].err
     fetched = stage(results[1].err, "fetch")
-    assert fetched["peer_files"] == 0 and fetched["seconds"] < 20, fetched
+    assert fetched["peer_files"] == 0 and fetched["seconds"] < 60, fetched  # control: 120 s
+    said = [x["msg"] for x in log_records(results[1].err) if x["msg"].startswith("relay: parent")]
+    assert said and "timed out" in said[0], said  # the handshake's own deadline
 
 
-def test_a_parent_still_listing_keeps_its_children(lab: Lab, tree: str,  # noqa: F811
+def test_a_parent_still_listing_keeps_its_children(lab: Lab, tree: str,
                                                    tmp_path: Path) -> None:
     # Node 0's listing takes 12 s (longer than a child's SILENCE): it listens already,
     # says it is waiting, and node 1 still takes every file from it.
@@ -257,6 +304,7 @@ def test_a_parent_still_listing_keeps_its_children(lab: Lab, tree: str,  # noqa:
                           lambda i: {**contract(i), "AWS_ENDPOINT_URL":
                                      (slow if i == 0 else direct).endpoint},
                           extra={"DLS_APP_URL": tree, "BOOTSTRAP_PEER_FETCH": "on",
+                                 "BOOTSTRAP_RELAY_PORT": str(port()),
                                  "BOOTSTRAP_LOG_FORMAT": "json"})
     for r in results:
         assert r.code == 0, r.err
@@ -266,8 +314,10 @@ def test_a_parent_still_listing_keeps_its_children(lab: Lab, tree: str,  # noqa:
     assert stage(results[1].err, "fetch")["peer_files"] == len(FILES) + 1
 
 
-def test_strangers_and_paths_outside_the_tree_are_refused(lab: Lab, tree: str,  # noqa: F811
+def test_strangers_and_paths_outside_the_tree_are_refused(lab: Lab, tree: str,
                                                           tmp_path: Path) -> None:
+    # Assertions on what came back and what was logged, not on timing: heartbeats
+    # ("wait" lines) may come before a refusal, a file never does.
     if not lab.hosts.real:
         pytest.skip("needs network namespaces")
     relay_port = port()
@@ -275,42 +325,208 @@ def test_strangers_and_paths_outside_the_tree_are_refused(lab: Lab, tree: str,  
     env_extra = {"DLS_APP_URL": tree, "BOOTSTRAP_PEER_FETCH": "on", "MA_JOB_ID": "relay-auth",
                  "BOOTSTRAP_RELAY_PORT": str(relay_port), "BOOTSTRAP_NETWORK": "off",
                  "BOOTSTRAP_BARRIER": "off", "BOOTSTRAP_PEER_TIMEOUT": "60"}
-    key = relay.job_key(lab.s3.secret_key, "relay-auth")
-    answers: list[bytes] = []
+    key = auth.derive(lab.s3.secret_key, "relay-auth", "relay-code")
+    answers: list[list[bytes]] = []
 
-    def probe() -> None:  # node 1's place in the tree, taken by a test client
+    def dial() -> Wire:
         deadline = time.monotonic() + 60
         while True:
             try:
-                conn = socket.create_connection((lab.hosts.addr(0), relay_port), timeout=5)
-                break
+                return Wire(socket.create_connection((lab.hosts.addr(0), relay_port),
+                                                     timeout=5))
             except OSError:
                 assert time.monotonic() < deadline
                 time.sleep(0.2)
-        nonce = conn.makefile("rb").readline().split()[1].decode()
-        conn.sendall(json.dumps({"rank": 1, "proof": "0" * 64}).encode() + b"\n")
-        answers.append(conn.recv(100))  # wrong key: closed without a word
-        conn.close()
-        conn = socket.create_connection((lab.hosts.addr(0), relay_port), timeout=5)
-        reader = conn.makefile("rb")
-        nonce = reader.readline().split()[1].decode()
-        conn.sendall(json.dumps({"rank": 1, "proof": relay.proof(key, nonce, 1)}).encode()
-                     + b"\n")
-        assert reader.readline() == b"OK\n"
-        conn.sendall(json.dumps({"get": ["../../../../etc/passwd"]}).encode() + b"\n")
-        answers.append(reader.read())  # refused: nothing but the closed connection
-        conn.close()
+
+    def rest(wire: Wire) -> list[bytes]:
+        lines = []
+        with contextlib.suppress(OSError):
+            while True:
+                lines.append(wire.line(time.monotonic() + 30))
+        return lines
+
+    def probe() -> None:  # node 1's place in the tree, taken by a test client
+        wire = dial()  # without the key: the server's proof comes, its OK does not
+        wire.line(time.monotonic() + 5)
+        wire.send_json({"rank": 1, "nonce": "c" * 32}, 5)
+        assert "proof" in wire.json(time.monotonic() + 5)
+        wire.send_json({"proof": "0" * 64}, 5)
+        answers.append(rest(wire))
+        wire = dial()  # with the key, asking for a file outside the tree
+        auth.connect(wire, key, "relay-code", 1, 0, time.monotonic() + 5)
+        wire.send_json({"get": ["../../../../etc/passwd"]}, 5)
+        answers.append(rest(wire))
 
     results = run_job(lab, tmp_path, 2, ["true"], contract, extra=env_extra, only=[0],
                       during=probe)
     r = results[0]
     assert r.code == 0, r.err
-    assert answers == [b"", b""]
+    assert answers[0] == []  # closed without a word
+    assert all(json.loads(line).get("wait") == "(listing)" for line in answers[1]), answers
     assert "relay: refused" in r.err and "no proof of the job's key" in r.err
     assert "a path outside the job's tree" in r.err
 
 
-def test_staged_data_goes_down_the_tree_too(lab: Lab, tree: str,  # noqa: F811
+IMPOSTOR = r'''
+import json, socket, sys, time
+port = int(sys.argv[1])
+srv = socket.create_server(("", port))
+print("listening", flush=True)
+conn, _ = srv.accept()
+conn.sendall(b"BOOTSTRAP-AUTH1 relay-code 0 " + b"a" * 32 + b"\n")  # "I am node 0"
+conn.settimeout(10)
+heard = conn.makefile("rb").readline()
+conn.sendall(json.dumps({"proof": "0" * 64}).encode() + b"\n")  # it has no key
+more = conn.recv(1000)
+print(json.dumps({"hello": heard.decode(), "after": more.decode()}), flush=True)
+'''
+
+
+def test_a_listener_that_is_not_the_parent_collects_no_proof(lab: Lab, tree: str,
+                                                             tmp_path: Path) -> None:
+    # Before: a child answered any listener's nonce with HMAC(key, nonce|rank), so
+    # whoever held the parent's port could collect proofs. Now the parent proves first.
+    if not lab.hosts.real:
+        pytest.skip("needs network namespaces")
+    relay_port = port()
+    fake = lab.hosts.spawn(0, ["python3", "-c", IMPOSTOR, str(relay_port)],
+                           {"PATH": os.environ["PATH"]})
+    try:
+        assert fake.stdout is not None and fake.stdout.readline().strip() == "listening"
+        r = node_one_under(lab, tmp_path, tree, "relay-impostor", relay_port)
+        out, _ = fake.communicate(timeout=30)
+    finally:
+        fake.kill()
+        fake.wait()
+    assert r.code == 0, r.err
+    assert digest(r.home / "user-job-dir" / "peer") == WANT  # all from the store
+    heard = json.loads(out)
+    assert set(json.loads(heard["hello"])) == {"rank", "nonce"} and heard["after"] == ""
+    assert "is not this node's parent (node 0): no proof of the job's key" in r.err
+    assert stage(r.err, "fetch")["peer_files"] == 0
+
+
+STRANGER = r'''
+import socket, sys, time
+host, port, slots = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+held, said = [], False
+end = time.monotonic() + 90
+while time.monotonic() < end:
+    while len(held) < slots:
+        try:
+            held.append(socket.create_connection((host, port), timeout=2))
+        except OSError:
+            time.sleep(0.1)
+    if not said:
+        print("holding", flush=True)
+        said = True
+    for s in list(held):
+        try:
+            s.sendall(b"{")  # a byte at a time, never a whole line
+        except OSError:
+            held.remove(s)
+    time.sleep(0.5)
+'''
+
+
+def test_a_stranger_holding_the_slots_does_not_keep_the_children_out(
+        lab: Lab, tree: str, tmp_path: Path) -> None:
+    # Before: 16 trickling connections held every slot (the 5 s bound was per read);
+    # node 1 found no room and fetched everything from the store. The stranger keeps
+    # more handshakes open than there are slots, reopening each one the server closes.
+    if not lab.hosts.real:
+        pytest.skip("needs network namespaces")
+    relay_port = port()
+    contract = old_contract(lab, 2, port())
+    stranger: list[subprocess.Popen[str]] = []
+
+    def flood() -> None:  # from a host outside the job, before node 1 knocks
+        stranger.append(lab.hosts.spawn(3, ["python3", "-c", STRANGER, lab.hosts.addr(0),
+                                            str(relay_port), str(relay.MAX_PENDING + 4)],
+                                        {"PATH": os.environ["PATH"]}))
+        out = stranger[0].stdout
+        assert out is not None and out.readline().strip() == "holding"
+
+    # Node 1's listing waits 6 s, so the stranger holds every slot when it asks.
+    late = FaultProxy(lab.s3.endpoint, ip=lab.hosts.bridge_ip, rate=1.0, kinds=["latency"],
+                      only="list-type", latency=6.0)
+    try:
+        with late:
+            results = run_job(lab, tmp_path, 2, ["true"],
+                              lambda i: {**contract(i), **({"AWS_ENDPOINT_URL": late.endpoint}
+                                                           if i == 1 else {})},
+                              extra={"DLS_APP_URL": tree, "BOOTSTRAP_PEER_FETCH": "on",
+                                     "BOOTSTRAP_RELAY_PORT": str(relay_port),
+                                     "BOOTSTRAP_PEER_TIMEOUT": "120",
+                                     "BOOTSTRAP_LOG_FORMAT": "json"}, during=flood)
+    finally:
+        for p in stranger:
+            p.kill()
+            p.wait()
+    for r in results:
+        assert r.code == 0, r.err
+        assert digest(r.home / "user-job-dir" / "peer") == WANT
+    assert stage(results[1].err, "fetch")["peer_files"] == len(FILES) + 1
+    assert f"more than {relay.MAX_PENDING} handshakes at once" in results[0].err
+
+
+def established(lab: Lab, host: int, sport: int) -> bool:
+    out = subprocess.run(["ip", "netns", "exec", lab.hosts.ns(host), "ss", "-Htn", "state",
+                          "established", f"( sport = :{sport} )"],
+                         capture_output=True, text=True).stdout
+    return bool(out.strip())
+
+
+def test_a_stopped_child_holds_its_parent_no_longer_than_the_silence_bound(
+        lab: Lab, tree: str, tmp_path: Path) -> None:
+    """Node 1 is stopped (SIGSTOP) once connected and resumed 15 s later. Before: node
+    0 held its start until the peer wait ran out (20.6 s with a 20 s wait; here 120 s),
+    and node 1, resumed, blamed its own stall on the parent's pace."""
+    if not lab.hosts.real:
+        pytest.skip("needs network namespaces")
+    relay_port = port()
+    contract = old_contract(lab, 2, port())
+    stopped: list[float] = []
+
+    def stop_node_one() -> None:
+        def run() -> None:
+            deadline = time.monotonic() + 60
+            while not established(lab, 0, relay_port):
+                assert time.monotonic() < deadline, "node 1 never connected"
+                time.sleep(0.05)
+            time.sleep(1)  # its handshake and first request are through
+            node_one = lab.hosts.procs[-1]
+            os.killpg(node_one.pid, signal.SIGSTOP)
+            stopped.append(time.monotonic())
+            time.sleep(relay.SILENCE + 5)
+            os.killpg(node_one.pid, signal.SIGCONT)
+
+        threading.Thread(target=run, daemon=True).start()
+
+    # Node 0's listing takes 4 s: node 1 connects and waits (heartbeats) meanwhile.
+    late = FaultProxy(lab.s3.endpoint, ip=lab.hosts.bridge_ip, rate=1.0, kinds=["latency"],
+                      only="list-type", latency=4.0)
+    with late:
+        results = run_job(lab, tmp_path, 2, ["true"],
+                          lambda i: {**contract(i), **({"AWS_ENDPOINT_URL": late.endpoint}
+                                                       if i == 0 else {})},
+                          extra={"DLS_APP_URL": tree, "BOOTSTRAP_PEER_FETCH": "on",
+                                 "BOOTSTRAP_RELAY_PORT": str(relay_port),
+                                 "BOOTSTRAP_PEER_TIMEOUT": "120",
+                                 "BOOTSTRAP_LOG_FORMAT": "json"}, during=stop_node_one)
+    assert stopped, "node 1 was never stopped"
+    for r in results:
+        assert r.code == 0, r.err
+        assert digest(r.home / "user-job-dir" / "peer") == WANT
+    assert f"relay: node 1 neither read nor asked for {relay.SILENCE:g} s; let go" in \
+        results[0].err
+    assert stage(results[0].err, "fetch")["seconds"] < 60  # control: the 120 s peer wait
+    assert "slower than" not in results[1].err  # its own stall, not the parent's pace
+    fetched = stage(results[1].err, "fetch")
+    assert fetched["peer_files"] + fetched["files"] == len(WANT), fetched  # nothing twice
+
+
+def test_staged_data_goes_down_the_tree_too(lab: Lab, tree: str,
                                             tmp_path: Path) -> None:
     if not lab.hosts.real:
         pytest.skip("needs network namespaces")
@@ -319,6 +535,7 @@ def test_staged_data_goes_down_the_tree_too(lab: Lab, tree: str,  # noqa: F811
         results = run_job(lab, tmp_path, 3, ["true"],
                           lambda i: {**contract(i), "BOOTSTRAP_DATA_DIR": str(tmp_path / f"d{i}")},
                           extra={"DLS_DATA_URL": tree, "AWS_ENDPOINT_URL": proxy.endpoint,
+                                 "BOOTSTRAP_RELAY_PORT": str(port()),
                                  "BOOTSTRAP_PEER_FETCH": "on", "BOOTSTRAP_LOG_FORMAT": "json"})
     for r in results:
         assert r.code == 0, r.err

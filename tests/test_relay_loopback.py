@@ -1,31 +1,34 @@
 """The relay's server and client on loopback, in one process: the bounds that need no
-second host (a flood of connections, a parent that waits forever, a tree offered late)
-checked in seconds. The multi-host behaviour is tests/test_relay.py's."""
+second host (strangers holding every handshake slot, a parent whose own download stands
+still or moves slowly, a tree offered late) checked in seconds. A fake parent speaks
+the real handshake (bootstrap.cluster.auth) and stamps its lines with a clock that runs
+fast, so bounds measured on the parent's clock pass in a fraction of their seconds. The
+multi-host behaviour is tests/test_relay.py's."""
 
 from __future__ import annotations
 
 import hashlib
 import io
-import json
 import random
-import secrets
 import socket
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+from bootstrap.cluster import auth
+from bootstrap.cluster.wire import Wire
 from bootstrap.log import Log, Redactor
 from bootstrap.transfer import relay
 from bootstrap.transfer.listing import RemoteObject
 from bootstrap.transfer.manifest import Manifest
+from tests.lab import port as port_block
 
-KEY = relay.job_key("loopback-secret", "loopback-job")
+KEY = auth.derive("loopback-secret", "loopback-job", "relay-code")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def peers(rank: int, base: int) -> relay.Peers:
+    return relay.Peers(rank, ("127.0.0.1",) * 2, (base, base + 2), KEY, "relay-code", 30.0)
 
 
 def tree(root: Path, n: int = 20) -> list[RemoteObject]:
@@ -44,85 +47,134 @@ def quiet() -> tuple[Log, io.StringIO]:
     return Log(Redactor({}), stream=said), said
 
 
-def pull(port: int, objects: list[RemoteObject], child: Path,
-         patience: float = 60.0) -> tuple[list[RemoteObject], str]:
+def pull(base: int, objects: list[RemoteObject], child: Path) -> tuple[list[RemoteObject], str]:
     log, said = quiet()
     child.mkdir(exist_ok=True)
     manifest = Manifest(child.parent / f"{child.name}.manifest", "s3://b/")
     manifest.open_for_append()
-    failed = relay.pull("127.0.0.1", port, KEY, 1, objects, {}, child, manifest, patience, log)
+    failed = relay.pull(peers(1, base), objects, {}, child, manifest, log)
     return failed, said.getvalue()
+
+
+def fake_parent(base: int, serve: Callable[[Wire, list[str]], None]) -> threading.Thread:
+    """Node 0, proven by the real handshake; ``serve`` answers the first request."""
+    srv = socket.create_server(("127.0.0.1", base))
+
+    def run() -> None:
+        conn, _ = srv.accept()
+        srv.close()
+        wire = Wire(conn)
+        auth.accept(wire, KEY, "relay-code", 0, {1}, time.monotonic() + 5)
+        wanted = wire.json(time.monotonic() + 5)["get"]
+        try:
+            serve(wire, wanted)
+        except OSError:
+            pass  # the child left: what the test is about
+        finally:
+            conn.close()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
 
 
 def test_a_tree_offered_after_the_child_asked_still_comes_from_the_parent(
         tmp_path: Path) -> None:
     objects = tree(tmp_path / "parent")
     log, _ = quiet()
-    port = free_port()
-    server = relay.open_server(port, KEY, [1], 30.0, log)
+    base = port_block()
+    server = relay.open_server(peers(0, base), log)
     assert server is not None
     held = relay.Held()
 
-    def list_then_offer() -> None:  # the parent's listing takes longer than the child's
+    def list_then_offer() -> None:  # the parent's listing takes longer than a heartbeat
         time.sleep(relay.HEARTBEAT + 1)
         for obj in objects:
-            held.add(obj.rel)
+            held.add(obj.rel, obj.size)
         held.close()
         server.offer(tmp_path / "parent", {o.rel: o.size for o in objects}, held)
 
     threading.Thread(target=list_then_offer).start()
-    failed, said = pull(port, objects, tmp_path / "child")
+    failed, said = pull(base, objects, tmp_path / "child")
     server.finish(5)
+    assert failed == [], said
+    assert all((tmp_path / "child" / o.rel).read_bytes() ==
+               (tmp_path / "parent" / o.rel).read_bytes() for o in objects)
+    assert server.served == len(objects)
+
+
+def test_a_parent_whose_own_download_stands_still_is_left(tmp_path: Path) -> None:
+    # Before: the patience was per file and was the job's peer wait (files x wait).
+    # Now: STALL seconds of the parent's own clock without progress, for the whole wait.
+    objects = tree(tmp_path / "unused", 3)
+    base = port_block()
+
+    def stuck(wire: Wire, wanted: list[str]) -> None:
+        for beat in range(200):  # alive, never a step further; its clock runs 10 s a beat
+            wire.send_json({"wait": wanted[0], "files": 4, "bytes": 9000, "t": beat * 10.0}, 5)
+            time.sleep(0.05)
+
+    fake_parent(base, stuck)
+    failed, said = pull(base, objects, tmp_path / "child")
+    assert failed == objects  # all from the store
+    assert f"no progress for {relay.STALL:g} s while it waited for f00" in said
+
+
+def test_a_parent_whose_own_download_moves_keeps_its_child(tmp_path: Path) -> None:
+    objects = tree(tmp_path / "parent", 3)
+    base = port_block()
+
+    def slow_but_moving(wire: Wire, wanted: list[str]) -> None:
+        for beat in range(12):  # 120 s of its clock (6 x STALL), a range landing each beat
+            wire.send_json({"wait": wanted[0], "files": 4, "bytes": 9000 + beat * (16 << 20),
+                            "t": beat * 10.0}, 5)
+            time.sleep(0.05)
+        for rel in wanted:
+            data = (tmp_path / "parent" / rel).read_bytes()
+            wire.send_json({"rel": rel, "size": len(data), "t": 130.0}, 5)
+            wire.send(data, 5)
+        wire.line(time.monotonic() + 5)  # the child's done
+
+    fake_parent(base, slow_but_moving)
+    failed, said = pull(base, objects, tmp_path / "child")
     assert failed == [], said
     assert all((tmp_path / "child" / o.rel).read_bytes() ==
                (tmp_path / "parent" / o.rel).read_bytes() for o in objects)
 
 
-def test_a_parent_that_waits_forever_is_left_after_the_patience(tmp_path: Path) -> None:
-    objects = tree(tmp_path / "unused", 3)
-    srv = socket.create_server(("127.0.0.1", 0))
-    port = srv.getsockname()[1]
+def test_strangers_holding_every_handshake_slot_do_not_keep_a_child_out(
+        tmp_path: Path) -> None:
+    # Before: 16 connections trickling a byte every 2 s held all 16 slots for as long
+    # as they liked (the 5 s bound was per read); children found no room.
+    objects = tree(tmp_path / "parent")
+    log, said = quiet()
+    base = port_block()
+    server = relay.open_server(peers(0, base), log)
+    assert server is not None
+    held = relay.Held()
+    for obj in objects:
+        held.add(obj.rel, obj.size)
+    held.close()
+    server.offer(tmp_path / "parent", {o.rel: o.size for o in objects}, held)
     stop = threading.Event()
 
-    def stalling_parent() -> None:  # proves itself, then says "waiting" for ever
-        conn, _ = srv.accept()
-        reader = conn.makefile("rb")
-        nonce = secrets.token_hex(16)
-        conn.sendall(relay.MAGIC + b" " + nonce.encode() + b"\n")
-        reader.readline()
-        conn.sendall(b"OK\n")
-        reader.readline()
-        while not stop.is_set():
-            try:
-                conn.sendall(json.dumps({"wait": "f00"}).encode() + b"\n")
-            except OSError:
-                break
-            time.sleep(0.2)
-        conn.close()
+    def trickle() -> None:  # one byte at a time, never a whole line
+        with socket.create_connection(("127.0.0.1", base), timeout=5) as s:
+            while not stop.is_set():
+                try:
+                    s.sendall(b"{")
+                except OSError:
+                    return
+                time.sleep(0.5)
 
-    threading.Thread(target=stalling_parent, daemon=True).start()
-    started = time.monotonic()
-    failed, said = pull(port, objects, tmp_path / "child", patience=1.0)
+    strangers = [threading.Thread(target=trickle, daemon=True)
+                 for _ in range(relay.MAX_PENDING)]
+    for t in strangers:
+        t.start()
+    time.sleep(1)  # every slot taken
+    failed, child_said = pull(base, objects, tmp_path / "child")
     stop.set()
-    srv.close()
-    assert failed == objects  # all from the store
-    assert time.monotonic() - started < 1.0 + relay.HEARTBEAT + 2
-    assert "kept waiting" in said
-
-
-def test_a_flood_of_connections_is_cut_at_the_cap(tmp_path: Path) -> None:
-    log, said = quiet()
-    port = free_port()
-    server = relay.open_server(port, KEY, [1], 30.0, log)
-    assert server is not None
-    held_open = [socket.create_connection(("127.0.0.1", port), timeout=5)
-                 for _ in range(relay.MAX_CONNECTIONS)]
-    greeted = [c.makefile("rb").readline() for c in held_open]  # each holds a slot
-    assert all(g.startswith(relay.MAGIC) for g in greeted)
-    extra = socket.create_connection(("127.0.0.1", port), timeout=5)
-    assert extra.recv(100) == b""  # closed without a greeting
-    extra.close()
-    for c in held_open:
-        c.close()
-    server.close()
-    assert said.getvalue().count("connections at once") == 1
+    server.finish(5)
+    assert failed == [], child_said
+    assert server.served == len(objects)
+    assert said.getvalue().count(f"more than {relay.MAX_PENDING} handshakes at once") == 1

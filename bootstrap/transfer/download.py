@@ -113,7 +113,8 @@ class Engine:
     module's contract."""
 
     def __init__(self, store: Store, ranges: SignedClient, location: Location, dest: Path,
-                 settings: Transfer, log: Log, manifest: Manifest) -> None:
+                 settings: Transfer, log: Log, manifest: Manifest,
+                 stats: Optional[Stats] = None) -> None:
 
         self.store = store
         self.ranges = ranges  # ranged GETs of large objects (threads, reused buffers)
@@ -124,7 +125,8 @@ class Engine:
         self.log = log
         self.manifest = manifest
         self.dirs = SafeDirs(dest)
-        self.stats = Stats(backend=store.backend)
+        self.stats = stats if stats is not None else Stats()
+        self.stats.backend = store.backend
         self._ranges: deque[tuple[_LargeFile, int, int]] = deque()
         self._smalls: deque[RemoteObject] = deque()
         self._temps: set[str] = set()  # every temporary that may exist: removed on the way out

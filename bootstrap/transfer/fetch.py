@@ -13,7 +13,6 @@ import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
@@ -29,7 +28,7 @@ if TYPE_CHECKING:
     from ..config.settings import Transfer
     from ..config.storage import Credentials
     from ..storage.signed import SignedClient
-    from .relay import AnnouncingManifest, RelayServer
+    from .relay import AnnouncingManifest, Peers, RelayServer
 
 
 def copy_local(src: Path, dest: Path) -> Stats:
@@ -80,14 +79,16 @@ class Remote:
         self.location, self.settings, self.creds, self.client = location, settings, creds, client
 
     def download(self, objects: list[RemoteObject], folders: list[str], dest: Path,
-                 manifest: Manifest, log: Log, label: str = "fetch") -> Stats:
-        """Fetches ``objects`` into ``dest``, skipping those ``manifest`` vouches for."""
+                 manifest: Manifest, log: Log, label: str = "fetch",
+                 stats: Optional[Stats] = None) -> Stats:
+        """Fetches ``objects`` into ``dest``, skipping those ``manifest`` vouches for;
+        ``stats``, when given, is the one the engine counts into as it goes."""
         from ..storage.base import open_store
 
-        store = open_store(self.settings, self.creds, self.location.bucket)
+        store = open_store(self.settings, self.creds, self.location.bucket, log)
         try:
             engine = Engine(store, self.client, self.location, dest, self.settings, log,
-                            manifest)
+                            manifest, stats)
             engine.label = label
             engine.plan(objects, folders)
             manifest.open_for_append()
@@ -142,17 +143,6 @@ def remote(location: Location, settings: Transfer) -> Iterator[Remote]:
         raise explain(exc, location, settings.endpoint.where) from None
 
 
-@dataclass(frozen=True)
-class Peers:
-    """Where this node sits in the job's relay tree, and how to prove it belongs."""
-
-    rank: int
-    hosts: tuple[str, ...]  # by rank
-    port: int
-    key: bytes
-    wait: float  # seconds a node waits for a file or for its children
-
-
 def fetch_with_peers(location: Location, dest: Path, settings: Transfer, peers: Peers,
                      log: Log) -> Stats:
     """:func:`fetch` with the job's nodes passing files down a tree (see
@@ -172,7 +162,7 @@ def fetch_with_peers(location: Location, dest: Path, settings: Transfer, peers: 
                                                 relay.Held())
             for obj in objects:
                 if manifest.unchanged(obj.rel, obj.size, obj.etag, dest / obj.rel):
-                    manifest.held.add(obj.rel)
+                    manifest.held.add(obj.rel, obj.size)
             return download_with_peers(source, objects, folders, dest, manifest, peers,
                                        server, log)
     finally:
@@ -184,8 +174,7 @@ def open_relay(peers: Peers, log: Log) -> Optional[RelayServer]:
     """This node's relay server, listening, when it has children in the tree."""
     from . import relay
 
-    kids = relay.children(peers.rank, len(peers.hosts))
-    return relay.open_server(peers.port, peers.key, kids, peers.wait, log) if kids else None
+    return relay.open_server(peers, log)
 
 
 def download_with_peers(source: Remote, objects: list[RemoteObject], folders: list[str],
@@ -210,12 +199,14 @@ def download_with_peers(source: Remote, objects: list[RemoteObject], folders: li
                     if not manifest.unchanged(o.rel, o.size, o.etag, dest / o.rel)]
             part_sizes = source.part_sizes([o for o in want if o.parts])
             want = [o for o in want if o.md5 or o.rel in part_sizes]
-            failed = relay.pull(peers.hosts[up], peers.port, peers.key, peers.rank, want,
-                                part_sizes, dest, manifest, peers.wait, log)
+            failed = relay.pull(peers, want, part_sizes, dest, manifest, log)
             from_peer = len(want) - len(failed)
             peer_bytes = sum(o.size for o in want) - sum(o.size for o in failed)
         from_parent_s = time.monotonic() - started
-        stats = source.download(objects, folders, dest, manifest, log, label=label)
+        stats = Stats()
+        held.live_bytes = lambda: stats.bytes  # the heartbeats' progress, range by range
+        stats = source.download(objects, folders, dest, manifest, log, label=label,
+                                stats=stats)
     finally:
         held.close()  # what has not landed now never will: children go to the store
         if server is not None:

@@ -1,5 +1,5 @@
-"""Peer-assisted fetch: the job's nodes pass the code directory down a tree, so the
-object store sees about one copy instead of one per node.
+"""Peer-assisted fetch: the job's nodes pass the code directory (and staged data) down
+a tree, so the object store sees about one copy instead of one per node.
 
 Design (chosen by ``bench/peer_sim.py`` with per-hop costs measured by
 ``bench/relay_hop.py``, see bench/README.md): a binary tree by rank; node 0 fetches
@@ -14,59 +14,74 @@ alone. Contract (each point is tested):
   ``partNumber=1``) and accepts only when N equal parts of it make the object's size.
   An object that cannot be checked (another ETag, a store that does not answer for
   parts) comes from the store.
-* **Never worse than today.** A refused connection, a port held by something else
-  (no greeting within HANDSHAKE seconds), a parent silent for SILENCE seconds (a live
-  parent waiting on its own download says so every HEARTBEAT seconds), a parent slower
-  than the store would be (``Pace``), a mismatch: that node's remaining files come from
-  the store, with the usual retries; a peer failure never fails the job.
+* **Each node its own port, each end proven.** Node r serves on
+  ``BOOTSTRAP_RELAY_PORT + 2r`` (its data tree on the next port), so nodes sharing a
+  host (the host-network pools) each serve their own children. Both ends prove
+  themselves with :mod:`bootstrap.cluster.auth` (a key per protocol, derived from the
+  store's secret key and the job's id; the server first, its rank bound in): a child
+  talks only to its parent, a server only to its children.
+* **Never worse than today, every wait bounded** (the README's relay table lists each
+  bound): a refused connection, a listener that is not the parent, a handshake not
+  done within HANDSHAKE seconds, a parent silent for SILENCE seconds, a parent whose
+  own progress (files and bytes landed, carried by its heartbeats) has not moved for
+  STALL seconds of its own clock, a parent serving slower than the store would
+  (``Pace``), a mismatch: that node's remaining files come from the store, with the
+  usual retries; a peer failure never fails the job. A child that itself falls behind
+  (stopped, starved of CPU) sees it in the parent's clock stamps and does not blame the
+  parent. A parent drops a child that has not read or asked for SILENCE seconds, and
+  waits for its children, once its own fetch is done, only while they make progress.
 * **Open early.** A node binds its port before it lists the store, so a child knocking
   finds it as soon as the node's process has started, however long the listing takes;
   requests wait (with heartbeats) until the node has its listing.
-* **Only the job's nodes, only the job's files.** The server sends a fresh nonce; the
-  client answers ``HMAC(key, nonce|rank)``, the key being ``HMAC(secret key, job id)``:
-  whoever could read the bucket anyway. Requests name files of this tree's listing
-  only (anything else is refused, logged, and the connection closed); request lines are
-  capped, connections time out, files stream from disk in 1 MiB chunks.
+* **Only the job's nodes, only the job's files.** Requests name files of this tree's
+  listing only (anything else is refused, logged, and the connection closed); lines
+  are capped, handshakes in progress are capped at MAX_PENDING (a new one evicts the
+  oldest, so strangers holding slots cannot starve a child), files stream from disk in
+  1 MiB chunks.
 * Bytes on the wire are not encrypted: they are the code the nodes read from the store
   over the same kind of network, integrity comes from the store's listing, and
   confidentiality is the job network's (the platform's VPC), as for the engines' own
-  traffic (NCCL, gloo). The port (``BOOTSTRAP_RELAY_PORT``, 29611) is open only during
-  the fetch and closed before the command starts.
+  traffic (NCCL, gloo). The ports are open only during the fetch and closed before
+  the command starts.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import hmac
-import json
 import os
 import secrets
 import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
+from ..cluster import auth
+from ..cluster.wire import Wire
+from ..errors import ConfigError
 from .manifest import Manifest
 
 if TYPE_CHECKING:
-    import io
-
+    from ..config.platform import Cluster
+    from ..config.settings import Settings
     from ..log import Log
     from .listing import RemoteObject
+    from .location import Location
 
 FAN_OUT = 2  # as fast as 4 on 25 Gbit/s, faster on slower links (bench/README.md)
-MAGIC = b"BRLY1"
-MAX_LINE = 64 * 1024
+PROTOCOLS = ("relay-code", "relay-data")  # one derived key and one port each
 BATCH = 64  # files per request line
 CHUNK = 1 << 20
-MAX_CONNECTIONS = 16  # served at once; each holds a thread and at most a line and a chunk
+MAX_PENDING = 16  # handshakes in progress at once; proven children do not count
 CONNECT_WINDOW = 30.0  # seconds a child keeps trying its parent, and a parent waits for it
-HANDSHAKE = 5.0  # seconds for the greeting and the answer to a proof
-HEARTBEAT = 2.0  # a parent waiting on its own download says so this often
-SILENCE = 10.0  # seconds without a byte or a heartbeat: the parent is stuck
+HANDSHAKE = 5.0  # seconds for the whole handshake, on each end
+HEARTBEAT = 2.0  # a parent waiting on its own download says so (with its progress) this often
+SILENCE = 10.0  # seconds without a byte (either way): the other end is stuck
+STALL = 20.0  # seconds of the parent's clock in which its own progress did not move
+LAG = 1.0  # seconds behind the parent's stamps: this node, not the parent, is slow
 # A parent slower than this over a PACE_WINDOW of its active time (bytes or files) is
 # slower than the store would be: the rest comes from there. Both floors sit well below
 # what one store connection gives (tens of MB/s, tens of small objects per second).
@@ -83,27 +98,100 @@ def children(rank: int, size: int) -> list[int]:
     return [c for c in range(rank * FAN_OUT + 1, rank * FAN_OUT + FAN_OUT + 1) if c < size]
 
 
-def job_key(secret_key: str, job_id: str) -> bytes:
-    """The key both ends derive from what every node of the job holds."""
-    return hmac.new(secret_key.encode(), f"bootstrap-relay/1|{job_id}".encode(),
-                    hashlib.sha256).digest()
+def port_of(base: int, rank: int, protocol: str) -> int:
+    """Where node ``rank`` serves ``protocol``: two ports a node, code then data."""
+    return base + 2 * rank + PROTOCOLS.index(protocol)
 
 
-def proof(key: bytes, nonce: str, rank: int) -> str:
-    return hmac.new(key, f"{nonce}|{rank}".encode(), hashlib.sha256).hexdigest()
+@dataclass(frozen=True)
+class Peers:
+    """Where this node sits in the job's relay tree for one protocol, and its key."""
+
+    rank: int
+    hosts: tuple[str, ...]  # by rank
+    ports: tuple[int, ...]  # by rank: where each node serves this protocol
+    key: bytes
+    protocol: str
+    wait: float  # seconds at most a parent waits for children still taking files
+
+
+def ephemeral_ports() -> tuple[int, int]:
+    """The kernel's range for outgoing connections (a relay port there may be taken by
+    any client socket on the host)."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+
+
+def port_conflict(base: int, cluster: Cluster, ephemeral: tuple[int, int]) -> Optional[str]:
+    """Why the job's relay ports (every node's code and data port) cannot be used, or
+    None: they must stay clear of MASTER_PORT, the nodes' own ports in the contract
+    and the ephemeral range, and fit under 65536."""
+    taken = {m.port: f"node {m.rank}'s port in the job's host list" for m in cluster.nodes}
+    taken[cluster.master.port] = "the engines' MASTER_PORT"
+    top = base + 2 * cluster.size - 1
+    if top > 65535:
+        return f"the ports {base}-{top} (two a node) go past 65535"
+    for port in range(base, top + 1):
+        if port in taken:
+            return f"port {port} (node {(port - base) // 2}'s) is {taken[port]}"
+        if ephemeral[0] <= port <= ephemeral[1]:
+            return (f"port {port} (node {(port - base) // 2}'s) is in the ephemeral range "
+                    f"{ephemeral[0]}-{ephemeral[1]}, where outgoing connections take ports")
+    return None
+
+
+def plan(settings: Settings, url: Location, protocol: str, log: Log) -> Optional[Peers]:
+    """This node's place in the relay tree, when peer-assisted fetch applies
+    (BOOTSTRAP_PEER_FETCH): a remote tree, several nodes, static keys every node shares
+    (the proofs are derived from them) and ports clear of the job's others; else None,
+    and the log says why when it was asked for. A port conflict with the switch set to
+    ``on`` is a usage error (exit 2); under ``auto`` the relay stays off and says why."""
+    from ..config.settings import PEER_FETCH_NODES
+
+    cluster, mode = settings.cluster.layout, settings.cluster.peer_fetch
+    if mode == "off" or not url.is_remote or cluster.size == 1:
+        return None
+    if mode == "auto" and cluster.size < PEER_FETCH_NODES:
+        return None
+    base = settings.cluster.relay_port
+    conflict = port_conflict(base, cluster, ephemeral_ports())
+    if conflict is not None:
+        fix = (f"BOOTSTRAP_RELAY_PORT={base} leaves no room for {cluster.size} nodes: "
+               f"{conflict}; choose another base (node r serves on base + 2r and base + 2r + 1)")
+        if mode == "on":
+            raise ConfigError(fix)
+        log.warn(f"relay: off: {fix}")
+        return None
+    creds = settings.transfer.credentials
+    if creds is None or creds.token:
+        log.info("relay: off: the nodes hold no shared static keys (a role or a session "
+                 "token), so membership cannot be proven; every node fetches from the store")
+        return None
+    return Peers(cluster.rank, tuple(m.host for m in cluster.nodes),
+                 tuple(port_of(base, r, protocol) for r in range(cluster.size)),
+                 auth.derive(creds.secret_key, cluster.job_id, protocol), protocol,
+                 min(settings.cluster.peer_timeout, 300.0))
 
 
 class Held:
-    """The files this node holds, verified; waiters wake when one lands."""
+    """The files this node holds, verified; waiters wake when one lands. ``progress`` is
+    what the heartbeats tell children: files held, and a count that grows with every
+    byte landed or in flight (the download's running count; only its movement counts)."""
 
     def __init__(self) -> None:
         self._have: set[str] = set()
         self._cond = threading.Condition()
         self.closed = False  # no more files will land here
+        self.landed_bytes = 0
+        self.live_bytes: Optional[Callable[[], int]] = None  # the download's running count
 
-    def add(self, rel: str) -> None:
+    def add(self, rel: str, size: int = 0) -> None:
         with self._cond:
             self._have.add(rel)
+            self.landed_bytes += size
             self._cond.notify_all()
 
     def close(self) -> None:
@@ -114,6 +202,11 @@ class Held:
     def has(self, rel: str) -> bool:
         with self._cond:
             return rel in self._have
+
+    def progress(self) -> tuple[int, int]:
+        live = self.live_bytes() if self.live_bytes is not None else 0
+        with self._cond:
+            return len(self._have), self.landed_bytes + live
 
     def wait_for(self, rel: str, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
@@ -135,7 +228,7 @@ class AnnouncingManifest(Manifest):
 
     def record(self, rel: str, size: int, etag: str, local: Path) -> None:
         super().record(rel, size, etag, local)
-        self.held.add(rel)
+        self.held.add(rel, size)
 
 
 class RelayServer(threading.Thread):
@@ -144,25 +237,27 @@ class RelayServer(threading.Thread):
     Bound before the node lists the store; :meth:`offer` hands it the tree once the
     listing is known (until then, a child's requests wait, with heartbeats)."""
 
-    def __init__(self, port: int, key: bytes, expect: Iterable[int], wait: float,
-                 log: Log) -> None:
+    def __init__(self, port: int, key: bytes, protocol: str, rank: int, expect: Iterable[int],
+                 wait: float, log: Log) -> None:
         super().__init__(daemon=True, name="relay-server")
-        self.key = key
+        self.key, self.protocol, self.rank = key, protocol, rank
         self.root: Optional[Path] = None
         self.listing: Mapping[str, int] = {}
         self.held = Held()
-        self.expect = set(expect)  # children's ranks
+        self.expect = frozenset(expect)  # children's ranks
         self.wait, self.log = wait, log
         self.done: set[int] = set()
         self.connected: set[int] = set()
+        self.let_go: set[int] = set()  # children dropped for going quiet
         self.started = time.monotonic()
         self.served = 0
         self.refused = 0
         self._lock = threading.Lock()
+        self._said: set[str] = set()  # refusals already logged (a stranger may retry)
         self._all_done = threading.Event()
         self._offered = threading.Event()
-        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
-        self._flooded = False
+        self._pending: dict[socket.socket, float] = {}  # handshakes in progress: since
+        self._children: dict[int, socket.socket] = {}
         self.sock = socket.create_server(("", port), reuse_port=False, backlog=64)
         self.sock.settimeout(0.5)
         self._closing = threading.Event()
@@ -181,31 +276,34 @@ class RelayServer(threading.Thread):
                 continue
             except OSError:
                 break
-            if not self._slots.acquire(blocking=False):
-                conn.close()  # a flood: a node has 2 children, a few retries at most
-                if not self._flooded:  # one line, not one per connection
-                    self._flooded = True
-                    self._refuse(peer, f"more than {MAX_CONNECTIONS} connections at once")
-                continue
-            threading.Thread(target=self._serve_in_slot, args=(conn, peer), daemon=True,
+            with self._lock:
+                if len(self._pending) >= MAX_PENDING:
+                    # Full of handshakes nobody finishes: the oldest has had longest to
+                    # prove itself, so it goes, and a child knocking now still gets in.
+                    oldest = min(self._pending, key=self._pending.__getitem__)
+                    del self._pending[oldest]
+                    _hang_up(oldest)
+                    self._say(peer, f"more than {MAX_PENDING} handshakes at once: the oldest "
+                              "closed")
+                self._pending[conn] = time.monotonic()
+            threading.Thread(target=self._serve, args=(conn, peer), daemon=True,
                              name="relay-conn").start()
-
-    def _serve_in_slot(self, conn: socket.socket, peer: Any) -> None:
-        try:
-            self._serve(conn, peer)
-        finally:
-            self._slots.release()
 
     def finish(self, timeout: float) -> None:
         """Waits for every child to finish, then closes the port. A child that has not
         connected within CONNECT_WINDOW went to the store (or is gone): not waited for;
-        nor is anyone past ``timeout``."""
+        one that goes quiet is dropped by its connection within SILENCE; nobody is
+        waited for past ``timeout`` from now."""
+        began = time.monotonic()
         while not self._all_done.wait(0.2):
             now = time.monotonic()
             with self._lock:
-                waiting_for_strangers = not (self.expect - self.done) & self.connected
-            if now - self.started > timeout or (
-                    waiting_for_strangers and now - self.started > CONNECT_WINDOW):
+                still_taking = (self.expect - self.done) & self.connected
+            if not still_taking and now - self.started > CONNECT_WINDOW:
+                break
+            if now - began > timeout:
+                self.log.info(f"relay: stopped waiting for node(s) {sorted(still_taking)} "
+                              f"after {timeout:g} s; they take the rest from the store")
                 break
         self.close()
 
@@ -216,95 +314,123 @@ class RelayServer(threading.Thread):
         self._offered.set()  # wakes requests waiting for a tree: there is none
         with contextlib.suppress(OSError):
             self.sock.close()
+        with self._lock:
+            for conn in [*self._pending, *self._children.values()]:
+                _hang_up(conn)
         if self.is_alive():
             self.join(timeout=2)
 
+    def _say(self, peer: Any, why: str) -> None:
+        """Logs one refusal once per address and reason (the caller holds the lock)."""
+        self.refused += 1
+        said = f"relay: refused {peer[0]}: {why}"
+        if said not in self._said:
+            self._said.add(said)
+            self.log.warn(said)
+
     def _refuse(self, peer: Any, why: str) -> None:
         with self._lock:
-            self.refused += 1
-        self.log.warn(f"relay: refused {peer[0]}: {why}")
+            self._say(peer, why)
 
     def _serve(self, conn: socket.socket, peer: Any) -> None:
-        conn.settimeout(HANDSHAKE)
-        rank: Any = None
+        wire = Wire(conn)
+        rank: Optional[int] = None
         try:
-            nonce = secrets.token_hex(16)
-            conn.sendall(MAGIC + b" " + nonce.encode() + b"\n")
-            reader = conn.makefile("rb")
-            hello = _read_json(reader)
-            rank = hello.get("rank") if isinstance(hello, dict) else None
-            if not isinstance(rank, int) or isinstance(rank, bool) or \
-                    not hmac.compare_digest(str(hello.get("proof", "")),
-                                            proof(self.key, nonce, rank)):
-                rank = None
-                self._refuse(peer, "no proof of the job's key")
+            try:
+                rank = auth.accept(wire, self.key, self.protocol, self.rank, self.expect,
+                                   time.monotonic() + HANDSHAKE)
+            except auth.Refused as exc:
+                self._refuse(peer, str(exc))
                 return
-            conn.sendall(b"OK\n")
-            conn.settimeout(self.wait + 30)  # a child between requests is busy writing
+            except (OSError, ValueError) as exc:
+                with self._lock:
+                    evicted = conn not in self._pending
+                if not evicted:
+                    why = "timed out" if isinstance(exc, TimeoutError) else "broken"
+                    self._refuse(peer, f"handshake {why} (the whole of it has "
+                                 f"{HANDSHAKE:g} s)")
+                return
             with self._lock:
+                self._pending.pop(conn, None)
+                older = self._children.pop(rank, None)
+                self._children[rank] = conn
                 self.connected.add(rank)
-            while True:
-                request = _read_json(reader)
-                if request.get("done") is True:
-                    self._mark_done(rank)
-                    return
-                wanted = request.get("get")
-                if not isinstance(wanted, list) or len(wanted) > BATCH:
-                    self._refuse(peer, "a malformed request")
-                    return
-                if not self._await(conn, self._offered.wait, "(listing)") or \
-                        self._closing.is_set():
-                    return  # no tree to serve after all: the child uses the store
-                for rel in wanted:
-                    if not isinstance(rel, str) or rel not in self.listing:
-                        self._refuse(peer, f"a path outside the job's tree: {str(rel)[:80]!r}")
-                        return
-                    self._send(conn, rel)
+            if older is not None:
+                _hang_up(older)  # the same child again: its newer connection counts
+            self._requests(wire, peer, rank)
+        except TimeoutError:
+            if rank is not None:
+                with self._lock:
+                    self.let_go.add(rank)
+                self.log.info(f"relay: node {rank} neither read nor asked for {SILENCE:g} s; "
+                              "let go (it takes the rest from the store)")
         except (OSError, ValueError):
             return  # a child that went away; it falls back to the store itself
         finally:
-            with contextlib.suppress(OSError):
-                conn.close()
-            if rank is not None and rank in self.expect:
+            _hang_up(conn)
+            with self._lock:
+                self._pending.pop(conn, None)
+                if rank is not None and self._children.get(rank) is conn:
+                    del self._children[rank]
+            if rank is not None:
                 self._mark_done(rank)  # finished or gone to the store: no need to wait
 
-    def _await(self, conn: socket.socket, ready: Callable[[float], bool], what: str) -> bool:
-        """Waits up to ``self.wait`` for ``ready``, telling the child at once and then
-        every HEARTBEAT seconds that this node is alive and waiting on its own download
-        (so the child neither takes it for stuck nor judges its pace by the store's)."""
-        if ready(0):
-            return True
-        deadline = time.monotonic() + self.wait
+    def _requests(self, wire: Wire, peer: Any, rank: int) -> None:
         while True:
-            conn.sendall(json.dumps({"wait": what}).encode() + b"\n")
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return False
-            if ready(min(HEARTBEAT, left)):
-                return True
+            request = wire.json(time.monotonic() + SILENCE)  # a quiet child frees its slot
+            if request.get("done") is True:
+                return
+            wanted = request.get("get")
+            if not isinstance(wanted, list) or len(wanted) > BATCH:
+                self._refuse(peer, "a malformed request")
+                return
+            if not self._await(wire, self._offered.wait, "(listing)") or \
+                    self._closing.is_set():
+                return  # no tree to serve after all: the child uses the store
+            outside = [rel for rel in wanted if not isinstance(rel, str)
+                       or rel not in self.listing]
+            if outside:
+                self._refuse(peer, f"a path outside the job's tree: {str(outside[0])[:80]!r}")
+                return
+            for rel in wanted:
+                self._send(wire, rel)
 
-    def _send(self, conn: socket.socket, rel: str) -> None:
+    def _await(self, wire: Wire, ready: Callable[[float], bool], what: str) -> bool:
+        """Waits for ``ready``, telling the child at once and then every HEARTBEAT
+        seconds that this node is alive, what it waits for and how far its own download
+        has come (the child judges that progress, and leaves when it stops)."""
+        while not ready(0):
+            if self._closing.is_set():
+                return False
+            files, fetched = self.held.progress()
+            wire.send_json({"wait": what, "files": files, "bytes": fetched,
+                            "t": round(time.monotonic(), 3)}, SILENCE)
+            if ready(HEARTBEAT):
+                return True
+        return True
+
+    def _send(self, wire: Wire, rel: str) -> None:
         assert self.root is not None
         held = self.held
-        if not self._await(conn, lambda t: held.wait_for(rel, t) or held.closed, rel) \
+        if not self._await(wire, lambda t: held.wait_for(rel, t) or held.closed, rel) \
                 or not held.has(rel):
-            conn.sendall(json.dumps({"rel": rel, "missing": True}).encode() + b"\n")
+            wire.send_json({"rel": rel, "missing": True}, SILENCE)
             return
-        path = self.root / rel
         try:
-            fh = open(path, "rb")  # noqa: SIM115 - closed below
+            fh = open(self.root / rel, "rb")  # noqa: SIM115 - closed below
         except OSError:
-            conn.sendall(json.dumps({"rel": rel, "missing": True}).encode() + b"\n")
+            wire.send_json({"rel": rel, "missing": True}, SILENCE)
             return
         with fh:
             size = os.fstat(fh.fileno()).st_size
-            conn.sendall(json.dumps({"rel": rel, "size": size}).encode() + b"\n")
+            wire.send_json({"rel": rel, "size": size, "t": round(time.monotonic(), 3)},
+                           SILENCE)
             left = size
             while left > 0:
                 chunk = fh.read(min(CHUNK, left))
                 if not chunk:
                     raise OSError("file shrank while it was served")
-                conn.sendall(chunk)
+                wire.send(chunk, SILENCE)  # a child that stops reading is found out
                 left -= len(chunk)
         with self._lock:
             self.served += 1
@@ -316,13 +442,27 @@ class RelayServer(threading.Thread):
                 self._all_done.set()
 
 
-def open_server(port: int, key: bytes, kids: list[int], wait: float,
-                log: Log) -> Optional[RelayServer]:
+def _hang_up(conn: socket.socket) -> None:
+    """Ends a connection another thread may be blocked on (``close`` alone would not
+    wake its ``recv``)."""
+    with contextlib.suppress(OSError):
+        conn.shutdown(socket.SHUT_RDWR)
+    with contextlib.suppress(OSError):
+        conn.close()
+
+
+def open_server(peers: Peers, log: Log) -> Optional[RelayServer]:
     """This node's server for its children, listening (the tree comes later, by
-    :meth:`RelayServer.offer`); None when the port cannot open: the children then find
-    no parent, or something else that does not greet them, and use the store."""
+    :meth:`RelayServer.offer`); None when it has no children or the port cannot open:
+    the children then find no parent, or something that is not their parent, and use
+    the store."""
+    kids = children(peers.rank, len(peers.hosts))
+    if not kids:
+        return None
+    port = peers.ports[peers.rank]
     try:
-        server = RelayServer(port, key, kids, wait, log)
+        server = RelayServer(port, peers.key, peers.protocol, peers.rank, kids, peers.wait,
+                             log)
     except OSError as exc:
         log.warn(f"relay: cannot serve on port {port} ({exc.strerror}); node(s) {kids} "
                  "will fetch from the store")
@@ -333,8 +473,9 @@ def open_server(port: int, key: bytes, kids: list[int], wait: float,
 
 class Pace:
     """Is the parent slower than the store would be? Judged over windows of PACE_WINDOW
-    seconds of the parent's active time; a window restarts whenever the parent says it
-    is waiting on its own download (that wait is the store's pace, not the parent's)."""
+    seconds of the parent's active time: the clock pauses while the parent says it is
+    waiting on its own download (that wait is the store's pace, bounded by STALL), and
+    a window restarts when this node finds itself behind (its own stall)."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.clock = clock
@@ -342,6 +483,17 @@ class Pace:
 
     def restart(self) -> None:
         self.since, self.bytes, self.files = self.clock(), 0, 0
+        self.paused = 0.0
+        self.paused_at: Optional[float] = None
+
+    def pause(self) -> None:
+        if self.paused_at is None:
+            self.paused_at = self.clock()
+
+    def resume(self) -> None:
+        if self.paused_at is not None:
+            self.paused += self.clock() - self.paused_at
+            self.paused_at = None
 
     def add(self, nbytes: int, files: int = 0) -> None:
         self.bytes += nbytes
@@ -350,7 +502,9 @@ class Pace:
     def slow(self) -> bool:
         """True when the window just ended fell below both floors; each full window
         starts a new one, so a parent that slows down late is caught too."""
-        spent = self.clock() - self.since
+        now = self.clock()
+        spent = now - self.since - self.paused - \
+            (now - self.paused_at if self.paused_at is not None else 0.0)
         if spent < PACE_WINDOW:
             return False
         too_slow = self.bytes < MIN_BYTES_PER_S * spent and self.files < MIN_FILES_PER_S * spent
@@ -358,54 +512,71 @@ class Pace:
         return too_slow
 
 
-def _read_json(reader: BinaryIO) -> dict[str, Any]:
-    line = reader.readline(MAX_LINE + 1)
-    if not line or len(line) > MAX_LINE or not line.endswith(b"\n"):
-        raise ValueError("no complete request line")
-    value = json.loads(line)
-    if not isinstance(value, dict):
-        raise ValueError("not an object")
-    return value
+class ParentClock:
+    """What the parent's stamps say: whether this node reads behind them (``lagging``:
+    what arrives now was sent a while ago, so the parent is ahead of us) and whether the
+    parent's own progress has stood still for STALL seconds of its clock."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self.offset: Optional[float] = None  # the least (our clock - theirs) seen
+        self.moved: tuple[Any, Any] = (None, None)
+        self.moved_at = 0.0
+
+    def lagging(self, stamp: Any) -> bool:
+        if not isinstance(stamp, (int, float)):
+            return False
+        offset = self.clock() - stamp
+        if self.offset is None or offset < self.offset:
+            self.offset = offset
+        return offset - self.offset > LAG
+
+    def start_wait(self) -> None:
+        self.moved = (None, None)
+
+    def stalled(self, heartbeat: Mapping[str, Any]) -> bool:
+        now, stamp = (heartbeat.get("files"), heartbeat.get("bytes")), heartbeat.get("t")
+        if not isinstance(stamp, (int, float)):
+            return False
+        if now != self.moved:
+            self.moved, self.moved_at = now, stamp
+            return False
+        return stamp - self.moved_at > STALL
 
 
-def pull(address: str, port: int, key: bytes, rank: int, objects: list[RemoteObject],
-         part_sizes: Mapping[str, int], root: Path, manifest: Manifest, patience: float,
-         log: Log) -> list[RemoteObject]:
-    """Fetches ``objects`` from the parent at ``address``, verifying each against the
-    listing (plain MD5, or multipart with its part size in ``part_sizes``); returns those
-    that must come from the store instead. ``patience`` is how long the parent may wait
-    for one file (the job's peer wait: the parent's own bound)."""
+def pull(peers: Peers, objects: list[RemoteObject], part_sizes: Mapping[str, int], root: Path,
+         manifest: Manifest, log: Log, server: Optional[int] = None) -> list[RemoteObject]:
+    """Fetches ``objects`` from this node's parent (or node ``server``), verifying each
+    against the listing (plain MD5, or multipart with its part size in ``part_sizes``);
+    returns those that must come from the store instead."""
+    up = parent(peers.rank) if server is None else server
+    assert up is not None
+    address, port = peers.hosts[up], peers.ports[up]
     conn = _connect(address, port, log)
     if conn is None:
         return list(objects)
     failed: list[RemoteObject] = []
+    wire = Wire(conn)
     try:
-        reader = conn.makefile("rb")
-        greeting = reader.readline(200).split()
-        if len(greeting) != 2 or greeting[0] != MAGIC:
-            raise ValueError("not a bootstrap relay")
-        nonce = greeting[1].decode()
-        conn.sendall(json.dumps({"rank": rank, "proof": proof(key, nonce, rank)}).encode()
-                     + b"\n")
-        if reader.readline(10) != b"OK\n":
-            raise ValueError("the parent refused our proof")
-        conn.settimeout(SILENCE)
-        failed = _receive(conn, reader, list(objects), part_sizes, root, manifest,
-                          patience + HEARTBEAT)
-        conn.sendall(b'{"done": true}\n')
-    except (_Mismatch, _Slow, OSError, ValueError) as exc:
+        auth.connect(wire, peers.key, peers.protocol, peers.rank, up,
+                     time.monotonic() + HANDSHAKE)
+        failed = _receive(wire, list(objects), part_sizes, root, manifest)
+        wire.send(b'{"done":true}\n', SILENCE)
+    except (_Mismatch, _Slow, _Stalled, auth.Refused, OSError, ValueError) as exc:
         if isinstance(exc, _Mismatch):
             # A parent that sent one wrong byte is not asked for another.
             log.warn(f"relay: {exc.obj.rel} from the parent {address} does not match the "
                      f"store's listing ({exc}); this node fetches the rest from the store")
+        elif isinstance(exc, auth.Refused):
+            log.warn(f"relay: {address}:{port} is not this node's parent (node {up}): {exc}; "
+                     "all from the store")
         else:
             log.info(f"relay: parent {address} failed ({exc or type(exc).__name__}); the "
                      "rest from the store")
         failed = [o for o in objects
                   if not manifest.unchanged(o.rel, o.size, o.etag, root / o.rel)]
     finally:
-        with contextlib.suppress(OSError):
-            conn.close()
+        _hang_up(conn)
     return failed
 
 
@@ -416,9 +587,7 @@ def _connect(address: str, port: int, log: Log) -> Optional[socket.socket]:
     pause = 0.1
     while True:
         try:
-            conn = socket.create_connection((address, port), timeout=HANDSHAKE)
-            conn.settimeout(HANDSHAKE)  # a port held by something that never greets us
-            return conn
+            return socket.create_connection((address, port), timeout=HANDSHAKE)
         except OSError as exc:
             if time.monotonic() + pause > deadline:
                 log.info(f"relay: parent {address}:{port} unreachable ({exc}); all from "
@@ -428,29 +597,37 @@ def _connect(address: str, port: int, log: Log) -> Optional[socket.socket]:
             pause = min(pause * 2, 1.0)
 
 
-def _receive(conn: socket.socket, reader: io.BufferedReader, pending: list[RemoteObject],
-             part_sizes: Mapping[str, int], root: Path, manifest: Manifest,
-             patience: float) -> list[RemoteObject]:
+def _receive(wire: Wire, pending: list[RemoteObject], part_sizes: Mapping[str, int],
+             root: Path, manifest: Manifest) -> list[RemoteObject]:
     """Asks for ``pending`` in batches and keeps each file that verifies; returns the
-    ones the parent said it does not have. Raises on anything else, and when the parent
-    says it is waiting for one file longer than ``patience`` (its own bound)."""
+    ones the parent said it does not have. Raises on anything else, and when a bound
+    of the module's contract is crossed."""
     from .download import TMP_SUFFIX
     from .paths import SafeDirs
 
     dirs = SafeDirs(root)
-    pace = Pace()
+    pace, theirs = Pace(), ParentClock()
     failed: list[RemoteObject] = []
+
+    def next_line() -> dict[str, Any]:
+        line = wire.json(time.monotonic() + SILENCE)
+        if theirs.lagging(line.get("t")):
+            pace.restart()  # we read late what was sent long ago: our stall, not theirs
+        return line
+
     while pending:
         batch, pending = pending[:BATCH], pending[BATCH:]
-        conn.sendall(json.dumps({"get": [o.rel for o in batch]}).encode() + b"\n")
+        wire.send_json({"get": [o.rel for o in batch]}, SILENCE)
         for obj in batch:
-            header = _read_json(reader)
-            waiting_since = time.monotonic()
-            while "wait" in header:  # alive, waiting on its own download
-                if time.monotonic() - waiting_since > patience:
-                    raise ValueError(f"the parent kept waiting for {obj.rel} over {patience:g} s")
-                pace.restart()
-                header = _read_json(reader)
+            header = next_line()
+            if "wait" in header:  # alive, waiting on its own download: judged by progress
+                pace.pause()
+                theirs.start_wait()
+                while "wait" in header:
+                    if theirs.stalled(header):
+                        raise _Stalled(str(header.get("wait"))[:80])
+                    header = next_line()
+                pace.resume()
             if header.get("rel") != obj.rel:
                 raise ValueError("answers out of order")
             if header.get("missing"):
@@ -466,9 +643,7 @@ def _receive(conn: socket.socket, reader: io.BufferedReader, pending: list[Remot
                 with open(tmp, "wb") as out:
                     left = obj.size
                     while left > 0:
-                        chunk = reader.read1(min(CHUNK, left))  # what has come: paced as it comes
-                        if not chunk:
-                            raise OSError("the parent closed mid-file")
+                        chunk = wire.chunk(min(CHUNK, left), time.monotonic() + SILENCE)
                         check.update(chunk)
                         out.write(chunk)
                         left -= len(chunk)
@@ -534,6 +709,12 @@ class _Slow(Exception):
     def __str__(self) -> str:
         return (f"slower than {MIN_BYTES_PER_S >> 20} MiB/s and {MIN_FILES_PER_S:g} files/s "
                 f"over {PACE_WINDOW:g} s")
+
+
+class _Stalled(Exception):
+    def __init__(self, what: str) -> None:
+        super().__init__(f"its own download made no progress for {STALL:g} s while it "
+                         f"waited for {what}")
 
 
 class _Mismatch(Exception):

@@ -53,8 +53,7 @@ from .manifest import Manifest
 if TYPE_CHECKING:
     from ..config.settings import Staging, Transfer
     from ..log import Log
-    from .fetch import Peers
-    from .relay import RelayServer
+    from .relay import Peers, RelayServer
 
 STATE = ".bootstrap-stage"  # beside the staged data, in BOOTSTRAP_DATA_DIR
 GB = 1000**3

@@ -9,34 +9,39 @@ from typing import Optional
 
 import pytest
 
-from bootstrap import job
+from bootstrap.cluster import auth
 from bootstrap.config.settings import PEER_FETCH_NODES, load
+from bootstrap.errors import ConfigError
 from bootstrap.log import Log, Redactor
 from bootstrap.transfer import location, relay
-from bootstrap.transfer.fetch import Peers
+from bootstrap.transfer.relay import Peers
 
 KEYS = {"AWS_ACCESS_KEY_ID": "AKEXAMPLE", "AWS_SECRET_ACCESS_KEY": "s3cr3t-example",
         "AWS_ENDPOINT_URL": "http://127.0.0.1:9", "MA_JOB_ID": "job-7"}
 
 
 def peers_for(tmp_path: Path, nodes: int, url: str = "s3://bucket/code/",
-              **env: str) -> tuple[Optional[Peers], str]:
+              protocol: str = "relay-code", **env: str) -> tuple[Optional[Peers], str]:
     hosts = {f"BATCH_CUSTOM{j}_HOSTS": f"node-{j}:29500" for j in range(nodes)}
     full = {"BOOTSTRAP_VOLCANO_DIR": "/nonexistent-volcano", "BOOTSTRAP_HOME": str(tmp_path),
             "DLS_TASK_INDEX": str(min(1, nodes - 1)), "DLS_TASK_NUMBER": str(nodes), **hosts,
             **KEYS, **env}
     said = io.StringIO()
     settings = load(full)
-    found = job._peers_for_fetch(settings, location.parse(url), Log(Redactor(full), stream=said))
+    found = relay.plan(settings, location.parse(url), protocol, Log(Redactor(full), stream=said))
     return found, said.getvalue()
 
 
 def test_auto_starts_at_the_documented_size(tmp_path: Path) -> None:
     assert peers_for(tmp_path, PEER_FETCH_NODES - 1)[0] is None
     found, _ = peers_for(tmp_path, PEER_FETCH_NODES)
-    assert found is not None and found.rank == 1 and found.port == 29611
+    assert found is not None and found.rank == 1
+    assert found.ports == tuple(29611 + 2 * r for r in range(PEER_FETCH_NODES))
     assert found.hosts == tuple(f"node-{j}" for j in range(PEER_FETCH_NODES))
-    assert found.key == relay.job_key("s3cr3t-example", "job-7")
+    assert found.key == auth.derive("s3cr3t-example", "job-7", "relay-code")
+    data, _ = peers_for(tmp_path, PEER_FETCH_NODES, protocol="relay-data")
+    assert data is not None and data.ports == tuple(p + 1 for p in found.ports)
+    assert data.key == auth.derive("s3cr3t-example", "job-7", "relay-data") != found.key
 
 
 def test_on_and_off_override_the_size(tmp_path: Path) -> None:
@@ -54,13 +59,14 @@ def test_short_lived_tokens_switch_it_off_and_say_why(tmp_path: Path) -> None:
 
 
 def test_the_engines_port_is_never_taken(tmp_path: Path) -> None:
-    found, said = peers_for(tmp_path, 16, BOOTSTRAP_RELAY_PORT="29500")
-    assert found is None and "MASTER_PORT" in said
+    # Under auto the relay steps aside with one line; asked for, it is a usage error.
+    found, said = peers_for(tmp_path, 16, BOOTSTRAP_RELAY_PORT="29490")
+    assert found is None and "relay: off" in said and "port 29500 (node 5's)" in said
+    with pytest.raises(ConfigError, match="MASTER_PORT; choose another base"):
+        peers_for(tmp_path, 16, BOOTSTRAP_RELAY_PORT="29500", BOOTSTRAP_PEER_FETCH="on")
 
 
 @pytest.mark.parametrize("value", ["yes", "2"])
 def test_a_bad_switch_is_a_usage_error(tmp_path: Path, value: str) -> None:
-    from bootstrap.errors import ConfigError
-
     with pytest.raises(ConfigError, match="BOOTSTRAP_PEER_FETCH"):
         peers_for(tmp_path, 16, BOOTSTRAP_PEER_FETCH=value)

@@ -29,16 +29,6 @@ def _ancestors(rank: int) -> Iterator[int]:
         rank = up
 
 
-def test_the_proof_binds_the_secret_the_job_the_nonce_and_the_rank() -> None:
-    key = relay.job_key("secret", "job-1")
-    good = relay.proof(key, "n1", 3)
-    assert good == relay.proof(relay.job_key("secret", "job-1"), "n1", 3)
-    assert good != relay.proof(relay.job_key("other", "job-1"), "n1", 3)  # no key, no entry
-    assert good != relay.proof(relay.job_key("secret", "job-2"), "n1", 3)  # another job
-    assert good != relay.proof(key, "n2", 3)  # a replay under a fresh nonce fails
-    assert good != relay.proof(key, "n1", 4)
-
-
 def test_held_files_wake_their_waiters_and_close_ends_the_wait() -> None:
     held = relay.Held()
     threading.Timer(0.1, held.add, args=("a.py",)).start()
@@ -79,10 +69,62 @@ def test_a_parent_waiting_on_its_own_download_is_not_judged_for_it() -> None:
     clock = Clock()
     pace = relay.Pace(clock)
     for _ in range(10):
-        clock.now += relay.PACE_WINDOW * 0.6
-        pace.restart()  # a "wait" line: the store's pace, not the parent's
+        pace.pause()  # a "wait" line: the store's pace, not the parent's
+        clock.now += relay.PACE_WINDOW * 3
+        pace.resume()
+        clock.now += relay.PACE_WINDOW * 0.05
         pace.add(10, files=1)
         assert not pace.slow()
+    clock.now += relay.PACE_WINDOW  # but active time adds up across the waits
+    assert pace.slow()
+
+
+def test_a_child_behind_the_parents_stamps_knows_its_own_stall() -> None:
+    clock = Clock()
+    theirs = relay.ParentClock(clock)
+    clock.now = 100.0
+    assert not theirs.lagging(5000.0)  # the first stamp fixes the offset
+    clock.now = 102.0
+    assert not theirs.lagging(5002.0)  # read as soon as sent
+    clock.now = 120.0  # stopped for 18 s: what was sent at 5003 is read only now
+    assert theirs.lagging(5003.0)
+    assert not theirs.lagging(5020.0)
+    assert not theirs.lagging("never a number")
+
+
+def test_a_wait_is_left_when_the_parents_progress_stands_still_by_its_clock() -> None:
+    theirs = relay.ParentClock()
+    theirs.start_wait()
+
+    def beat(t: float, files: int, nbytes: int) -> bool:
+        return theirs.stalled({"wait": "x", "files": files, "bytes": nbytes, "t": t})
+
+    assert not beat(0, 3, 100)
+    assert not beat(relay.STALL, 3, 100)  # exactly STALL: not yet
+    assert not beat(relay.STALL + 1, 3, 200)  # bytes moved (a range landed): patience renews
+    assert not beat(2 * relay.STALL, 3, 200)
+    assert beat(2 * relay.STALL + 1.5, 3, 200)
+    theirs.start_wait()  # each wait is judged on its own
+    assert not beat(1000, 3, 200)
+
+
+def test_relay_ports_stay_clear_of_the_jobs_other_ports() -> None:
+    from bootstrap.config.platform import Cluster, Member
+
+    four = Cluster(nodes=tuple(Member(i, "host-a" if i < 2 else "host-b", 6000 + i)
+                               for i in range(4)), rank=1, source="old", job_id="j")
+    wide = (32768, 60999)
+    assert relay.port_conflict(29611, four, wide) is None
+    assert [relay.port_of(29611, r, p) for r in range(2) for p in relay.PROTOCOLS] == \
+        [29611, 29612, 29613, 29614]  # one pair a node: nodes on one host never share
+    said = relay.port_conflict(5995, four, wide)
+    assert said is not None and "port 6000 (node 2's)" in said and "MASTER_PORT" in said
+    said = relay.port_conflict(6001, four, wide)
+    assert said is not None and "node 1's port in the job's host list" in said
+    said = relay.port_conflict(32765, four, wide)
+    assert said is not None and "ephemeral range" in said
+    said = relay.port_conflict(65530, four, wide)
+    assert said is not None and "past 65535" in said
 
 
 def _multipart(parts: list[bytes]) -> RemoteObject:

@@ -1,0 +1,79 @@
+"""A TCP connection read as JSON lines and byte runs, every read bounded by a deadline.
+
+A socket timeout bounds one ``recv``, so a peer that sends one byte every few seconds
+keeps a plain ``readline`` alive for ever (measured: a stranger holding the relay's
+slots far past its 5 s handshake). Here each read names the moment it must be done by,
+and each ``recv`` gets only what is left of it.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from typing import Any
+
+MAX_LINE = 64 * 1024
+
+
+class Wire:
+    """``sock`` with a read buffer; lines are capped at ``MAX_LINE`` bytes."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self._buf = bytearray()
+
+    def _fill(self, deadline: float, most: int = 1 << 16) -> None:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("timed out")
+        self.sock.settimeout(left)
+        data = self.sock.recv(most)
+        if not data:
+            raise ConnectionError("the connection was closed")
+        self._buf += data
+
+    def line(self, deadline: float, limit: int = MAX_LINE) -> bytes:
+        """The next line (without its newline), complete by ``deadline``."""
+        while True:
+            end = self._buf.find(b"\n")
+            if end >= 0:
+                if end > limit:
+                    raise ValueError(f"a line over {limit} bytes")
+                line = bytes(self._buf[:end])
+                del self._buf[:end + 1]
+                return line
+            if len(self._buf) > limit:
+                raise ValueError(f"a line over {limit} bytes")
+            self._fill(deadline)
+
+    def json(self, deadline: float, limit: int = MAX_LINE) -> dict[str, Any]:
+        """The next line as a JSON object."""
+        value = json.loads(self.line(deadline, limit))
+        if not isinstance(value, dict):
+            raise ValueError("not a JSON object")
+        return value
+
+    def chunk(self, most: int, deadline: float) -> bytes:
+        """Up to ``most`` bytes: what is buffered, else what one ``recv`` brings."""
+        if not self._buf:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("timed out")
+            self.sock.settimeout(left)
+            data = self.sock.recv(most)
+            if not data:
+                raise ConnectionError("the connection was closed")
+            return data
+        data = bytes(self._buf[:most])
+        del self._buf[:most]
+        return data
+
+    def send(self, data: bytes, timeout: float) -> None:
+        """All of ``data`` within ``timeout`` seconds (Python bounds the whole
+        ``sendall``, not each ``send``): a peer that stops reading is found out."""
+        self.sock.settimeout(timeout)
+        self.sock.sendall(data)
+
+    def send_json(self, value: dict[str, Any], timeout: float) -> None:
+        self.send(json.dumps(value, separators=(",", ":")).encode() + b"\n", timeout)

@@ -1,0 +1,122 @@
+"""The multi-node lab: a job's nodes started through run_train.sh on network-namespace
+hosts (tests/netns.py), one S3 server beside them, and the job contracts that describe
+them. Shared by the multi-node, relay and bench modules (the ``lab`` fixture itself is
+conftest.py's)."""
+
+from __future__ import annotations
+
+import itertools
+import random
+import subprocess
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from devtools.s3server import S3Server
+from tests.conftest import RUN_TRAIN, base_env
+from tests.netns import Hosts
+
+ALLREDUCE = r'''
+import os, socket, sys, time
+import torch
+import torch.distributed as dist
+dist.init_process_group("gloo")  # env:// : MASTER_ADDR, MASTER_PORT, WORLD_SIZE, RANK
+t = torch.tensor([float(dist.get_rank() + 1)])
+dist.all_reduce(t)
+n = dist.get_world_size()
+assert t.item() == n * (n + 1) / 2, (t.item(), n)
+print(f"OK rank={dist.get_rank()} world={n} host={socket.gethostname()} ts={time.time():.3f}",
+      flush=True)
+dist.barrier()  # leave together: rank 0 hosts the store the others tear down against
+dist.destroy_process_group()
+'''
+
+
+@dataclass
+class Lab:
+    hosts: Hosts
+    s3: S3Server
+    url: str
+
+
+@dataclass
+class NodeResult:
+    rank: int
+    code: int
+    out: str
+    err: str
+    home: Path
+
+
+def old_contract(lab: Lab, n: int, port: int) -> Callable[[int], dict[str, str]]:
+    hosts = {f"BATCH_CUSTOM{j}_HOSTS": f"{lab.hosts.name(j)}:{port}" for j in range(n)}
+    return lambda i: {"DLS_TASK_INDEX": str(i), "DLS_TASK_NUMBER": str(n), **hosts}
+
+
+def shared_contract(lab: Lab, n: int, port: int,
+                    where: Callable[[int], int]) -> Callable[[int], dict[str, str]]:
+    """The old contract for nodes that share hosts (the host-network pools): node j is
+    on host ``where(j)`` and has its own port, ``port + j``."""
+    hosts = {f"BATCH_CUSTOM{j}_HOSTS": f"{lab.hosts.name(where(j))}:{port + j}"
+             for j in range(n)}
+    return lambda i: {"DLS_TASK_INDEX": str(i), "DLS_TASK_NUMBER": str(n), **hosts}
+
+
+def new_contract(lab: Lab, n: int, port: int) -> Callable[[int], dict[str, str]]:
+    names = ",".join(lab.hosts.name(j) for j in range(n))
+    return lambda i: {"VC_TASK_INDEX": str(i), "MA_NUM_HOSTS": str(n),
+                      "VC_WORKER_HOSTS": names, "BOOTSTRAP_MASTER_PORT": str(port)}
+
+
+def run_job(lab: Lab, tmp: Path, n: int, argv: list[str],
+            contract: Callable[[int], dict[str, str]], extra: Mapping[str, str] = {},
+            timeout: float = 240, during: Callable[[], None] | None = None,
+            before: Callable[[], None] | None = None,
+            only: Sequence[int] | None = None,
+            where: Callable[[int], int] | None = None) -> list[NodeResult]:
+    """Starts nodes 0..n-1 of a job (or the ranks in ``only``: the others are absent, or
+    played by the test) and waits for them; ``before`` runs once the hosts files are
+    written and before any node starts, ``during`` right after they start. Node i runs
+    on host ``where(i)`` (default: host i)."""
+    for i in range(lab.hosts.n):
+        if lab.hosts.real:
+            lab.hosts.write_hosts(i, range(lab.hosts.n))
+    if before is not None:
+        before()
+    procs = []
+    homes = []
+    ranks = list(range(n)) if only is None else list(only)
+    for i in ranks:
+        home = tmp / f"node{i}"
+        home.mkdir(parents=True, exist_ok=True)
+        homes.append(home)
+        env = base_env(home, {**lab.s3.env(), "DLS_APP_URL": lab.url,
+                              "BOOTSTRAP_VOLCANO_DIR": str(tmp / "no-volcano"),
+                              **contract(i), **extra})
+        host = where(i) if where is not None else i
+        procs.append(lab.hosts.spawn(host, ["bash", str(RUN_TRAIN), *argv], env))
+    if during is not None:
+        during()
+    results = []
+    deadline = time.monotonic() + timeout
+    for i, proc in zip(ranks, procs, strict=True):
+        try:
+            out, err = proc.communicate(timeout=max(deadline - time.monotonic(), 1))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+            err += "\n[test: killed after timeout]"
+        results.append(NodeResult(i, proc.returncode, out, err, homes[ranks.index(i)]))
+    return results
+
+
+def port() -> int:
+    """The first of a block of PORT_BLOCK ports that no other caller in this run gets
+    (the master's and the relay's can never collide), below the ephemeral range (where
+    the relay refuses to listen and the kernel's outgoing connections take ports)."""
+    return next(_PORTS)
+
+
+PORT_BLOCK = 64
+_PORTS = itertools.count(random.randrange(20000, 24000, PORT_BLOCK), PORT_BLOCK)
