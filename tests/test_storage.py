@@ -129,29 +129,51 @@ def tls(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     ssl_cmd("x509", "-req", "-in", "srv.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
             "-CAcreateserial", "-out", "srv.pem", "-days", "2", "-extfile", "ext.cnf")
     (d / "server.pem").write_text((d / "srv.pem").read_text() + (d / "srv.key").read_text())
-    return {"ca": d / "ca.pem", "server": d / "server.pem"}
+    # What people make for a private gateway: one self-signed certificate, CA:TRUE by
+    # openssl's defaults, that is both the server's and the bundle's.
+    ssl_cmd("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "self.key", "-out",
+            "self.pem", "-days", "2", "-subj", f"/CN={DOMAIN}", "-addext",
+            f"subjectAltName=DNS:{DOMAIN},DNS:*.{DOMAIN}")
+    (d / "self-server.pem").write_text((d / "self.pem").read_text()
+                                       + (d / "self.key").read_text())
+    return {"ca": d / "ca.pem", "server": d / "server.pem", "self": d / "self.pem",
+            "self-server": d / "self-server.pem"}
 
 
 @needs_hosts
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl")
-@pytest.mark.parametrize("case", ["untrusted", "ca-bundle", "verify-off"])
+@pytest.mark.parametrize("case", ["untrusted", "ca-bundle", "verify-off", "self-signed",
+                                  "self-signed-native"])
 def test_tls_trust(case: str, tls: dict[str, Path], hosts: Path, home: Path) -> None:
     objects = {"code/train.py": b"print('tls ok')\n"}
-    with RecordingS3(BUCKET, objects, certfile=str(tls["server"])) as rec:
+    own = case.startswith("self-signed")
+    with RecordingS3(BUCKET, objects, certfile=str(tls["self-server" if own else "server"])) as rec:
         env = wire_env(home, f"https://{DOMAIN}:{rec.port}", SSL_CERT_FILE="")
         if case == "ca-bundle":
             env["AWS_CA_BUNDLE"] = str(tls["ca"])
         elif case == "verify-off":
             env["S3_VERIFY_SSL"] = "0"
+        elif own:
+            env["AWS_CA_BUNDLE"] = str(tls["self"])
+            if case == "self-signed-native":  # the control: the native core, forced
+                env["BOOTSTRAP_S3_BACKEND"] = "native"
         r = run_with_hosts(hosts, ["python", "train.py"], env)
-    if case == "untrusted":
+    fallback = "storage: boto3 engine for"
+    if case in ("untrusted", "self-signed-native"):
         assert r.returncode == 127, r.stderr
-        assert_one_error_line(r.stderr, "certificate", "not trusted", "AWS_CA_BUNDLE",
-                              "S3_VERIFY_SSL=0")
+        assert_one_error_line(r.stderr, "certificate")
+        if case == "untrusted":
+            assert_one_error_line(r.stderr, "certificate", "not trusted", "AWS_CA_BUNDLE",
+                                  "S3_VERIFY_SSL=0")
         assert "free space" not in r.stderr
     else:
         assert r.returncode == 0, r.stderr
         assert r.stdout.strip() == "tls ok"
+    if case == "self-signed":  # verified all the same, by boto3, with one line saying why
+        assert fallback in r.stderr and "self-signed" in r.stderr, r.stderr
+        assert "via boto3" in r.stderr
+    elif case == "ca-bundle":  # a CA and the leaf it signed: the native core takes it
+        assert fallback not in r.stderr and "via native" in r.stderr, r.stderr
 
 
 # --------------------------------------------------------------------------- rclone

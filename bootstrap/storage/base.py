@@ -22,12 +22,13 @@ into reused buffers on threads).
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Optional, Protocol
 
 from ..config.storage import Credentials
 
 if TYPE_CHECKING:
     from ..config.settings import Transfer
+    from ..log import Log
 
 
 class Store(Protocol):
@@ -71,13 +72,15 @@ def credentials(transfer: Transfer) -> Credentials:
     return Credentials(frozen.access_key, frozen.secret_key, frozen.token)
 
 
-def open_store(transfer: Transfer, creds: Credentials, bucket: str) -> Store:
+def open_store(transfer: Transfer, creds: Credentials, bucket: str,
+               log: Optional[Log] = None) -> Store:
     """The store for ``bucket`` on the backend BOOTSTRAP_S3_BACKEND picks (``auto``:
-    native when obstore imports)."""
+    native when obstore imports, unless the endpoint's certificate is one the native
+    core cannot verify: see :mod:`.tls`; ``log`` hears that reason)."""
     backend = transfer.backend
     if backend in ("auto", "native"):
         try:
-            from .native import NativeStore
+            from .native import NativeStore, endpoint_url
         except ImportError:
             if backend == "native":
                 from ..errors import ConfigError
@@ -86,7 +89,17 @@ def open_store(transfer: Transfer, creds: Credentials, bucket: str) -> Store:
                                   "for this Python; pip install obstore (Python >= 3.11), "
                                   "or unset it for the boto3 fallback") from None
         else:
-            return NativeStore(transfer.endpoint, creds, bucket, transfer)
+            endpoint = transfer.endpoint
+            why = None
+            if endpoint.verify and endpoint.ca_bundle and backend == "auto":
+                from .tls import own_certificate_in_bundle
+
+                why = own_certificate_in_bundle(endpoint_url(endpoint, bucket),
+                                                endpoint.ca_bundle, transfer.connect_timeout)
+            if why is None:
+                return NativeStore(endpoint, creds, bucket, transfer)
+            if log is not None:
+                log.info(f"storage: boto3 engine for {endpoint.where}: {why}")
     from .boto import BotoStore
 
     return BotoStore(transfer.endpoint, creds, bucket, transfer)

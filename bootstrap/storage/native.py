@@ -77,7 +77,7 @@ def translate(exc: BaseException, operation: str) -> StorageError:
                         if head else type(exc).__name__)
 
 
-def _endpoint_for(endpoint: Endpoint, bucket: str) -> str:
+def endpoint_url(endpoint: Endpoint, bucket: str) -> str:
     """object_store's endpoint: with virtual-hosted addressing the bucket is part of
     the host (``https://bucket.obs.region.myhuaweicloud.com``)."""
     url = endpoint.effective_url
@@ -97,7 +97,7 @@ class NativeStore:
         self._signed: Optional[SignedClient] = None  # made on the first delete
         self._signed_args = (endpoint, creds, settings.connect_timeout, settings.read_timeout)
         self._ranges = True  # False once the server answered a range with the whole object
-        url = _endpoint_for(endpoint, bucket)
+        url = endpoint_url(endpoint, bucket)
         client: dict[str, Any] = {
             "allow_http": urlsplit(url).scheme == "http",
             "connect_timeout": f"{settings.connect_timeout}s",

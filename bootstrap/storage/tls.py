@@ -1,0 +1,51 @@
+"""The one TLS layout the native core cannot verify, found before it is tried.
+
+People who run a private MinIO or OBS gateway often make its certificate with
+``openssl req -x509 ...`` and point ``AWS_CA_BUNDLE`` at it: a self-signed leaf, marked
+``CA:TRUE`` by openssl's defaults. OpenSSL (boto3, the signed listing client) accepts a
+trust anchor presented as the server's own certificate; rustls (obstore) refuses a CA
+used as an end entity, so the native engine failed such a job with exit 127 where boto3
+would have worked. Verification is never relaxed for it: that endpoint gets the boto3
+engine, which checks the same certificate against the same bundle.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from pathlib import Path
+from typing import Optional
+from urllib.parse import urlsplit
+
+_PEM = re.compile(r"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.S)
+
+
+@functools.lru_cache(maxsize=8)
+def own_certificate_in_bundle(url: str, ca_bundle: str, timeout: float) -> Optional[str]:
+    """Why the native core would refuse ``url`` under ``ca_bundle`` (the server presents,
+    as its own certificate, one of the bundle's: a self-signed leaf), or None. A server
+    that cannot be reached or is not trusted at all gives None here: the transfer itself
+    says what is wrong, as before."""
+    import socket
+    import ssl
+
+    parts = urlsplit(url)
+    if parts.scheme != "https" or not parts.hostname:
+        return None
+    try:
+        anchors = {ssl.PEM_cert_to_DER_cert(block)
+                   for block in _PEM.findall(Path(ca_bundle).read_text())}
+    except (OSError, ValueError):
+        return None
+    context = ssl.create_default_context(cafile=ca_bundle)
+    try:
+        with socket.create_connection((parts.hostname, parts.port or 443), timeout) as raw, \
+                context.wrap_socket(raw, server_hostname=parts.hostname) as tls:
+            leaf = tls.getpeercert(binary_form=True)
+    except (OSError, ssl.SSLError, ValueError):
+        return None
+    if leaf not in anchors:
+        return None
+    return (f"the server's own certificate is one of AWS_CA_BUNDLE's ({ca_bundle}: a "
+            "self-signed certificate), which the native core (rustls) refuses as an end "
+            "entity; the boto3 engine verifies it against the same bundle")
