@@ -36,16 +36,21 @@ from urllib.parse import urlsplit
 from devtools.httpserve import LocalServer, relay, send
 
 ALL_FAULTS = ("slowdown", "error500", "reset", "midreset", "truncate", "latency", "stall")
+# Not among ALL_FAULTS: "flip" (one byte of a 2xx body changed, its length kept), which
+# only a checksum catches; tests ask for it by name.
 
 
 class FaultProxy(LocalServer):
     def __init__(self, upstream: str, rate: float = 0.0, seed: int = 0,
                  kinds: Sequence[str] = ALL_FAULTS, only: str = "", latency: float = 1.0,
-                 stall: float = 30.0, ip: str = "127.0.0.1") -> None:
+                 stall: float = 30.0, ip: str = "127.0.0.1", limit: int = 0,
+                 method: str = "") -> None:
         parts = urlsplit(upstream)
         self.up_host, self.up_port = parts.hostname or "127.0.0.1", parts.port or 80
         self.rate, self.kinds, self.only = rate, tuple(kinds), only
         self.latency, self.stall = latency, stall
+        self.limit = limit  # at most this many faults in all (0: no limit)
+        self.method = method  # only requests of this method draw a fault ("": any)
         self.rng = random.Random(seed)
         self.lock = threading.Lock()
         self.injected: Counter[str] = Counter()
@@ -67,7 +72,8 @@ class FaultProxy(LocalServer):
                         and "?uploads" not in self.path:
                     with owner.lock:
                         owner.object_gets[self.path.split("?")[0]] += 1
-                fault = owner.draw(self.path)
+                fault = owner.draw(self.path) \
+                    if not owner.method or self.command == owner.method else None
                 if fault == "reset":
                     self._reset()
                     return
@@ -89,6 +95,9 @@ class FaultProxy(LocalServer):
                     status, headers, data = relay(self, conn, body)
                 finally:
                     conn.close()
+                if fault == "flip" and data and 200 <= status < 300:
+                    middle = len(data) // 2  # one byte flipped, the length kept: only a sum sees it
+                    data = data[:middle] + bytes([data[middle] ^ 0x5A]) + data[middle + 1:]
                 if fault in ("midreset", "truncate") and len(data) > 1:
                     send(self, status, data[: len(data) // 2], headers, declared_length=len(data))
                     self.wfile.flush()
@@ -116,6 +125,8 @@ class FaultProxy(LocalServer):
             if self.only and self.only not in path:
                 return None
             if self.rng.random() >= self.rate:
+                return None
+            if self.limit and sum(self.injected.values()) >= self.limit:
                 return None
             fault = self.rng.choice(self.kinds)
             self.injected[fault] += 1

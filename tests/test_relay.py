@@ -32,7 +32,7 @@ FILES = {f"src/mod{i:03d}.py": random.Random(i).randbytes(random.Random(i).randi
 
 
 # Multipart objects: equal 5 MiB parts and a tail (checkable against the ETag with part
-# 1's length), and uneven parts (not checkable: each node takes it from the store).
+# 1's length), and uneven parts (checkable too: each part's length asked of the store).
 MULTIPART = {"weights.bin": [random.Random(1).randbytes(5 << 20), b"w" * 1000],
              "uneven.bin": [random.Random(2).randbytes(5 << 20),
                             random.Random(3).randbytes(6 << 20)]}
@@ -92,14 +92,13 @@ def test_four_nodes_fetch_one_copy_from_the_store(lab: Lab, tree: str,
         assert digest(r.home / "user-job-dir" / "peer") == WANT, r.rank
     gets = proxy.object_gets
     # One copy of everything the listing can check, the multipart weights included.
-    once = {k: v for k, v in gets.items() if not k.endswith("uneven.bin")}
-    assert len(once) == len(FILES) + 1 and set(once.values()) == {1}, gets
-    assert gets["/mn-code/peer/uneven.bin"] == 4  # not checkable: every node's own copy
+    # One copy of everything: each object's sum is known, the multipart ones included.
+    assert len(gets) == len(ALL) and set(gets.values()) == {1}, gets
     for r in results[1:]:
         fetched = stage(r.err, "fetch")
-        assert fetched["peer_files"] == len(FILES) + 1 and fetched["files"] == 1, fetched
+        assert fetched["peer_files"] == len(ALL) and fetched["files"] == 0, fetched
     served = [next(x["served"] for x in log_records(r.err) if "served" in x) for r in results]
-    assert served == [2 * (len(FILES) + 1), len(FILES) + 1, 0, 0]  # 0 fed 1 and 2; 1 fed 3
+    assert served == [2 * len(ALL), len(ALL), 0, 0]  # 0 fed 1 and 2; 1 fed 3
 
 
 LAYOUTS: dict[str, Callable[[int], int]] = {
@@ -135,11 +134,11 @@ def test_nodes_sharing_a_host_each_serve_their_own_children(lab: Lab, tree: str,
     gets = proxy.object_gets
     for prefix in ("peer", "peerdata"):  # one copy of each tree, code and data alike
         once = {k: v for k, v in gets.items()
-                if k.startswith(f"/mn-code/{prefix}/") and not k.endswith("uneven.bin")}
-        assert len(once) == len(FILES) + 1 and set(once.values()) == {1}, (prefix, gets)
+                if k.startswith(f"/mn-code/{prefix}/")}
+        assert len(once) == len(ALL) and set(once.values()) == {1}, (prefix, gets)
     for r in results[1:]:
-        assert stage(r.err, "fetch")["peer_files"] == len(FILES) + 1, r.err
-        assert stage(r.err, "data")["peer_files"] == len(FILES) + 1, r.err
+        assert stage(r.err, "fetch")["peer_files"] == len(ALL), r.err
+        assert stage(r.err, "data")["peer_files"] == len(ALL), r.err
         assert "is not this node's parent" not in r.err
 
 
@@ -310,8 +309,8 @@ def test_a_parent_still_listing_keeps_its_children(lab: Lab, tree: str,
         assert r.code == 0, r.err
         assert digest(r.home / "user-job-dir" / "peer") == WANT
     assert stage(results[0].err, "fetch")["seconds"] > 12  # the wait was real
-    assert set(direct.object_gets) == {"/mn-code/peer/uneven.bin"}, direct.object_gets
-    assert stage(results[1].err, "fetch")["peer_files"] == len(FILES) + 1
+    assert not direct.object_gets, direct.object_gets  # node 1 took every file from node 0
+    assert stage(results[1].err, "fetch")["peer_files"] == len(ALL)
 
 
 def test_strangers_and_paths_outside_the_tree_are_refused(lab: Lab, tree: str,
@@ -466,7 +465,7 @@ def test_a_stranger_holding_the_slots_does_not_keep_the_children_out(
     for r in results:
         assert r.code == 0, r.err
         assert digest(r.home / "user-job-dir" / "peer") == WANT
-    assert stage(results[1].err, "fetch")["peer_files"] == len(FILES) + 1
+    assert stage(results[1].err, "fetch")["peer_files"] == len(ALL)
     assert f"more than {relay.MAX_PENDING} handshakes at once" in results[0].err
 
 
@@ -541,7 +540,7 @@ def test_staged_data_goes_down_the_tree_too(lab: Lab, tree: str,
         assert r.code == 0, r.err
         assert digest((tmp_path / f"d{r.rank}" / "peer").resolve()) == WANT, r.rank
     data = {k: v for k, v in proxy.object_gets.items()
-            if k.startswith("/mn-code/peer/") and not k.endswith("uneven.bin")}
-    assert len(data) == len(FILES) + 1 and set(data.values()) == {1}, data  # one copy
+            if k.startswith("/mn-code/peer/")}
+    assert len(data) == len(ALL) and set(data.values()) == {1}, data  # one copy
     for r in results[1:]:
-        assert stage(r.err, "data")["peer_files"] == len(FILES) + 1
+        assert stage(r.err, "data")["peer_files"] == len(ALL)

@@ -190,11 +190,12 @@ class SignedClient:
                              method="DELETE")
         resp.read()
 
-    def first_part_size(self, bucket: str, key: str) -> tuple[int, Optional[int]]:
-        """HeadObject of part 1: its length and the parts count the store reports (None
-        where it does not: a store that ignores ``partNumber`` answers for the whole
-        object, which the caller's check against the ETag's count then refuses)."""
-        resp = self._request("HeadObject", bucket, key, {"partNumber": "1"}, {},
+    def part_length(self, bucket: str, key: str,
+                    number: int = 1) -> tuple[int, Optional[int]]:
+        """HeadObject of part ``number``: its length and the parts count the store
+        reports (None where it does not: a store that ignores ``partNumber`` answers for
+        the whole object, which the caller's check against the ETag's count refuses)."""
+        resp = self._request("HeadObject", bucket, key, {"partNumber": str(number)}, {},
                              method="HEAD")
         resp.read()
         count = resp.getheader("x-amz-mp-parts-count")

@@ -9,13 +9,19 @@ Contract (each point is tested):
   else boto3) from one event loop: up to ``BOOTSTRAP_DOWNLOAD_WORKERS`` requests in
   flight (hundreds: a store tens of milliseconds away needs them), and never more
   than ``BOOTSTRAP_TRANSFER_MEMORY_MB`` of object bytes held in memory at once.
-* Objects smaller than the multipart threshold are one GET each, verified in memory
-  (size always, MD5 when the ETag is a plain MD5) before a byte is written. Larger
-  ones are split into byte ranges (at most ``RANGE_STREAMS`` at once, on threads,
-  read into reused buffers: measured faster than the native library's streams)
-  written in place with ``pwrite`` and hashed in order as the contiguous prefix
-  grows. A range answer is accepted when its Content-Range is the one asked for,
-  whatever its 2xx status (``rclone serve s3`` answers 200); a server that ignores
+* Every object is checked against the store's sum (:mod:`.verify`): the MD5 of a plain
+  ETag, or for a multipart ETag the parts' MD5s with their lengths from the store; an
+  ETag that is neither (SSE-KMS, a store that does not answer for parts) leaves the
+  size alone to check, and the fetch says how many objects that was
+  (``unverified``). Objects smaller than the multipart threshold are one GET each,
+  verified in memory before a byte is written. Larger ones are split into byte
+  ranges (at most ``RANGE_STREAMS`` at once, on threads, read into reused buffers:
+  measured faster than the native library's streams), aligned to the object's parts,
+  written in place with ``pwrite``; each part (the whole object, for a plain MD5) is
+  hashed in order as its contiguous prefix grows, parts in parallel. A body that
+  does not match is fetched again whole, up to the retry attempts, and never lands.
+  A range answer is accepted when its Content-Range is the one asked for, whatever its
+  2xx status (``rclone serve s3`` answers 200); a server that ignores
   Range has its large objects streamed whole instead, never written at the wrong
   offsets.
 * Every file lands under a hidden temporary name beside its destination and is
@@ -30,6 +36,7 @@ Contract (each point is tested):
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import hashlib
 import os
@@ -37,6 +44,7 @@ import secrets
 import threading
 import time
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
@@ -50,6 +58,7 @@ from .location import Location
 from .loop import ByteBudget, run_stoppable
 from .manifest import Manifest
 from .paths import SafeDirs
+from .verify import Layout, Verifier, boundaries, checkable, combined
 
 if TYPE_CHECKING:
     from ..config.settings import Transfer
@@ -73,39 +82,60 @@ class Stats:
     seconds: float = 0.0
     backend: str = ""
     peer_files: int = 0  # files a parent node passed on (peer-assisted fetch)
+    unverified: int = 0  # fetched, but with no sum to check but the size (see .verify)
 
     def fields(self) -> dict[str, int]:
         """The counts as JSON log fields (what tests and log pipelines read)."""
         return {"files": self.files, "bytes": self.bytes, "skipped": self.skipped,
                 "total_files": self.total_files, "retries": self.retries,
-                "peer_files": self.peer_files}
+                "peer_files": self.peer_files, "unverified": self.unverified}
 
     def summary(self) -> str:
         rate = self.bytes / self.seconds / 2**20 if self.seconds > 0 else 0.0
         return (f"{self.files} files, {self.bytes / 2**20:.1f} MiB fetched, "
                 f"{self.skipped} unchanged skipped, {rate:.1f} MiB/s, {self.retries} retries"
+                + (f", {self.unverified} checked by size only" if self.unverified else "")
                 + (f", via {self.backend}" if self.backend else ""))
 
 
 @dataclass
-class _LargeFile:
-    """One object fetched as ranges: its temporary file and the in-order MD5.
+class _Segment:
+    """One stretch of a large object hashed on its own: a part of a multipart object,
+    or the whole object for a plain MD5. Ranges finish out of order; whichever range
+    completes the stretch that continues the hashed prefix hashes it forward (see
+    :meth:`Engine._advance`), so by the last range only its own tail is left to hash."""
 
-    Ranges finish out of order; whichever range completes the stretch that continues
-    the hashed prefix hashes it forward (see :meth:`Engine._advance`), so by the last
-    range only its own tail is left to hash, not the whole object.
-    """
+    start: int
+    end: int
+    digest: Any  # None: nothing to check but the size
+    hashed: int = 0  # bytes [start, hashed) are in the digest
+    done: dict[int, int] = field(default_factory=dict)  # written, not yet hashed: start -> end
+    hashing: bool = False
+
+    def __post_init__(self) -> None:
+        self.hashed = self.start
+
+    @property
+    def complete(self) -> bool:
+        return self.digest is None or self.hashed == self.end
+
+
+@dataclass
+class _LargeFile:
+    """One object fetched as ranges: its temporary file and its segments' sums."""
 
     obj: RemoteObject
     remaining: int
+    segments: list[_Segment]
+    attempt: int = 0  # how many whole fetches of it failed verification before this one
     tmp: Optional[str] = None  # created by the first range to start
-    digest: Any = None
-    hashed: int = 0  # bytes [0, hashed) are in the digest
-    done: dict[int, int] = field(default_factory=dict)  # written, not yet hashed: start -> end
-    hashing: bool = False
     finished: bool = False
     streamed: bool = False  # the server cannot do ranges: fetched whole instead
     failed: bool = False
+
+    def segment_of(self, offset: int) -> _Segment:
+        starts = [seg.start for seg in self.segments]
+        return self.segments[bisect.bisect_right(starts, offset) - 1]
 
 
 class Engine:
@@ -114,7 +144,8 @@ class Engine:
 
     def __init__(self, store: Store, ranges: SignedClient, location: Location, dest: Path,
                  settings: Transfer, log: Log, manifest: Manifest,
-                 stats: Optional[Stats] = None) -> None:
+                 stats: Optional[Stats] = None,
+                 layouts: Optional[Mapping[str, Layout]] = None) -> None:
 
         self.store = store
         self.ranges = ranges  # ranged GETs of large objects (threads, reused buffers)
@@ -124,6 +155,7 @@ class Engine:
         self.label = "fetch"  # what progress lines say: "fetch", or "data" when staging
         self.log = log
         self.manifest = manifest
+        self.layouts = layouts or {}  # multipart objects' parts (see .verify)
         self.dirs = SafeDirs(dest)
         self.stats = stats if stats is not None else Stats()
         self.stats.backend = store.backend
@@ -144,15 +176,33 @@ class Engine:
             self.stats.total_bytes += obj.size
             if self.manifest.unchanged(obj.rel, obj.size, obj.etag, self.dest / obj.rel):
                 self.stats.skipped += 1
-            elif obj.size >= self.settings.multipart_threshold:
-                size = self.settings.range_size
-                state = _LargeFile(obj, remaining=-(-obj.size // size))
-                self._ranges.extend((state, s, min(s + size, obj.size))
-                                    for s in range(0, obj.size, size))
             else:
-                self._smalls.append(obj)
+                if not checkable(obj, self.layouts.get(obj.rel)):
+                    self.stats.unverified += 1
+                if obj.size >= self.settings.multipart_threshold:
+                    self._ranges.extend(self._plan_large(obj))
+                else:
+                    self._smalls.append(obj)
         for rel in folders:
             self.dirs.ensure(rel)
+        if self.stats.unverified:
+            self.log.info(f"{self.label}: {self.stats.unverified} object(s) can be checked by "
+                          "size only: their ETag is not an MD5 and the store gave no parts "
+                          "for it (an encrypted object, or a store that ignores partNumber)")
+
+    def _plan_large(self, obj: RemoteObject,
+                    attempt: int = 0) -> list[tuple[_LargeFile, int, int]]:
+        """``obj``'s ranges, cut at its parts' boundaries so each range feeds one
+        segment's sum."""
+        parts = self.layouts.get(obj.rel)
+        spans = boundaries(parts) if parts is not None and obj.md5 is None else [(0, obj.size)]
+        hashed = checkable(obj, parts)
+        size = self.settings.range_size
+        cuts = [(s, min(s + size, end)) for start, end in spans for s in range(start, end, size)]
+        state = _LargeFile(obj, remaining=len(cuts), attempt=attempt, segments=[
+            _Segment(start, end, hashlib.md5(usedforsecurity=False) if hashed else None)
+            for start, end in spans])
+        return [(state, s, e) for s, e in cuts]
 
     # -- temporaries and commits
     def _new_temp(self, obj: RemoteObject) -> tuple[str, int]:
@@ -227,7 +277,7 @@ class Engine:
         each file to a worker thread was measured slower here (2,000 files: 3.0 s
         instead of 1.5 s, mostly futex system time), although creating a file is the
         costliest call of the lot (~0.35 ms in this sandbox)."""
-        _verify(obj, data)
+        _verify(obj, data, self.layouts.get(obj.rel))
         self.dirs.ensure(obj.rel.rpartition("/")[0])
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
@@ -254,7 +304,6 @@ class Engine:
             state.tmp, fd = self._new_temp(state.obj)
             os.ftruncate(fd, state.obj.size)
             os.close(fd)
-            state.digest = hashlib.md5(usedforsecurity=False) if state.obj.md5 else None
         tmp = state.tmp
         async with self._range_slots:
             await self._budget.acquire(STREAM_BYTES)
@@ -279,8 +328,8 @@ class Engine:
         if state.failed or state.streamed:
             return
         state.remaining -= 1
-        state.done[start] = end
-        await self._advance(state)
+        state.segment_of(start).done[start] = end
+        await self._advance(state, start)
 
     async def _get_range(self, state: _LargeFile, tmp: str, start: int, end: int) -> None:
         """Bytes ``[start, end)`` into place, on a range thread (see
@@ -312,23 +361,24 @@ class Engine:
             raise TransientError(f"range {start}-{end - 1} of {state.obj.key!r}: received "
                                  f"{got} of {end - start} bytes")
 
-    async def _advance(self, state: _LargeFile) -> None:
-        """Hashes the file forward over every finished range that continues the hashed
-        prefix (reading back from the page cache, in a thread), one hasher at a time;
-        the object is finished once every range is written and hashed."""
+    async def _advance(self, state: _LargeFile, start: int) -> None:
+        """Hashes the segment holding ``start`` forward over every finished range that
+        continues its hashed prefix (reading back from the page cache, in a thread), one
+        hasher a segment, segments in parallel; the object is finished once every range
+        is written and every segment hashed."""
         import asyncio
 
-        if state.digest is not None and not state.hashing:
-            state.hashing = True
+        seg = state.segment_of(start)
+        if seg.digest is not None and not seg.hashing:
+            seg.hashing = True
             try:
-                while (end := state.done.pop(state.hashed, None)) is not None:
-                    await asyncio.to_thread(_hash_file, state.tmp, state.digest,
-                                            state.hashed, end)
-                    state.hashed = end
+                while (end := seg.done.pop(seg.hashed, None)) is not None:
+                    await asyncio.to_thread(_hash_file, state.tmp, seg.digest, seg.hashed, end)
+                    seg.hashed = end
             finally:
-                state.hashing = False
-        hashed = state.digest is None or state.hashed == state.obj.size
-        if state.remaining == 0 and hashed and not state.finished and not state.failed:
+                seg.hashing = False
+        if state.remaining == 0 and all(s.complete for s in state.segments) \
+                and not state.finished and not state.failed:
             state.finished = True
             self._finish_large(state)
 
@@ -342,19 +392,24 @@ class Engine:
         if state.tmp is not None:
             self._drop_temp(state.tmp)
         obj = state.obj
+        parts = self.layouts.get(obj.rel)
 
         async def get() -> str:
             tmp, fd = self._new_temp(obj)
-            digest = hashlib.md5(usedforsecurity=False) if obj.md5 else None
+            check = Verifier(obj, parts) if checkable(obj, parts) else None
             got = 0
             try:
                 async for chunk in self.store.get_chunks(obj.key):
-                    await asyncio.to_thread(_write_hash, fd, chunk, digest)
+                    await asyncio.to_thread(_write_hash, fd, chunk, check)
                     got += len(chunk)
                     self.stats.bytes += len(chunk)
                     if got > obj.size:
                         break
-                _check(obj, got, digest)
+                if got != obj.size:
+                    raise TransientError(f"{obj.key!r}: received {got} bytes but the listing "
+                                         f"says {obj.size}")
+                if check is not None and not check.matches():
+                    raise TransientError(f"{obj.key!r}: {check.why_not()} (ETag {obj.etag})")
             except BaseException:
                 os.close(fd)
                 self._drop_temp(tmp)
@@ -367,13 +422,22 @@ class Engine:
     def _finish_large(self, state: _LargeFile) -> None:
         obj, tmp = state.obj, state.tmp
         assert tmp is not None
-        try:
-            _check(obj, os.path.getsize(tmp), state.digest)
-        except TransientError as exc:
-            self._drop_temp(tmp)
-            raise DownloadError(f"{exc}; the object store serves a broken object: check "
-                                "it, or upload it again") from None
-        self._commit(obj, tmp)
+        why = _mismatch(obj, os.path.getsize(tmp), state.segments)
+        if why is None:
+            self._commit(obj, tmp)
+            return
+        self._drop_temp(tmp)  # it never lands
+        if state.attempt + 1 < self.settings.retry_attempts:
+            # Bytes damaged on the way (or a store that served a bad range): the sum is
+            # the whole object's, so the whole object comes again.
+            self.stats.retries += 1
+            self.log.info(f"{self.label}: {obj.key!r}: {why}; fetching it again "
+                          f"(attempt {state.attempt + 2} of {self.settings.retry_attempts})")
+            self._ranges.extendleft(reversed(self._plan_large(obj, state.attempt + 1)))
+            return
+        raise DownloadError(f"{obj.key!r}: {why} after {state.attempt + 1} whole fetches; the "
+                            "object store serves a broken object: check it, or upload it "
+                            "again")
 
     # -- running
     async def _worker(self) -> None:
@@ -445,18 +509,33 @@ class Engine:
                         os.unlink(os.path.join(folder, name))
 
 
-def _verify(obj: RemoteObject, data: memoryview) -> None:
-    digest = hashlib.md5(data, usedforsecurity=False) if obj.md5 else None
-    _check(obj, len(data), digest)
-
-
-def _check(obj: RemoteObject, got: int, digest: Any) -> None:
-    if got != obj.size:
-        raise TransientError(f"{obj.key!r}: received {got} bytes but the listing says "
+def _verify(obj: RemoteObject, data: memoryview, parts: Optional[Layout]) -> None:
+    """A whole body in memory against the listing; raises TransientError (retried)."""
+    if len(data) != obj.size:
+        raise TransientError(f"{obj.key!r}: received {len(data)} bytes but the listing says "
                              f"{obj.size}")
-    if digest is not None and digest.hexdigest() != obj.md5:
-        raise TransientError(f"{obj.key!r}: MD5 {digest.hexdigest()} does not match "
-                             f"the ETag {obj.md5}")
+    if obj.md5 is not None:
+        got = hashlib.md5(data, usedforsecurity=False).hexdigest()
+        if got != obj.md5:
+            raise TransientError(f"{obj.key!r}: MD5 {got} does not match the ETag {obj.md5}")
+    elif parts is not None and not combined(obj, [
+            hashlib.md5(data[s:e], usedforsecurity=False).digest()
+            for s, e in boundaries(parts)]):
+        raise TransientError(f"{obj.key!r}: the parts' MD5s do not make the ETag {obj.etag}")
+
+
+def _mismatch(obj: RemoteObject, size: int, segments: list[_Segment]) -> Optional[str]:
+    """Why a large object's hashed segments do not match its listing, or None."""
+    if size != obj.size:
+        return f"{size} bytes, not the listed {obj.size}"
+    if segments[0].digest is None:
+        return None  # nothing to check but the size
+    if obj.md5 is not None:
+        got = segments[0].digest.hexdigest()
+        return None if got == obj.md5 else f"MD5 {got} does not match the ETag {obj.md5}"
+    if combined(obj, [seg.digest.digest() for seg in segments]):
+        return None
+    return f"the parts' MD5s do not make the ETag {obj.etag}"
 
 
 def _write_all(fd: int, data: memoryview) -> None:

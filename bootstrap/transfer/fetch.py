@@ -18,11 +18,13 @@ from typing import TYPE_CHECKING, Optional
 
 from ..errors import BootstrapError, DownloadError
 from ..log import Log
+from ..storage import retry
 from ..storage.errors import explain
 from .download import Engine, Stats
 from .listing import RemoteObject, list_objects
 from .location import Location
 from .manifest import Manifest
+from .verify import Layout, checkable
 
 if TYPE_CHECKING:
     from ..config.settings import Transfer
@@ -80,15 +82,23 @@ class Remote:
 
     def download(self, objects: list[RemoteObject], folders: list[str], dest: Path,
                  manifest: Manifest, log: Log, label: str = "fetch",
-                 stats: Optional[Stats] = None) -> Stats:
-        """Fetches ``objects`` into ``dest``, skipping those ``manifest`` vouches for;
-        ``stats``, when given, is the one the engine counts into as it goes."""
+                 stats: Optional[Stats] = None,
+                 layouts: Optional[dict[str, Layout]] = None) -> Stats:
+        """Fetches ``objects`` into ``dest``, skipping those ``manifest`` vouches for,
+        each verified against its ETag (``layouts``: multipart objects' parts already
+        known; the rest are asked here); ``stats``, when given, is the one the engine
+        counts into as it goes."""
         from ..storage.base import open_store
+
+        known = dict(layouts or {})
+        todo = [o for o in objects if o.parts and o.rel not in known
+                and not manifest.unchanged(o.rel, o.size, o.etag, dest / o.rel)]
+        known.update(self.layouts(todo))
 
         store = open_store(self.settings, self.creds, self.location.bucket, log)
         try:
             engine = Engine(store, self.client, self.location, dest, self.settings, log,
-                            manifest, stats)
+                            manifest, stats, known)
             engine.label = label
             engine.plan(objects, folders)
             manifest.open_for_append()
@@ -97,29 +107,31 @@ class Remote:
             store.close()
 
 
-    def part_sizes(self, objects: list[RemoteObject]) -> dict[str, int]:
-        """Part 1's length of each multipart object whose parts are equal (what lets a
-        peer's bytes be checked against its ETag), asked of the store, a few at a time;
-        an object the store cannot answer for is left out (it comes from the store)."""
-        from .relay import uniform_part_size
+    def layouts(self, objects: list[RemoteObject]) -> dict[str, Layout]:
+        """The parts of each multipart object in ``objects`` (what lets its bytes be
+        checked against its ETag, see :mod:`.verify`), asked of the store, a few at a
+        time; an object the store cannot answer for is left out (size check only)."""
+        from .verify import layout
 
-        def ask(obj: RemoteObject) -> Optional[int]:
+        def ask(obj: RemoteObject) -> Optional[Layout]:
             try:
-                first, count = self.client.first_part_size(self.location.bucket, obj.key)
-            except Exception:  # noqa: BLE001 - unanswered: the object comes from the store
+                return layout(obj, lambda k: retry.call(
+                    lambda: self.client.part_length(self.location.bucket, obj.key, k),
+                    self.settings.retry_attempts, self.settings.retry_deadline))
+            except Exception:  # noqa: BLE001 - unanswered: the size is all we can check
                 return None
             finally:
                 self.client.close()  # this worker thread's connection ends with it
-            assert obj.parts is not None
-            return first if uniform_part_size(obj.size, obj.parts, first, count) else None
 
-        if not objects:
+        multipart = [o for o in objects if o.parts]
+        if not multipart:
             return {}
         from concurrent.futures import ThreadPoolExecutor
 
-        with ThreadPoolExecutor(min(8, len(objects))) as pool:
-            found = dict(zip((o.rel for o in objects), pool.map(ask, objects), strict=True))
-        return {rel: size for rel, size in found.items() if size is not None}
+        with ThreadPoolExecutor(min(8, len(multipart))) as pool:
+            found = dict(zip((o.rel for o in multipart), pool.map(ask, multipart),
+                             strict=True))
+        return {rel: parts for rel, parts in found.items() if parts is not None}
 
 
 @contextmanager
@@ -191,22 +203,23 @@ def download_with_peers(source: Remote, objects: list[RemoteObject], folders: li
     if server is not None:
         server.offer(dest, {o.rel: o.size for o in objects}, held)
     from_peer = peer_bytes = 0
+    layouts: dict[str, Layout] = {}
     started = time.monotonic()
     try:
         up = relay.parent(peers.rank)
         if up is not None:
             want = [o for o in objects
                     if not manifest.unchanged(o.rel, o.size, o.etag, dest / o.rel)]
-            part_sizes = source.part_sizes([o for o in want if o.parts])
-            want = [o for o in want if o.md5 or o.rel in part_sizes]
-            failed = relay.pull(peers, want, part_sizes, dest, manifest, log)
+            layouts = source.layouts(want)
+            want = [o for o in want if checkable(o, layouts.get(o.rel))]
+            failed = relay.pull(peers, want, layouts, dest, manifest, log)
             from_peer = len(want) - len(failed)
             peer_bytes = sum(o.size for o in want) - sum(o.size for o in failed)
         from_parent_s = time.monotonic() - started
         stats = Stats()
         held.live_bytes = lambda: stats.bytes  # the heartbeats' progress, range by range
         stats = source.download(objects, folders, dest, manifest, log, label=label,
-                                stats=stats)
+                                stats=stats, layouts=layouts)
     finally:
         held.close()  # what has not landed now never will: children go to the store
         if server is not None:

@@ -8,12 +8,11 @@ forwards files to its children as they land, so the job waits about as long as n
 alone. Contract (each point is tested):
 
 * **The store stays the source of truth.** Every node lists the prefix itself; a file
-  from a peer is kept only when its size and checksum match that listing's ETag: the
-  MD5 of a plain ETag, or for a multipart ETag (``MD5(part MD5s)-N``) the same sum
-  recomputed with part 1's length, which the node asks the store itself (HeadObject
-  ``partNumber=1``) and accepts only when N equal parts of it make the object's size.
-  An object that cannot be checked (another ETag, a store that does not answer for
-  parts) comes from the store.
+  from a peer is kept only when its size and checksum match that listing's ETag, as
+  :mod:`.verify` checks every download: the MD5 of a plain ETag, or for a multipart
+  ETag (``MD5(part MD5s)-N``) the same sum recomputed with the parts' lengths, which the
+  node asks the store itself (HeadObject ``partNumber``). An object that cannot be
+  checked (another ETag, a store that does not answer for parts) comes from the store.
 * **Each node its own port, each end proven.** Node r serves on
   ``BOOTSTRAP_RELAY_PORT + 2r`` (its data tree on the next port), so nodes sharing a
   host (the host-network pools) each serve their own children. Both ends prove
@@ -48,7 +47,6 @@ alone. Contract (each point is tested):
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import secrets
 import socket
@@ -63,6 +61,7 @@ from ..cluster import auth
 from ..cluster.wire import Wire
 from ..errors import ConfigError
 from .manifest import Manifest
+from .verify import Layout, Verifier
 
 if TYPE_CHECKING:
     from ..config.platform import Cluster
@@ -544,10 +543,10 @@ class ParentClock:
         return stamp - self.moved_at > STALL
 
 
-def pull(peers: Peers, objects: list[RemoteObject], part_sizes: Mapping[str, int], root: Path,
+def pull(peers: Peers, objects: list[RemoteObject], layouts: Mapping[str, Layout], root: Path,
          manifest: Manifest, log: Log, server: Optional[int] = None) -> list[RemoteObject]:
     """Fetches ``objects`` from this node's parent (or node ``server``), verifying each
-    against the listing (plain MD5, or multipart with its part size in ``part_sizes``);
+    against the listing (plain MD5, or multipart with its parts in ``layouts``);
     returns those that must come from the store instead."""
     up = parent(peers.rank) if server is None else server
     assert up is not None
@@ -560,7 +559,7 @@ def pull(peers: Peers, objects: list[RemoteObject], part_sizes: Mapping[str, int
     try:
         auth.connect(wire, peers.key, peers.protocol, peers.rank, up,
                      time.monotonic() + HANDSHAKE)
-        failed = _receive(wire, list(objects), part_sizes, root, manifest)
+        failed = _receive(wire, list(objects), layouts, root, manifest)
         wire.send(b'{"done":true}\n', SILENCE)
     except (_Mismatch, _Slow, _Stalled, auth.Refused, OSError, ValueError) as exc:
         if isinstance(exc, _Mismatch):
@@ -597,7 +596,7 @@ def _connect(address: str, port: int, log: Log) -> Optional[socket.socket]:
             pause = min(pause * 2, 1.0)
 
 
-def _receive(wire: Wire, pending: list[RemoteObject], part_sizes: Mapping[str, int],
+def _receive(wire: Wire, pending: list[RemoteObject], layouts: Mapping[str, Layout],
              root: Path, manifest: Manifest) -> list[RemoteObject]:
     """Asks for ``pending`` in batches and keeps each file that verifies; returns the
     ones the parent said it does not have. Raises on anything else, and when a bound
@@ -638,7 +637,7 @@ def _receive(wire: Wire, pending: list[RemoteObject], part_sizes: Mapping[str, i
                 raise _Mismatch(obj, f"{size} bytes, not {obj.size}")
             dest = dirs.ensure(obj.rel.rpartition("/")[0]) / obj.rel.rpartition("/")[2]
             tmp = dest.with_name(f".{dest.name}.{secrets.token_hex(4)}{TMP_SUFFIX}")
-            check = Verifier(obj, part_sizes.get(obj.rel))
+            check = Verifier(obj, layouts.get(obj.rel))
             try:
                 with open(tmp, "wb") as out:
                     left = obj.size
@@ -651,7 +650,7 @@ def _receive(wire: Wire, pending: list[RemoteObject], part_sizes: Mapping[str, i
                         if pace.slow():
                             raise _Slow()
                 if not check.matches():
-                    raise _Mismatch(obj, "MD5 differs")
+                    raise _Mismatch(obj, check.why_not())
                 os.chmod(tmp, 0o644)
                 os.replace(tmp, dest)  # verified: only now under its name
             finally:
@@ -662,47 +661,6 @@ def _receive(wire: Wire, pending: list[RemoteObject], part_sizes: Mapping[str, i
             if pace.slow():
                 raise _Slow()
     return failed
-
-
-def uniform_part_size(size: int, parts: int, first: int, reported: Optional[int]) -> bool:
-    """Can ``first`` (part 1's length, from the store) split ``size`` bytes into the
-    ETag's ``parts`` equal parts (the last one shorter), as every common uploader does?
-    Only then can a peer's bytes be checked against a multipart ETag."""
-    return reported in (None, parts) and first > 0 and \
-        first * (parts - 1) < size <= first * parts
-
-
-class Verifier:
-    """The store's checksum of one object, recomputed over bytes as they arrive: the MD5
-    (a plain ETag) or, given the part size, the MD5 of the parts' MD5s with ``-N`` (a
-    multipart ETag, as S3 and OBS compute it)."""
-
-    def __init__(self, obj: RemoteObject, part_size: Optional[int]) -> None:
-        self.obj, self.part_size = obj, part_size
-        self._part = hashlib.md5(usedforsecurity=False)
-        self._in_part = 0
-        self._digests: list[bytes] = []
-
-    def update(self, data: bytes) -> None:
-        if self.part_size is None:
-            self._part.update(data)
-            return
-        view = memoryview(data)
-        while view:
-            take = min(len(view), self.part_size - self._in_part)
-            self._part.update(view[:take])
-            self._in_part += take
-            view = view[take:]
-            if self._in_part == self.part_size:
-                self._digests.append(self._part.digest())
-                self._part, self._in_part = hashlib.md5(usedforsecurity=False), 0
-
-    def matches(self) -> bool:
-        if self.part_size is None:
-            return self._part.hexdigest() == self.obj.md5
-        digests = self._digests + ([self._part.digest()] if self._in_part else [])
-        combined = hashlib.md5(b"".join(digests), usedforsecurity=False).hexdigest()
-        return f"{combined}-{len(digests)}" == self.obj.etag
 
 
 class _Slow(Exception):

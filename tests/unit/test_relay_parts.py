@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from bootstrap.transfer import relay
+from bootstrap.transfer import relay, verify
 from bootstrap.transfer.listing import RemoteObject
 
 
@@ -139,17 +139,17 @@ def test_a_multipart_etag_is_recomputed_from_the_bytes_as_they_arrive(pieces: in
     obj = _multipart(parts)
     assert obj.parts == 3 and obj.md5 is None
     data = b"".join(parts)
-    check = relay.Verifier(obj, 5000)
+    check = verify.Verifier(obj, (5000, 5000, 17))
     for i in range(0, len(data), pieces):  # however the network cuts it
         check.update(data[i:i + pieces])
     assert check.matches()
-    wrong = relay.Verifier(obj, 5000)
+    wrong = verify.Verifier(obj, (5000, 5000, 17))
     wrong.update(data[:-1] + b"x")
     assert not wrong.matches()
-    cut = relay.Verifier(obj, 5000)
+    cut = verify.Verifier(obj, (5000, 5000, 17))
     cut.update(data[:10000])  # two whole parts: a count of 2, not 3
     assert not cut.matches()
-    other_split = relay.Verifier(obj, 4000)
+    other_split = verify.Verifier(obj, (4000, 4000, 2017))
     other_split.update(data)
     assert not other_split.matches()
 
@@ -157,17 +157,34 @@ def test_a_multipart_etag_is_recomputed_from_the_bytes_as_they_arrive(pieces: in
 def test_a_plain_etag_is_the_md5() -> None:
     obj = RemoteObject("k", "k", 3, hashlib.md5(b"abc").hexdigest())
     assert obj.parts is None
-    check = relay.Verifier(obj, None)
+    check = verify.Verifier(obj, None)
     check.update(b"ab")
     check.update(b"c")
     assert check.matches()
 
 
 def test_only_equal_parts_that_make_the_size_are_trusted() -> None:
-    assert relay.uniform_part_size(10017, 3, 5000, None)
-    assert relay.uniform_part_size(10017, 3, 5000, 3)
-    assert not relay.uniform_part_size(10017, 3, 5000, 4)  # the store counts otherwise
-    assert not relay.uniform_part_size(10017, 3, 10017, None)  # partNumber ignored
-    assert not relay.uniform_part_size(11 << 20, 2, 5 << 20, 2)  # 5 MiB + 6 MiB: uneven
-    assert relay.uniform_part_size(1000, 1, 1000, 1)
-    assert not relay.uniform_part_size(1000, 1, 0, None)
+    assert verify.uniform(10017, 3, 5000, None) == (5000, 5000, 17)
+    assert verify.uniform(10017, 3, 5000, 3) == (5000, 5000, 17)
+    assert verify.uniform(10017, 3, 5000, 4) is None  # the store counts otherwise
+    assert verify.uniform(10017, 3, 10017, None) is None  # partNumber ignored
+    assert verify.uniform(11 << 20, 2, 5 << 20, 2) is None  # 5 MiB + 6 MiB: uneven
+    assert verify.uniform(1000, 1, 1000, 1) == (1000,)
+    assert verify.uniform(1000, 1, 0, None) is None
+
+
+def test_uneven_parts_are_asked_one_by_one_and_must_add_up() -> None:
+    parts = [b"a" * (5 << 20), b"b" * (6 << 20)]
+    obj = _multipart(parts)
+    asked: list[int] = []
+
+    def head(k: int) -> tuple[int, int]:
+        asked.append(k)
+        return len(parts[k - 1]), 2
+
+    assert verify.layout(obj, head) == (5 << 20, 6 << 20) and asked == [1, 2]
+    assert verify.layout(obj, lambda k: (obj.size, None)) is None  # partNumber ignored
+    assert verify.layout(obj, lambda k: (5 << 20, 2)) is None  # 10 MiB is not the size
+    check = verify.Verifier(obj, (5 << 20, 6 << 20))
+    check.update(b"".join(parts))
+    assert check.matches()

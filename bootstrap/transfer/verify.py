@@ -1,0 +1,118 @@
+"""What a body is checked against: the store's own sum in the listing, in one place for
+the download engine and the relay.
+
+* A plain ETag is the object's MD5.
+* A multipart ETag (``-N``) is ``MD5(MD5(part 1) ... MD5(part N))-N``, as S3 and OBS sum
+  multipart uploads. Checking it needs the parts' lengths, which the listing does not
+  give: :func:`layout` asks the store (HeadObject ``partNumber=k``; one request when the
+  parts are equal, as every common uploader writes them, else one per part, up to
+  MAX_HEADS). Each part is then hashed on its own, so the engine hashes parts in
+  parallel as their ranges land.
+* Anything else (an SSE-KMS or SSE-C ETag, a store that does not answer for parts) can
+  be checked by size only; the fetch says how many were.
+
+MD5 is weak against collisions, not against second preimages: a corrupted or forged
+body would have to match a sum the store already fixed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Optional
+
+if TYPE_CHECKING:
+    from .listing import RemoteObject
+
+Layout = tuple[int, ...]  # the parts' lengths, in order
+MAX_HEADS = 100  # uneven parts: at most this many HEADs for one object
+
+
+def uniform(size: int, parts: int, first: int, reported: Optional[int]) -> Optional[Layout]:
+    """The layout when ``first`` (part 1's length, from the store) splits ``size`` bytes
+    into the ETag's ``parts`` equal parts, the last one shorter; else None."""
+    if reported not in (None, parts) or first <= 0 or \
+            not first * (parts - 1) < size <= first * parts:
+        return None
+    return (first,) * (parts - 1) + (size - first * (parts - 1),)
+
+
+def layout(obj: RemoteObject, part_length: Callable[[int], tuple[int, Optional[int]]]
+           ) -> Optional[Layout]:
+    """``obj``'s parts, from ``part_length(k)`` (HeadObject ``partNumber=k``: its length
+    and the count the store reports); None when the store cannot say (it ignores
+    ``partNumber``, or the lengths do not add up to the listed size)."""
+    parts = obj.parts
+    assert parts is not None
+    first, reported = part_length(1)
+    found = uniform(obj.size, parts, first, reported)
+    if found is not None or reported != parts or parts > MAX_HEADS:
+        return found
+    lengths = [first] + [part_length(k)[0] for k in range(2, parts + 1)]
+    if min(lengths) <= 0 or sum(lengths) != obj.size:
+        return None
+    return tuple(lengths)
+
+
+def boundaries(parts: Layout) -> list[tuple[int, int]]:
+    """Each part's ``[start, end)``."""
+    out, start = [], 0
+    for length in parts:
+        out.append((start, start + length))
+        start += length
+    return out
+
+
+def combined(obj: RemoteObject, digests: Sequence[bytes]) -> bool:
+    """Do the parts' MD5 digests make ``obj``'s multipart ETag?"""
+    joined = hashlib.md5(b"".join(digests), usedforsecurity=False).hexdigest()
+    return f"{joined}-{len(digests)}" == obj.etag
+
+
+def checkable(obj: RemoteObject, parts: Optional[Layout]) -> bool:
+    return obj.md5 is not None or parts is not None
+
+
+class Verifier:
+    """The store's sum of one object, recomputed over bytes as they arrive, however the
+    stream is cut: the MD5 (a plain ETag, ``parts`` None) or the parts' MD5s cut at the
+    lengths in ``parts`` (a multipart ETag)."""
+
+    def __init__(self, obj: RemoteObject, parts: Optional[Layout]) -> None:
+        self.obj = obj
+        self.parts = list(parts) if parts is not None else None
+        self._part: Any = hashlib.md5(usedforsecurity=False)
+        self._in_part = 0
+        self._digests: list[bytes] = []
+        self.seen = 0
+
+    def update(self, data: bytes | memoryview) -> None:
+        self.seen += len(data)
+        if self.parts is None:
+            self._part.update(data)
+            return
+        view = memoryview(data)
+        while view:
+            index = len(self._digests)
+            if index >= len(self.parts):  # more bytes than the parts: matches() says no
+                self._in_part += len(view)
+                return
+            take = min(len(view), self.parts[index] - self._in_part)
+            self._part.update(view[:take])
+            self._in_part += take
+            view = view[take:]
+            if self._in_part == self.parts[index]:
+                self._digests.append(self._part.digest())
+                self._part, self._in_part = hashlib.md5(usedforsecurity=False), 0
+
+    def matches(self) -> bool:
+        if self.seen != self.obj.size:
+            return False
+        if self.parts is None:
+            return bool(self._part.hexdigest() == self.obj.md5)
+        return self._in_part == 0 and combined(self.obj, self._digests)
+
+    def why_not(self) -> str:
+        if self.seen != self.obj.size:
+            return f"{self.seen} bytes, not {self.obj.size}"
+        return "MD5 differs" if self.parts is None else "the parts' MD5s differ from the ETag"
