@@ -26,6 +26,33 @@ except ImportError as exc:
     sys.exit(2)
 sys.exit(main())'
 
+# The self-contained runtime (/opt/bootstrap, docker/runtime/build.sh) records the
+# oldest glibc its binaries run on: an image below it (or with another C library) gets
+# one line and exit 2 here, never the loader's "GLIBC_2.xx not found".
+version_below() {  # version_below A B: A < B as versions
+    [ "$1" != "$2" ] && [ "$(printf '%s\n%s\n' "$1" "$2" | sort -V | head -n1)" = "$1" ]
+}
+check_libc() {  # check_libc PYTHON
+    local runtime floor have
+    runtime=$(cd "$(dirname "$1")/.." 2>/dev/null && pwd) || return 0
+    [ -r "$runtime/glibc-floor" ] || return 0
+    floor=$(cat "$runtime/glibc-floor")
+    have=$(getconf GNU_LIBC_VERSION 2>/dev/null | awk '{print $2}')
+    [ -n "$have" ] || have=$(ldd --version 2>/dev/null | awk 'NR==1 {print $NF}')
+    if [ -z "$have" ]; then
+        echo "run_train: error: this image has no GNU C library; the bootstrap's runtime in" \
+             "$runtime needs glibc $floor or newer: build on a glibc image (Debian, Ubuntu," \
+             "RHEL, EulerOS), or install the bootstrap into the image's own Python 3.11+" >&2
+        exit 2
+    fi
+    if version_below "$have" "$floor"; then
+        echo "run_train: error: this image's glibc is $have; the bootstrap's runtime in" \
+             "$runtime needs glibc $floor or newer: use a newer base image, or install the" \
+             "bootstrap into the image's own Python 3.11+ (docker/Dockerfile: RUNTIME=image)" >&2
+        exit 2
+    fi
+}
+
 if [ -n "${BOOTSTRAP_PYTHON:-}" ]; then
     # An explicit choice: no probing (it costs a Python start-up), no silent fallback.
     if ! command -v "$BOOTSTRAP_PYTHON" >/dev/null 2>&1; then
@@ -33,6 +60,7 @@ if [ -n "${BOOTSTRAP_PYTHON:-}" ]; then
              "point it at the Python the bootstrap is installed in" >&2
         exit 2
     fi
+    check_libc "$BOOTSTRAP_PYTHON"
     exec "$BOOTSTRAP_PYTHON" -c "$launcher" "$@"
 fi
 py3=$(command -v python3 2>/dev/null)

@@ -210,3 +210,23 @@ def test_a_users_bootstrap_module_in_the_working_directory_does_not_shadow_ours(
     assert r.returncode == 0, r.stdout + r.stderr
     assert r.stdout.strip() == "the job ran"
     assert "SHADOWED" not in r.stdout + r.stderr
+
+
+@pytest.mark.parametrize("floor, code", [("99.0", 2), ("2.0", 0)])
+def test_an_image_below_the_runtimes_glibc_floor_is_one_clear_line(
+        home: Path, tmp_path: Path, floor: str, code: int) -> None:
+    """A runtime records the oldest glibc its binaries need (<runtime>/glibc-floor);
+    run_train.sh compares the image's before it starts it: one line and exit 2 instead
+    of the loader's "GLIBC_2.xx not found" (here a floor no machine meets, and one every
+    machine does)."""
+    runtime = tmp_path / "runtime"
+    (runtime / "bin").mkdir(parents=True)
+    (runtime / "bin" / "python3").write_text(f'#!/bin/sh\nexec {sys.executable} "$@"\n')
+    (runtime / "bin" / "python3").chmod(0o755)
+    (runtime / "glibc-floor").write_text(floor + "\n")
+    r = run_train(["true"], base_env(home, {"BOOTSTRAP_PYTHON": str(runtime / "bin/python3")}))
+    assert r.returncode == code, r.stderr
+    if code:
+        line = assert_one_error_line(r.stderr, f"needs glibc {floor} or newer",
+                                     "this image's glibc is")
+        assert "GLIBC_" not in line

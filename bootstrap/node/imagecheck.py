@@ -3,7 +3,9 @@ jobs fail on their first run, checked inside the image itself.
 
 * the default user is not root, ideally uid 1101 (old contract) or 1000 (new);
 * ``/home/work/run_train.sh`` exists, is readable and bash is there to run it;
-* a Python that imports the bootstrap (``BOOTSTRAP_PYTHON``, else python3);
+* a Python that imports the bootstrap (``BOOTSTRAP_PYTHON``, else python3), and which
+  one it is: the self-contained runtime or the image's own, its transfer engine, and the
+  image's glibc against the runtime's floor (``<runtime>/glibc-floor``);
 * no setuid-root file beyond those the base image had (recorded at build time in
   ``$BOOTSTRAP_IMAGE_META/base-setuid.txt``, default /opt/bootstrap-meta);
 * the image's CUDA is not newer than the driver (from the GPU preflight, with a GPU).
@@ -15,6 +17,9 @@ import os
 import shutil
 import stat
 import subprocess
+import sys
+from pathlib import Path
+from typing import Optional
 
 from ..config.settings import Preflight
 from .preflight import Finding, Report
@@ -38,6 +43,38 @@ def setuid_root_files(root: str = "/") -> list[str]:
             if stat.S_ISREG(st.st_mode) and st.st_mode & stat.S_ISUID and st.st_uid == 0:
                 found.append(path)
     return sorted(found)
+
+
+def runtime_facts(prefix: Optional[Path] = None) -> list[Finding]:
+    """What the bootstrap itself runs on (this process: ``bootstrap-check`` is started
+    by the bootstrap's Python): which Python, which engine, which glibc."""
+    import platform
+
+    from . import libc
+
+    prefix = prefix or Path(sys.prefix)
+    floor_file = prefix / "glibc-floor"
+    own = floor_file.is_file()
+    what = "the self-contained runtime" if own else "the image's own Python"
+    out = [Finding("image.runtime", "ok",
+                   f"{what}: Python {platform.python_version()} in {prefix}")]
+    try:
+        import obstore
+    except ImportError:
+        out.append(Finding("image.engine", "ok", "boto3 (obstore, the native core, is not "
+                                                 "installed for this Python)"))
+    else:
+        out.append(Finding("image.engine", "ok", f"native (obstore {obstore.__version__}), "
+                                                 "boto3 as the fallback"))
+    have = libc.this_machine()
+    if not own:
+        out.append(Finding("image.glibc", "ok", f"glibc {have or '(none: another C library)'}"))
+        return out
+    floor = floor_file.read_text().strip()
+    below = have is None or tuple(map(int, have.split("."))) < tuple(map(int, floor.split(".")))
+    out.append(Finding("image.glibc", "fail" if below else "ok",
+                       f"glibc {have or '(none)'}; the runtime needs {floor} or newer"))
+    return out
 
 
 def check(pol: Preflight, preflight_report: Report) -> list[Finding]:
@@ -68,6 +105,7 @@ def check(pol: Preflight, preflight_report: Report) -> list[Finding]:
         ok = False
     out.append(Finding("image.python", "ok" if ok else "fail",
                        python if ok else f"{python} cannot import the bootstrap"))
+    out.extend(runtime_facts())
     meta = pol.image_meta / "base-setuid.txt"
     try:
         base = set(meta.read_text().split())

@@ -87,7 +87,10 @@ class BotoStore:
         except TypeError:  # botocore < 1.36 knows neither checksum option nor needs them
             del options["request_checksum_calculation"], options["response_checksum_validation"]
             config = Config(**options)
-        verify: Any = endpoint.ca_bundle or True if endpoint.verify else False
+        from .tls import system_cafile
+
+        verify: Any = (endpoint.ca_bundle or system_cafile() or True) if endpoint.verify \
+            else False
         self._client = boto3.session.Session().client(
             "s3", endpoint_url=endpoint.url, verify=verify, region_name=endpoint.region,
             config=config, aws_access_key_id=creds.access_key,

@@ -44,7 +44,9 @@ def _hmac(key: bytes, text: str) -> bytes:
 
 
 def tls_context(endpoint: Endpoint) -> ssl.SSLContext:
-    context = ssl.create_default_context(cafile=endpoint.ca_bundle)
+    from .tls import system_cafile
+
+    context = ssl.create_default_context(cafile=endpoint.ca_bundle or system_cafile())
     if not endpoint.verify:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE

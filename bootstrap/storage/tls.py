@@ -49,3 +49,35 @@ def own_certificate_in_bundle(url: str, ca_bundle: str, timeout: float) -> Optio
     return (f"the server's own certificate is one of AWS_CA_BUNDLE's ({ca_bundle}: a "
             "self-signed certificate), which the native core (rustls) refuses as an end "
             "entity; the boto3 engine verifies it against the same bundle")
+
+
+# Where distributions keep the system's CA bundle. The runtime's OpenSSL looks in
+# /etc/ssl (Debian's and Ubuntu's layout); the rest are found here, by the bootstrap
+# itself, and never exported to the command (its Python has its own OpenSSL and paths).
+CA_FILES = (
+    "/etc/ssl/certs/ca-certificates.crt",  # Debian, Ubuntu
+    "/etc/pki/tls/certs/ca-bundle.crt",  # RHEL, CentOS, EulerOS, openEuler
+    "/etc/pki/ca-trust/extracted/pem/tls-ca-bundle.pem",  # the same, extracted
+    "/etc/ssl/ca-bundle.pem",  # SUSE
+    "/etc/ssl/cert.pem",  # Alpine
+)
+
+
+@functools.lru_cache(maxsize=1)
+def system_cafile(root: str = "/") -> Optional[str]:
+    """The system's CA bundle when this interpreter's OpenSSL would not find one by
+    itself (its compiled-in paths hold none), else None: then its defaults stand."""
+    import os
+    import ssl
+
+    paths = ssl.get_default_verify_paths()
+    if root == "/" and paths.cafile and os.path.isfile(paths.cafile):
+        return None
+    if root == "/" and paths.capath and os.path.isdir(paths.capath) and any(
+            name.endswith(".0") for name in os.listdir(paths.capath)):
+        return None  # hashed certificates, as c_rehash leaves them
+    for candidate in CA_FILES:
+        path = os.path.join(root, candidate.lstrip("/"))
+        if os.path.isfile(path):
+            return path
+    return None
