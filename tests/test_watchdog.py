@@ -187,3 +187,22 @@ def test_an_xid_during_the_run_makes_it_the_nodes_fault(home: Path) -> None:
     env = base_env(home, fake_env({**HEALTHY, "gpus": [{}] * 2}, BOOTSTRAP_SUPERVISE="1"))
     r = run_train(["python", "-c", "raise RuntimeError('boom')"], env, timeout=60)
     assert record(home)["reason"] == "exception"
+
+
+USER_PYTHONS = sorted(str(p) for p in Path("/root/.pyenv/versions").glob("3.*/bin/python3"))
+
+
+@pytest.mark.skipif(not USER_PYTHONS, reason="no other interpreters in /root/.pyenv/versions")
+@pytest.mark.parametrize("python", USER_PYTHONS, ids=lambda p: p.split("/")[-3])
+def test_the_stack_hook_runs_in_every_users_python(home: Path, python: str) -> None:
+    """The hook is injected into the user's interpreter, whatever its version (images
+    bring 3.6 to 3.13): its stacks come back, and the command's own Python is the one
+    the image gives (nothing of the bootstrap's Python leaks in)."""
+    script = ("import sys\nprint('running on', sys.executable, sys.version_info[:2], "
+              "flush=True)\ndef hung_in_an_old_python_w5():\n    import time\n"
+              "    time.sleep(600)\nhung_in_an_old_python_w5()\n")
+    env = base_env(home, {"BOOTSTRAP_HANG_SECONDS": "2", "BOOTSTRAP_GRACE_SECONDS": "1"})
+    r = run_train([python, "-c", script], env, timeout=60)
+    assert r.returncode == 124, r.stderr
+    assert f"running on {python}" in r.stdout
+    assert "hung_in_an_old_python_w5" in record(home)["evidence"], r.stderr

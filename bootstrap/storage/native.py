@@ -31,7 +31,9 @@ from typing import TYPE_CHECKING, Any, Optional
 from urllib.parse import urlsplit, urlunsplit
 
 import obstore
+import obstore.exceptions
 
+from ..errors import ConfigError
 from .errors import StorageError
 
 if TYPE_CHECKING:
@@ -48,7 +50,18 @@ _TLS = re.compile(r"certificate|UnknownIssuer|InvalidCertificate|tls handshake|T
 
 def translate(exc: BaseException, operation: str) -> StorageError:
     """obstore's exception (its text: the library has no structured fields) in the
-    one error model."""
+    one error model. Only the library's own failures are translated: anything else (an
+    AttributeError, a TypeError: a bug of ours) is raised again as it is, so that it
+    surfaces as an internal error (exit 70), never as a network or TLS failure; an
+    option this obstore does not know is a usage error that names the version."""
+    if not isinstance(exc, (obstore.exceptions.BaseError, OSError)):
+        unknown = re.match(r"Invalid key: (\w+)", str(exc))
+        if isinstance(exc, ValueError) and unknown:
+            raise ConfigError(f"the installed obstore {obstore.__version__} does not know "
+                              f"the option {unknown.group(1)!r}: the bootstrap needs obstore "
+                              ">= 0.12 (pip install -U obstore), or set "
+                              "BOOTSTRAP_S3_BACKEND=boto3") from None
+        raise exc
     text = str(exc)
     head = text.split("\n\nDebug source:")[0]
     if "non-partial response" in text or "NotPartial" in text:
