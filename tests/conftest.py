@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Optional
 import pytest
 
 from devtools.s3server import S3Server
+from tests.dockerlab import docker, engine
 from tests.netns import Hosts, LoopbackHosts, namespaces_available
 
 if TYPE_CHECKING:
@@ -25,6 +26,16 @@ if TYPE_CHECKING:
 REPO = Path(__file__).resolve().parent.parent
 RUN_TRAIN = REPO / "scripts" / "run_train.sh"
 VENV_BIN = str(Path(sys.executable).parent)
+
+
+# The NVML fake (tests/fake_nvml.py, loaded by the bootstrap as its NVML module): a
+# healthy 8-GPU node, and the environment that makes a run use a scenario.
+HEALTHY = {"mode": "ok", "driver": "550.54.15", "cuda": 12040, "gpus": [{}] * 8}
+
+
+def fake_env(scenario: dict[str, Any], **extra: str) -> dict[str, str]:
+    return {"BOOTSTRAP_NVML_MODULE": "tests.fake_nvml", "FAKE_NVML": json.dumps(scenario),
+            "PYTHONPATH": str(REPO), **extra}
 
 
 @pytest.fixture(scope="session")
@@ -125,3 +136,20 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         client.create_bucket(Bucket="mn-code")
         client.put_object(Bucket="mn-code", Key="job/allreduce.py", Body=ALLREDUCE.encode())
         yield Lab(hosts, s3, "s3://mn-code/job/")
+
+
+@pytest.fixture(scope="module")
+def docker_env() -> Iterator[dict[str, str]]:
+    with engine() as (host, reason):
+        if host is None:
+            pytest.skip(f"no Docker engine: {reason}")
+        yield {**os.environ, "DOCKER_HOST": host, "DOCKER_BUILDKIT": "0"}
+
+
+@pytest.fixture
+def containers(docker_env: dict[str, str]) -> Iterator[list[str]]:
+    """Every container a test starts is removed by its id afterwards."""
+    ids: list[str] = []
+    yield ids
+    for cid in ids:
+        docker(docker_env, "rm", "-f", cid, check=False)

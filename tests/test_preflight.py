@@ -16,14 +16,7 @@ import pytest
 from bootstrap.config.settings import load_preflight
 from bootstrap.node import gpu, preflight
 from tests import fake_nvml
-from tests.conftest import REPO, assert_one_error_line, base_env, run_train
-
-HEALTHY = {"mode": "ok", "driver": "550.54.15", "cuda": 12040, "gpus": [{}] * 8}
-
-
-def fake_env(scenario: dict[str, Any], **extra: str) -> dict[str, str]:
-    return {"BOOTSTRAP_NVML_MODULE": "tests.fake_nvml", "FAKE_NVML": json.dumps(scenario),
-            "PYTHONPATH": str(REPO), **extra}
+from tests.conftest import HEALTHY, assert_one_error_line, base_env, fake_env, run_train
 
 
 def test_fake_nvml_mirrors_pynvml() -> None:

@@ -97,9 +97,13 @@ def test_sharded_over_three_nodes_each_holds_its_share(s3: S3Server, bucket: Buc
 
 def test_two_processes_at_once_download_once(s3: S3Server, bucket: Bucket, home: Path,
                                              tmp_path: Path) -> None:
+    # The large object's GETs wait 2 s, so the first stager holds the lock for seconds
+    # and the two really overlap: the second must wait for it (the log says so), not
+    # merely find a finished copy after a sequential first run.
     files = tree(random.Random(3))
     bucket.put_tree(files, "once/")
-    with FaultProxy(s3.endpoint) as proxy:
+    with FaultProxy(s3.endpoint, rate=1.0, kinds=["latency"], latency=2.0, only="big.bin",
+                    method="GET") as proxy:
         env = data_env(s3, home, f"s3://{bucket.name}/once/", tmp_path / "cache",
                        AWS_ENDPOINT_URL=proxy.endpoint)
         procs = [subprocess.Popen(["bash", str(RUN_TRAIN), "python", "-c", SHOW], env=env,
@@ -116,6 +120,9 @@ def test_two_processes_at_once_download_once(s3: S3Server, bucket: Bucket, home:
     assert proxy.object_gets[big] == 5  # its 5 ranges, once: one set of GETs in all
     reused = [stage(err, "data")["reused"] for _, err in outs]
     assert sorted(reused) == [False, True]
+    waiter = outs[reused.index(True)][1]
+    assert "another process on this node is staging the same data" in waiter  # overlapped
+    assert "waiting for it" not in outs[reused.index(False)][1]
 
 
 def test_rerun_fetches_only_what_changed_and_drops_what_went(s3: S3Server, bucket: Bucket,

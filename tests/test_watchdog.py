@@ -13,8 +13,7 @@ from typing import Any
 import pytest
 
 from devtools.s3server import S3Server
-from tests.conftest import Bucket, base_env, run_train
-from tests.test_preflight import HEALTHY, fake_env
+from tests.conftest import HEALTHY, Bucket, base_env, fake_env, run_train
 
 STUCK = r'''
 import os, time

@@ -1,0 +1,37 @@
+"""Start-up is budgeted (README, bench/README.md): the job module loads the stages it
+always runs and nothing heavy. A stage a job may not run (fetch, staging, the relay,
+supervision) and every heavy library are imported where they are used, and this test
+fails the day ``import bootstrap.job`` pulls one of them in (hoisting them all measured
++57 ms on every job's start)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+HEAVY = ("obstore", "boto3", "botocore", "asyncio", "ssl", "http.client", "psutil", "pynvml",
+         "concurrent.futures", "urllib3", "tenacity", "xml.etree.ElementTree", "hashlib",
+         "socket", "subprocess", "ctypes")
+LAZY_STAGES = ("bootstrap.transfer.fetch", "bootstrap.transfer.download",
+               "bootstrap.transfer.relay", "bootstrap.transfer.staging",
+               "bootstrap.transfer.upload", "bootstrap.run.supervise", "bootstrap.run.watchdog",
+               "bootstrap.cluster.barrier", "bootstrap.cluster.network",
+               "bootstrap.storage.native", "bootstrap.storage.boto")
+
+
+def loaded_by(module: str) -> list[str]:
+    code = (f"import json, sys\nimport {module}\n"
+            f"print(json.dumps([m for m in {list(HEAVY + LAZY_STAGES)!r} if m in sys.modules]))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    found: list[str] = json.loads(out)
+    return found
+
+
+def test_the_job_module_loads_nothing_heavy_and_no_optional_stage() -> None:
+    assert loaded_by("bootstrap.job") == []
+
+
+def test_the_entrypoint_module_loads_nothing_heavy() -> None:
+    assert loaded_by("bootstrap.__main__") == []
