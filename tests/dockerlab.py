@@ -67,3 +67,13 @@ def engine() -> Iterator[tuple[Optional[str], str]]:
                 proc.kill()
                 proc.wait()
         log.close()
+
+
+def docker(env: dict[str, str], *args: str, timeout: float = 600,
+           check: bool = True) -> subprocess.CompletedProcess[str]:
+    r = subprocess.run(["docker", *args], env=env, capture_output=True, text=True,
+                       timeout=timeout)
+    if check and r.returncode != 0:
+        raise AssertionError(f"docker {' '.join(args[:3])} failed ({r.returncode}): "
+                             f"{r.stderr[-3000:]}")
+    return r
