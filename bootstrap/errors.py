@@ -1,9 +1,11 @@
 """One error hierarchy, mapped to exit codes in one place.
 
 Every failure the bootstrap can explain is a :class:`BootstrapError` carrying the
-exit code the README documents; ``__main__`` prints its message as one line
-(``run_train: error: ...``) and exits with that code. Nothing else decides exit
-codes, so a new failure mode means a new subclass here, not a ``sys.exit`` elsewhere.
+exit code the README documents and its diagnosis (``reason`` and ``category``, what the
+failure record says: ``infrastructure`` or ``user``); ``__main__`` prints its message as
+one line (``run_train: error: ...``) and exits with that code. Nothing else decides exit
+codes or diagnoses, so a new failure mode means a new subclass here, not a
+``sys.exit`` or a table of class names elsewhere.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ class BootstrapError(Exception):
     """A failure with a one-line explanation for the user and a documented exit code."""
 
     exit_code = EXIT_INTERNAL
+    reason, category = "bootstrap", "infrastructure"
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -38,12 +41,14 @@ class UsageError(BootstrapError):
     """The run command itself is wrong (no command, interpreter without file, ...)."""
 
     exit_code = EXIT_USAGE
+    reason, category = "config", "user"
 
 
 class ConfigError(BootstrapError):
     """An environment variable holds something the bootstrap cannot use."""
 
     exit_code = EXIT_USAGE
+    reason, category = "config", "user"
 
 
 class TransferError(BootstrapError):
@@ -51,44 +56,56 @@ class TransferError(BootstrapError):
     script's "App download error" code, for uploads too)."""
 
     exit_code = EXIT_DOWNLOAD
+    reason, category = "transfer", "infrastructure"
 
 
 class DownloadError(TransferError):
     """The code directory could not be fetched; the job cannot start without it."""
 
+    reason = "download"
+
 
 class UploadError(TransferError):
     """Outputs, a log or a synced tree could not be uploaded."""
+
+    reason = "upload"
 
 
 class NoSpaceForData(BootstrapError):
     """The data to stage does not fit where it should land (or exceeds the cap)."""
 
     exit_code = EXIT_NO_SPACE
+    reason, category = "space", "infrastructure"
 
 
 class CommandNotFound(BootstrapError):
     exit_code = EXIT_NOT_FOUND
+    reason, category = "command", "user"
 
 
 class CommandNotExecutable(BootstrapError):
     exit_code = EXIT_NOT_EXECUTABLE
+    reason, category = "command", "user"
 
 
 class PeersNotReady(BootstrapError):
     exit_code = EXIT_PEERS
+    reason, category = "peers", "infrastructure"
 
 
 class PreflightFailed(BootstrapError):
     exit_code = EXIT_PREFLIGHT
+    reason, category = "preflight", "infrastructure"
 
 
 class BarrierFailed(BootstrapError):
     exit_code = EXIT_BARRIER
+    reason, category = "barrier", "infrastructure"
 
 
 class DependencyInstallFailed(BootstrapError):
     exit_code = EXIT_DEPENDENCIES
+    reason, category = "dependencies", "user"
 
 
 # Signals that stop the bootstrap itself before the command runs (job.py turns them
@@ -102,6 +119,8 @@ class Terminated(BootstrapError):
     Exits like a shell would report a process killed by that signal: 128 + number,
     so SIGTERM during the download gives 143, the same as a terminated command.
     """
+
+    reason, category = "signal", "infrastructure"
 
     def __init__(self, signum: int) -> None:
         super().__init__(f"stopped by {signal.Signals(signum).name} before the command started")

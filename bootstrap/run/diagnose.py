@@ -32,6 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from ..errors import BootstrapError
+
 _EXCEPTION = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Interrupt|Exit|Warning)|"
                         r"[A-Za-z_][\w.]*\.[A-Z]\w*): (.*)$")
 _NCCL = re.compile(r"NCCL (error|WARN)|ncclInternalError|ncclSystemError|ncclUnhandled"
@@ -79,22 +81,10 @@ def classify(exit_code: int, died_by: Optional[int], stderr_tail: str, *, hang: 
     return Diagnosis("exit", "user", f"the command exited {exit_code}")
 
 
-# Failures before the command ran, by the error that stopped the bootstrap.
-_START = {"PreflightFailed": ("preflight", "infrastructure"),
-          "BarrierFailed": ("barrier", "infrastructure"),
-          "PeersNotReady": ("peers", "infrastructure"),
-          "NoSpaceForData": ("space", "infrastructure"),
-          "DownloadError": ("download", "infrastructure"),
-          "Terminated": ("signal", "infrastructure"),
-          "DependencyInstallFailed": ("dependencies", "user"),
-          "ConfigError": ("config", "user"), "UsageError": ("config", "user"),
-          "CommandNotFound": ("command", "user"), "CommandNotExecutable": ("command", "user")}
-
-
-def before_start(error_type: str, message: str) -> Diagnosis:
-    """The diagnosis of a job that stopped before its command ran."""
-    reason, category = _START.get(error_type, ("bootstrap", "infrastructure"))
-    return Diagnosis(reason, category, message)
+def before_start(error: BootstrapError) -> Diagnosis:
+    """The diagnosis of a job that stopped before its command ran: what the error that
+    stopped it says of itself (bootstrap.errors: each class carries its reason)."""
+    return Diagnosis(error.reason, error.category, error.message)
 
 
 def _last(lines: list[str], pattern: re.Pattern[str]) -> Optional[str]:

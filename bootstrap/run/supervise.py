@@ -308,7 +308,7 @@ def write_failure_record(path: Path, outcome: Outcome, task_index: str, log: Log
 def write_start_failure(path: Path, error: BootstrapError, task_index: str, log: Log) -> None:
     """The record of a job that stopped before its command ran (preflight, barrier,
     download, ...): the same file and fields, so one reader finds every node's end."""
-    found = before_start(type(error).__name__, error.message)
+    found = before_start(error)
     _write_record(path, {"exit_code": error.exit_code, "reason": found.reason,
                          "category": found.category, "evidence": log.redact(found.evidence),
                          "stacks_file": None, "oom_kills": 0, "signal": None,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import signal
 
+from bootstrap import errors
 from bootstrap.run import watchdog
 from bootstrap.run.diagnose import before_start, classify
 
@@ -54,10 +55,27 @@ def test_a_plain_exit_code_is_the_commands_own() -> None:
         ("exit", "the command exited 3")
 
 
-def test_failures_before_the_command() -> None:
-    assert before_start("PreflightFailed", "x").category == "infrastructure"
-    assert before_start("ConfigError", "x").reason == "config"
-    assert before_start("SomethingNew", "x").reason == "bootstrap"
+def test_failures_before_the_command_carry_their_own_diagnosis() -> None:
+    assert before_start(errors.PreflightFailed("x")).category == "infrastructure"
+    assert before_start(errors.ConfigError("x")).reason == "config"
+    # The ones a table of class names forgot: named now, by the class itself.
+    assert (before_start(errors.UploadError("x")).reason,
+            before_start(errors.TransferError("x")).reason) == ("upload", "transfer")
+    assert before_start(errors.Terminated(15)).reason == "signal"
+
+    class SomethingNew(errors.BootstrapError):
+        pass
+
+    assert (before_start(SomethingNew("x")).reason, before_start(SomethingNew("x")).evidence) \
+        == ("bootstrap", "x")
+
+
+def test_every_error_class_names_a_reason_and_a_known_category() -> None:
+    classes = [c for c in vars(errors).values()
+               if isinstance(c, type) and issubclass(c, errors.BootstrapError)]
+    assert len(classes) >= 14
+    for cls in classes:
+        assert cls.reason and cls.category in ("user", "infrastructure"), cls
 
 
 def test_innermost_frames_of_the_main_thread() -> None:
