@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bootstrap.cluster import auth  # noqa: E402
 from bootstrap.log import Log, Redactor  # noqa: E402
-from bootstrap.transfer import relay  # noqa: E402
+from bootstrap.relay import server as relay_server  # noqa: E402
 from bootstrap.transfer.listing import RemoteObject  # noqa: E402
 
 
@@ -44,7 +44,8 @@ import hashlib, io, json, sys, time
 from pathlib import Path
 from bootstrap.log import Log, Redactor
 from bootstrap.cluster import auth
-from bootstrap.transfer import relay
+from bootstrap.relay import client, protocol
+from bootstrap.relay import server as relay_server
 from bootstrap.transfer.listing import RemoteObject
 from bootstrap.transfer.manifest import Manifest
 port, rank, root, listing = int(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[3]), sys.argv[4]
@@ -54,9 +55,9 @@ log = Log(Redactor({}), stream=io.StringIO())
 manifest = Manifest(root.parent / f"manifest-{rank}.jsonl", "s3://bench/")
 manifest.open_for_append()
 key = auth.derive("bench-secret", "bench-job", "relay-code")
-peers = relay.Peers(rank, ("127.0.0.1",) * (rank + 1), (port,) * (rank + 1), key, "relay-code",
+peers = protocol.Peers(rank, ("127.0.0.1",) * (rank + 1), (port,) * (rank + 1), key, "relay-code",
                     60.0)
-failed = relay.pull(peers, objects, {}, root, manifest, log, server=0)
+failed = client.pull(peers, objects, {}, root, manifest, log, server=0)
 print(json.dumps({"failed": len(failed)}))
 """
 
@@ -80,9 +81,9 @@ def one_hop(objects: dict[str, bytes], tmp: Path, port: int,
     log = Log(Redactor({}), stream=io.StringIO())
     key = auth.derive("bench-secret", "bench-job", "relay-code")
     # One parent serving ``kids`` children, whatever the tree's fan-out.
-    server = relay.RelayServer(port, key, "relay-code", 0, range(1, kids + 1), 60.0, log)
+    server = relay_server.RelayServer(port, key, "relay-code", 0, range(1, kids + 1), 60.0, log)
     server.start()
-    held = relay.Held()
+    held = relay_server.Held()
     for obj in listed:
         held.add(obj.rel)
     held.close()

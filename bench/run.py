@@ -57,6 +57,9 @@ def real_binary(name: str) -> Path:
 
 
 S5CMD = real_binary("s5cmd")
+# The self-contained runtime (docker/runtime/build.sh), when built on this machine: its
+# rows run today's bootstrap code (PYTHONPATH) on the runtime's own interpreter.
+RUNTIME = Path(os.environ.get("BENCH_RUNTIME", "/opt/bootstrap"))
 KiB, MiB = 1024, 1024 * 1024
 
 
@@ -226,6 +229,12 @@ def contenders(endpoint: str, s3: S3Server,
         return ["bash", str(old / "scripts/run_train.sh"), "true"], env, \
             work / "user-job-dir" / prefix
 
+    def on_runtime(prefix: str, work: Path) -> Invocation:
+        env = bootstrap_env(prefix, work, BOOTSTRAP_PYTHON=str(RUNTIME / "bin/python3"),
+                            PYTHONPATH=str(REPO))
+        return ["bash", str(REPO / "scripts/run_train.sh"), "true"], env, \
+            work / "user-job-dir" / prefix
+
     def awscrt(prefix: str, work: Path) -> Invocation:
         return [sys.executable, str(REPO / "bench/awscrt_fetch.py"), "bench", f"{prefix}/",
                 str(work / "out")], base, work / "out"
@@ -255,7 +264,9 @@ def contenders(endpoint: str, s3: S3Server,
         "bootstrap": bootstrap, "staging": staging, "s5cmd": s5cmd, "lean-py": lean,
         "awscrt": awscrt,
         "boto3-fallback": fallback, "rclone": rclone, "aws-cli": aws,
-        "boto3-pool": boto3_pool}
+        "boto3-pool": boto3_pool, "bootstrap-runtime": on_runtime}
+    if not (RUNTIME / "glibc-floor").exists():
+        del found["bootstrap-runtime"]
     if old is None:
         del found["lean-py"]
     if not (BIN / "rclone").exists():
@@ -466,9 +477,21 @@ def startup(reps: int) -> dict[str, float]:
             bare.append(timed([str(venv / "bin/python"), "-c", "pass"], env).seconds)
             boot.append(timed(["bash", str(REPO / "scripts/run_train.sh"), "python", "-c",
                                "pass"], env).seconds)
-    return {"python_ms": statistics.median(bare) * 1000,
-            "run_train_ms": statistics.median(boot) * 1000,
-            "overhead_ms": (statistics.median(boot) - statistics.median(bare)) * 1000}
+        runtime = []
+        if (RUNTIME / "glibc-floor").exists():  # the same job, on the runtime
+            on_runtime = {**env, "BOOTSTRAP_PYTHON": str(RUNTIME / "bin/python3"),
+                          "PYTHONPATH": str(REPO)}
+            for _ in range(reps):
+                runtime.append(timed(["bash", str(REPO / "scripts/run_train.sh"), "python",
+                                      "-c", "pass"], on_runtime).seconds)
+    found = {"python_ms": statistics.median(bare) * 1000,
+             "run_train_ms": statistics.median(boot) * 1000,
+             "overhead_ms": (statistics.median(boot) - statistics.median(bare)) * 1000}
+    if runtime:
+        found["runtime_run_train_ms"] = statistics.median(runtime) * 1000
+        found["runtime_overhead_ms"] = (statistics.median(runtime) - statistics.median(bare)) \
+            * 1000
+    return found
 
 
 def import_costs(reps: int) -> dict[str, float]:
@@ -548,6 +571,10 @@ def main() -> int:
     print("\nimport cost: " + ", ".join(f"{k} {v:.0f} ms" for k, v in imports.items()))
     print(f"\nstart-up: python -c pass {start['python_ms']:.1f} ms, run_train.sh python -c pass "
           f"{start['run_train_ms']:.1f} ms, overhead {start['overhead_ms']:.1f} ms")
+    if "runtime_run_train_ms" in start:
+        print(f"start-up on the self-contained runtime: run_train.sh python -c pass "
+              f"{start['runtime_run_train_ms']:.1f} ms, overhead "
+              f"{start['runtime_overhead_ms']:.1f} ms")
     out = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": f"{platform.node()} "
            f"{os.cpu_count()} cores {platform.machine()}", "smoke": args.smoke, "reps": reps,
            "results": results, "uploads": upload_results, "latency": latency,

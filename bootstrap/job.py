@@ -3,10 +3,10 @@
 settings -> command -> (fetch | data | preflight | peers) -> barrier -> network -> launch.
 
 Each stage lives in a package named for its concern (``config``, ``transfer``,
-``node``, ``cluster``, ``run``); this file only orders them, times them and hands
-values between them. Everything that can be checked without I/O (the settings, the
-command, the cluster description, the endpoint) is checked first, so a typo in the
-job spec fails in milliseconds, not after a download.
+``relay``, ``data``, ``node``, ``cluster``, ``run``); this file only orders them, times
+them and hands values between them. Everything that can be checked without I/O (the
+settings, the command, the cluster description, the endpoint) is checked first, so a
+typo in the job spec fails in milliseconds, not after a download.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, Optional
 
 from .cluster import topology
+from .config import location
 from .config.settings import ACTIVE_MARKER, Settings, load
 from .errors import (
     EXIT_DOWNLOAD,
@@ -35,13 +36,12 @@ from .errors import (
 from .log import Log, Redactor
 from .node import preflight
 from .run import command, launch
-from .transfer import location
 
 if TYPE_CHECKING:
     from .config.platform import Cluster
+    from .data.staging import Staged
     from .run.watchdog import Watchdog
     from .transfer.outputs import OutputSync
-    from .transfer.staging import Staged
 
 # STOP_SIGNALS: a handler that raises turns them into an exception, so every stage's
 # cleanup (temporary files of a half-done download) runs on the way out. exec resets
@@ -185,12 +185,16 @@ def _default_signals() -> None:
 
 def _fetch_stage(code_url: location.Location, code_dir: Path, settings: Settings,
                  log: Log) -> None:
-    from .transfer import fetch, relay  # loaded only when there is something to fetch
+    # Loaded only when there is something to fetch (the S3 client, the relay).
+    from .relay import fetch as relay_fetch
+    from .relay import protocol as relay
+    from .transfer import fetch
 
     with timed(log, "fetch") as t:
         peers = relay.plan(settings, code_url, "relay-code", log)
         if peers is not None:
-            stats = fetch.fetch_with_peers(code_url, code_dir, settings.transfer, peers, log)
+            stats = relay_fetch.fetch_with_peers(code_url, code_dir, settings.transfer, peers,
+                                                 log)
         else:
             stats = fetch.fetch(code_url, code_dir, settings.transfer, log)
         t.detail = f"{stats.summary()} -> {code_dir}"
@@ -198,7 +202,8 @@ def _fetch_stage(code_url: location.Location, code_dir: Path, settings: Settings
 
 
 def _staging_stage(settings: Settings, log: Log) -> Staged:
-    from .transfer import relay, staging
+    from .data import staging
+    from .relay import protocol as relay
 
     cluster = settings.cluster.layout
     with timed(log, "data") as t:

@@ -6,11 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from bootstrap.config import settings
+from bootstrap.config import location, settings
 from bootstrap.errors import ConfigError, DownloadError, UsageError
 from bootstrap.log import Redactor
 from bootstrap.run import command
-from bootstrap.transfer import location
 from bootstrap.transfer.paths import relative_path
 
 JOB = Path("/j")

@@ -20,7 +20,7 @@ import pytest
 
 from bootstrap.cluster import auth
 from bootstrap.cluster.wire import Wire
-from bootstrap.transfer import relay
+from bootstrap.relay import protocol
 from tests.conftest import REPO, log_records, stage
 from tests.faultproxy import FaultProxy
 from tests.lab import Lab, NodeResult, old_contract, port, run_job, shared_contract
@@ -441,7 +441,7 @@ def test_a_stranger_holding_the_slots_does_not_keep_the_children_out(
 
     def flood() -> None:  # from a host outside the job, before node 1 knocks
         stranger.append(lab.hosts.spawn(3, ["python3", "-c", STRANGER, lab.hosts.addr(0),
-                                            str(relay_port), str(relay.MAX_PENDING + 4)],
+                                            str(relay_port), str(protocol.MAX_PENDING + 4)],
                                         {"PATH": os.environ["PATH"]}))
         out = stranger[0].stdout
         assert out is not None and out.readline().strip() == "holding"
@@ -466,7 +466,7 @@ def test_a_stranger_holding_the_slots_does_not_keep_the_children_out(
         assert r.code == 0, r.err
         assert digest(r.home / "user-job-dir" / "peer") == WANT
     assert stage(results[1].err, "fetch")["peer_files"] == len(ALL)
-    assert f"more than {relay.MAX_PENDING} handshakes at once" in results[0].err
+    assert f"more than {protocol.MAX_PENDING} handshakes at once" in results[0].err
 
 
 def established(lab: Lab, host: int, sport: int) -> bool:
@@ -497,7 +497,7 @@ def test_a_stopped_child_holds_its_parent_no_longer_than_the_silence_bound(
             node_one = lab.hosts.procs[-1]
             os.killpg(node_one.pid, signal.SIGSTOP)
             stopped.append(time.monotonic())
-            time.sleep(relay.SILENCE + 5)
+            time.sleep(protocol.SILENCE + 5)
             os.killpg(node_one.pid, signal.SIGCONT)
 
         threading.Thread(target=run, daemon=True).start()
@@ -517,7 +517,7 @@ def test_a_stopped_child_holds_its_parent_no_longer_than_the_silence_bound(
     for r in results:
         assert r.code == 0, r.err
         assert digest(r.home / "user-job-dir" / "peer") == WANT
-    assert f"relay: node 1 neither read nor asked for {relay.SILENCE:g} s; let go" in \
+    assert f"relay: node 1 neither read nor asked for {protocol.SILENCE:g} s; let go" in \
         results[0].err
     assert stage(results[0].err, "fetch")["seconds"] < 60  # control: the 120 s peer wait
     assert "slower than" not in results[1].err  # its own stall, not the parent's pace

@@ -19,7 +19,8 @@ from pathlib import Path
 from bootstrap.cluster import auth
 from bootstrap.cluster.wire import Wire
 from bootstrap.log import Log, Redactor
-from bootstrap.transfer import relay
+from bootstrap.relay import client, protocol
+from bootstrap.relay import server as relay_server
 from bootstrap.transfer.listing import RemoteObject
 from bootstrap.transfer.manifest import Manifest
 from tests.lab import port as port_block
@@ -27,8 +28,8 @@ from tests.lab import port as port_block
 KEY = auth.derive("loopback-secret", "loopback-job", "relay-code")
 
 
-def peers(rank: int, base: int) -> relay.Peers:
-    return relay.Peers(rank, ("127.0.0.1",) * 2, (base, base + 2), KEY, "relay-code", 30.0)
+def peers(rank: int, base: int) -> protocol.Peers:
+    return protocol.Peers(rank, ("127.0.0.1",) * 2, (base, base + 2), KEY, "relay-code", 30.0)
 
 
 def tree(root: Path, n: int = 20) -> list[RemoteObject]:
@@ -52,7 +53,7 @@ def pull(base: int, objects: list[RemoteObject], child: Path) -> tuple[list[Remo
     child.mkdir(exist_ok=True)
     manifest = Manifest(child.parent / f"{child.name}.manifest", "s3://b/")
     manifest.open_for_append()
-    failed = relay.pull(peers(1, base), objects, {}, child, manifest, log)
+    failed = client.pull(peers(1, base), objects, {}, child, manifest, log)
     return failed, said.getvalue()
 
 
@@ -83,12 +84,12 @@ def test_a_tree_offered_after_the_child_asked_still_comes_from_the_parent(
     objects = tree(tmp_path / "parent")
     log, _ = quiet()
     base = port_block()
-    server = relay.open_server(peers(0, base), log)
+    server = relay_server.open_server(peers(0, base), log)
     assert server is not None
-    held = relay.Held()
+    held = relay_server.Held()
 
     def list_then_offer() -> None:  # the parent's listing takes longer than a heartbeat
-        time.sleep(relay.HEARTBEAT + 1)
+        time.sleep(protocol.HEARTBEAT + 1)
         for obj in objects:
             held.add(obj.rel, obj.size)
         held.close()
@@ -117,7 +118,7 @@ def test_a_parent_whose_own_download_stands_still_is_left(tmp_path: Path) -> Non
     fake_parent(base, stuck)
     failed, said = pull(base, objects, tmp_path / "child")
     assert failed == objects  # all from the store
-    assert f"no progress for {relay.STALL:g} s while it waited for f00" in said
+    assert f"no progress for {protocol.STALL:g} s while it waited for f00" in said
 
 
 def test_a_parent_whose_own_download_moves_keeps_its_child(tmp_path: Path) -> None:
@@ -149,9 +150,9 @@ def test_strangers_holding_every_handshake_slot_do_not_keep_a_child_out(
     objects = tree(tmp_path / "parent")
     log, said = quiet()
     base = port_block()
-    server = relay.open_server(peers(0, base), log)
+    server = relay_server.open_server(peers(0, base), log)
     assert server is not None
-    held = relay.Held()
+    held = relay_server.Held()
     for obj in objects:
         held.add(obj.rel, obj.size)
     held.close()
@@ -168,7 +169,7 @@ def test_strangers_holding_every_handshake_slot_do_not_keep_a_child_out(
                 time.sleep(0.5)
 
     strangers = [threading.Thread(target=trickle, daemon=True)
-                 for _ in range(relay.MAX_PENDING)]
+                 for _ in range(protocol.MAX_PENDING)]
     for t in strangers:
         t.start()
     time.sleep(1)  # every slot taken
@@ -177,4 +178,4 @@ def test_strangers_holding_every_handshake_slot_do_not_keep_a_child_out(
     server.finish(5)
     assert failed == [], child_said
     assert server.served == len(objects)
-    assert said.getvalue().count(f"more than {relay.MAX_PENDING} handshakes at once") == 1
+    assert said.getvalue().count(f"more than {protocol.MAX_PENDING} handshakes at once") == 1

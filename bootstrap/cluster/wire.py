@@ -8,6 +8,7 @@ and each ``recv`` gets only what is left of it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import time
@@ -77,3 +78,12 @@ class Wire:
 
     def send_json(self, value: dict[str, Any], timeout: float) -> None:
         self.send(json.dumps(value, separators=(",", ":")).encode() + b"\n", timeout)
+
+
+def hang_up(conn: socket.socket) -> None:
+    """Ends a connection another thread may be blocked on (``close`` alone would not
+    wake its ``recv``)."""
+    with contextlib.suppress(OSError):
+        conn.shutdown(socket.SHUT_RDWR)
+    with contextlib.suppress(OSError):
+        conn.close()

@@ -21,10 +21,10 @@ import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
+from ..config import location as loc
 from ..config import settings as settings_mod
 from ..errors import UsageError
 from ..log import Log, Redactor
-from ..transfer import location as loc
 
 
 class _Parser(argparse.ArgumentParser):

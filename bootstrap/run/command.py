@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from ..config import location as loc
 from ..errors import UsageError
-from ..transfer import location as loc
 
 # Where the platform has put code directories: its documented original layout and the
 # ma-user one. A file named under either is looked for in this job's directory too.

@@ -21,8 +21,8 @@ from __future__ import annotations
 
 from typing import Optional
 
+from ..config.location import Location
 from ..errors import DownloadError
-from ..transfer.location import Location
 
 
 class StorageError(Exception):

@@ -49,12 +49,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
+from ..config.location import Location
 from ..errors import DownloadError
 from ..log import Log
 from ..storage import retry
 from ..storage.errors import StorageError, TransientError
 from .listing import RemoteObject
-from .location import Location
 from .loop import ByteBudget, run_stoppable
 from .manifest import Manifest
 from .paths import SafeDirs

@@ -13,9 +13,9 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional
 
+from ..config.location import Location
 from ..errors import DownloadError
 from ..storage import retry
-from .location import Location
 from .paths import relative_path
 
 if TYPE_CHECKING:

@@ -23,10 +23,10 @@ import threading
 from pathlib import Path
 from typing import Optional
 
+from ..config import location as loc
 from ..config.settings import Outputs, Transfer
 from ..errors import BootstrapError, ConfigError
 from ..log import Log
-from . import location as loc
 
 
 def remote(url: str, what: str) -> loc.Location:

@@ -34,12 +34,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
+from ..config.location import Location
 from ..config.settings import Transfer
 from ..errors import BootstrapError, UploadError
 from ..log import Log
 from ..storage import retry
 from ..storage.errors import TransientError, explain
-from .location import Location
 
 if TYPE_CHECKING:
     from ..storage.base import Store

@@ -23,9 +23,9 @@ def test_a_missing_dependency_is_a_usage_error(capsys: pytest.CaptureFixture[str
 
 def test_an_import_error_inside_the_bootstrap_is_a_bug(
         capsys: pytest.CaptureFixture[str]) -> None:
-    # Before: "lacks the bootstrap's dependency 'bootstrap.transfer.relay'" and exit 2.
+    # Before: "lacks the bootstrap's dependency 'bootstrap.relay.protocol'" and exit 2.
     code = raising(ImportError("cannot import name 'uniform_part_size'",
-                               name="bootstrap.transfer.relay"))
+                               name="bootstrap.relay.protocol"))
     assert code == EXIT_INTERNAL
     err = capsys.readouterr().err
     assert "internal error (ImportError" in err and "lacks" not in err

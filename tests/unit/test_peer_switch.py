@@ -10,25 +10,26 @@ from typing import Optional
 import pytest
 
 from bootstrap.cluster import auth
+from bootstrap.config import location
 from bootstrap.config.settings import PEER_FETCH_NODES, load
 from bootstrap.errors import ConfigError
 from bootstrap.log import Log, Redactor
-from bootstrap.transfer import location, relay
-from bootstrap.transfer.relay import Peers
+from bootstrap.relay import protocol
+from bootstrap.relay.protocol import Peers
 
 KEYS = {"AWS_ACCESS_KEY_ID": "AKEXAMPLE", "AWS_SECRET_ACCESS_KEY": "s3cr3t-example",
         "AWS_ENDPOINT_URL": "http://127.0.0.1:9", "MA_JOB_ID": "job-7"}
 
 
 def peers_for(tmp_path: Path, nodes: int, url: str = "s3://bucket/code/",
-              protocol: str = "relay-code", **env: str) -> tuple[Optional[Peers], str]:
+              kind: str = "relay-code", **env: str) -> tuple[Optional[Peers], str]:
     hosts = {f"BATCH_CUSTOM{j}_HOSTS": f"node-{j}:29500" for j in range(nodes)}
     full = {"BOOTSTRAP_VOLCANO_DIR": "/nonexistent-volcano", "BOOTSTRAP_HOME": str(tmp_path),
             "DLS_TASK_INDEX": str(min(1, nodes - 1)), "DLS_TASK_NUMBER": str(nodes), **hosts,
             **KEYS, **env}
     said = io.StringIO()
     settings = load(full)
-    found = relay.plan(settings, location.parse(url), protocol, Log(Redactor(full), stream=said))
+    found = protocol.plan(settings, location.parse(url), kind, Log(Redactor(full), stream=said))
     return found, said.getvalue()
 
 
@@ -39,7 +40,7 @@ def test_auto_starts_at_the_documented_size(tmp_path: Path) -> None:
     assert found.ports == tuple(29611 + 2 * r for r in range(PEER_FETCH_NODES))
     assert found.hosts == tuple(f"node-{j}" for j in range(PEER_FETCH_NODES))
     assert found.key == auth.derive("s3cr3t-example", "job-7", "relay-code")
-    data, _ = peers_for(tmp_path, PEER_FETCH_NODES, protocol="relay-data")
+    data, _ = peers_for(tmp_path, PEER_FETCH_NODES, kind="relay-data")
     assert data is not None and data.ports == tuple(p + 1 for p in found.ports)
     assert data.key == auth.derive("s3cr3t-example", "job-7", "relay-data") != found.key
 

@@ -9,28 +9,29 @@ from collections.abc import Iterator
 
 import pytest
 
-from bootstrap.transfer import relay, verify
+from bootstrap.relay import client, protocol, server
+from bootstrap.transfer import verify
 from bootstrap.transfer.listing import RemoteObject
 
 
 def test_a_binary_tree_by_rank_covers_every_node_once() -> None:
     size = 87
-    seen = [c for r in range(size) for c in relay.children(r, size)]
+    seen = [c for r in range(size) for c in protocol.children(r, size)]
     assert sorted(seen) == list(range(1, size))  # every node but 0 has one parent
-    assert all(relay.parent(c) == r for r in range(size) for c in relay.children(r, size))
-    assert relay.parent(0) is None and relay.children(0, 1) == []
+    assert all(protocol.parent(c) == r for r in range(size) for c in protocol.children(r, size))
+    assert protocol.parent(0) is None and protocol.children(0, 1) == []
     depth = max(len(list(_ancestors(r))) for r in range(512))
     assert depth == 9  # log2(512) levels: the time grows with log N
 
 
 def _ancestors(rank: int) -> Iterator[int]:
-    while (up := relay.parent(rank)) is not None:
+    while (up := protocol.parent(rank)) is not None:
         yield up
         rank = up
 
 
 def test_held_files_wake_their_waiters_and_close_ends_the_wait() -> None:
-    held = relay.Held()
+    held = server.Held()
     threading.Timer(0.1, held.add, args=("a.py",)).start()
     assert held.wait_for("a.py", 5)
     started = time.monotonic()
@@ -49,39 +50,39 @@ class Clock:
 
 def test_pace_judges_whole_windows_of_active_time_by_bytes_or_files() -> None:
     clock = Clock()
-    pace = relay.Pace(clock)
-    clock.now = relay.PACE_WINDOW - 0.1
+    pace = client.Pace(clock)
+    clock.now = protocol.PACE_WINDOW - 0.1
     assert not pace.slow()  # too early to judge anything
-    clock.now = relay.PACE_WINDOW
+    clock.now = protocol.PACE_WINDOW
     assert pace.slow()  # a whole window, nothing came: slower than the store
-    pace.add(int(relay.MIN_BYTES_PER_S * relay.PACE_WINDOW))
-    clock.now += relay.PACE_WINDOW
+    pace.add(int(protocol.MIN_BYTES_PER_S * protocol.PACE_WINDOW))
+    clock.now += protocol.PACE_WINDOW
     assert not pace.slow()  # big files at the byte floor
-    pace.add(0, files=int(relay.MIN_FILES_PER_S * relay.PACE_WINDOW))
-    clock.now += relay.PACE_WINDOW
+    pace.add(0, files=int(protocol.MIN_FILES_PER_S * protocol.PACE_WINDOW))
+    clock.now += protocol.PACE_WINDOW
     assert not pace.slow()  # small files at the file floor
     pace.add(1000, files=3)
-    clock.now += relay.PACE_WINDOW
+    clock.now += protocol.PACE_WINDOW
     assert pace.slow()  # a parent that slowed down late is caught in its window
 
 
 def test_a_parent_waiting_on_its_own_download_is_not_judged_for_it() -> None:
     clock = Clock()
-    pace = relay.Pace(clock)
+    pace = client.Pace(clock)
     for _ in range(10):
         pace.pause()  # a "wait" line: the store's pace, not the parent's
-        clock.now += relay.PACE_WINDOW * 3
+        clock.now += protocol.PACE_WINDOW * 3
         pace.resume()
-        clock.now += relay.PACE_WINDOW * 0.05
+        clock.now += protocol.PACE_WINDOW * 0.05
         pace.add(10, files=1)
         assert not pace.slow()
-    clock.now += relay.PACE_WINDOW  # but active time adds up across the waits
+    clock.now += protocol.PACE_WINDOW  # but active time adds up across the waits
     assert pace.slow()
 
 
 def test_a_child_behind_the_parents_stamps_knows_its_own_stall() -> None:
     clock = Clock()
-    theirs = relay.ParentClock(clock)
+    theirs = client.ParentClock(clock)
     clock.now = 100.0
     assert not theirs.lagging(5000.0)  # the first stamp fixes the offset
     clock.now = 102.0
@@ -93,17 +94,17 @@ def test_a_child_behind_the_parents_stamps_knows_its_own_stall() -> None:
 
 
 def test_a_wait_is_left_when_the_parents_progress_stands_still_by_its_clock() -> None:
-    theirs = relay.ParentClock()
+    theirs = client.ParentClock()
     theirs.start_wait()
 
     def beat(t: float, files: int, nbytes: int) -> bool:
         return theirs.stalled({"wait": "x", "files": files, "bytes": nbytes, "t": t})
 
     assert not beat(0, 3, 100)
-    assert not beat(relay.STALL, 3, 100)  # exactly STALL: not yet
-    assert not beat(relay.STALL + 1, 3, 200)  # bytes moved (a range landed): patience renews
-    assert not beat(2 * relay.STALL, 3, 200)
-    assert beat(2 * relay.STALL + 1.5, 3, 200)
+    assert not beat(protocol.STALL, 3, 100)  # exactly STALL: not yet
+    assert not beat(protocol.STALL + 1, 3, 200)  # bytes moved (a range landed): patience renews
+    assert not beat(2 * protocol.STALL, 3, 200)
+    assert beat(2 * protocol.STALL + 1.5, 3, 200)
     theirs.start_wait()  # each wait is judged on its own
     assert not beat(1000, 3, 200)
 
@@ -114,16 +115,16 @@ def test_relay_ports_stay_clear_of_the_jobs_other_ports() -> None:
     four = Cluster(nodes=tuple(Member(i, "host-a" if i < 2 else "host-b", 6000 + i)
                                for i in range(4)), rank=1, source="old", job_id="j")
     wide = (32768, 60999)
-    assert relay.port_conflict(29611, four, wide) is None
-    assert [relay.port_of(29611, r, p) for r in range(2) for p in relay.PROTOCOLS] == \
+    assert protocol.port_conflict(29611, four, wide) is None
+    assert [protocol.port_of(29611, r, p) for r in range(2) for p in protocol.PROTOCOLS] == \
         [29611, 29612, 29613, 29614]  # one pair a node: nodes on one host never share
-    said = relay.port_conflict(5995, four, wide)
+    said = protocol.port_conflict(5995, four, wide)
     assert said is not None and "port 6000 (node 2's)" in said and "MASTER_PORT" in said
-    said = relay.port_conflict(6001, four, wide)
+    said = protocol.port_conflict(6001, four, wide)
     assert said is not None and "node 1's port in the job's host list" in said
-    said = relay.port_conflict(32765, four, wide)
+    said = protocol.port_conflict(32765, four, wide)
     assert said is not None and "ephemeral range" in said
-    said = relay.port_conflict(65530, four, wide)
+    said = protocol.port_conflict(65530, four, wide)
     assert said is not None and "past 65535" in said
 
 

@@ -14,7 +14,8 @@ HEAVY = ("obstore", "boto3", "botocore", "asyncio", "ssl", "http.client", "psuti
          "concurrent.futures", "urllib3", "tenacity", "xml.etree.ElementTree", "hashlib",
          "socket", "subprocess", "ctypes")
 LAZY_STAGES = ("bootstrap.transfer.fetch", "bootstrap.transfer.download",
-               "bootstrap.transfer.relay", "bootstrap.transfer.staging",
+               "bootstrap.relay.protocol", "bootstrap.relay.server", "bootstrap.relay.client",
+               "bootstrap.relay.fetch", "bootstrap.data.staging",
                "bootstrap.transfer.upload", "bootstrap.run.supervise", "bootstrap.run.watchdog",
                "bootstrap.cluster.barrier", "bootstrap.cluster.network",
                "bootstrap.storage.native", "bootstrap.storage.boto")

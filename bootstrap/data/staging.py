@@ -44,16 +44,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
+from ..config import location as locations
 from ..errors import ConfigError, DownloadError, NoSpaceForData
-from . import location as locations
-from .download import Stats
-from .listing import RemoteObject
-from .manifest import Manifest
+from ..relay.fetch import download_with_peers, open_relay, serve_only
+from ..relay.server import AnnouncingManifest, Held
+from ..transfer.download import TMP_SUFFIX, Stats
+from ..transfer.fetch import manifest_path, remote
+from ..transfer.listing import RemoteObject, list_objects, named_object
+from ..transfer.manifest import Manifest
 
 if TYPE_CHECKING:
     from ..config.settings import Staging, Transfer
     from ..log import Log
-    from .relay import Peers, RelayServer
+    from ..relay.protocol import Peers
+    from ..relay.server import RelayServer
 
 STATE = ".bootstrap-stage"  # beside the staged data, in BOOTSTRAP_DATA_DIR
 GB = 1000**3
@@ -124,7 +128,6 @@ def stage(settings: Staging, transfer: Transfer, rank: int, nodes: int, log: Log
             stats.total_files, stats.skipped = len(mine), len(mine)
             stats.total_bytes = sum(o.size for o in mine)
             if server is not None:
-                from .fetch import serve_only
 
                 serve_only(version, mine, server, log)
         else:
@@ -154,7 +157,6 @@ def _relay_server(peers: Optional[Peers], log: Log) -> Iterator[Optional[RelaySe
     if peers is None:
         yield None
         return
-    from .fetch import open_relay
 
     server = open_relay(peers, log)
     try:
@@ -173,8 +175,6 @@ def _list(source: locations.Location,
     if not source.is_remote:
         assert source.path is not None
         return _list_local(source.path)
-    from .fetch import remote
-    from .listing import list_objects, named_object
 
     with remote(source, transfer) as session:
         if not source.url.endswith("/"):
@@ -265,7 +265,6 @@ def _trusted(version: Path) -> bool:
 
 
 def _manifest(version: Path, url: str) -> Manifest:
-    from .fetch import manifest_path
 
     return Manifest(manifest_path(version), url)
 
@@ -311,8 +310,6 @@ def _build(version: Path, previous: Optional[Path], objects: list[RemoteObject],
     ``peers``)."""
     version.mkdir(mode=0o755)
     if peers is not None:
-        from .fetch import manifest_path
-        from .relay import AnnouncingManifest, Held
 
         record: Manifest = AnnouncingManifest(manifest_path(version), url, Held())
     else:
@@ -333,12 +330,9 @@ def _build(version: Path, previous: Optional[Path], objects: list[RemoteObject],
                       for o in objects for i in range(1, o.rel.count("/") + 1)})
     try:
         if source.is_remote:
-            from .fetch import remote
 
             with remote(source, transfer) as session:
                 if peers is not None:
-                    from .fetch import download_with_peers
-                    from .relay import AnnouncingManifest
 
                     assert isinstance(record, AnnouncingManifest)
                     return download_with_peers(session, objects, folders, version, record,
@@ -357,7 +351,6 @@ def _copy_local(objects: list[RemoteObject], folders: list[str], version: Path,
     """A mounted path's files, copied on threads, each under a temporary name first."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from .download import TMP_SUFFIX
 
     stats = Stats(backend="local copy")
     started = time.monotonic()
@@ -434,7 +427,6 @@ def _collect(versions: Path, keep: Path, log: Log) -> None:
             except BlockingIOError:
                 continue  # a running job still reads it
             shutil.rmtree(entry, ignore_errors=True)
-            from .fetch import manifest_path
 
             for leftover in (manifest_path(entry), versions / f"{entry.name}.complete",
                              versions / f"{entry.name}.share", hold):
