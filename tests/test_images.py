@@ -115,9 +115,11 @@ def test_a_job_runs_on_every_base_with_the_images_own_python(
         for key in ("PATH", "PYTHONHOME", "LD_LIBRARY_PATH", "SSL_CERT_FILE", "SSL_CERT_DIR",
                     "LD_PRELOAD"):
             assert seen[key] == own.get(key), (key, seen[key], own.get(key))
-        # PYTHONPATH: the job dir in front (the documented contract), nothing of ours.
-        assert seen["PYTHONPATH"].split(":")[0] == "/home/work/user-job-dir"
-        assert "/opt/bootstrap" not in (seen["PYTHONPATH"] or "")
+        # PYTHONPATH: the code and job folders in front (the documented contract), then
+        # the image's own; nothing of the bootstrap's.
+        mine = ["/home/work/user-job-dir/code", "/home/work/user-job-dir"]
+        theirs = [p for p in (own.get("PYTHONPATH") or "").split(":") if p]
+        assert seen["PYTHONPATH"].split(":") == mine + theirs, seen["PYTHONPATH"]
     else:
         assert "python3: none" in r.stdout
         assert f"PATH={own['PATH']} LD_LIBRARY_PATH=unset PYTHONHOME=unset" in r.stdout
