@@ -77,3 +77,18 @@ def docker(env: dict[str, str], *args: str, timeout: float = 600,
         raise AssertionError(f"docker {' '.join(args[:3])} failed ({r.returncode}): "
                              f"{r.stderr[-3000:]}")
     return r
+
+
+def stop_when_ready(env: dict[str, str], cid: str, grace: int = 20) -> int:
+    """Waits until container ``cid`` has logged "ready", stops it as the platform would
+    (SIGTERM, then SIGKILL after ``grace`` seconds) and returns its exit code."""
+    import json
+    import time
+
+    deadline = time.monotonic() + 120
+    while "ready" not in docker(env, "logs", cid).stdout:
+        assert time.monotonic() < deadline, docker(env, "logs", cid).stderr
+        time.sleep(0.5)
+    docker(env, "stop", "-t", str(grace), cid)
+    code: int = json.loads(docker(env, "inspect", cid).stdout)[0]["State"]["ExitCode"]
+    return code

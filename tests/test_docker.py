@@ -12,7 +12,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from pathlib import Path
 
@@ -20,7 +19,7 @@ import pytest
 
 from devtools.s3server import S3Server
 from tests.conftest import REPO, Bucket
-from tests.dockerlab import docker
+from tests.dockerlab import docker, stop_when_ready
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(900)]
 IMAGE = "bootstrap-test:ci"
@@ -112,13 +111,7 @@ def test_docker_stop_delivers_sigterm_and_exits_143(docker_env: dict[str, str], 
     cid = docker(docker_env, "run", "-d", "--network", "host", *env_args, image,
                  "bash", "/home/work/run_train.sh", "python3", "train.py", "wait").stdout.strip()
     containers.append(cid)
-    deadline = time.monotonic() + 120
-    while "ready" not in docker(docker_env, "logs", cid).stdout:
-        assert time.monotonic() < deadline, docker(docker_env, "logs", cid).stderr
-        time.sleep(0.5)
-    docker(docker_env, "stop", "-t", "20", cid)
-    state = json.loads(docker(docker_env, "inspect", cid).stdout)[0]["State"]
-    assert state["ExitCode"] == 143, state
+    assert stop_when_ready(docker_env, cid) == 143, docker(docker_env, "logs", cid).stderr
     assert "child got SIGTERM" in docker(docker_env, "logs", cid).stdout
 
 

@@ -10,14 +10,13 @@ and cached by the engine after that."""
 from __future__ import annotations
 
 import json
-import time
 import uuid
 
 import pytest
 
 from devtools.s3server import S3Server
 from tests.conftest import REPO, Bucket
-from tests.dockerlab import docker
+from tests.dockerlab import docker, stop_when_ready
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(2400)]
 
@@ -137,13 +136,7 @@ def test_docker_stop_ends_the_job_with_143(docker_env: dict[str, str], s3: S3Ser
     cid = docker(docker_env, "run", "-d", "--network", "host", *env_args, tag,
                  "bash", "/home/work/run_train.sh", *command).stdout.strip()
     containers.append(cid)
-    deadline = time.monotonic() + 120
-    while "ready" not in docker(docker_env, "logs", cid).stdout:
-        assert time.monotonic() < deadline, docker(docker_env, "logs", cid).stderr
-        time.sleep(0.5)
-    docker(docker_env, "stop", "-t", "20", cid)
-    state = json.loads(docker(docker_env, "inspect", cid).stdout)[0]["State"]
-    assert state["ExitCode"] == 143, state
+    assert stop_when_ready(docker_env, cid) == 143, docker(docker_env, "logs", cid).stderr
 
 
 def test_the_glibc_floor_is_read_from_the_runtimes_elf_files(

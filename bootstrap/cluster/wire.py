@@ -24,7 +24,8 @@ class Wire:
         self.sock = sock
         self._buf = bytearray()
 
-    def _fill(self, deadline: float, most: int = 1 << 16) -> None:
+    def _recv(self, most: int, deadline: float) -> bytes:
+        """One ``recv`` of at most ``most`` bytes, given what is left of ``deadline``."""
         left = deadline - time.monotonic()
         if left <= 0:
             raise TimeoutError("timed out")
@@ -32,7 +33,7 @@ class Wire:
         data = self.sock.recv(most)
         if not data:
             raise ConnectionError("the connection was closed")
-        self._buf += data
+        return data
 
     def line(self, deadline: float, limit: int = MAX_LINE) -> bytes:
         """The next line (without its newline), complete by ``deadline``."""
@@ -46,7 +47,7 @@ class Wire:
                 return line
             if len(self._buf) > limit:
                 raise ValueError(f"a line over {limit} bytes")
-            self._fill(deadline)
+            self._buf += self._recv(1 << 16, deadline)
 
     def json(self, deadline: float, limit: int = MAX_LINE) -> dict[str, Any]:
         """The next line as a JSON object."""
@@ -58,14 +59,7 @@ class Wire:
     def chunk(self, most: int, deadline: float) -> bytes:
         """Up to ``most`` bytes: what is buffered, else what one ``recv`` brings."""
         if not self._buf:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError("timed out")
-            self.sock.settimeout(left)
-            data = self.sock.recv(most)
-            if not data:
-                raise ConnectionError("the connection was closed")
-            return data
+            return self._recv(most, deadline)
         data = bytes(self._buf[:most])
         del self._buf[:most]
         return data
