@@ -131,15 +131,23 @@ def test_nodes_sharing_a_host_each_serve_their_own_children(lab: Lab, tree: str,
         assert r.code == 0, f"node {r.rank}: {r.err}"
         assert digest(r.home / "user-job-dir" / "peer") == WANT, r.rank
         assert digest((tmp_path / f"d{r.rank}" / "peerdata").resolve()) == WANT, r.rank
-    gets = proxy.object_gets
-    for prefix in ("peer", "peerdata"):  # one copy of each tree, code and data alike
-        once = {k: v for k, v in gets.items()
-                if k.startswith(f"/mn-code/{prefix}/")}
-        assert len(once) == len(ALL) and set(once.values()) == {1}, (prefix, gets)
-    for r in results[1:]:
-        assert stage(r.err, "fetch")["peer_files"] == len(ALL), r.err
-        assert stage(r.err, "data")["peer_files"] == len(ALL), r.err
+    said = {r.rank: [x["msg"] for x in log_records(r.err) if x["msg"].startswith("relay")]
+            for r in results}  # what each node's relay did, should a copy be too many
+    for r in results[1:]:  # every child's files from its parent, code and data alike
+        assert stage(r.err, "fetch")["peer_files"] == len(ALL), said
+        assert stage(r.err, "data")["peer_files"] == len(ALL), said
         assert "is not this node's parent" not in r.err
+    gets = proxy.object_gets
+    for prefix, name in (("peer", "fetch"), ("peerdata", "data")):  # one copy of each tree
+        once = {k: v for k, v in gets.items() if k.startswith(f"/mn-code/{prefix}/")}
+        assert len(once) == len(ALL), (prefix, once)
+        # A GET the engine retried (a reset or a timeout on this loaded 2-core box) is
+        # counted by the proxy twice but fetched one copy: only the nodes' own reported
+        # retries may explain a second GET of an object.
+        retried = sum(stage(r.err, name)["retries"] for r in results)
+        extra = sum(v - 1 for v in once.values())
+        assert extra <= retried, (prefix, sorted(k for k, v in once.items() if v > 1),
+                                  retried, said)
 
 
 FAKE_PARENT = r'''

@@ -128,7 +128,6 @@ def stage(settings: Staging, transfer: Transfer, rank: int, nodes: int, log: Log
             stats.total_files, stats.skipped = len(mine), len(mine)
             stats.total_bytes = sum(o.size for o in mine)
             if server is not None:
-
                 serve_only(version, mine, server, log)
         else:
             version = versions / f"v{time.time_ns()}-{os.getpid()}"
