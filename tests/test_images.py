@@ -124,7 +124,7 @@ def test_a_job_runs_on_every_base_with_the_images_own_python(
         assert f"PATH={own['PATH']} LD_LIBRARY_PATH=unset PYTHONHOME=unset" in r.stdout
 
 
-@pytest.mark.parametrize("name", ["bullseye", "no-python"])
+@pytest.mark.parametrize("name", list(BASES))
 def test_docker_stop_ends_the_job_with_143(docker_env: dict[str, str], s3: S3Server,
                                            bucket: Bucket, containers: list[str],
                                            name: str) -> None:
