@@ -105,15 +105,11 @@ def _start(cmd: command.Command, argv: Sequence[str], environ: Mapping[str, str]
            settings: Settings, log: Log, user_umask: int) -> int:
     """Everything after the settings and the command's form are known: the stages,
     then exec or supervise."""
-    code_url = location.parse(settings.app_url) if settings.app_url else None
+    code_url = settings.code
     cluster = settings.cluster.layout
-    if settings.outputs.output_dir is not None:
-        from .transfer import outputs
-
-        outputs.destination(settings.outputs)
-
     log.info(f"user: uid={os.getuid()} gid={os.getgid()} pwd: {os.getcwd()}")
-    log.info(f"app url: {settings.app_url or '(none: running from the current directory)'}")
+    log.info("app url: " + (code_url.url if code_url else
+                            "(none: running from the current directory)"))
     log.info(f"command: {shlex.join(log.redact.argv(argv))}")
     if cluster.size > 1:
         log.info(f"cluster: node {cluster.rank} of {cluster.size} ({cluster.source} contract), "
@@ -165,7 +161,7 @@ def _start(cmd: command.Command, argv: Sequence[str], environ: Mapping[str, str]
     supervise = settings.run.supervise
     if supervise is None:  # PID 1 must supervise; so must anything with work after the end
         supervise = (os.getpid() == 1 or sync is not None
-                     or settings.outputs.log_upload_url is not None)
+                     or settings.outputs.log_upload is not None)
     launch.find_program(final_argv[0], env)  # 127/126 now, while we can still say why
     where = f" (in {code_dir})" if code_dir else ""
     if not supervise:
@@ -207,8 +203,8 @@ def _staging_stage(settings: Settings, log: Log) -> Staged:
 
     cluster = settings.cluster.layout
     with timed(log, "data") as t:
-        url = location.parse(settings.staging.url or "", "DLS_DATA_URL")
-        peers = relay.plan(settings, url, "relay-data", log)  # its own key and ports
+        assert settings.staging.source is not None  # enabled
+        peers = relay.plan(settings, settings.staging.source, "relay-data", log)  # own key, ports
         staged = staging.stage(settings.staging, settings.transfer, cluster.rank, cluster.size,
                                log, peers)
         how = "reused, nothing fetched" if staged.reused else staged.stats.summary()
@@ -273,8 +269,8 @@ def _supervise(argv: Sequence[str], env: Mapping[str, str], cwd: Optional[Path],
                                        settings.task_index, log, exit_code=code)
     if sync is not None and not sync.final(code) and code == 0:
         code = EXIT_DOWNLOAD  # the command succeeded but its outputs did not reach OBS
-    if settings.outputs.log_upload_url is not None:
-        outputs.upload_log(settings.run.log_file, settings.outputs.log_upload_url,
+    if settings.outputs.log_upload is not None:
+        outputs.upload_log(settings.run.log_file, settings.outputs.log_upload,
                            settings.transfer, log)
     said = outcome.describe() + (f"; exiting {code}" if code != outcome.exit_code else "")
     if outcome.exit_code == 0 and code != 0:

@@ -103,7 +103,7 @@ def test_bad_locations(url: str, needle: str) -> None:
 def test_settings_defaults_and_errors(tmp_path: Path) -> None:
     s = settings.load({"BOOTSTRAP_HOME": str(tmp_path)})
     assert s.job_dir == tmp_path / "user-job-dir"
-    assert s.app_url is None and s.transfer.workers == 256
+    assert s.code is None and s.transfer.workers == 256
     for name, value in [("BOOTSTRAP_DOWNLOAD_WORKERS", "abc"), ("BOOTSTRAP_DOWNLOAD_WORKERS", "0"),
                         ("BOOTSTRAP_PEER_TIMEOUT", "-1"), ("BOOTSTRAP_PEER_TIMEOUT", "nan"),
                         ("BOOTSTRAP_LOG_FORMAT", "xml"), ("BOOTSTRAP_S3_ADDRESSING", "x")]:

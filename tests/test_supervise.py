@@ -253,6 +253,16 @@ def test_output_dir_without_train_url_is_a_config_error(home: Path, tmp_path: Pa
     assert_one_error_line(r.stderr, "DLS_TRAIN_URL")
 
 
+def test_a_bad_log_url_stops_the_job_before_the_command_runs(home: Path,
+                                                            tmp_path: Path) -> None:
+    # Parsed with the settings: a typo is found in milliseconds, not after training.
+    ran = tmp_path / "ran"
+    r = run_train(["touch", str(ran)],
+                  base_env(home, {"BOOTSTRAP_LOG_UPLOAD_URL": "s3:/typo/logs/"}))
+    assert r.returncode == 2 and not ran.exists()
+    assert_one_error_line(r.stderr, "BOOTSTRAP_LOG_UPLOAD_URL")
+
+
 def test_log_upload_like_the_original(s3: S3Server, bucket: Bucket, home: Path,
                                       tmp_path: Path) -> None:
     log = tmp_path / "dls-task-0.log"

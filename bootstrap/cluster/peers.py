@@ -12,15 +12,7 @@ import time
 from collections.abc import Sequence
 from typing import Optional
 
-from tenacity import (
-    RetryError,
-    Retrying,
-    retry_if_result,
-    stop_after_delay,
-    stop_when_event_set,
-    wait_random_exponential,
-)
-
+from ..backoff import until
 from ..config.platform import Member
 from ..errors import PeersNotReady
 from ..log import Log
@@ -45,7 +37,7 @@ def wait_for_names(peers: Sequence[Member], timeout: float, log: Log,
     pending = sorted({n.host for n in peers})
     last_report = time.monotonic()
 
-    def attempt() -> list[str]:
+    def resolved() -> bool:
         nonlocal last_report
         for host in list(pending):
             addr = resolve(host)
@@ -57,17 +49,10 @@ def wait_for_names(peers: Sequence[Member], timeout: float, log: Log,
             log.info(f"peers: waiting for DNS of {len(pending)}: {', '.join(pending[:8])}"
                      + (" ..." if len(pending) > 8 else ""))
             last_report = now
-        return pending
+        return not pending
 
-    def sleep(seconds: float) -> None:
-        stop.wait(seconds)  # wakes at once when another stage failed
-
-    retrying = Retrying(stop=stop_after_delay(timeout) | stop_when_event_set(stop),
-                        wait=wait_random_exponential(multiplier=0.2, max=5),
-                        retry=retry_if_result(bool), sleep=sleep)
-    try:
-        retrying(attempt)
-    except RetryError:
+    # Waits of up to 0.2 s doubling to 5 s; ``stop`` (another stage failed) wakes it.
+    if not until(resolved, timeout, stop, base=0.2, cap=5.0):
         raise PeersNotReady(
             f"{len(pending)} peer(s) never resolved within {timeout:g} s "
             f"(BOOTSTRAP_PEER_TIMEOUT): {', '.join(pending)}; check that those nodes "

@@ -17,12 +17,12 @@ Everyone: a JSON description at ``BOOTSTRAP_CLUSTER_FILE``. TensorFlow: ``TF_CON
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from .. import atomic
 from ..config.platform import Cluster
 
 
@@ -122,16 +122,11 @@ def write_files(topology: Topology, job_dir: Path) -> dict[str, Path]:
     job_dir.mkdir(parents=True, exist_ok=True)
     files = {"BOOTSTRAP_HOSTFILE": job_dir / "hostfile",
              "BOOTSTRAP_CLUSTER_FILE": job_dir / "cluster.json"}
-    _atomic_write(files["BOOTSTRAP_HOSTFILE"], topology.hostfile())
-    _atomic_write(files["BOOTSTRAP_CLUSTER_FILE"], json.dumps(topology.describe(), indent=2) + "\n")
+    atomic.write_text(files["BOOTSTRAP_HOSTFILE"], topology.hostfile())
+    atomic.write_text(files["BOOTSTRAP_CLUSTER_FILE"],
+                      json.dumps(topology.describe(), indent=2) + "\n")
     ib_map = topology.ib_map()
     if ib_map is not None:
         files["BOOTSTRAP_IB_MAP_FILE"] = job_dir / "ib_map.json"
-        _atomic_write(files["BOOTSTRAP_IB_MAP_FILE"], json.dumps(ib_map, indent=2) + "\n")
+        atomic.write_text(files["BOOTSTRAP_IB_MAP_FILE"], json.dumps(ib_map, indent=2) + "\n")
     return files
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)

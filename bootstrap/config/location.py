@@ -1,4 +1,4 @@
-"""Where the code comes from and where it lands: pure parsing of DLS_APP_URL.
+"""Where trees come from and go: pure parsing of the job's URLs (DLS_APP_URL and the rest).
 
 ``s3://`` and ``obs://`` name the same API (OBS speaks S3); ``file://`` and plain
 paths name a local tree. The tree lands in ``<job dir>/<last path component>/``,
@@ -71,6 +71,15 @@ def parse(url: str, what: str = "DLS_APP_URL") -> Location:
         raise ConfigError(f"{what}={url!r}: '.' and '..' are not allowed in the path")
     prefix = "/".join(parts) + "/" if parts else ""
     return Location(url=url, bucket=bucket, prefix=prefix)
+
+
+def remote(url: str, what: str) -> Location:
+    """An object-store location; a local path is refused (outputs and logs leave the
+    node)."""
+    parsed = parse(url, what)
+    if not parsed.is_remote:
+        raise ConfigError(f"{what}={url!r} must be an s3:// or obs:// URL")
+    return parsed
 
 
 def destination(job_dir: Path, location: Location) -> Path:

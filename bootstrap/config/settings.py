@@ -8,6 +8,11 @@ the part they need (:class:`Transfer`, :class:`ClusterSettings`, :class:`Preflig
 :class:`RunSettings`, :class:`Outputs`), never the environment. The one exception is
 the command's own environment, which is passed through to it, not interpreted.
 
+Every URL is parsed here, once, into the :class:`~.location.Location` the stages use
+(the code, the data, the outputs' and the log's destinations), so a typo in any of them
+stops the job before anything runs, not when its stage comes (the log's destination
+used to be read first after training).
+
 Parsing is pure apart from two small reads of the platform's description (the
 Volcano host file, the current directory as the last fallback for the home): it
 takes a mapping and returns a value or raises :class:`ConfigError` with a message
@@ -24,6 +29,8 @@ from typing import TYPE_CHECKING
 
 from ..errors import ConfigError
 from . import parse
+from .location import Location, remote
+from .location import parse as parse_url
 from .platform import Cluster, discover
 from .storage import Credentials, Endpoint, env_credentials, resolve_endpoint
 
@@ -128,18 +135,18 @@ class RunSettings:
 class Outputs:
     """What leaves the node: the output folder and the command's log."""
 
-    output_dir: Path | None  # synced to train_url
-    train_url: str | None
+    output_dir: Path | None  # synced to `destination`
+    destination: Location | None  # DLS_TRAIN_URL, set (and remote) when output_dir is
     sync_interval: float  # 0: only at the end
     sync_settle: float  # files younger than this wait for the next periodic round
-    log_upload_url: str | None
+    log_upload: Location | None  # BOOTSTRAP_LOG_UPLOAD_URL (or the original's variable)
 
 
 @dataclass(frozen=True)
 class Staging:
     """The job's data (DLS_DATA_URL) staged onto the node before the command starts."""
 
-    url: str | None  # DLS_DATA_URL; staging runs when it and `folder` are both set
+    source: Location | None  # DLS_DATA_URL, parsed when `folder` is set
     folder: Path | None  # BOOTSTRAP_DATA_DIR, e.g. /cache/data
     shard: Shard  # "node": key i goes to node i mod N
     timeout: float  # seconds to wait for another process staging the same data here
@@ -147,14 +154,14 @@ class Staging:
 
     @property
     def enabled(self) -> bool:
-        return self.url is not None and self.folder is not None
+        return self.source is not None and self.folder is not None
 
 
 @dataclass(frozen=True)
 class Settings:
     home: Path  # the original script's $home (/home/work)
     job_dir: Path  # where the code directory lands: $home/user-job-dir or $MA_JOB_DIR
-    app_url: str | None  # DLS_APP_URL: the code directory, None for local development
+    code: Location | None  # DLS_APP_URL: the code directory, None for local development
     log_format: LogFormat
     task_index: str  # DLS_TASK_INDEX / VC_TASK_INDEX, for file names before discovery
     transfer: Transfer
@@ -179,7 +186,7 @@ def load(env: Mapping[str, str]) -> Settings:
     return Settings(
         home=home,
         job_dir=job_dir,
-        app_url=parse.text(env, "DLS_APP_URL"),
+        code=_code(env),
         log_format=log_format(env),
         task_index=task,
         transfer=load_transfer(env),
@@ -305,12 +312,19 @@ def _run(env: Mapping[str, str], job_dir: Path, task: str) -> RunSettings:
 
 def _outputs(env: Mapping[str, str]) -> Outputs:
     output_dir = parse.text(env, "BOOTSTRAP_OUTPUT_DIR")
+    destination = None
+    if output_dir:
+        train_url = parse.text(env, "DLS_TRAIN_URL")
+        if train_url is None:
+            raise ConfigError("BOOTSTRAP_OUTPUT_DIR is set but DLS_TRAIN_URL is not: set "
+                              "the job's training output location (s3://bucket/output/)")
+        destination = remote(train_url, "DLS_TRAIN_URL")
     return Outputs(
         output_dir=Path(output_dir).absolute() if output_dir else None,
-        train_url=parse.text(env, "DLS_TRAIN_URL"),
+        destination=destination,
         sync_interval=parse.number(env, "BOOTSTRAP_SYNC_INTERVAL", 0.0, minimum=0),
         sync_settle=parse.number(env, "BOOTSTRAP_SYNC_SETTLE_SECONDS", 5.0, minimum=0),
-        log_upload_url=_log_upload_url(env),
+        log_upload=_log_upload(env),
     )
 
 
@@ -324,8 +338,9 @@ def _port(env: Mapping[str, str], name: str, default: int) -> int:
 def _staging(env: Mapping[str, str]) -> Staging:
     folder = parse.text(env, "BOOTSTRAP_DATA_DIR")
     cap = parse.number(env, "BOOTSTRAP_DATA_MAX_GB", 0.0, minimum=0)
+    url = parse.text(env, "DLS_DATA_URL") if folder else None  # unused without a folder
     return Staging(
-        url=parse.text(env, "DLS_DATA_URL"),
+        source=parse_url(url, "DLS_DATA_URL") if url else None,
         folder=Path(folder).expanduser().absolute() if folder else None,
         shard=parse.choice(env, "BOOTSTRAP_DATA_SHARD", "none",  # type: ignore[arg-type]
                            ("none", "node")),
@@ -356,12 +371,18 @@ def _cache_dir(env: Mapping[str, str]) -> Path:
     return Path(parse.text(env, "BOOTSTRAP_CACHE_DIR") or CACHE_DIR)
 
 
-def _log_upload_url(env: Mapping[str, str]) -> str | None:
+def _code(env: Mapping[str, str]) -> Location | None:
+    url = parse.text(env, "DLS_APP_URL")
+    return parse_url(url, "DLS_APP_URL") if url else None
+
+
+def _log_upload(env: Mapping[str, str]) -> Location | None:
     """BOOTSTRAP_LOG_UPLOAD_URL, else the original's DLS_UPLOAD_LOG_OBS_DIR when
     DLS_USE_UPLOADER is on."""
     url = parse.text(env, "BOOTSTRAP_LOG_UPLOAD_URL")
     if url:
-        return url
+        return remote(url, "BOOTSTRAP_LOG_UPLOAD_URL")
     if parse.flag(env, "DLS_USE_UPLOADER", False):
-        return parse.text(env, "DLS_UPLOAD_LOG_OBS_DIR")
+        url = parse.text(env, "DLS_UPLOAD_LOG_OBS_DIR")
+        return remote(url, "DLS_UPLOAD_LOG_OBS_DIR") if url else None
     return None

@@ -27,13 +27,15 @@ list of its files as ``BOOTSTRAP_DATA_SHARE_FILE``. Contract (each point is test
   or group/world-writable, is never reused.
 * **Space first**: the bytes to fetch are compared with the free space (and with
   ``BOOTSTRAP_DATA_MAX_GB``) before any download: exit 7 with one line otherwise.
+
+This module fetches; how versions are kept, locked, shared and let go is the version
+store's (:mod:`.versions`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import json
 import os
 import shutil
@@ -44,14 +46,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
+from .. import atomic
 from ..config import location as locations
-from ..errors import ConfigError, DownloadError, NoSpaceForData
+from ..errors import DownloadError, NoSpaceForData
 from ..relay.fetch import download_with_peers, open_relay, serve_only
 from ..relay.server import AnnouncingManifest, Held
 from ..transfer.download import TMP_SUFFIX, Stats
 from ..transfer.fetch import manifest_path, remote
 from ..transfer.listing import RemoteObject, list_objects, named_object
 from ..transfer.manifest import Manifest
+from . import versions
 
 if TYPE_CHECKING:
     from ..config.settings import Staging, Transfer
@@ -59,7 +63,6 @@ if TYPE_CHECKING:
     from ..relay.protocol import Peers
     from ..relay.server import RelayServer
 
-STATE = ".bootstrap-stage"  # beside the staged data, in BOOTSTRAP_DATA_DIR
 GB = 1000**3
 
 
@@ -88,22 +91,22 @@ def stage(settings: Staging, transfer: Transfer, rank: int, nodes: int, log: Log
           peers: Optional[Peers] = None) -> Staged:
     """Stages the data for this node; see the module's contract. With ``peers`` (and
     no sharding: shards have no copies to share) the nodes pass it down the relay."""
-    assert settings.url is not None and settings.folder is not None
-    source = locations.parse(settings.url, "DLS_DATA_URL")
+    assert settings.source is not None and settings.folder is not None
+    source = settings.source
     root = settings.folder
     name = source.name
-    state = root / STATE
-    versions = state / name
+    state = root / versions.STATE
+    history = state / name
     try:
         root.mkdir(parents=True, exist_ok=True)
-        _shared_dir(state)
-        _shared_dir(versions)
+        versions.shared_dir(state)
+        versions.shared_dir(history)
     except OSError as exc:
         raise DownloadError(f"cannot prepare BOOTSTRAP_DATA_DIR={root}: {exc.strerror}; "
                             "point it at a writable folder (e.g. /cache/data)") from None
     # The relay listens before the lock and the listing, so children knock in time.
     with _relay_server(peers if source.is_remote else None, log) as server, \
-            _node_lock(state / f"{name}.lock", settings.timeout, log):
+            versions.node_lock(state / f"{name}.lock", settings.timeout, log):
         listed, single = _list(source, transfer)
         # One object cannot be split: every node stages it.
         spec = "none" if settings.shard == "none" or nodes == 1 or single is not None \
@@ -113,39 +116,39 @@ def stage(settings: Staging, transfer: Transfer, rank: int, nodes: int, log: Log
             if server is not None:
                 server.close()
                 server = None
-        _claim(state / f"{name}.json", settings.url, spec, root / name)
+        versions.claim(state / f"{name}.json", source.url, spec, root / name)
         mine = share(listed, rank, nodes) if spec != "none" else share(listed, 0, 1)
-        current = _current(root / name, versions)
-        reusable = current if current is not None and _trusted(current) else None
+        current = versions.current(root / name, history)
+        reusable = current if current is not None and versions.trusted(current) else None
         if current is not None and reusable is None:
             log.info(f"data: {current} is not this uid's or is writable by others; "
                      "staging a fresh copy")
         stats = Stats(backend="reused")
-        unchanged = _unchanged(reusable, mine, settings.url) if reusable else set()
+        unchanged = _unchanged(reusable, mine, source.url) if reusable else set()
         if reusable is not None and unchanged == {o.rel for o in mine} \
-                and _files(reusable, settings.url) == unchanged:
+                and _files(reusable, source.url) == unchanged:
             version, reused = reusable, True
             stats.total_files, stats.skipped = len(mine), len(mine)
             stats.total_bytes = sum(o.size for o in mine)
             if server is not None:
                 serve_only(version, mine, server, log)
         else:
-            version = versions / f"v{time.time_ns()}-{os.getpid()}"
+            version = history / f"v{time.time_ns()}-{os.getpid()}"
             _check_space(root, mine, unchanged, settings.max_bytes)
-            stats = _build(version, reusable, mine, unchanged, source, transfer, settings.url,
+            stats = _build(version, reusable, mine, unchanged, source, transfer, source.url,
                            log, peers, server)
             reused = False
-        share_file = versions / f"{version.name}.share"
+        share_file = history / f"{version.name}.share"
         if not reused:
-            _write_atomic(share_file, "".join(f"{o.rel}\n" for o in mine))
-            _write_atomic(versions / f"{version.name}.complete",
-                          json.dumps({"source": settings.url, "shard": spec,
-                                      "files": len(mine)}) + "\n")
+            atomic.write_text(share_file, "".join(f"{o.rel}\n" for o in mine), mode=0o644)
+            atomic.write_text(history / f"{version.name}.complete",
+                              json.dumps({"source": source.url, "shard": spec,
+                                          "files": len(mine)}) + "\n", mode=0o644)
         target = version / single.rel if single is not None else version
         if not reused:
-            _switch(root / name, target)
-        hold = _hold(versions / f"{version.name}.hold")
-        _collect(versions, keep=version, log=log)
+            versions.switch(root / name, target)
+        hold = versions.hold(history / f"{version.name}.hold")
+        versions.collect(history, keep=version, log=log)
     return Staged(target, share_file, stats, reused, hold)
 
 
@@ -213,58 +216,8 @@ def _list_local(path: Path) -> tuple[list[RemoteObject], Optional[RemoteObject]]
 
 # --------------------------------------------------------------------------- versions
 
-def _shared_dir(path: Path) -> None:
-    """A folder every uid of the node can add to, like /tmp (sticky: each removes only
-    its own), so containers of other users can stage beside each other."""
-    try:
-        path.mkdir(mode=0o755)
-    except FileExistsError:
-        return
-    os.chmod(path, 0o1777)
-
-
-def _claim(identity: Path, url: str, spec: str, link: Path) -> None:
-    """One source and one shard spec per staged name: anything else is refused."""
-    want = {"source": url, "shard": spec}
-    try:
-        held = json.loads(identity.read_text())
-    except FileNotFoundError:
-        if os.path.lexists(link) and not link.is_symlink():
-            raise ConfigError(f"BOOTSTRAP_DATA_DIR already holds {link}, which the bootstrap "
-                              "did not stage; point BOOTSTRAP_DATA_DIR at another folder or "
-                              "move it away") from None
-        _write_atomic(identity, json.dumps(want) + "\n", mode=0o644)
-        return
-    except (OSError, ValueError):
-        held = {}
-    if held != want:
-        raise ConfigError(f"BOOTSTRAP_DATA_DIR holds {link.name} staged from "
-                          f"{held.get('source')!r} (shard {held.get('shard')!r}), not "
-                          f"{url!r} (shard {spec!r}); use another BOOTSTRAP_DATA_DIR for it")
-
-
-def _current(link: Path, versions: Path) -> Optional[Path]:
-    """The complete version the ``<name>`` symlink points at, if it is one of ours."""
-    try:
-        target = Path(os.readlink(link))
-    except OSError:
-        return None
-    version = target if target.parent == versions else target.parent
-    if version.parent != versions or not (versions / f"{version.name}.complete").exists():
-        return None
-    return version
-
-
-def _trusted(version: Path) -> bool:
-    try:
-        st = os.lstat(version)
-    except OSError:
-        return False
-    return st.st_uid == os.getuid() and not st.st_mode & 0o022 and stat.S_ISDIR(st.st_mode)
-
 
 def _manifest(version: Path, url: str) -> Manifest:
-
     return Manifest(manifest_path(version), url)
 
 
@@ -309,7 +262,6 @@ def _build(version: Path, previous: Optional[Path], objects: list[RemoteObject],
     ``peers``)."""
     version.mkdir(mode=0o755)
     if peers is not None:
-
         record: Manifest = AnnouncingManifest(manifest_path(version), url, Held())
     else:
         record = _manifest(version, url)
@@ -329,10 +281,8 @@ def _build(version: Path, previous: Optional[Path], objects: list[RemoteObject],
                       for o in objects for i in range(1, o.rel.count("/") + 1)})
     try:
         if source.is_remote:
-
             with remote(source, transfer) as session:
                 if peers is not None:
-
                     assert isinstance(record, AnnouncingManifest)
                     return download_with_peers(session, objects, folders, version, record,
                                                peers, server, log, label="data")
@@ -390,88 +340,11 @@ def _copy_local(objects: list[RemoteObject], folders: list[str], version: Path,
     return stats
 
 
-def _switch(link: Path, target: Path) -> None:
-    """Points ``link`` at ``target`` in one rename: a reader sees the old or the new."""
-    tmp = link.with_name(f".{link.name}.{os.getpid()}.link")
-    with contextlib.suppress(FileNotFoundError):
-        tmp.unlink()
-    os.symlink(target, tmp)
-    os.replace(tmp, link)
 
 
-def _hold(path: Path) -> int:
-    """A shared lock on a version for as long as the command runs: the fd is
-    inheritable, so it survives the exec into the command."""
-    fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o644)
-    fcntl.flock(fd, fcntl.LOCK_SH)
-    os.set_inheritable(fd, True)
-    return fd
 
 
-def _collect(versions: Path, keep: Path, log: Log) -> None:
-    """Deletes this uid's versions other than ``keep`` that no running job holds."""
-    uid = os.getuid()
-    for entry in sorted(versions.iterdir()):
-        if not entry.name.startswith("v") or entry == keep or not entry.is_dir() \
-                or entry.is_symlink() or entry.lstat().st_uid != uid:
-            continue
-        hold = versions / f"{entry.name}.hold"
-        try:
-            fd = os.open(hold, os.O_RDONLY | os.O_CREAT, 0o644)
-        except OSError:
-            continue
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                continue  # a running job still reads it
-            shutil.rmtree(entry, ignore_errors=True)
-
-            for leftover in (manifest_path(entry), versions / f"{entry.name}.complete",
-                             versions / f"{entry.name}.share", hold):
-                with contextlib.suppress(FileNotFoundError):
-                    leftover.unlink()
-            log.info(f"data: removed the old version {entry.name} (no job holds it)")
-        finally:
-            os.close(fd)
 
 
-@contextlib.contextmanager
-def _node_lock(path: Path, timeout: float, log: Log) -> Iterator[None]:
-    """One stager per node and name; the others wait here, the kernel frees the lock
-    of a holder that dies."""
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-    except PermissionError:
-        fd = os.open(path, os.O_RDONLY)  # another uid's lock file: flock works read-only
-    else:
-        with contextlib.suppress(OSError):
-            os.fchmod(fd, 0o666)  # other uids on the node must be able to open it
-    try:
-        deadline = time.monotonic() + timeout
-        told = False
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if not told:
-                    log.info(f"data: another process on this node is staging the same data "
-                             f"({path}); waiting for it")
-                    told = True
-                if time.monotonic() >= deadline:
-                    raise DownloadError(
-                        f"another process has been staging the same data for over "
-                        f"{timeout:g} s (BOOTSTRAP_DATA_TIMEOUT); raise the timeout or check "
-                        "that process") from None
-                time.sleep(0.2)
-        yield
-    finally:
-        os.close(fd)  # releases the lock
 
 
-def _write_atomic(path: Path, text: str, mode: int = 0o644) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.chmod(tmp, mode)
-    os.replace(tmp, path)

@@ -33,12 +33,12 @@ Thresholds: ``BOOTSTRAP_MIN_DISK_GB``, ``BOOTSTRAP_MIN_CACHE_GB``,
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+from .. import atomic
 from ..config.settings import GB, PREFLIGHT_CHECKS, Preflight
 from .gpu import Inventory
 from .resources import Resources
@@ -221,7 +221,5 @@ def run(pol: Preflight, job_dir: Path, ipoib_device: str) -> Report:
 def write(report: Report, job_dir: Path) -> Path:
     job_dir.mkdir(parents=True, exist_ok=True)
     path = job_dir / "preflight.json"
-    tmp = path.with_name(f".preflight.json.{os.getpid()}.tmp")  # two jobs may share a home
-    tmp.write_text(json.dumps(report.to_json(), indent=2) + "\n")
-    tmp.replace(path)
+    atomic.write_text(path, json.dumps(report.to_json(), indent=2) + "\n")
     return path

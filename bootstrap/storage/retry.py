@@ -3,7 +3,8 @@
 Throttling (503 SlowDown), 5xx, timeouts, resets and short bodies are transient:
 OBS answers SlowDown by design when a large job starts hundreds of nodes at once.
 Wrong credentials, a missing bucket or a refused key are not, and fail at once.
-Waits are exponential with full jitter so that a fleet of nodes retrying together
+Waits are exponential with full jitter (:mod:`bootstrap.backoff`, the house's one
+retry idiom) so that a fleet of nodes retrying together
 spreads out instead of returning in lock-step; throttling gets longer waits and more
 tries (within the same deadline) than a dropped connection, which is usually gone
 on the next try. The policy is pure (:func:`is_retryable`, :func:`backoff`) and
@@ -19,6 +20,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Optional, TypeVar
 
+from ..backoff import jittered
 from .errors import StorageError, TransientError
 
 T = TypeVar("T")
@@ -55,7 +57,7 @@ def backoff(attempt: int, throttled: bool, rng: Callable[[], float] = random.ran
     come back in step) and brisk for a dropped connection or a 500 (0.05 s doubling
     up to 2 s: the next try likely works)."""
     base, cap = (0.5, 20.0) if throttled else (0.05, 2.0)
-    return float(rng() * min(cap, base * 2 ** (attempt - 1)))
+    return jittered(attempt, base, cap, rng)
 
 
 class Policy:

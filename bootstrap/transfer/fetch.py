@@ -20,8 +20,8 @@ from ..config.location import Location
 from ..errors import BootstrapError, DownloadError
 from ..log import Log
 from ..storage import retry
-from ..storage.errors import explain
 from .download import Engine, Stats
+from .explain import explain
 from .listing import RemoteObject, list_objects
 from .manifest import Manifest
 from .verify import Layout

@@ -16,6 +16,8 @@ import threading
 from pathlib import Path
 from typing import Optional, TextIO
 
+from .. import atomic
+
 
 class Manifest:
     """The record for one destination: :meth:`unchanged` asks, :meth:`record` tells."""
@@ -65,12 +67,10 @@ class Manifest:
     def open_for_append(self) -> None:
         """Starts a fresh manifest holding the still-valid entries, then appends."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(json.dumps({"source": self.source}) + "\n")
-            for rel, (size, etag, mtime) in self._entries.items():
-                fh.write(json.dumps({"p": rel, "s": size, "e": etag, "m": mtime}) + "\n")
-        os.replace(tmp, self.path)
+        atomic.write_text(self.path, "".join(
+            [json.dumps({"source": self.source}) + "\n"]
+            + [json.dumps({"p": rel, "s": size, "e": etag, "m": mtime}) + "\n"
+               for rel, (size, etag, mtime) in self._entries.items()]))
         self._fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
 
     def record(self, rel: str, size: int, etag: str, local: Path) -> None:

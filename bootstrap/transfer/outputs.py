@@ -23,25 +23,10 @@ import threading
 from pathlib import Path
 from typing import Optional
 
-from ..config import location as loc
+from ..config.location import Location
 from ..config.settings import Outputs, Transfer
-from ..errors import BootstrapError, ConfigError
+from ..errors import BootstrapError
 from ..log import Log
-
-
-def remote(url: str, what: str) -> loc.Location:
-    parsed = loc.parse(url, what)
-    if not parsed.is_remote:
-        raise ConfigError(f"{what}={url!r} must be an s3:// or obs:// URL")
-    return parsed
-
-
-def destination(settings: Outputs) -> loc.Location:
-    """Where BOOTSTRAP_OUTPUT_DIR goes; checked before anything else runs."""
-    if settings.train_url is None:
-        raise ConfigError("BOOTSTRAP_OUTPUT_DIR is set but DLS_TRAIN_URL is not: set the "
-                          "job's training output location (s3://bucket/output/)")
-    return remote(settings.train_url, "DLS_TRAIN_URL")
 
 
 class OutputSync:
@@ -50,10 +35,10 @@ class OutputSync:
 
     def __init__(self, settings: Outputs, transfer: Transfer, state_file: Path,
                  log: Log, rank: int = 0) -> None:
-        if settings.output_dir is None:
-            raise ValueError("OutputSync needs BOOTSTRAP_OUTPUT_DIR")
+        if settings.output_dir is None or settings.destination is None:
+            raise ValueError("OutputSync needs BOOTSTRAP_OUTPUT_DIR and its destination")
         self.src = settings.output_dir
-        self.dest = destination(settings)
+        self.dest = settings.destination
         self.settings, self.transfer, self.log = settings, transfer, log
         self.journal = f"{self.dest.prefix}.bootstrap/{rank}/"
         self._begun = False
@@ -111,11 +96,10 @@ class OutputSync:
         return True
 
 
-def upload_log(path: Path, url: str, transfer: Transfer, log: Log) -> None:
+def upload_log(path: Path, dest: Location, transfer: Transfer, log: Log) -> None:
     from .upload import upload_file
 
     try:
-        dest = remote(url, "the log upload URL")
         key = (dest.prefix or "") + path.name
         upload_file(path, dest, key, transfer)
         log.info(f"log uploaded to {dest.bucket}/{key}")

@@ -34,12 +34,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
+from .. import atomic
 from ..config.location import Location
 from ..config.settings import Transfer
-from ..errors import BootstrapError, UploadError
+from ..errors import BootstrapError
 from ..log import Log
 from ..storage import retry
-from ..storage.errors import TransientError, explain
+from ..storage.errors import TransientError
+from .explain import explain
 
 if TYPE_CHECKING:
     from ..storage.base import Store
@@ -76,9 +78,7 @@ class SyncState:
     def save(self) -> None:
         if self.path is None:
             return
-        tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(self.done))
-        os.replace(tmp, self.path)
+        atomic.write_text(self.path, json.dumps(self.done))
 
 
 @dataclass
@@ -242,8 +242,7 @@ def _transfer(dest: Location, settings: Transfer, work: Any) -> None:
     except BootstrapError:
         raise
     except Exception as exc:  # noqa: BLE001 - every store failure becomes one clear line
-        err = explain(exc, dest, endpoint.where, verb="upload")
-        raise UploadError(f"upload to {dest.url} failed: {err.message}") from None
+        raise explain(exc, dest, endpoint.where, "upload") from None
 
 
 def sync_tree(src: Path, dest: Location, settings: Transfer, log: Log,

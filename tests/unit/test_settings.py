@@ -15,14 +15,14 @@ NOWHERE = {"BOOTSTRAP_VOLCANO_DIR": "/nonexistent-volcano"}
 
 def test_defaults(tmp_path: Path) -> None:
     s = load({**NOWHERE, "BOOTSTRAP_HOME": str(tmp_path)})
-    assert s.job_dir == tmp_path / "user-job-dir" and s.app_url is None
+    assert s.job_dir == tmp_path / "user-job-dir" and s.code is None
     assert s.transfer.workers == 256 and s.transfer.memory == 256 * 2**20
     assert s.transfer.backend == "auto" and s.transfer.endpoint.region == "us-east-1"
     assert s.cluster.layout.size == 1 and s.cluster.layout.source == "local"
     assert s.cluster.barrier == "auto" and s.cluster.ipoib_device == "ib0"
     assert s.run.supervise is None and s.run.pip_install == "auto" and not s.run.nested
     assert s.run.failure_file == tmp_path / "user-job-dir" / "failure.json"
-    assert s.outputs.output_dir is None and s.outputs.log_upload_url is None
+    assert s.outputs.output_dir is None and s.outputs.log_upload is None
     assert "gpu.ecc" in s.preflight.fatal and "node.shm" not in s.preflight.fatal
 
 
@@ -37,6 +37,42 @@ def test_defaults(tmp_path: Path) -> None:
 def test_a_bad_value_names_its_variable(tmp_path: Path, name: str, value: str) -> None:
     with pytest.raises(ConfigError, match=name.split("_URL")[0] if "URL" in name else name):
         load({**NOWHERE, "BOOTSTRAP_HOME": str(tmp_path), name: value})
+
+
+@pytest.mark.parametrize("env, named", [
+    ({"DLS_APP_URL": "s3://Bad_Bucket/code/"}, "DLS_APP_URL"),
+    ({"DLS_APP_URL": "http://b/code/"}, "DLS_APP_URL"),
+    ({"BOOTSTRAP_DATA_DIR": "/d", "DLS_DATA_URL": "s3://b/../x/"}, "DLS_DATA_URL"),
+    ({"BOOTSTRAP_OUTPUT_DIR": "/o", "DLS_TRAIN_URL": "/local/out"}, "DLS_TRAIN_URL"),
+    ({"BOOTSTRAP_OUTPUT_DIR": "/o"}, "DLS_TRAIN_URL"),
+    ({"BOOTSTRAP_LOG_UPLOAD_URL": "s3:/typo/logs/"}, "BOOTSTRAP_LOG_UPLOAD_URL"),
+    ({"DLS_USE_UPLOADER": "true", "DLS_UPLOAD_LOG_OBS_DIR": "file:///x"},
+     "DLS_UPLOAD_LOG_OBS_DIR"),
+])
+def test_every_url_is_parsed_with_the_settings(tmp_path: Path, env: dict[str, str],
+                                               named: str) -> None:
+    # Every URL the job uses is refused at load, before any stage runs (the log's
+    # destination was first read after training).
+    with pytest.raises(ConfigError, match=named):
+        load({**NOWHERE, "BOOTSTRAP_HOME": str(tmp_path), **env})
+
+
+def test_urls_arrive_as_locations_and_unused_ones_are_not_read(tmp_path: Path) -> None:
+    s = load({**NOWHERE, "BOOTSTRAP_HOME": str(tmp_path), "DLS_APP_URL": "obs://bkt/new/",
+              "BOOTSTRAP_OUTPUT_DIR": "/o", "DLS_TRAIN_URL": "s3://bkt/out",
+              "BOOTSTRAP_LOG_UPLOAD_URL": "s3://bkt/logs/", "BOOTSTRAP_DATA_DIR": "/d",
+              "DLS_DATA_URL": "s3://bkt/data/"})
+    assert s.code is not None and (s.code.bucket, s.code.prefix, s.code.name) == ("bkt", "new/",
+                                                                                   "new")
+    assert s.outputs.destination is not None and s.outputs.destination.prefix == "out/"
+    assert s.outputs.log_upload is not None and s.outputs.log_upload.prefix == "logs/"
+    assert s.staging.source is not None and s.staging.enabled
+    # The platform sets DLS_DATA_URL and DLS_TRAIN_URL on jobs that never use them: a
+    # value the job will not use is not a reason to stop it.
+    quiet = load({**NOWHERE, "BOOTSTRAP_HOME": str(tmp_path), "DLS_DATA_URL": "weird",
+                  "DLS_TRAIN_URL": "/not/remote"})
+    assert quiet.staging.source is None and not quiet.staging.enabled
+    assert quiet.outputs.destination is None
 
 
 def test_closed_sets_are_normalised() -> None:
