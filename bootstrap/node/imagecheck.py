@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..config.settings import Preflight
+from . import libc
 from .preflight import Finding, Report
 
 PLATFORM_UIDS = (1101, 1000)
@@ -49,8 +50,6 @@ def runtime_facts(prefix: Optional[Path] = None) -> list[Finding]:
     """What the bootstrap itself runs on (this process: ``bootstrap-check`` is started
     by the bootstrap's Python): which Python, which engine, which glibc."""
     import platform
-
-    from . import libc
 
     prefix = prefix or Path(sys.prefix)
     floor_file = prefix / "glibc-floor"

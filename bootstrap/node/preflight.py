@@ -33,6 +33,7 @@ Thresholds: ``BOOTSTRAP_MIN_DISK_GB``, ``BOOTSTRAP_MIN_CACHE_GB``,
 from __future__ import annotations
 
 import json
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -40,6 +41,7 @@ from typing import Any, Optional
 
 from .. import atomic
 from ..config.settings import GB, PREFLIGHT_CHECKS, Preflight
+from . import gpu, resources
 from .gpu import Inventory
 from .resources import Resources
 
@@ -195,9 +197,6 @@ def run(pol: Preflight, job_dir: Path, ipoib_device: str) -> Report:
     deadline the node fails ``gpu.nvml`` naming the call that never returned, and the
     job stops (the start barrier tells the other nodes) instead of holding them all.
     """
-    import threading
-
-    from . import gpu, resources
 
     started = time.monotonic()
     calls: list[str] = []

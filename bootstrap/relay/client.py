@@ -15,7 +15,9 @@ from typing import TYPE_CHECKING, Any, Optional
 
 from ..cluster import auth
 from ..cluster.wire import Wire, hang_up
+from ..transfer.download import TMP_SUFFIX
 from ..transfer.manifest import Manifest
+from ..transfer.paths import SafeDirs
 from ..transfer.verify import Layout, Verifier
 from .protocol import (
     BATCH,
@@ -167,8 +169,6 @@ def _receive(wire: Wire, pending: list[RemoteObject], layouts: Mapping[str, Layo
     """Asks for ``pending`` in batches and keeps each file that verifies; returns the
     ones the parent said it does not have. Raises on anything else, and when a bound
     of the module's contract is crossed."""
-    from ..transfer.download import TMP_SUFFIX
-    from ..transfer.paths import SafeDirs
 
     dirs = SafeDirs(root)
     pace, theirs = Pace(), ParentClock()

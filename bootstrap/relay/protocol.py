@@ -51,6 +51,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
 from ..cluster import auth
+from ..config.settings import PEER_FETCH_NODES
 from ..errors import ConfigError
 
 if TYPE_CHECKING:
@@ -137,7 +138,6 @@ def plan(settings: Settings, url: Location, protocol: str, log: Log) -> Optional
     (the proofs are derived from them) and ports clear of the job's others; else None,
     and the log says why when it was asked for. A port conflict with the switch set to
     ``on`` is a usage error (exit 2); under ``auto`` the relay stays off and says why."""
-    from ..config.settings import PEER_FETCH_NODES
 
     cluster, mode = settings.cluster.layout, settings.cluster.peer_fetch
     if mode == "off" or not url.is_remote or cluster.size == 1:

@@ -25,6 +25,9 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Optional, Protocol
 
 from ..config.storage import Credentials
+from ..errors import ConfigError
+from .errors import StorageError
+from .tls import own_certificate_in_bundle
 
 if TYPE_CHECKING:
     from ..config.settings import Transfer
@@ -62,8 +65,6 @@ def credentials(transfer: Transfer) -> Credentials:
         return transfer.credentials
     import botocore.session
 
-    from .errors import StorageError
-
     creds = botocore.session.Session().get_credentials()
     if creds is None:
         raise StorageError("credentials", kind="credentials",
@@ -83,8 +84,6 @@ def open_store(transfer: Transfer, creds: Credentials, bucket: str,
             from .native import NativeStore, endpoint_url
         except ImportError:
             if backend == "native":
-                from ..errors import ConfigError
-
                 raise ConfigError("BOOTSTRAP_S3_BACKEND=native but obstore is not installed "
                                   "for this Python; pip install obstore (Python >= 3.11), "
                                   "or unset it for the boto3 fallback") from None
@@ -92,8 +91,6 @@ def open_store(transfer: Transfer, creds: Credentials, bucket: str,
             endpoint = transfer.endpoint
             why = None
             if endpoint.verify and endpoint.ca_bundle and backend == "auto":
-                from .tls import own_certificate_in_bundle
-
                 why = own_certificate_in_bundle(endpoint_url(endpoint, bucket),
                                                 endpoint.ca_bundle, transfer.connect_timeout)
             if why is None:

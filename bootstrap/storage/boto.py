@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import retry
 from .errors import StorageError
+from .tls import system_cafile
 
 if TYPE_CHECKING:
     from ..config.settings import Transfer
@@ -87,7 +88,6 @@ class BotoStore:
         except TypeError:  # botocore < 1.36 knows neither checksum option nor needs them
             del options["request_checksum_calculation"], options["response_checksum_validation"]
             config = Config(**options)
-        from .tls import system_cafile
 
         verify: Any = (endpoint.ca_bundle or system_cafile() or True) if endpoint.verify \
             else False
@@ -162,7 +162,6 @@ class BotoStore:
             return {"PartNumber": number, "ETag": resp["ETag"]}
 
         try:
-
             number = 0
             async for data, md5 in parts:
                 await slots.acquire()

@@ -35,11 +35,11 @@ import obstore.exceptions
 
 from ..errors import ConfigError
 from .errors import StorageError
+from .signed import SignedClient
 
 if TYPE_CHECKING:
     from ..config.settings import Transfer
     from ..config.storage import Credentials, Endpoint
-    from .signed import SignedClient
 
 _STATUS = re.compile(r"status code: (\d{3})")
 _CODE = re.compile(r"<Code>([^<]{1,100})</Code>")
@@ -200,8 +200,6 @@ class NativeStore:
         # obstore deletes through the batch API (POST ?delete), which OBS accepts only
         # with a Content-MD5 it does not send: one signed DELETE instead.
         if self._signed is None:
-            from .signed import SignedClient
-
             self._signed = SignedClient(*self._signed_args)
         await asyncio.to_thread(self._signed.delete, self._bucket, key)
 

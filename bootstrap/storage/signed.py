@@ -28,12 +28,14 @@ import http.client
 import os
 import socket
 import ssl
+import threading
 from collections.abc import Callable, Mapping
 from typing import Optional
 from urllib.parse import quote, urlsplit
 
 from ..config.storage import Credentials, Endpoint
 from .errors import StorageError
+from .tls import system_cafile
 
 _UNSIGNED = "UNSIGNED-PAYLOAD"
 _NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
@@ -44,8 +46,6 @@ def _hmac(key: bytes, text: str) -> bytes:
 
 
 def tls_context(endpoint: Endpoint) -> ssl.SSLContext:
-    from .tls import system_cafile
-
     context = ssl.create_default_context(cafile=endpoint.ca_bundle or system_cafile())
     if not endpoint.verify:
         context.check_hostname = False
@@ -60,8 +60,6 @@ class SignedClient:
 
     def __init__(self, endpoint: Endpoint, creds: Credentials, connect_timeout: float,
                  read_timeout: float) -> None:
-        import threading
-
         parts = urlsplit(endpoint.effective_url)
         self.endpoint = endpoint
         self.https = parts.scheme == "https"

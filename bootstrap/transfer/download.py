@@ -36,6 +36,7 @@ Contract (each point is tested):
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import contextlib
 import hashlib
@@ -146,7 +147,6 @@ class Engine:
                  settings: Transfer, log: Log, manifest: Manifest,
                  stats: Optional[Stats] = None,
                  layouts: Optional[Mapping[str, Layout]] = None) -> None:
-
         self.store = store
         self.ranges = ranges  # ranged GETs of large objects (threads, reused buffers)
         self.location = location
@@ -239,8 +239,6 @@ class Engine:
 
     # -- whole objects
     async def _fetch_small(self, obj: RemoteObject) -> None:
-        import asyncio
-
         tmp = self._temp_name(obj)
 
         async def attempt() -> None:
@@ -334,7 +332,6 @@ class Engine:
     async def _get_range(self, state: _LargeFile, tmp: str, start: int, end: int) -> None:
         """Bytes ``[start, end)`` into place, on a range thread (see
         :meth:`~bootstrap.storage.signed.SignedClient.read_range_into` for why not the store)."""
-        import asyncio
 
         def work() -> int:
             try:
@@ -366,7 +363,6 @@ class Engine:
         continues its hashed prefix (reading back from the page cache, in a thread), one
         hasher a segment, segments in parallel; the object is finished once every range
         is written and every segment hashed."""
-        import asyncio
 
         seg = state.segment_of(start)
         if seg.digest is not None and not seg.hashing:
@@ -384,7 +380,6 @@ class Engine:
 
     async def _stream_whole(self, state: _LargeFile) -> None:
         """The object in one streamed GET (a server without proper ranges)."""
-        import asyncio
 
         if state.streamed:
             return
@@ -451,8 +446,6 @@ class Engine:
                 return
 
     async def _progress(self, started: float, every: float) -> None:
-        import asyncio
-
         while True:
             await asyncio.sleep(every)
             s = self.stats
@@ -465,7 +458,6 @@ class Engine:
                           f"{rate / 2**20:.1f} MiB/s, ETA {eta}")
 
     async def _main(self, progress_every: float) -> None:
-        import asyncio
         from concurrent.futures import ThreadPoolExecutor
 
         self._budget = ByteBudget(self.settings.memory)

@@ -20,11 +20,12 @@ from ..config.location import Location
 from ..errors import BootstrapError, DownloadError
 from ..log import Log
 from ..storage import retry
+from ..storage.base import credentials, open_store
 from .download import Engine, Stats
 from .explain import explain
 from .listing import RemoteObject, list_objects
 from .manifest import Manifest
-from .verify import Layout
+from .verify import Layout, layout
 
 if TYPE_CHECKING:
     from ..config.settings import Transfer
@@ -87,7 +88,6 @@ class Remote:
         each verified against its ETag (``layouts``: multipart objects' parts already
         known; the rest are asked here); ``stats``, when given, is the one the engine
         counts into as it goes."""
-        from ..storage.base import open_store
 
         known = dict(layouts or {})
         todo = [o for o in objects if o.parts and o.rel not in known
@@ -105,12 +105,10 @@ class Remote:
         finally:
             store.close()
 
-
     def layouts(self, objects: list[RemoteObject]) -> dict[str, Layout]:
         """The parts of each multipart object in ``objects`` (what lets its bytes be
         checked against its ETag, see :mod:`.verify`), asked of the store, a few at a
         time; an object the store cannot answer for is left out (size check only)."""
-        from .verify import layout
 
         def ask(obj: RemoteObject) -> Optional[Layout]:
             try:
@@ -137,7 +135,6 @@ class Remote:
 def remote(location: Location, settings: Transfer) -> Iterator[Remote]:
     """The session for one remote tree; every store failure inside it leaves as one
     clear DownloadError line."""
-    from ..storage.base import credentials
     from ..storage.signed import SignedClient
 
     try:

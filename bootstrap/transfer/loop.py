@@ -7,6 +7,7 @@ a stop signal (:func:`run_stoppable`), after which every ``finally`` has run.
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import threading
 from typing import Any, Optional
@@ -24,8 +25,6 @@ class ByteBudget:
         self._freed: Optional[Any] = None  # an asyncio.Event while someone waits
 
     async def acquire(self, n: int) -> None:
-        import asyncio
-
         while not (self.used == 0 or self.used + n <= self.limit):
             if self._freed is None:
                 self._freed = asyncio.Event()
@@ -43,7 +42,6 @@ def run_stoppable(main: Any) -> None:
     """``asyncio.run(main)``; in the main thread, SIGTERM/SIGINT/SIGHUP cancel it (every
     ``finally`` runs, thread work is waited for) and then raise Terminated, the
     bootstrap's own handlers being restored."""
-    import asyncio
 
     if threading.current_thread() is not threading.main_thread():
         asyncio.run(main)

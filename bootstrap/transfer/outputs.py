@@ -27,6 +27,7 @@ from ..config.location import Location
 from ..config.settings import Outputs, Transfer
 from ..errors import BootstrapError
 from ..log import Log
+from .upload import SyncState, begin_outputs, sync_tree, upload_file, write_manifest
 
 
 class OutputSync:
@@ -45,14 +46,11 @@ class OutputSync:
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
         self._lock = threading.Lock()  # one sync at a time: periodic and final never overlap
-        from .upload import SyncState
 
         self.src.mkdir(parents=True, exist_ok=True)
         self.state = SyncState.load(state_file)
 
     def _sync(self, settle: float, round_name: str) -> None:
-        from .upload import begin_outputs, sync_tree
-
         with self._lock:
             if not self._begun:
                 begin_outputs(self.dest, self.transfer, self.journal, self.log)
@@ -79,7 +77,6 @@ class OutputSync:
 
     def final(self, exit_code: int) -> bool:
         """The last sync, then the completion manifest; False when outputs are missing."""
-        from .upload import write_manifest
 
         self._stop.set()
         if self._thread is not None:
@@ -97,8 +94,6 @@ class OutputSync:
 
 
 def upload_log(path: Path, dest: Location, transfer: Transfer, log: Log) -> None:
-    from .upload import upload_file
-
     try:
         key = (dest.prefix or "") + path.name
         upload_file(path, dest, key, transfer)

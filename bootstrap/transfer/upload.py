@@ -40,8 +40,10 @@ from ..config.settings import Transfer
 from ..errors import BootstrapError
 from ..log import Log
 from ..storage import retry
+from ..storage.base import credentials, open_store
 from ..storage.errors import TransientError
 from .explain import explain
+from .loop import ByteBudget, run_stoppable
 
 if TYPE_CHECKING:
     from ..storage.base import Store
@@ -111,8 +113,6 @@ class Uploader:
 
     def __init__(self, store: Store, dest: Location, settings: Transfer,
                  stats: UploadStats, journal: Optional[str] = None) -> None:
-        from .loop import ByteBudget
-
         self.store, self.dest, self.settings, self.stats = store, dest, settings, stats
         self.journal = journal  # where multipart uploads in flight are noted (outputs)
         self.memory = max(settings.memory // UPLOAD_MEMORY_SHARE, MIN_PART)
@@ -229,8 +229,6 @@ def scan(root: Path) -> dict[str, tuple[int, int, Path]]:
 def _transfer(dest: Location, settings: Transfer, work: Any) -> None:
     """Opens the store for ``dest`` and runs ``work(store)`` (a coroutine function) to
     the end; every failure becomes an :class:`UploadError` with one line."""
-    from ..storage.base import credentials, open_store
-    from .loop import run_stoppable
 
     endpoint = settings.endpoint
     try:
@@ -264,8 +262,6 @@ def sync_tree(src: Path, dest: Location, settings: Transfer, log: Log,
             todo.append((rel, size, mtime, path))
 
     async def work(store: Store) -> None:
-        import asyncio
-
         uploader = Uploader(store, dest, settings, stats, journal)
 
         async def one(rel: str, size: int, mtime: int, path: Path) -> None:

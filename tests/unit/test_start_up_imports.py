@@ -36,3 +36,34 @@ def test_the_job_module_loads_nothing_heavy_and_no_optional_stage() -> None:
 
 def test_the_entrypoint_module_loads_nothing_heavy() -> None:
     assert loaded_by("bootstrap.__main__") == []
+
+
+# Where a module may import a sibling of its own package inside a function: the
+# entry points and the job's story load the stages a run needs, and the store opens
+# the one backend a job uses. Anywhere else a sibling is imported at the top.
+LAZY_SIBLINGS: dict[str, frozenset[str]] = {
+    "bootstrap/__main__.py": frozenset({"job", "commands", "config"}),
+    "bootstrap/job.py": frozenset({"run", "transfer", "relay", "data", "cluster"}),
+    "bootstrap/storage/base.py": frozenset({"native", "boto"}),
+}
+
+
+def test_within_a_package_siblings_are_imported_at_the_top() -> None:
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2] / "bootstrap"
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        rel = path.relative_to(root.parent).as_posix()
+        allowed = LAZY_SIBLINGS.get(rel, frozenset())
+        tree = ast.parse(path.read_text())
+        for fn in ast.walk(tree):
+            if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            for node in ast.walk(fn):
+                if isinstance(node, ast.ImportFrom) and node.level == 1:
+                    sibling = (node.module or node.names[0].name).split(".")[0]
+                    if sibling not in allowed:
+                        found.append(f"{rel}:{node.lineno} imports .{sibling}")
+    assert found == [], found
