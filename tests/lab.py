@@ -17,18 +17,24 @@ from devtools.s3server import S3Server
 from tests.conftest import RUN_TRAIN, base_env
 from tests.netns import Hosts
 
+# The one torch.distributed check every multi-node test runs (netns hosts, docker):
+# an allreduce over gloo, then a barrier so that the ranks leave together (rank 0 hosts
+# the rendezvous store; a peer still tearing down when it is gone aborts with SIGABRT).
+# T: gloo's timeout in seconds. It prints what the tests check: the world, the host,
+# the interface gloo was handed, and when the first step ran.
 ALLREDUCE = r'''
 import os, socket, sys, time
+from datetime import timedelta
 import torch
 import torch.distributed as dist
-dist.init_process_group("gloo")  # env:// : MASTER_ADDR, MASTER_PORT, WORLD_SIZE, RANK
+dist.init_process_group("gloo", timeout=timedelta(seconds=float(os.environ.get("T", "60"))))
 t = torch.tensor([float(dist.get_rank() + 1)])
 dist.all_reduce(t)
 n = dist.get_world_size()
 assert t.item() == n * (n + 1) / 2, (t.item(), n)
-print(f"OK rank={dist.get_rank()} world={n} host={socket.gethostname()} ts={time.time():.3f}",
-      flush=True)
-dist.barrier()  # leave together: rank 0 hosts the store the others tear down against
+print(f"OK rank={dist.get_rank()} world={n} gloo={os.environ.get('GLOO_SOCKET_IFNAME')} "
+      f"host={socket.gethostname()} ts={time.time():.3f}", flush=True)
+dist.barrier()
 dist.destroy_process_group()
 '''
 

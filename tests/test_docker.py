@@ -20,6 +20,7 @@ import pytest
 from devtools.s3server import S3Server
 from tests.conftest import REPO, Bucket
 from tests.dockerlab import docker, stop_when_ready
+from tests.lab import ALLREDUCE
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(900)]
 IMAGE = "bootstrap-test:ci"
@@ -38,21 +39,6 @@ if sys.argv[1] == "wait":
     time.sleep(120)
 sys.exit(int(sys.argv[1]))
 '''
-
-ALLREDUCE = b'''
-import torch, torch.distributed as dist
-dist.init_process_group("gloo")
-t = torch.tensor([float(dist.get_rank() + 1)])
-dist.all_reduce(t)
-n = dist.get_world_size()
-assert t.item() == n * (n + 1) / 2
-print(f"OK rank={dist.get_rank()} world={n}", flush=True)
-# Leave together: rank 0 hosts the rendezvous store, and a peer still tearing down
-# when it is gone aborts (SIGABRT) instead of exiting.
-dist.barrier()
-dist.destroy_process_group()
-'''
-
 
 @pytest.fixture(scope="module")
 def image(docker_env: dict[str, str]) -> str:
@@ -176,7 +162,7 @@ def test_two_containers_as_a_two_node_job(docker_env: dict[str, str], torch_imag
         with S3Server(ip=gateway) as s3:
             client = s3.client()
             client.create_bucket(Bucket="two-node")
-            client.put_object(Bucket="two-node", Key="job/allreduce.py", Body=ALLREDUCE)
+            client.put_object(Bucket="two-node", Key="job/allreduce.py", Body=ALLREDUCE.encode())
             names = [f"{net}-node{i}" for i in range(2)]
             hosts = {f"BATCH_CUSTOM{i}_HOSTS": f"{names[i]}:29500" for i in range(2)}
             for i, name in enumerate(names):

@@ -20,6 +20,7 @@ import pytest
 from bootstrap.cluster import network
 from bootstrap.cluster.network import Choice, HcaPort, Interface
 from tests.conftest import RUN_TRAIN, VENV_BIN, assert_one_error_line, base_env
+from tests.lab import ALLREDUCE
 from tests.netns import Hosts, namespaces_available
 
 ETH0 = Interface("eth0", ("10.9.0.2", "fe80::1"))
@@ -111,21 +112,6 @@ def test_check_shows_interfaces_hcas_and_exports(tmp_path: Path, home: Path) -> 
 # --------------------------------------------------------------------------- real hosts
 
 DECOY_ADDR = "10.200.200.1"
-ALLREDUCE = r'''
-import os, socket, sys
-import torch
-import torch.distributed as dist
-from datetime import timedelta
-dist.init_process_group("gloo", timeout=timedelta(seconds=float(os.environ.get("T", "60"))))
-t = torch.tensor([float(dist.get_rank() + 1)])
-dist.all_reduce(t)
-n = dist.get_world_size()
-assert t.item() == n * (n + 1) / 2, (t.item(), n)
-print(f"OK rank={dist.get_rank()} world={n} gloo={os.environ.get('GLOO_SOCKET_IFNAME')}",
-      flush=True)
-dist.barrier()
-dist.destroy_process_group()
-'''
 
 
 @pytest.fixture(scope="module")

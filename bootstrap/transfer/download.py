@@ -56,7 +56,7 @@ from ..log import Log
 from ..storage import retry
 from ..storage.errors import StorageError, TransientError
 from .listing import RemoteObject
-from .loop import ByteBudget, run_stoppable
+from .loop import ByteBudget, run_stoppable, run_workers
 from .manifest import Manifest
 from .paths import SafeDirs
 from .verify import Layout, Verifier, boundaries, checkable, combined
@@ -464,20 +464,13 @@ class Engine:
         self._range_slots = asyncio.Semaphore(RANGE_STREAMS)
         self._range_pool = ThreadPoolExecutor(RANGE_STREAMS, thread_name_prefix="range")
         count = min(self.settings.workers, len(self._ranges) + len(self._smalls))
-        workers = [asyncio.ensure_future(self._worker()) for _ in range(count)]
         progress = asyncio.ensure_future(self._progress(time.monotonic(), progress_every))
         try:
-            if workers:
-                done, _ = await asyncio.wait(workers, return_when=asyncio.FIRST_EXCEPTION)
-                for task in done:
-                    if task.exception() is not None:
-                        raise task.exception()  # type: ignore[misc]
+            await run_workers(count, self._worker)
         finally:
             self._stopping = True
             progress.cancel()
-            for task in workers:
-                task.cancel()
-            await asyncio.gather(progress, *workers, return_exceptions=True)
+            await asyncio.gather(progress, return_exceptions=True)
             self._range_pool.shutdown(wait=True)  # each stops at its next chunk
 
     def run(self, progress_every: float = 5.0) -> Stats:

@@ -1,8 +1,10 @@
-"""The event loop both engines run on: a memory budget and a stoppable run.
+"""The event loop both engines run on: a worker pool, a memory budget and a
+stoppable run.
 
-Downloads and uploads keep hundreds of requests in flight from one thread; what
-bounds them is the bytes they hold (:class:`ByteBudget`), and what ends them early is
-a stop signal (:func:`run_stoppable`), after which every ``finally`` has run.
+Downloads and uploads keep hundreds of requests in flight from one thread: a pool of
+coroutines taking work until none is left (:func:`run_workers`); what bounds them is
+the bytes they hold (:class:`ByteBudget`), and what ends them early is a stop signal
+(:func:`run_stoppable`), after which every ``finally`` has run.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import threading
+from collections.abc import Awaitable, Callable
 from typing import Any, Optional
 
 from ..errors import STOP_SIGNALS, Terminated
@@ -36,6 +39,24 @@ class ByteBudget:
         if self._freed is not None:
             self._freed.set()
             self._freed = None
+
+
+async def run_workers(count: int, worker: Callable[[], Awaitable[None]]) -> None:
+    """Runs ``count`` copies of ``worker`` (each takes work until none is left) to the
+    end. The first failure cancels the others and is raised once they have all stopped,
+    so no request outlives the call; a cancel of the caller does the same."""
+    tasks = [asyncio.ensure_future(worker()) for _ in range(count)]
+    try:
+        if tasks:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            for task in done:
+                failure = task.exception()
+                if failure is not None:
+                    raise failure
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def run_stoppable(main: Any) -> None:

@@ -43,7 +43,7 @@ from ..storage import retry
 from ..storage.base import credentials, open_store
 from ..storage.errors import TransientError
 from .explain import explain
-from .loop import ByteBudget, run_stoppable
+from .loop import ByteBudget, run_stoppable, run_workers
 
 if TYPE_CHECKING:
     from ..storage.base import Store
@@ -281,17 +281,7 @@ def sync_tree(src: Path, dest: Location, settings: Transfer, log: Log,
             while queue:
                 await one(*queue.popleft())
 
-        workers = [asyncio.ensure_future(worker())
-                   for _ in range(min(settings.workers, len(todo)))]
-        try:
-            done, _ = await asyncio.wait(workers, return_when=asyncio.FIRST_EXCEPTION)
-            for task in done:
-                if task.exception() is not None:
-                    raise task.exception()  # type: ignore[misc]
-        finally:
-            for task in workers:
-                task.cancel()
-            await asyncio.gather(*workers, return_exceptions=True)
+        await run_workers(min(settings.workers, len(todo)), worker)
 
     try:
         if todo:
