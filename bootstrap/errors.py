@@ -103,6 +103,14 @@ class BarrierFailed(BootstrapError):
     reason, category = "barrier", "infrastructure"
 
 
+class LauncherLost(BootstrapError):
+    """MPI-style launch: node 0's launcher never reached this node, or went away
+    without its exit code (another node failed, as at the barrier)."""
+
+    exit_code = EXIT_BARRIER
+    reason, category = "launcher", "infrastructure"
+
+
 class DependencyInstallFailed(BootstrapError):
     exit_code = EXIT_DEPENDENCIES
     reason, category = "dependencies", "user"

@@ -30,6 +30,7 @@ from .errors import (
     STOP_SIGNALS,
     BarrierFailed,
     BootstrapError,
+    ConfigError,
     PreflightFailed,
     Terminated,
 )
@@ -40,6 +41,8 @@ from .run import command, launch
 if TYPE_CHECKING:
     from .config.platform import Cluster
     from .data.staging import Staged
+    from .mpi import plan as mpi_plan_module
+    from .mpi.agent import Agent
     from .run.watchdog import Watchdog
     from .transfer.outputs import OutputSync
 
@@ -107,6 +110,7 @@ def _start(cmd: command.Command, argv: Sequence[str], environ: Mapping[str, str]
     then exec or supervise."""
     code_url = settings.code
     cluster = settings.cluster.layout
+    mpi_plan = _mpi_plan(settings) if settings.launch.mode == "mpi" else None
     log.info(f"user: uid={os.getuid()} gid={os.getgid()} pwd: {os.getcwd()}")
     log.info("app url: " + (code_url.url if code_url else
                             "(none: running from the current directory)"))
@@ -137,19 +141,42 @@ def _start(cmd: command.Command, argv: Sequence[str], environ: Mapping[str, str]
                 stage.join()
         raise
 
-    topo = _cluster_stage(settings, log, report, addresses, data_failure)
-    exports: dict[str, str] = {}
-    if topo is not None:
-        files = topology.write_files(topo, settings.job_dir)
-        exports = topology.without_user_overrides(topo.exports(files), environ)
-    if staged is not None:
-        exports.update(staged.exports())
+    # MPI-style launch: the agents listen before the barrier, so that once it is passed
+    # node 0 finds every one of them up.
+    agent = _agent(mpi_plan, settings, addresses, log) if mpi_plan and mpi_plan.rank else None
+    try:
+        topo = _cluster_stage(settings, log, report, addresses, data_failure,
+                              force_barrier=mpi_plan is not None)
+        exports: dict[str, str] = {}
+        if topo is not None:
+            files = topology.write_files(topo, settings.job_dir)
+            exports = topology.without_user_overrides(topo.exports(files), environ)
+        mpi_bin = None
+        if mpi_plan is not None and topo is not None:
+            from .mpi import install
 
-    final_argv = command.resolve(cmd, code_dir, Path.cwd(), code_url, settings.job_dir)
-    env = launch.user_environment(environ, settings.home, settings.job_dir,
-                                  settings.run.cache_dir, code_dir, exports)
-    if code_dir is not None:
-        _deps_stage(code_dir, final_argv, env, settings, log)
+            mpi_exports, mpi_bin = install.install(
+                settings.job_dir, mpi_plan, cluster,
+                {r: topo.slots(r) for r in range(cluster.size)}, addresses)
+            exports.update(topology.without_user_overrides(mpi_exports, environ))
+        if staged is not None:
+            exports.update(staged.exports())
+
+        final_argv = command.resolve(cmd, code_dir, Path.cwd(), code_url, settings.job_dir)
+        env = launch.user_environment(environ, settings.home, settings.job_dir,
+                                      settings.run.cache_dir, code_dir, exports)
+        if mpi_bin is not None:  # tools that run `ssh` (pdsh, DeepSpeed) find ours
+            from .mpi.plan import path_with
+
+            env["PATH"] = path_with(mpi_bin, env.get("PATH", os.defpath))
+        if code_dir is not None:
+            _deps_stage(code_dir, final_argv, env, settings, log)
+    except BaseException:
+        if agent is not None:
+            agent.close()
+        raise
+    if agent is not None:
+        return _serve_launcher(agent, env, code_dir, log)
 
     sync = None
     if settings.outputs.output_dir is not None:
@@ -160,7 +187,7 @@ def _start(cmd: command.Command, argv: Sequence[str], environ: Mapping[str, str]
                                   rank=settings.cluster.layout.rank)
     supervise = settings.run.supervise
     if supervise is None:  # PID 1 must supervise; so must anything with work after the end
-        supervise = (os.getpid() == 1 or sync is not None
+        supervise = (os.getpid() == 1 or sync is not None or mpi_plan is not None
                      or settings.outputs.log_upload is not None)
     launch.find_program(final_argv[0], env)  # 127/126 now, while we can still say why
     where = f" (in {code_dir})" if code_dir else ""
@@ -170,8 +197,73 @@ def _start(cmd: command.Command, argv: Sequence[str], environ: Mapping[str, str]
         launch.exec_command(final_argv, env, code_dir, user_umask)
     log.info(f"run (supervised, pid {os.getpid()}): {shlex.join(log.redact.argv(final_argv))}"
              f"{where}; log: {settings.run.log_file}")
-    return _supervise(final_argv, env, code_dir, settings, log, sync, user_umask,
-                      report.gpu_count)
+    if mpi_plan is None:
+        return _supervise(final_argv, env, code_dir, settings, log, sync, user_umask,
+                          report.gpu_count)
+    from .mpi.launcher import Launcher
+
+    launcher = Launcher(mpi_plan, addresses, log)
+    try:
+        launcher.connect_all()
+        code = _supervise(final_argv, env, code_dir, settings, log, sync, user_umask,
+                          report.gpu_count)
+    except BaseException:
+        launcher.abandon()
+        raise
+    launcher.finish(code)  # every node ends with the launcher's code
+    return code
+
+
+def _mpi_plan(settings: Settings) -> mpi_plan_module.Plan:
+    """BOOTSTRAP_LAUNCH=mpi's plan, checked before anything runs (exit 2 on a port that
+    collides, a job of one node, no shared secret, or the cryptography package missing)."""
+    from .mpi import plan
+    from .relay.protocol import ephemeral_ports
+
+    try:
+        import cryptography  # noqa: F401 - the agents' frames need it
+    except ImportError:
+        raise ConfigError("BOOTSTRAP_LAUNCH=mpi needs the `cryptography` package in the "
+                          "bootstrap's Python: pip install cryptography (the bundled "
+                          "runtime has it)") from None
+    text = None
+    path = settings.launch.secret_file
+    if path is not None and settings.launch.secret is None:
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise ConfigError(f"BOOTSTRAP_JOB_SECRET_FILE={path}: cannot read it "
+                              f"({exc.strerror}); mount the job's secret there") from None
+    return plan.plan(settings.cluster.layout, settings.launch, settings.transfer,
+                     settings.cluster.relay_port, ephemeral_ports(), text,
+                     settings.cluster.peer_timeout)
+
+
+def _agent(p: mpi_plan_module.Plan, settings: Settings, addresses: Mapping[str, str],
+           log: Log) -> Agent:
+    """This node's launch agent, listening on its own address in the job (the one its
+    host name resolves to) and open to the job's nodes only."""
+    from .cluster import peers
+    from .mpi.agent import Agent
+
+    me = settings.cluster.layout.nodes[p.rank].host
+    mine = addresses.get(me) or peers.resolve(me) or ""
+    allowed = {*addresses.values(), *(a for a in [mine] if a)}
+    agent = Agent(p, mine, allowed, {}, None, settings.run.grace_seconds, log)
+    role = "runs the launcher's remote commands" if p.serves_exec else \
+        "waits for the launcher's end (another node here runs its remote commands)"
+    log.info(f"launch: node {p.rank} listening on {agent.where}; it {role}")
+    return agent
+
+
+def _serve_launcher(agent: Agent, env: Mapping[str, str], cwd: Optional[Path],
+                    log: Log) -> int:
+    """Nodes 1..N-1 in MPI-style launch: serve, then end with the launcher's code."""
+    agent.env, agent.cwd = dict(env), cwd
+    agent.start()
+    code = agent.wait()
+    log.info(f"launch: the launcher (node 0) ended with {code}; this node exits {code}")
+    return code
 
 
 def _default_signals() -> None:
@@ -356,7 +448,8 @@ def _local_failure(report: preflight.Report) -> PreflightFailed:
 
 def _cluster_stage(settings: Settings, log: Log, report: preflight.Report,
                    addresses: Mapping[str, str],
-                   data_failure: Optional[BootstrapError] = None) -> Optional[topology.Topology]:
+                   data_failure: Optional[BootstrapError] = None,
+                   force_barrier: bool = False) -> Optional[topology.Topology]:
     """The start barrier and the topology, once the peers resolve; None for a local
     one-node job with no platform variables (nothing to hand the engines).
 
@@ -377,7 +470,7 @@ def _cluster_stage(settings: Settings, log: Log, report: preflight.Report,
 
     ib_addr = ipoib.local_address(knobs.ipoib_device)
     facts = topology.MemberFacts(gpus=facts.gpus, ib_addr=ib_addr)
-    run_barrier = knobs.barrier == "on" or (knobs.barrier == "auto" and ib_addr)
+    run_barrier = force_barrier or knobs.barrier == "on" or (knobs.barrier == "auto" and ib_addr)
     if ib_addr is None:
         log.info(f"ipoib: no address on {knobs.ipoib_device}; no IB address map"
                  + ("" if run_barrier else " and no start barrier"))

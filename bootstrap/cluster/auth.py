@@ -1,5 +1,5 @@
 """Mutual proof that both ends of a connection are the nodes of this job they claim to
-be, for any protocol between nodes (the relay's code and data trees; a later launch
+be, for any protocol between nodes (the relay's code and data trees, the MPI launch
 agent): one key derivation and one handshake, imported, never copied.
 
 Keys. Every node derives ``derive(secret, job_id, protocol)``: a job key from a secret
@@ -79,6 +79,22 @@ def accept(wire: Wire, key: bytes, protocol: str, rank: int, allowed: Collection
            deadline: float) -> int:
     """The listening side of the handshake; returns the client's rank, proven.
 
+    Raises :class:`Refused`, ``TimeoutError``, ``OSError`` or ``ValueError`` as
+    :func:`accept_session` does."""
+    return accept_session(wire, key, protocol, rank, allowed, deadline)[0]
+
+
+def session_key(key: bytes, said: str) -> bytes:
+    """A key for what follows one handshake: bound to both fresh nonces, so bytes
+    recorded from one connection mean nothing in another (a protocol that encrypts its
+    frames, the launch agent's, keys them from this)."""
+    return hmac.new(key, f"session|{said}".encode(), hashlib.sha256).digest()
+
+
+def accept_session(wire: Wire, key: bytes, protocol: str, rank: int,
+                   allowed: Collection[int], deadline: float) -> tuple[int, bytes]:
+    """:func:`accept`, also returning the session's key (:func:`session_key`).
+
     Raises :class:`Refused` (a rank not in ``allowed``, a wrong proof, a malformed
     message), ``TimeoutError`` past ``deadline``, ``OSError``/``ValueError`` on a broken
     connection or a line that is not JSON."""
@@ -95,12 +111,19 @@ def accept(wire: Wire, key: bytes, protocol: str, rank: int, allowed: Collection
     if not _valid(key, "client", said, wire.json(deadline, limit=256).get("proof")):
         raise Refused("no proof of the job's key")
     wire.send_json({"ok": True}, _STEP)
-    return client
+    return client, session_key(key, said)
 
 
 def connect(wire: Wire, key: bytes, protocol: str, rank: int, server: int,
             deadline: float) -> None:
-    """The dialling side: proves ``rank`` to node ``server`` once it has proven itself.
+    """The dialling side: proves ``rank`` to node ``server`` once it has proven itself
+    (raises as :func:`connect_session` does)."""
+    connect_session(wire, key, protocol, rank, server, deadline)
+
+
+def connect_session(wire: Wire, key: bytes, protocol: str, rank: int, server: int,
+                    deadline: float) -> bytes:
+    """:func:`connect`, returning the session's key (:func:`session_key`).
 
     Raises :class:`Refused` when the listener is not node ``server`` speaking
     ``protocol`` with the job's key (no proof of ours has been sent then), or when it
@@ -131,3 +154,4 @@ def connect(wire: Wire, key: bytes, protocol: str, rank: int, server: int,
         ok = False
     if ok is not True:
         raise Refused(f"node {server} refused our proof")
+    return session_key(key, said)

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     Shard = Literal["none", "node"]
     HangAction = Literal["stop", "dump"]
     PeerFetch = Literal["auto", "on", "off"]
+    LaunchMode = Literal["each", "mpi"]
 
 MiB = 1024 * 1024
 GB = 1000**3
@@ -158,6 +159,17 @@ class Staging:
 
 
 @dataclass(frozen=True)
+class Launch:
+    """How the command starts across the nodes: each node runs it (torchrun's way), or
+    node 0 runs it and the others serve its remote shell (MPI's way)."""
+
+    mode: LaunchMode  # BOOTSTRAP_LAUNCH: "each" (default) or "mpi"
+    agent_port: int  # BOOTSTRAP_AGENT_PORT: node r's agent listens on this + r
+    secret: str | None = field(repr=False)  # BOOTSTRAP_JOB_SECRET
+    secret_file: Path | None  # BOOTSTRAP_JOB_SECRET_FILE
+
+
+@dataclass(frozen=True)
 class Settings:
     home: Path  # the original script's $home (/home/work)
     job_dir: Path  # where the code directory lands: $home/user-job-dir or $MA_JOB_DIR
@@ -170,6 +182,7 @@ class Settings:
     run: RunSettings
     outputs: Outputs
     staging: Staging
+    launch: Launch
 
 
 def debug(env: Mapping[str, str]) -> bool:
@@ -195,6 +208,7 @@ def load(env: Mapping[str, str]) -> Settings:
         run=_run(env, job_dir, task),
         outputs=_outputs(env),
         staging=_staging(env),
+        launch=_launch(env),
     )
 
 
@@ -346,6 +360,16 @@ def _staging(env: Mapping[str, str]) -> Staging:
                            ("none", "node")),
         timeout=parse.number(env, "BOOTSTRAP_DATA_TIMEOUT", 3600.0, minimum=0),
         max_bytes=int(cap * GB) if cap > 0 else None,
+    )
+
+
+def _launch(env: Mapping[str, str]) -> Launch:
+    secret_file = parse.text(env, "BOOTSTRAP_JOB_SECRET_FILE")
+    return Launch(
+        mode=parse.choice(env, "BOOTSTRAP_LAUNCH", "each", ("each", "mpi")),  # type: ignore[arg-type]
+        agent_port=_port(env, "BOOTSTRAP_AGENT_PORT", 28600),
+        secret=parse.text(env, "BOOTSTRAP_JOB_SECRET"),
+        secret_file=Path(secret_file) if secret_file else None,
     )
 
 

@@ -47,6 +47,7 @@ def user_environment(env: Mapping[str, str], home: Path, job_dir: Path, cache_di
     if "TMPDIR" not in env and cache_dir.is_dir() and os.access(cache_dir, os.W_OK | os.X_OK):
         out["TMPDIR"] = str(cache_dir)
     out[ACTIVE_MARKER] = "1"
+    out.pop("BOOTSTRAP_JOB_SECRET", None)  # the bootstrap's, not the command's
     out.update(exports)
     return out
 

@@ -151,8 +151,18 @@ interpreter() {  # CPython into $PREFIX, on the libraries
 
 packages() {  # the dependencies: binary wheels only (no compiler at install)
     "$py" -m ensurepip >/dev/null
-    "$py" -m pip install -q --disable-pip-version-check --no-cache-dir --only-binary=:all: \
-        -r "$src/docker/requirements.txt"
+    # Wheels for glibc 2.17 (manylinux2014), the runtime's floor: pip would otherwise take
+    # the newest a builder allows (cryptography ships _2_28 and _2_34 wheels too) and raise
+    # the floor of every job. Downloaded for that platform, then installed from there.
+    local wheels=/tmp/bootstrap-runtime-wheels version
+    version=$("$py" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+    rm -rf "$wheels"
+    "$py" -m pip download -q --disable-pip-version-check --no-cache-dir --only-binary=:all: \
+        --platform "manylinux2014_$(uname -m)" --implementation cp --python-version "$version" \
+        -r "$src/docker/requirements.txt" -d "$wheels"
+    "$py" -m pip install -q --disable-pip-version-check --no-cache-dir --no-index \
+        --find-links "$wheels" -r "$src/docker/requirements.txt"
+    rm -rf "$wheels"
 }
 
 bootstrap() {  # the bootstrap itself, then what a job never needs goes

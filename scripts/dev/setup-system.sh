@@ -12,6 +12,8 @@ command -v unshare >/dev/null 2>&1 || missing+=(util-linux)
 # the locally built base image (no registry is reachable).
 command -v dockerd >/dev/null 2>&1 || missing+=(docker.io)
 command -v debootstrap >/dev/null 2>&1 || missing+=(debootstrap)
+# MPI-style launch's proof: Open MPI (mpirun, mpicc) from Debian's packages.
+command -v mpicc >/dev/null 2>&1 || missing+=(openmpi-bin libopenmpi-dev)
 if [ "${#missing[@]}" -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then
         echo "setup-system: missing ${missing[*]} and not root: those tests will say so" >&2

@@ -18,7 +18,8 @@ LAZY_STAGES = ("bootstrap.transfer.fetch", "bootstrap.transfer.download",
                "bootstrap.relay.fetch", "bootstrap.data.staging",
                "bootstrap.transfer.upload", "bootstrap.run.supervise", "bootstrap.run.watchdog",
                "bootstrap.cluster.barrier", "bootstrap.cluster.network",
-               "bootstrap.storage.native", "bootstrap.storage.boto")
+               "bootstrap.storage.native", "bootstrap.storage.boto", "bootstrap.mpi.agent",
+               "bootstrap.mpi.channel", "cryptography")
 
 
 def loaded_by(module: str) -> list[str]:
@@ -43,7 +44,7 @@ def test_the_entrypoint_module_loads_nothing_heavy() -> None:
 # the one backend a job uses. Anywhere else a sibling is imported at the top.
 LAZY_SIBLINGS: dict[str, frozenset[str]] = {
     "bootstrap/__main__.py": frozenset({"job", "commands", "config"}),
-    "bootstrap/job.py": frozenset({"run", "transfer", "relay", "data", "cluster"}),
+    "bootstrap/job.py": frozenset({"run", "transfer", "relay", "data", "cluster", "mpi"}),
     "bootstrap/storage/base.py": frozenset({"native", "boto"}),
 }
 

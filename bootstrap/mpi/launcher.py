@@ -1,0 +1,79 @@
+"""Node 0's side of MPI-style launch: a control connection to every other node's agent
+before the command starts, and the command's exit code to each of them at its end.
+
+The agents listen before the start barrier, so by the time node 0 dials they are up;
+the dial still retries for :data:`.plan.CONNECT_WINDOW` seconds (a slow node's accept
+loop). A node whose agent does not answer stops the job before the command runs (exit
+5, naming it). If node 0 itself dies, its control connections drop and every agent
+stops its commands and exits (:meth:`.agent.Agent.wait`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import time
+from collections.abc import Mapping
+
+from ..cluster import auth
+from ..cluster.wire import Wire, hang_up
+from ..errors import BarrierFailed
+from ..log import Log
+from .agent import HANDSHAKE
+from .channel import Broken, Channel
+from .plan import CONNECT_WINDOW, PROTOCOL, Plan
+
+
+class Launcher:
+    def __init__(self, plan: Plan, addresses: Mapping[str, str], log: Log) -> None:
+        self.plan, self.addresses, self.log = plan, addresses, log
+        self.controls: dict[int, Channel] = {}
+
+    def connect_all(self) -> None:
+        deadline = time.monotonic() + CONNECT_WINDOW
+        for rank in range(1, len(self.plan.hosts)):
+            self.controls[rank] = self._connect(rank, deadline)
+        self.log.info(f"launch: {len(self.controls)} agent(s) connected; node 0 runs the "
+                      "command")
+
+    def _connect(self, rank: int, deadline: float) -> Channel:
+        host = self.plan.hosts[rank]
+        target = (self.addresses.get(host) or host, self.plan.ports[rank])
+        why = "no answer"
+        while time.monotonic() < deadline:
+            try:
+                sock = socket.create_connection(target, timeout=HANDSHAKE)
+            except OSError as exc:
+                why = exc.strerror or str(exc)
+                time.sleep(0.2)
+                continue
+            try:
+                wire = Wire(sock)
+                session = auth.connect_session(wire, self.plan.key, PROTOCOL, 0, rank,
+                                               time.monotonic() + HANDSHAKE)
+                channel = Channel(wire, session, "client")
+                channel.send_json({"op": "control"})
+                if channel.recv_json(time.monotonic() + HANDSHAKE).get("ok") is True:
+                    return channel
+                why = "it refused the launcher"
+            except (auth.Refused, Broken, ValueError, OSError) as exc:
+                why = str(exc) or type(exc).__name__
+            hang_up(sock)
+            time.sleep(0.2)
+        raise BarrierFailed(f"node {rank}'s launch agent at {target[0]}:{target[1]} did not "
+                            f"answer within {CONNECT_WINDOW:g} s ({why}); see that node's log")
+
+    def finish(self, code: int) -> None:
+        """Tells every agent the command's exit code, then lets them go."""
+        for channel in self.controls.values():
+            with contextlib.suppress(OSError):  # a node gone already: its log says why
+                channel.send_json({"exit": code})
+            channel.close()
+        self.controls.clear()
+
+    def abandon(self) -> None:
+        """The command never ran (a failure, a stop): the agents end with their own
+        line, not a code of ours."""
+        for channel in self.controls.values():
+            channel.close()
+        self.controls.clear()

@@ -1,0 +1,187 @@
+"""MPI-style launch (BOOTSTRAP_LAUNCH=mpi) with the real engine: Open MPI's mpirun on
+node 0 reaches the other network-namespace hosts through the bootstrap's own ssh client
+and launch agents; no sshd anywhere. A control run without the mode shows mpirun's own
+failure."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.lab import Lab, NodeResult, old_contract, port, run_job, shared_contract
+
+pytestmark = [pytest.mark.multinode, pytest.mark.timeout(600)]
+
+PROGRAM = r"""
+#include <mpi.h>
+#include <stdio.h>
+#include <unistd.h>
+int main(int argc, char **argv) {
+    MPI_Init(&argc, &argv);
+    int rank, size, sum = 0;
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+    MPI_Comm_size(MPI_COMM_WORLD, &size);
+    int mine = rank + 1;
+    MPI_Allreduce(&mine, &sum, 1, MPI_INT, MPI_SUM, MPI_COMM_WORLD);
+    char host[256];
+    gethostname(host, sizeof host);
+    printf("OK rank=%d size=%d sum=%d host=%s\n", rank, size, sum, host);
+    fflush(stdout);
+    MPI_Finalize();
+    return sum == size * (size + 1) / 2 ? 0 : 3;
+}
+"""
+SECRET = "a-job-secret-only-the-test-knows-0123456789"
+ROOT = {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
+        "BOOTSTRAP_PEER_TIMEOUT": "60"}
+
+
+@pytest.fixture(scope="module")
+def program(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if not lab.hosts.real:
+        pytest.skip("MPI-style launch needs real hosts (network namespaces)")
+    if shutil.which("mpicc") is None or shutil.which("mpirun") is None:
+        pytest.skip("Open MPI is not installed (scripts/dev/setup-system.sh installs it)")
+    folder = tmp_path_factory.mktemp("mpi")
+    (folder / "allreduce.c").write_text(PROGRAM)
+    subprocess.run(["mpicc", "-O1", "-o", str(folder / "allreduce"), str(folder / "allreduce.c")],
+                   check=True, capture_output=True, timeout=120)
+    return folder / "allreduce"
+
+
+def ok_lines(out: str) -> list[str]:
+    return [line for line in out.splitlines() if line.startswith("OK rank=")]
+
+
+def logs(results: list[NodeResult]) -> str:
+    return "\n".join(f"--- node {r.rank} (exit {r.code})\n{r.err[-3000:]}\n{r.out[-1500:]}"
+                     for r in results)
+
+
+def mpi_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    return {**ROOT, "BOOTSTRAP_LAUNCH": "mpi", "BOOTSTRAP_JOB_SECRET": SECRET,
+            "BOOTSTRAP_AGENT_PORT": str(port()), **(extra or {})}
+
+
+@pytest.fixture(autouse=True)
+def no_sshd() -> Iterator[None]:
+    running = subprocess.run(["pgrep", "-x", "sshd"], capture_output=True).returncode == 0
+    assert not running, "an sshd runs on this machine: the proof would not be one"
+    yield
+
+
+def test_mpirun_spans_three_nodes_one_rank_each(lab: Lab, tmp_path: Path,
+                                                program: Path) -> None:
+    results = run_job(lab, tmp_path, 3, ["mpirun", "-np", "3", str(program)],
+                      old_contract(lab, 3, port()), mpi_env(), timeout=180)
+    assert [r.code for r in results] == [0, 0, 0], logs(results)
+    lines = ok_lines(results[0].out)
+    assert len(lines) == 3 and all("size=3 sum=6" in line for line in lines), logs(results)
+    hosts = {line.split("host=")[1] for line in lines}
+    assert hosts == {lab.hosts.name(i) for i in range(3)}, lines  # one rank per node
+    for r in results[1:]:
+        assert "started pid" in r.err and "ended with 0" in r.err, logs(results)
+        assert "the launcher (node 0) ended with 0; this node exits 0" in r.err
+        assert ok_lines(r.out) == []  # the ranks' output is the launcher's, on node 0
+    hostfile = (results[0].home / "user-job-dir/.bootstrap-mpi/hostfile").read_text()
+    assert hostfile == "".join(f"{lab.hosts.name(i)} slots=1\n" for i in range(3))
+    assert SECRET not in "".join(r.err + r.out for r in results)
+
+
+def test_several_ranks_a_host_and_one_agent_per_shared_host(lab: Lab, tmp_path: Path,
+                                                            program: Path) -> None:
+    # 4 nodes on 2 hosts (the host-network pools): nodes 0, 1 on host 0, nodes 2, 3 on
+    # host 1. The hostfile lists each host once with 2 slots; node 2 runs host 1's
+    # ranks, node 3 only waits; every node ends with the launcher's code.
+    where = [0, 0, 1, 1]
+    results = run_job(lab, tmp_path, 4, ["mpirun", "-np", "4", str(program)],
+                      shared_contract(lab, 4, port(), where.__getitem__), mpi_env(),
+                      timeout=180, where=where.__getitem__)
+    assert [r.code for r in results] == [0, 0, 0, 0], logs(results)
+    lines = ok_lines(results[0].out)
+    assert len(lines) == 4 and all("size=4 sum=10" in line for line in lines), logs(results)
+    per_host = sorted(line.split("host=")[1] for line in lines)
+    assert per_host == sorted([lab.hosts.name(0)] * 2 + [lab.hosts.name(1)] * 2), lines
+    hostfile = (results[0].home / "user-job-dir/.bootstrap-mpi/hostfile").read_text()
+    assert hostfile == f"{lab.hosts.name(0)} slots=2\n{lab.hosts.name(1)} slots=2\n"
+    assert "started pid" in results[2].err, logs(results)
+    assert "started pid" not in results[3].err and "started pid" not in results[1].err
+
+
+def test_control_without_the_mode_mpirun_cannot_reach_the_nodes(lab: Lab, tmp_path: Path,
+                                                                program: Path) -> None:
+    # The same job without BOOTSTRAP_LAUNCH=mpi: every node runs mpirun with the job's
+    # hostfile, which needs a remote shell the image does not have.
+    argv = ["sh", "-c", f'exec mpirun -np 3 --hostfile "$BOOTSTRAP_HOSTFILE" {program}']
+    results = run_job(lab, tmp_path, 3, argv, old_contract(lab, 3, port()),
+                      {**ROOT, "BOOTSTRAP_BARRIER": "on"}, timeout=180)
+    assert results[0].code != 0, logs(results)
+    assert ok_lines(results[0].out) == [], logs(results)
+    said = results[0].err + results[0].out
+    assert "ssh" in said or "rsh" in said, said[-3000:]
+    # ... and with the mode, the very same command spans the nodes.
+    results = run_job(lab, tmp_path / "with", 3, argv, old_contract(lab, 3, port()),
+                      mpi_env(), timeout=180)
+    assert [r.code for r in results] == [0, 0, 0], logs(results)
+    assert len(ok_lines(results[0].out)) == 3
+
+
+def test_every_node_ends_with_the_launchers_code(lab: Lab, tmp_path: Path,
+                                                 program: Path) -> None:
+    argv = ["sh", "-c", f"mpirun -np 3 {program} && exit 7"]
+    results = run_job(lab, tmp_path, 3, argv, old_contract(lab, 3, port()), mpi_env(),
+                      timeout=180)
+    assert [r.code for r in results] == [7, 7, 7], logs(results)
+
+
+def test_a_launcher_that_dies_ends_every_agent_within_its_bound(lab: Lab, tmp_path: Path,
+                                                                program: Path) -> None:
+    # Node 0 dies (every process of it SIGKILLed, as when its container goes) while its
+    # remote ranks run; the agents stop those ranks and exit 5 (the barrier's family:
+    # another node failed) at once.
+    argv = ["mpirun", "-np", "3", "sh", "-c", "sleep 120"]
+    killed_at: list[float] = []
+
+    def kill_node0() -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            found = subprocess.run(["pgrep", "-f", f"{tmp_path}/node0"], capture_output=True,
+                                   text=True).stdout.split()
+            ranks = subprocess.run(["pgrep", "-c", "-f", "sleep 120"], capture_output=True,
+                                   text=True).stdout.strip()
+            if found and ranks and int(ranks) >= 3:
+                break
+            time.sleep(0.5)
+        time.sleep(1)
+        for pid in (p.name for p in Path("/proc").iterdir() if p.name.isdigit()):
+            try:
+                env = Path(f"/proc/{pid}/environ").read_bytes()
+            except OSError:
+                continue
+            if f"BOOTSTRAP_HOME={tmp_path}/node0".encode() in env and b"DLS_TASK_INDEX=0" in env:
+                subprocess.run(["kill", "-KILL", pid], check=False)
+        killed_at.append(time.monotonic())
+
+    results = run_job(lab, tmp_path, 3, argv, old_contract(lab, 3, port()), mpi_env(),
+                      timeout=120, during=kill_node0)
+    ended = time.monotonic()
+    assert killed_at, "node 0 was never seen running"
+    assert results[0].code == -signal.SIGKILL or results[0].code == 137, logs(results)
+    for r in results[1:]:
+        assert r.code == 5, logs(results)
+        assert "the launcher (node 0) went away without an exit code" in r.err
+    assert ended - killed_at[0] < 45, "the agents outlived the launcher past the grace"
+    leftover = subprocess.run(["pgrep", "-f", "sleep 120"], capture_output=True, text=True)
+    detail = "".join(
+        f"{pid}: " + subprocess.run(["ps", "-o", "pid,ppid,pgid,sid,stat,cmd", "-p", pid],
+                                    capture_output=True, text=True).stdout
+        + " ".join(e.decode() for e in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+                   if e.startswith((b"DLS_TASK_INDEX", b"OMPI_COMM_WORLD_RANK"))) + "\n"
+        for pid in leftover.stdout.split() if Path(f"/proc/{pid}").exists())
+    assert leftover.stdout.strip() == "", f"a rank outlived its node: {detail}"
