@@ -185,3 +185,43 @@ def test_a_launcher_that_dies_ends_every_agent_within_its_bound(lab: Lab, tmp_pa
                    if e.startswith((b"DLS_TASK_INDEX", b"OMPI_COMM_WORLD_RANK"))) + "\n"
         for pid in leftover.stdout.split() if Path(f"/proc/{pid}").exists())
     assert leftover.stdout.strip() == "", f"a rank outlived its node: {detail}"
+
+
+def test_a_stop_of_an_agents_node_ends_the_whole_job(lab: Lab, tmp_path: Path,
+                                                     program: Path) -> None:
+    # `docker stop` of node 1 (SIGTERM to its bootstrap): it stops its remote ranks and
+    # exits 143; mpirun on node 0 loses them and fails; every other node ends with that.
+    argv = ["mpirun", "-np", "3", "sh", "-c", "sleep 120"]
+    stopped: list[float] = []
+
+    def stop_node1() -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            ranks = subprocess.run(["pgrep", "-c", "-f", "sleep 120"], capture_output=True,
+                                   text=True).stdout.strip()
+            if ranks and int(ranks) >= 3:
+                break
+            time.sleep(0.5)
+        time.sleep(1)
+        for pid in (p.name for p in Path("/proc").iterdir() if p.name.isdigit()):
+            try:
+                env = Path(f"/proc/{pid}/environ").read_bytes()
+                cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if f"BOOTSTRAP_HOME={tmp_path}/node1".encode() in env and b"bootstrap" in cmd \
+                    and b"DLS_TASK_INDEX=1" in env and b"ssh" not in cmd:
+                subprocess.run(["kill", "-TERM", pid], check=False)
+        stopped.append(time.monotonic())
+
+    results = run_job(lab, tmp_path, 3, argv, old_contract(lab, 3, port()),
+                      mpi_env({"BOOTSTRAP_GRACE_SECONDS": "5"}), timeout=120,
+                      during=stop_node1)
+    ended = time.monotonic()
+    assert stopped, "node 1 was never seen running"
+    assert results[1].code == 143, logs(results)
+    assert results[0].code != 0, logs(results)
+    assert results[2].code == results[0].code, logs(results)
+    assert ended - stopped[0] < 60, logs(results)
+    leftover = subprocess.run(["pgrep", "-f", "sleep 120"], capture_output=True, text=True)
+    assert leftover.stdout.strip() == "", "a rank outlived the job"
