@@ -94,6 +94,20 @@ def test_mpirun_spans_three_nodes_one_rank_each(lab: Lab, tmp_path: Path,
     assert SECRET not in "".join(r.err + r.out for r in results)
 
 
+def test_a_process_an_agent_started_reaches_another_node(lab: Lab, tmp_path: Path,
+                                                        program: Path) -> None:
+    # What Open MPI's tree spawn does (a daemon on node 1 starting node 2's): a rank on
+    # node 1, started through node 1's agent, runs `ssh node-2 ...` (the client is first
+    # on its PATH) and node 2's agent serves it, proving node 1's membership.
+    inner = f"ssh {lab.hosts.name(2)} hostname"
+    argv = ["mpirun", "-np", "1", "--host", lab.hosts.name(1), "sh", "-c", inner]
+    results = run_job(lab, tmp_path, 3, argv, old_contract(lab, 3, port()), mpi_env(),
+                      timeout=180)
+    assert [r.code for r in results] == [0, 0, 0], logs(results)
+    assert results[0].out.strip().splitlines()[-1] == lab.hosts.name(2), logs(results)
+    assert "node 1 started pid" in results[2].err, logs(results)  # dialled from node 1
+
+
 def test_several_ranks_a_host_and_one_agent_per_shared_host(lab: Lab, tmp_path: Path,
                                                             program: Path) -> None:
     # 4 nodes on 2 hosts (the host-network pools): nodes 0, 1 on host 0, nodes 2, 3 on
