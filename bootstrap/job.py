@@ -176,7 +176,7 @@ def _start(cmd: command.Command, argv: Sequence[str], environ: Mapping[str, str]
             agent.close()
         raise
     if agent is not None:
-        return _serve_launcher(agent, env, code_dir, log)
+        return _serve_launcher(agent, env, code_dir, settings, log)
 
     sync = None
     if settings.outputs.output_dir is not None:
@@ -257,12 +257,30 @@ def _agent(p: mpi_plan_module.Plan, settings: Settings, addresses: Mapping[str, 
 
 
 def _serve_launcher(agent: Agent, env: Mapping[str, str], cwd: Optional[Path],
-                    log: Log) -> int:
-    """Nodes 1..N-1 in MPI-style launch: serve, then end with the launcher's code."""
+                    settings: Settings, log: Log) -> int:
+    """Nodes 1..N-1 in MPI-style launch: serve (the remote commands' output teed into
+    this node's log file, as the command's would be), then end with the launcher's code
+    (a failure record says so when it is not 0)."""
+    from .run import supervise
+
     agent.env, agent.cwd = dict(env), cwd
-    agent.start()
-    code = agent.wait()
+    path = settings.run.log_file
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        agent.tee = open(path, "ab")  # noqa: SIM115 - closed below
+    except OSError as exc:
+        log.warn(f"launch: cannot write the log file {path} ({exc.strerror}); remote "
+                 "output goes to the launcher only")
+    try:
+        agent.start()
+        code = agent.wait()
+    finally:
+        if agent.tee is not None:
+            agent.tee.close()
     log.info(f"launch: the launcher (node 0) ended with {code}; this node exits {code}")
+    if code != 0:
+        supervise.write_launcher_record(settings.run.failure_file, code, settings.task_index,
+                                        log)
     return code
 
 

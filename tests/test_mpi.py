@@ -5,6 +5,7 @@ failure."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import signal
 import subprocess
@@ -101,11 +102,15 @@ def test_a_process_an_agent_started_reaches_another_node(lab: Lab, tmp_path: Pat
     # on its PATH) and node 2's agent serves it, proving node 1's membership.
     inner = f"ssh {lab.hosts.name(2)} hostname"
     argv = ["mpirun", "-np", "1", "--host", lab.hosts.name(1), "sh", "-c", inner]
-    results = run_job(lab, tmp_path, 3, argv, old_contract(lab, 3, port()), mpi_env(),
-                      timeout=180)
+    contract = old_contract(lab, 3, port())
+    results = run_job(lab, tmp_path, 3, argv,
+                      lambda i: {**contract(i), "BOOTSTRAP_LOG_FILE": str(tmp_path / f"{i}.log")},
+                      mpi_env(), timeout=180)
     assert [r.code for r in results] == [0, 0, 0], logs(results)
     assert results[0].out.strip().splitlines()[-1] == lab.hosts.name(2), logs(results)
     assert "node 1 started pid" in results[2].err, logs(results)  # dialled from node 1
+    # What an agent runs is teed into its node's log file, as the command's output is.
+    assert (tmp_path / "2.log").read_text().strip() == lab.hosts.name(2)
 
 
 def test_several_ranks_a_host_and_one_agent_per_shared_host(lab: Lab, tmp_path: Path,
@@ -152,6 +157,9 @@ def test_every_node_ends_with_the_launchers_code(lab: Lab, tmp_path: Path,
     results = run_job(lab, tmp_path, 3, argv, old_contract(lab, 3, port()), mpi_env(),
                       timeout=180)
     assert [r.code for r in results] == [7, 7, 7], logs(results)
+    for r in results[1:]:  # each node's record points to the launcher's
+        record = json.loads((r.home / "user-job-dir/failure.json").read_text())
+        assert (record["exit_code"], record["reason"]) == (7, "launcher"), record
 
 
 def test_a_launcher_that_dies_ends_every_agent_within_its_bound(lab: Lab, tmp_path: Path,

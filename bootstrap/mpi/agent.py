@@ -56,6 +56,8 @@ class Agent:
                  cwd: Optional[Path], grace: float, log: Log) -> None:
         self.plan, self.env, self.cwd, self.grace, self.log = plan, dict(env), cwd, grace, log
         self.allowed = frozenset(allowed)
+        self.tee: Optional[IO[bytes]] = None  # the node's log file: remote output lands there too
+        self._tee_lock = threading.Lock()
         self.code: Optional[int] = None
         self._controlled = threading.Event()
         self._ended = threading.Event()  # the control connection is over (code or not)
@@ -168,7 +170,7 @@ class Agent:
             self._sids.add(proc.pid)
         self.log.info(f"agent: node {rank} started pid {proc.pid} ({len(command)}-byte "
                       "command)")
-        pumps = [threading.Thread(target=_pump, args=(stream, channel, kind), daemon=True)
+        pumps = [threading.Thread(target=self._pump, args=(stream, channel, kind), daemon=True)
                  for stream, kind in ((proc.stdout, STDOUT), (proc.stderr, STDERR))]
         for pump in pumps:
             pump.start()
@@ -183,6 +185,29 @@ class Agent:
         self.log.info(f"agent: pid {proc.pid} ended with {status}")
         with contextlib.suppress(OSError):
             channel.send_json({"exit": status})
+
+    def _pump(self, stream: Optional[IO[bytes]], channel: Channel, kind: bytes) -> None:
+        """One output stream of a command: to its client, and to this node's log file
+        (the supervised command's log tee, for what the agent runs)."""
+        assert stream is not None
+        fd = stream.fileno()
+        sending = True
+        try:
+            while True:
+                data = os.read(fd, 1 << 16)
+                if not data:
+                    return
+                if self.tee is not None:
+                    with self._tee_lock, contextlib.suppress(OSError):
+                        self.tee.write(data)
+                        self.tee.flush()
+                if sending:
+                    try:
+                        channel.send(kind, data)
+                    except OSError:
+                        sending = False  # the client went away: the feed hangs it up
+        finally:
+            stream.close()
 
     def _feed(self, channel: Channel, proc: subprocess.Popen[bytes]) -> None:
         """The client's frames to the command: stdin, its end, signals; a client that
@@ -258,21 +283,6 @@ class Agent:
         self._closing = True
         hang_up(self.sock)
         self.stop_sessions()
-
-
-def _pump(stream: Optional[IO[bytes]], channel: Channel, kind: bytes) -> None:
-    assert stream is not None
-    fd = stream.fileno()
-    try:
-        while True:
-            data = os.read(fd, 1 << 16)
-            if not data:
-                return
-            channel.send(kind, data)
-    except OSError:
-        pass  # the client went away: the feed hangs the command up
-    finally:
-        stream.close()
 
 
 def _signal_of(payload: bytes) -> Optional[int]:

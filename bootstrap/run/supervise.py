@@ -317,6 +317,18 @@ def write_start_failure(path: Path, error: BootstrapError, task_index: str, log:
                          "stderr_tail": ""}, log)
 
 
+def write_launcher_record(path: Path, code: int, task_index: str, log: Log) -> None:
+    """MPI-style launch, nodes 1..N-1: the job ended with the launcher's non-zero code;
+    the cause is in node 0's record, which this one points to."""
+    _write_record(path, {"exit_code": code, "reason": "launcher", "category": "command",
+                         "evidence": f"the launcher (node 0) ended with {code}; this node "
+                                     "ran its remote commands: see node 0's failure record",
+                         "stacks_file": None, "oom_kills": 0, "signal": None,
+                         "killed_after_grace": False, "wall_seconds": None,
+                         "task_index": task_index, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                         "stderr_tail": ""}, log)
+
+
 def _write_record(path: Path, record: dict[str, Any], log: Log) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
