@@ -9,6 +9,7 @@ import json
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -111,6 +112,26 @@ def test_a_process_an_agent_started_reaches_another_node(lab: Lab, tmp_path: Pat
     assert "node 1 started pid" in results[2].err, logs(results)  # dialled from node 1
     # What an agent runs is teed into its node's log file, as the command's output is.
     assert (tmp_path / "2.log").read_text().strip() == lab.hosts.name(2)
+
+
+MPI4PY = """
+from mpi4py import MPI
+import socket
+world = MPI.COMM_WORLD
+total = world.allreduce(world.Get_rank() + 1)
+print(f"OK rank={world.Get_rank()} size={world.Get_size()} sum={total} "
+      f"host={socket.gethostname()}", flush=True)
+"""
+
+
+def test_mpi4py_over_three_nodes(lab: Lab, tmp_path: Path, program: Path) -> None:
+    pytest.importorskip("mpi4py")  # a binary wheel, from the test extras
+    results = run_job(lab, tmp_path, 3, ["mpirun", "-np", "3", sys.executable, "-c", MPI4PY],
+                      old_contract(lab, 3, port()), mpi_env(), timeout=180)
+    assert [r.code for r in results] == [0, 0, 0], logs(results)
+    lines = ok_lines(results[0].out)
+    assert len(lines) == 3 and all("size=3 sum=6" in line for line in lines), logs(results)
+    assert {line.split("host=")[1] for line in lines} == {lab.hosts.name(i) for i in range(3)}
 
 
 def test_several_ranks_a_host_and_one_agent_per_shared_host(lab: Lab, tmp_path: Path,
