@@ -217,8 +217,8 @@ def _start(cmd: command.Command, argv: Sequence[str], environ: Mapping[str, str]
 def _mpi_plan(settings: Settings) -> mpi_plan_module.Plan:
     """BOOTSTRAP_LAUNCH=mpi's plan, checked before anything runs (exit 2 on a port that
     collides, a job of one node, no shared secret, or the cryptography package missing)."""
+    from .cluster import ports
     from .mpi import plan
-    from .relay.protocol import ephemeral_ports
 
     try:
         import cryptography  # noqa: F401 - the agents' frames need it
@@ -235,7 +235,7 @@ def _mpi_plan(settings: Settings) -> mpi_plan_module.Plan:
             raise ConfigError(f"BOOTSTRAP_JOB_SECRET_FILE={path}: cannot read it "
                               f"({exc.strerror}); mount the job's secret there") from None
     return plan.plan(settings.cluster.layout, settings.launch, settings.transfer,
-                     settings.cluster.relay_port, ephemeral_ports(), text,
+                     settings.cluster.relay_port, ports.ephemeral(), text,
                      settings.cluster.peer_timeout)
 
 

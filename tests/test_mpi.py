@@ -183,36 +183,60 @@ def test_every_node_ends_with_the_launchers_code(lab: Lab, tmp_path: Path,
         assert (record["exit_code"], record["reason"]) == (7, "launcher"), record
 
 
+SLEEPER = ["sh", "-c", "sleep 120"]  # a rank that runs until it is stopped
+
+
+def wait_for_ranks(count: int) -> None:
+    """Until ``count`` sleeper ranks run (on any node), then a second more."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        ranks = subprocess.run(["pgrep", "-c", "-f", "sleep 120"], capture_output=True,
+                               text=True).stdout.strip()
+        if ranks and int(ranks) >= count:
+            break
+        time.sleep(0.5)
+    time.sleep(1)
+
+
+def signal_node(tmp_path: Path, rank: int, signum: int, bootstrap_only: bool) -> None:
+    """``signum`` to node ``rank``'s processes (found by the home in their environment):
+    its bootstrap alone, or all of them (its container going)."""
+    for pid in (p.name for p in Path("/proc").iterdir() if p.name.isdigit()):
+        try:
+            env = Path(f"/proc/{pid}/environ").read_bytes()
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if f"BOOTSTRAP_HOME={tmp_path}/node{rank}".encode() not in env \
+                or f"DLS_TASK_INDEX={rank}".encode() not in env:
+            continue
+        if not bootstrap_only or (b"bootstrap" in cmd and b"ssh" not in cmd):
+            subprocess.run(["kill", f"-{int(signum)}", pid], check=False)
+
+
+def assert_no_rank_left() -> None:
+    leftover = subprocess.run(["pgrep", "-f", "sleep 120"], capture_output=True, text=True)
+    detail = "".join(
+        subprocess.run(["ps", "-o", "pid,ppid,pgid,sid,stat,cmd", "-p", pid],
+                       capture_output=True, text=True).stdout
+        for pid in leftover.stdout.split())
+    assert leftover.stdout.strip() == "", f"a rank outlived its node: {detail}"
+
+
 def test_a_launcher_that_dies_ends_every_agent_within_its_bound(lab: Lab, tmp_path: Path,
                                                                 program: Path) -> None:
     # Node 0 dies (every process of it SIGKILLed, as when its container goes) while its
     # remote ranks run; the agents stop those ranks and exit 5 (the barrier's family:
     # another node failed) at once.
-    argv = ["mpirun", "-np", "3", "sh", "-c", "sleep 120"]
     killed_at: list[float] = []
 
     def kill_node0() -> None:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            found = subprocess.run(["pgrep", "-f", f"{tmp_path}/node0"], capture_output=True,
-                                   text=True).stdout.split()
-            ranks = subprocess.run(["pgrep", "-c", "-f", "sleep 120"], capture_output=True,
-                                   text=True).stdout.strip()
-            if found and ranks and int(ranks) >= 3:
-                break
-            time.sleep(0.5)
-        time.sleep(1)
-        for pid in (p.name for p in Path("/proc").iterdir() if p.name.isdigit()):
-            try:
-                env = Path(f"/proc/{pid}/environ").read_bytes()
-            except OSError:
-                continue
-            if f"BOOTSTRAP_HOME={tmp_path}/node0".encode() in env and b"DLS_TASK_INDEX=0" in env:
-                subprocess.run(["kill", "-KILL", pid], check=False)
+        wait_for_ranks(3)
+        signal_node(tmp_path, 0, signal.SIGKILL, bootstrap_only=False)
         killed_at.append(time.monotonic())
 
-    results = run_job(lab, tmp_path, 3, argv, old_contract(lab, 3, port()), mpi_env(),
-                      timeout=120, during=kill_node0)
+    results = run_job(lab, tmp_path, 3, ["mpirun", "-np", "3", *SLEEPER],
+                      old_contract(lab, 3, port()), mpi_env(), timeout=120, during=kill_node0)
     ended = time.monotonic()
     assert killed_at, "node 0 was never seen running"
     assert results[0].code == -signal.SIGKILL or results[0].code == 137, logs(results)
@@ -220,44 +244,22 @@ def test_a_launcher_that_dies_ends_every_agent_within_its_bound(lab: Lab, tmp_pa
         assert r.code == 5, logs(results)
         assert "the launcher (node 0) went away without an exit code" in r.err
     assert ended - killed_at[0] < 45, "the agents outlived the launcher past the grace"
-    leftover = subprocess.run(["pgrep", "-f", "sleep 120"], capture_output=True, text=True)
-    detail = "".join(
-        f"{pid}: " + subprocess.run(["ps", "-o", "pid,ppid,pgid,sid,stat,cmd", "-p", pid],
-                                    capture_output=True, text=True).stdout
-        + " ".join(e.decode() for e in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-                   if e.startswith((b"DLS_TASK_INDEX", b"OMPI_COMM_WORLD_RANK"))) + "\n"
-        for pid in leftover.stdout.split() if Path(f"/proc/{pid}").exists())
-    assert leftover.stdout.strip() == "", f"a rank outlived its node: {detail}"
+    assert_no_rank_left()
 
 
 def test_a_stop_of_an_agents_node_ends_the_whole_job(lab: Lab, tmp_path: Path,
                                                      program: Path) -> None:
     # `docker stop` of node 1 (SIGTERM to its bootstrap): it stops its remote ranks and
     # exits 143; mpirun on node 0 loses them and fails; every other node ends with that.
-    argv = ["mpirun", "-np", "3", "sh", "-c", "sleep 120"]
     stopped: list[float] = []
 
     def stop_node1() -> None:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            ranks = subprocess.run(["pgrep", "-c", "-f", "sleep 120"], capture_output=True,
-                                   text=True).stdout.strip()
-            if ranks and int(ranks) >= 3:
-                break
-            time.sleep(0.5)
-        time.sleep(1)
-        for pid in (p.name for p in Path("/proc").iterdir() if p.name.isdigit()):
-            try:
-                env = Path(f"/proc/{pid}/environ").read_bytes()
-                cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
-            except OSError:
-                continue
-            if f"BOOTSTRAP_HOME={tmp_path}/node1".encode() in env and b"bootstrap" in cmd \
-                    and b"DLS_TASK_INDEX=1" in env and b"ssh" not in cmd:
-                subprocess.run(["kill", "-TERM", pid], check=False)
+        wait_for_ranks(3)
+        signal_node(tmp_path, 1, signal.SIGTERM, bootstrap_only=True)
         stopped.append(time.monotonic())
 
-    results = run_job(lab, tmp_path, 3, argv, old_contract(lab, 3, port()),
+    results = run_job(lab, tmp_path, 3, ["mpirun", "-np", "3", *SLEEPER],
+                      old_contract(lab, 3, port()),
                       mpi_env({"BOOTSTRAP_GRACE_SECONDS": "5"}), timeout=120,
                       during=stop_node1)
     ended = time.monotonic()
@@ -266,5 +268,4 @@ def test_a_stop_of_an_agents_node_ends_the_whole_job(lab: Lab, tmp_path: Path,
     assert results[0].code != 0, logs(results)
     assert results[2].code == results[0].code, logs(results)
     assert ended - stopped[0] < 60, logs(results)
-    leftover = subprocess.run(["pgrep", "-f", "sleep 120"], capture_output=True, text=True)
-    assert leftover.stdout.strip() == "", "a rank outlived the job"
+    assert_no_rank_left()

@@ -44,10 +44,9 @@ from ..cluster import auth
 from ..cluster.wire import Wire, hang_up
 from ..errors import LauncherLost
 from ..log import Log
-from .channel import JSON, STDERR, STDIN, STDOUT, Broken, Channel
+from .channel import HANDSHAKE, JSON, STDERR, STDIN, STDOUT, Broken, Channel
 from .plan import PROTOCOL, Plan
 
-HANDSHAKE = 5.0  # seconds for the handshake and the first request, together
 MAX_PENDING = 16  # connections in their handshake at once
 
 
@@ -105,7 +104,7 @@ class Agent:
     def _serve(self, conn: socket.socket, peer: str) -> None:
         released = False  # the handshake's slot; also: the peer proved itself
         try:
-            deadline = time.monotonic() + HANDSHAKE
+            deadline = time.monotonic() + HANDSHAKE  # the handshake and the request
             wire = Wire(conn)
             rank, session = auth.accept_session(wire, self.plan.key, PROTOCOL,
                                                 self.plan.rank, range(len(self.plan.hosts)),

@@ -20,6 +20,7 @@ import hashlib
 import hmac
 import json
 import select
+import socket
 import struct
 import threading
 import time
@@ -28,9 +29,12 @@ from typing import Any
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from ..cluster import auth
 from ..cluster.wire import Wire, hang_up
+from .plan import PROTOCOL
 
 MAX_FRAME = 1 << 20
+HANDSHAKE = 5.0  # seconds for a handshake, on each end
 # Kinds of frame.
 JSON = b"J"  # a request or an answer: {"op": ...}, {"exit": n}, {"signal": n}
 STDIN = b"I"  # bytes for the remote command's stdin; empty: its end (EOF)
@@ -119,3 +123,38 @@ class Channel:
 
     def close(self) -> None:
         hang_up(self._sock)
+
+
+class Unreachable(Exception):
+    """No proven session with that agent; ``str()`` says why."""
+
+
+def dial(target: tuple[str, int], key: bytes, rank: int, agent: int,
+         window: float) -> Channel:
+    """A proven, sealed session with node ``agent``'s launch agent, as node ``rank``.
+
+    A failed connect or a handshake cut short is tried again for ``window`` seconds (the
+    agent listens before the barrier and greets once it starts); a handshake that
+    refuses ends at once (a wrong key does not get better). Raises :class:`Unreachable`."""
+    deadline = time.monotonic() + window
+    why = "no answer"
+    while time.monotonic() < deadline:
+        try:
+            sock = socket.create_connection(target, timeout=HANDSHAKE)
+        except OSError as exc:
+            why = exc.strerror or str(exc)
+            time.sleep(0.2)
+            continue
+        try:
+            wire = Wire(sock)
+            session = auth.connect_session(wire, key, PROTOCOL, rank, agent,
+                                           time.monotonic() + HANDSHAKE)
+            return Channel(wire, session, "client")
+        except auth.Refused as exc:
+            hang_up(sock)
+            raise Unreachable(str(exc)) from None
+        except (ValueError, OSError) as exc:  # not accepting yet (before its start), a reset
+            hang_up(sock)
+            why = str(exc) or type(exc).__name__
+            time.sleep(0.2)
+    raise Unreachable(why)

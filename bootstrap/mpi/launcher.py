@@ -11,17 +11,13 @@ stops its commands and exits (:meth:`.agent.Agent.wait`).
 from __future__ import annotations
 
 import contextlib
-import socket
 import time
 from collections.abc import Mapping
 
-from ..cluster import auth
-from ..cluster.wire import Wire, hang_up
 from ..errors import BarrierFailed
 from ..log import Log
-from .agent import HANDSHAKE
-from .channel import Broken, Channel
-from .plan import CONNECT_WINDOW, PROTOCOL, Plan
+from .channel import HANDSHAKE, Broken, Channel, Unreachable, dial
+from .plan import CONNECT_WINDOW, Plan
 
 
 class Launcher:
@@ -39,27 +35,15 @@ class Launcher:
     def _connect(self, rank: int, deadline: float) -> Channel:
         host = self.plan.hosts[rank]
         target = (self.addresses.get(host) or host, self.plan.ports[rank])
-        why = "no answer"
-        while time.monotonic() < deadline:
-            try:
-                sock = socket.create_connection(target, timeout=HANDSHAKE)
-            except OSError as exc:
-                why = exc.strerror or str(exc)
-                time.sleep(0.2)
-                continue
-            try:
-                wire = Wire(sock)
-                session = auth.connect_session(wire, self.plan.key, PROTOCOL, 0, rank,
-                                               time.monotonic() + HANDSHAKE)
-                channel = Channel(wire, session, "client")
-                channel.send_json({"op": "control"})
-                if channel.recv_json(time.monotonic() + HANDSHAKE).get("ok") is True:
-                    return channel
-                why = "it refused the launcher"
-            except (auth.Refused, Broken, ValueError, OSError) as exc:
-                why = str(exc) or type(exc).__name__
-            hang_up(sock)
-            time.sleep(0.2)
+        try:
+            channel = dial(target, self.plan.key, 0, rank, max(deadline - time.monotonic(), 0))
+            channel.send_json({"op": "control"})
+            if channel.recv_json(time.monotonic() + HANDSHAKE).get("ok") is True:
+                return channel
+            channel.close()
+            why = "it refused the launcher"
+        except (Unreachable, Broken, ValueError, OSError) as exc:
+            why = str(exc) or type(exc).__name__
         raise BarrierFailed(f"node {rank}'s launch agent at {target[0]}:{target[1]} did not "
                             f"answer within {CONNECT_WINDOW:g} s ({why}); see that node's log")
 

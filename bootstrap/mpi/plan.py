@@ -24,10 +24,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from ..cluster import auth
+from ..cluster import auth, ports
 from ..config.platform import Cluster
 from ..config.settings import Launch, Transfer
 from ..errors import ConfigError
+from ..relay import protocol as relay
 
 PROTOCOL = "launch-agent"
 CONNECT_WINDOW = 30.0  # seconds the launcher keeps dialling an agent (they listen first)
@@ -39,23 +40,15 @@ def port_of(base: int, rank: int) -> int:
 
 def port_conflict(base: int, cluster: Cluster, relay_base: int,
                   ephemeral: tuple[int, int]) -> Optional[str]:
-    """Why the agents' ports cannot be used, or None."""
-    taken = {m.port: f"node {m.rank}'s port in the job's host list" for m in cluster.nodes}
-    taken[cluster.master.port] = "the engines' MASTER_PORT"
+    """Why the agents' ports (nodes 1..N-1) cannot be used, or None (the rule:
+    :mod:`bootstrap.cluster.ports`, the relay's ports counted as taken)."""
+    taken = ports.taken_by_the_job(cluster)
     for r in range(cluster.size):
-        taken.setdefault(relay_base + 2 * r, f"node {r}'s relay port (BOOTSTRAP_RELAY_PORT)")
-        taken.setdefault(relay_base + 2 * r + 1, f"node {r}'s relay port (BOOTSTRAP_RELAY_PORT)")
-    top = port_of(base, cluster.size - 1)
-    if top > 65535:
-        return f"the ports {base}-{top} (one a node) go past 65535"
-    for rank in range(1, cluster.size):
-        port = port_of(base, rank)
-        if port in taken:
-            return f"port {port} (node {rank}'s) is {taken[port]}"
-        if ephemeral[0] <= port <= ephemeral[1]:
-            return (f"port {port} (node {rank}'s) is in the ephemeral range "
-                    f"{ephemeral[0]}-{ephemeral[1]}, where outgoing connections take ports")
-    return None
+        for protocol in relay.PROTOCOLS:
+            taken.setdefault(relay.port_of(relay_base, r, protocol),
+                             f"node {r}'s relay port (BOOTSTRAP_RELAY_PORT)")
+    return ports.conflict([(port_of(base, r), r) for r in range(1, cluster.size)], taken,
+                          ephemeral)
 
 
 def agent_for(cluster: Cluster, host: str) -> Optional[int]:

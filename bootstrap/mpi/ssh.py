@@ -29,14 +29,10 @@ import signal
 import socket
 import sys
 import threading
-import time
 from collections.abc import Sequence
 from typing import Optional
 
-from ..cluster import auth
-from ..cluster.wire import Wire
-from .channel import JSON, STDERR, STDIN, STDOUT, Broken, Channel
-from .plan import PROTOCOL
+from .channel import JSON, STDERR, STDIN, STDOUT, Broken, Channel, Unreachable, dial
 
 WITH_VALUE = set("pbcDeEFIiJLlmOoQRSWw")
 FLAGS = set("46AaCfGgKkMNnqsTtVvXxYy")
@@ -115,32 +111,12 @@ def run(config_path: str, argv: Sequence[str]) -> int:
     if target is None:
         return _fail(f"{host} is not a host of this job (no launch agent serves it)")
     agent, address, port = target
-    channel = _dial(address, port, key, rank, agent)
-    if isinstance(channel, str):
-        return _fail(f"cannot reach {host}'s launch agent at {address}:{port}: {channel}")
+    try:
+        channel = dial((address, port), key, rank, agent, DIAL)
+    except Unreachable as exc:
+        return _fail(f"cannot reach {host}'s launch agent at {address}:{port}: {exc}")
     channel.send_json({"op": "exec", "command": command})
     return _session(channel, no_stdin)
-
-
-def _dial(address: str, port: int, key: bytes, rank: int, agent: int) -> Channel | str:
-    deadline = time.monotonic() + DIAL
-    why = "no answer"
-    while time.monotonic() < deadline:
-        try:
-            sock = socket.create_connection((address, port), timeout=5)
-        except OSError as exc:
-            why = exc.strerror or str(exc)
-            time.sleep(0.2)
-            continue
-        try:
-            wire = Wire(sock)
-            session = auth.connect_session(wire, key, PROTOCOL, rank, agent,
-                                           time.monotonic() + 5)
-            return Channel(wire, session, "client")
-        except (auth.Refused, ValueError, OSError) as exc:
-            sock.close()
-            return str(exc) or type(exc).__name__
-    return why
 
 
 def _session(channel: Channel, no_stdin: bool) -> int:

@@ -47,10 +47,9 @@ alone. Contract (each point is tested):
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
-from ..cluster import auth
+from ..cluster import auth, ports
 from ..config.settings import PEER_FETCH_NODES
 from ..errors import ConfigError
 
@@ -104,32 +103,12 @@ class Peers:
     wait: float  # seconds at most a parent waits for children still taking files
 
 
-def ephemeral_ports() -> tuple[int, int]:
-    """The kernel's range for outgoing connections (a relay port there may be taken by
-    any client socket on the host)."""
-    try:
-        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
-        return int(low), int(high)
-    except (OSError, ValueError):
-        return 32768, 60999  # Linux's default
-
-
 def port_conflict(base: int, cluster: Cluster, ephemeral: tuple[int, int]) -> Optional[str]:
-    """Why the job's relay ports (every node's code and data port) cannot be used, or
-    None: they must stay clear of MASTER_PORT, the nodes' own ports in the contract
-    and the ephemeral range, and fit under 65536."""
-    taken = {m.port: f"node {m.rank}'s port in the job's host list" for m in cluster.nodes}
-    taken[cluster.master.port] = "the engines' MASTER_PORT"
-    top = base + 2 * cluster.size - 1
-    if top > 65535:
-        return f"the ports {base}-{top} (two a node) go past 65535"
-    for port in range(base, top + 1):
-        if port in taken:
-            return f"port {port} (node {(port - base) // 2}'s) is {taken[port]}"
-        if ephemeral[0] <= port <= ephemeral[1]:
-            return (f"port {port} (node {(port - base) // 2}'s) is in the ephemeral range "
-                    f"{ephemeral[0]}-{ephemeral[1]}, where outgoing connections take ports")
-    return None
+    """Why the job's relay ports (every node's code and data port, two a node) cannot
+    be used, or None (the rule: :mod:`bootstrap.cluster.ports`)."""
+    wanted = [(port_of(base, r, p), r) for r in range(cluster.size) for p in PROTOCOLS]
+    found = ports.conflict(wanted, ports.taken_by_the_job(cluster), ephemeral)
+    return found.replace(" go past", " (two a node) go past") if found else None
 
 
 def plan(settings: Settings, url: Location, protocol: str, log: Log) -> Optional[Peers]:
@@ -145,7 +124,7 @@ def plan(settings: Settings, url: Location, protocol: str, log: Log) -> Optional
     if mode == "auto" and cluster.size < PEER_FETCH_NODES:
         return None
     base = settings.cluster.relay_port
-    conflict = port_conflict(base, cluster, ephemeral_ports())
+    conflict = port_conflict(base, cluster, ports.ephemeral())
     if conflict is not None:
         fix = (f"BOOTSTRAP_RELAY_PORT={base} leaves no room for {cluster.size} nodes: "
                f"{conflict}; choose another base (node r serves on base + 2r and base + 2r + 1)")
