@@ -114,13 +114,16 @@ def test_a_process_an_agent_started_reaches_another_node(lab: Lab, tmp_path: Pat
     assert (tmp_path / "2.log").read_text().strip() == lab.hosts.name(2)
 
 
-MPI4PY = """
+MPI4PY = r"""
 from mpi4py import MPI
-import socket
+import socket, sys
 world = MPI.COMM_WORLD
 total = world.allreduce(world.Get_rank() + 1)
-print(f"OK rank={world.Get_rank()} size={world.Get_size()} sum={total} "
-      f"host={socket.gethostname()}", flush=True)
+# One write a line: print() writes the text and its newline apart (unbuffered under the
+# bootstrap), and mpirun merges the ranks' streams between them.
+sys.stdout.write(f"OK rank={world.Get_rank()} size={world.Get_size()} sum={total} "
+                 f"host={socket.gethostname()}\n")
+sys.stdout.flush()
 """
 
 
@@ -190,8 +193,8 @@ def wait_for_ranks(count: int) -> None:
     """Until ``count`` sleeper ranks run (on any node), then a second more."""
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        ranks = subprocess.run(["pgrep", "-c", "-f", "sleep 120"], capture_output=True,
-                               text=True).stdout.strip()
+        ranks = subprocess.run(["pgrep", "-c", "-f", "^sleep 120"], capture_output=True,
+                               text=True).stdout.strip()  # the ranks' sleeps, not their shells
         if ranks and int(ranks) >= count:
             break
         time.sleep(0.5)
@@ -200,7 +203,13 @@ def wait_for_ranks(count: int) -> None:
 
 def signal_node(tmp_path: Path, rank: int, signum: int, bootstrap_only: bool) -> None:
     """``signum`` to node ``rank``'s processes (found by the home in their environment):
-    its bootstrap alone, or all of them (its container going)."""
+    its bootstrap alone, or all of them (its container going: twice, for a child forked
+    while the first pass ran)."""
+    for _ in range(1 if bootstrap_only else 2):
+        _signal_once(tmp_path, rank, signum, bootstrap_only)
+
+
+def _signal_once(tmp_path: Path, rank: int, signum: int, bootstrap_only: bool) -> None:
     for pid in (p.name for p in Path("/proc").iterdir() if p.name.isdigit()):
         try:
             env = Path(f"/proc/{pid}/environ").read_bytes()
@@ -214,11 +223,19 @@ def signal_node(tmp_path: Path, rank: int, signum: int, bootstrap_only: bool) ->
             subprocess.run(["kill", f"-{int(signum)}", pid], check=False)
 
 
+def _node_of(pid: str) -> str:
+    try:
+        env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return "(gone)\n"
+    return " ".join(e.decode() for e in env if e.startswith(b"DLS_TASK_INDEX=")) + "\n"
+
+
 def assert_no_rank_left() -> None:
     leftover = subprocess.run(["pgrep", "-f", "sleep 120"], capture_output=True, text=True)
     detail = "".join(
         subprocess.run(["ps", "-o", "pid,ppid,pgid,sid,stat,cmd", "-p", pid],
-                       capture_output=True, text=True).stdout
+                       capture_output=True, text=True).stdout + _node_of(pid)
         for pid in leftover.stdout.split())
     assert leftover.stdout.strip() == "", f"a rank outlived its node: {detail}"
 
