@@ -16,10 +16,13 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import Optional
 
 from .errors import EXIT_INTERNAL, EXIT_USAGE, BootstrapError
 from .log import Redactor
+
+TYPE_CHECKING = False  # not typing's own: importing typing costs start-up time (README)
+if TYPE_CHECKING:
+    from typing import Optional
 
 USAGE = """\
 usage: bash run_train.sh [python|python3|bash|sh] FILE [PARAMS...]

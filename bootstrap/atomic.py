@@ -18,7 +18,10 @@ import contextlib
 import os
 import threading
 from pathlib import Path
-from typing import Optional
+
+TYPE_CHECKING = False  # not typing's own: importing typing costs start-up time (README)
+if TYPE_CHECKING:
+    from typing import Optional
 
 
 def write_text(path: Path, text: str, mode: Optional[int] = None) -> None:

@@ -19,7 +19,6 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn, Optional
 
 from .cluster import topology
 from .config import location
@@ -38,13 +37,17 @@ from .log import Log, Redactor
 from .node import preflight
 from .run import command, launch
 
+TYPE_CHECKING = False  # not typing's own: importing typing costs start-up time (README)
 if TYPE_CHECKING:
+    from typing import Any, NoReturn, Optional
+
     from .config.platform import Cluster
     from .data.staging import Staged
     from .mpi import plan as mpi_plan_module
     from .mpi.agent import Agent
     from .run.watchdog import Watchdog
     from .transfer.outputs import OutputSync
+
 
 # STOP_SIGNALS: a handler that raises turns them into an exception, so every stage's
 # cleanup (temporary files of a half-done download) runs on the way out. exec resets

@@ -13,7 +13,10 @@ import sys
 import threading
 import time
 from collections.abc import Iterable, Mapping
-from typing import Any, TextIO
+
+TYPE_CHECKING = False  # not typing's own: importing typing costs start-up time (README)
+if TYPE_CHECKING:
+    from typing import Any, TextIO
 
 # Variables whose values are secret wherever they appear. Names matching
 # SECRET_NAME below are treated the same way, so a user's own MY_API_TOKEN is safe too.

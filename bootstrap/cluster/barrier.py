@@ -37,6 +37,9 @@ MAX_LINE = 64 * 1024
 
 @dataclass(frozen=True)
 class Readiness:
+    """One node's answer at the start barrier: whether it can start (and why not), with the
+    facts it measured (GPUs, IB address) for the topology."""
+
     rank: int
     ok: bool
     reason: str

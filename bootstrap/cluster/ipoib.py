@@ -8,7 +8,10 @@ names another device).
 from __future__ import annotations
 
 import os
-from typing import Optional
+
+TYPE_CHECKING = False  # not typing's own: importing typing costs start-up time (README)
+if TYPE_CHECKING:
+    from typing import Optional
 
 
 def local_address(name: str) -> Optional[str]:

@@ -42,6 +42,9 @@ from ..errors import BarrierFailed, PeersNotReady
 
 @dataclass(frozen=True)
 class Interface:
+    """A network interface as the kernel reports it: its addresses, whether it is up, its link
+    speed."""
+
     name: str
     addresses: tuple[str, ...]  # IPv4 and IPv6, without prefix length
     up: bool = True
@@ -50,6 +53,9 @@ class Interface:
 
 @dataclass(frozen=True)
 class HcaPort:
+    """One port of an RDMA adapter (``/sys/class/infiniband``): InfiniBand or RoCE, and on RoCE
+    the v2 GID index NCCL should use."""
+
     device: str  # mlx5_0
     port: int
     active: bool

@@ -20,10 +20,13 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
 
 from .. import atomic
 from ..config.platform import Cluster
+
+TYPE_CHECKING = False  # not typing's own: importing typing costs start-up time (README)
+if TYPE_CHECKING:
+    from typing import Any, Optional
 
 
 @dataclass(frozen=True)
@@ -36,6 +39,10 @@ class MemberFacts:
 
 @dataclass(frozen=True)
 class Topology:
+    """The job's nodes after the start barrier: who they are, what each reported (GPUs, IB
+    address), and the interface the engines should use: what the engines' variables and
+    :func:`write_files` are made from."""
+
     cluster: Cluster
     facts: Mapping[int, MemberFacts] = field(default_factory=dict)  # by rank
     master_addr_ib: bool = False  # MASTER_ADDR = node 0's IB address

@@ -11,9 +11,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Optional
 
 from ..errors import ConfigError
+
+TYPE_CHECKING = False  # not typing's own: importing typing costs start-up time (README)
+if TYPE_CHECKING:
+    from typing import Optional
 
 OBJECT_SCHEMES = ("s3", "obs")
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")

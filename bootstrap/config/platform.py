@@ -27,10 +27,13 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 from ..errors import ConfigError
 from . import parse
+
+TYPE_CHECKING = False  # not typing's own: importing typing costs start-up time (README)
+if TYPE_CHECKING:
+    from typing import Optional
 
 DEFAULT_PORT = 29500
 _CUSTOM = re.compile(r"^BATCH_CUSTOM(\d+)_HOSTS$")
@@ -40,6 +43,9 @@ _HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9_]([A-Za-z0-9_.-]*[A-Za-z0-9_])
 
 @dataclass(frozen=True)
 class Member:
+    """One node of the job: its rank, the host name or address the platform gave, and the port
+    the platform's variables named for it."""
+
     rank: int
     host: str
     port: int
@@ -47,6 +53,9 @@ class Member:
 
 @dataclass(frozen=True)
 class Cluster:
+    """The job's nodes as the platform's variables describe them (``BATCH_*`` or
+    ``VC_*``/``MA_*``), with this node's rank; ``source`` says which contract it came from."""
+
     nodes: tuple[Member, ...]
     rank: int  # this node's rank
     source: str  # "old", "new" or "local": which contract described it

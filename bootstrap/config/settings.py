@@ -25,7 +25,6 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from ..errors import ConfigError
 from . import parse
@@ -34,6 +33,7 @@ from .location import parse as parse_url
 from .platform import Cluster, discover
 from .storage import Credentials, Endpoint, env_credentials, resolve_endpoint
 
+TYPE_CHECKING = False  # not typing's own: importing typing costs start-up time (README)
 if TYPE_CHECKING:
     from typing import Literal
 
@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     HangAction = Literal["stop", "dump"]
     PeerFetch = Literal["auto", "on", "off"]
     LaunchMode = Literal["each", "mpi"]
+
 
 MiB = 1024 * 1024
 GB = 1000**3
@@ -171,6 +172,9 @@ class Launch:
 
 @dataclass(frozen=True)
 class Settings:
+    """Every knob of a job, read once from the environment by :func:`load` and frozen: the
+    stages take the part they need and read nothing else."""
+
     home: Path  # the original script's $home (/home/work)
     job_dir: Path  # where the code directory lands: $home/user-job-dir or $MA_JOB_DIR
     code: Location | None  # DLS_APP_URL: the code directory, None for local development

@@ -19,17 +19,23 @@ import ipaddress
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Optional
 from urllib.parse import urlsplit
 
 from ..errors import ConfigError
 from . import parse
+
+TYPE_CHECKING = False  # not typing's own: importing typing costs start-up time (README)
+if TYPE_CHECKING:
+    from typing import Optional
 
 _OBS_REGION = re.compile(r"^obs\.([a-z0-9-]+)\.myhuaweicloud\.com$")
 
 
 @dataclass(frozen=True)
 class Endpoint:
+    """Where the store is and how to talk to it: URL (None: AWS's default for the region),
+    TLS verification and extra roots, path or virtual-host addressing."""
+
     url: Optional[str]  # None: AWS's default endpoint for the region
     verify: bool  # S3_VERIFY_SSL: check the server's certificate
     addressing: str  # "path" | "virtual"
@@ -91,6 +97,9 @@ def _is_ip_or_local(host: str) -> bool:
 
 @dataclass(frozen=True)
 class Credentials:
+    """The store's keys (and a session token when they are temporary); the repr never shows
+    the secret."""
+
     access_key: str
     secret_key: str
     token: Optional[str] = None

@@ -15,12 +15,15 @@ import contextlib
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Optional, TypeVar
 
+TYPE_CHECKING = False  # not typing's own: importing typing costs start-up time (README)
 if TYPE_CHECKING:
+    from typing import Any, Optional, TypeVar
+
     from ..config.settings import Preflight
 
-T = TypeVar("T")
+    T = TypeVar("T")
+
 
 # Clock-event bits worth a warning (pynvml's nvmlClocksThrottleReason* values).
 THROTTLE_REASONS = {0x08: "hardware slowdown", 0x20: "software thermal slowdown",
@@ -29,6 +32,9 @@ THROTTLE_REASONS = {0x08: "hardware slowdown", 0x20: "software thermal slowdown"
 
 @dataclass(frozen=True)
 class Gpu:
+    """One GPU as NVML reports it: identity, memory, persistence mode, PCIe link (now and at
+    best), and what is throttling it."""
+
     index: int
     name: str
     uuid: str

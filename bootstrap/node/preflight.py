@@ -37,7 +37,6 @@ import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Optional
 
 from .. import atomic
 from ..config.settings import GB, PREFLIGHT_CHECKS, Preflight
@@ -45,11 +44,18 @@ from . import gpu, resources
 from .gpu import Inventory
 from .resources import Resources
 
+TYPE_CHECKING = False  # not typing's own: importing typing costs start-up time (README)
+if TYPE_CHECKING:
+    from typing import Any, Optional
+
 MiB = 2**20
 
 
 @dataclass(frozen=True)
 class Finding:
+    """One check's verdict: ``ok``, ``warn`` (logged, the job goes on) or ``fail`` (the job
+    stops before the command runs)."""
+
     check: str
     level: str  # "ok" | "warn" | "fail"
     message: str
@@ -57,6 +63,9 @@ class Finding:
 
 @dataclass(frozen=True)
 class Report:
+    """The whole preflight of one node: the GPUs and node resources it saw, every finding, and
+    how long it took; written as JSON next to the job's logs."""
+
     inventory: Inventory
     node: Resources
     findings: tuple[Finding, ...]

@@ -13,14 +13,19 @@ import os
 import resource
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
 
+TYPE_CHECKING = False  # not typing's own: importing typing costs start-up time (README)
 if TYPE_CHECKING:
+    from typing import Optional
+
     from ..config.settings import Preflight
 
 
 @dataclass(frozen=True)
 class Resources:
+    """The node's limits that training trips over: free disk where code and cache land,
+    /dev/shm, memory, open-file and locked-memory limits, the IPoIB device."""
+
     job_dir: str
     job_dir_free: Optional[int]  # bytes free where the code lands
     cache_dir: Optional[str]  # the node-local SSD, when it exists

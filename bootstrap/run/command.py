@@ -17,10 +17,13 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 from ..config import location as loc
 from ..errors import UsageError
+
+TYPE_CHECKING = False  # not typing's own: importing typing costs start-up time (README)
+if TYPE_CHECKING:
+    from typing import Optional
 
 # Where the platform has put code directories: its documented original layout and the
 # ma-user one. A file named under either is looked for in this job's directory too.
@@ -33,6 +36,9 @@ _SHELL_SYNTAX = re.compile(r"[\s;&|<>`$(){}*?~]")
 
 @dataclass(frozen=True)
 class Command:
+    """The user's command as it will be executed: the argv, and its form (``file``: interpreter
+    and script, ``raw``: a program, ``shell``: a line for ``sh -c``)."""
+
     argv: tuple[str, ...]
     form: str  # "file" | "raw" | "shell"
 

@@ -47,6 +47,9 @@ _COLLECTIVE = re.compile(r"torch/distributed|all_reduce|allreduce|all_gather|bar
 
 @dataclass(frozen=True)
 class Diagnosis:
+    """Why a run failed, in one line, whether the user's code or the infrastructure is to
+    blame, and the evidence (the log line or signal) it rests on."""
+
     reason: str
     category: str  # "user" | "infrastructure"
     evidence: str

@@ -56,6 +56,9 @@ STDERR_TAIL_BYTES = 16 * 1024
 
 @dataclass(frozen=True)
 class Outcome:
+    """How the command ended: exit code or signal, whether it needed a SIGKILL after the grace
+    period, the stderr tail, and what the watchdog and the OOM counter saw."""
+
     exit_code: int
     signal: Optional[int]  # the signal that ended the command, if any
     killed_after_grace: bool

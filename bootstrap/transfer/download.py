@@ -74,6 +74,9 @@ TMP_SUFFIX = ".bootstrap-tmp"
 
 @dataclass
 class Stats:
+    """What one fetch did, counted as it goes: files and bytes fetched, unchanged files
+    skipped, retries, files a peer passed on, files checked by size only."""
+
     files: int = 0
     bytes: int = 0
     skipped: int = 0

@@ -28,6 +28,9 @@ _MULTIPART = re.compile(r"^[0-9a-f]{32}-([1-9][0-9]{0,4})$")
 
 @dataclass(frozen=True)
 class RemoteObject:
+    """One object of a listed prefix: its key, its path relative to the prefix, its size and
+    ETag (without quotes), what the download checks it against."""
+
     key: str
     rel: str
     size: int

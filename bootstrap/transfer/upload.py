@@ -85,6 +85,9 @@ class SyncState:
 
 @dataclass
 class UploadStats:
+    """What one upload pass did: files and bytes sent, unchanged files left alone, files
+    skipped while still being written, retries."""
+
     files: int = 0
     bytes: int = 0
     unchanged: int = 0

@@ -12,7 +12,11 @@ import sys
 
 HEAVY = ("obstore", "boto3", "botocore", "asyncio", "ssl", "http.client", "psutil", "pynvml",
          "concurrent.futures", "urllib3", "tenacity", "xml.etree.ElementTree", "hashlib",
-         "socket", "subprocess", "ctypes")
+         "socket", "subprocess", "ctypes",
+         # stdlib modules that cost milliseconds each on a job's start (measured, 3.11):
+         # typing's names are for the checker only (``TYPE_CHECKING = False``), and shutil
+         # pulls in three compression modules.
+         "typing", "shutil")
 LAZY_STAGES = ("bootstrap.transfer.fetch", "bootstrap.transfer.download",
                "bootstrap.relay.protocol", "bootstrap.relay.server", "bootstrap.relay.client",
                "bootstrap.relay.fetch", "bootstrap.data.staging",
