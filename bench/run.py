@@ -100,8 +100,12 @@ def mixed(n: int) -> Callable[[random.Random], dict[str, int]]:
 FULL = [DataSet("small2k", small(2000)), DataSet("large4x64", large(4, 64 * MiB)),
         DataSet("mixed3k", mixed(3000)), DataSet("small20k", small(20000)),
         # Peak memory while fetching one 1 GiB object (target: under 200 MiB RSS).
-        DataSet("one1g", large(1, 1024 * MiB), only=("bootstrap", "s5cmd", "lean-py", "awscrt"),
+        DataSet("one1g", large(1, 1024 * MiB),
+                only=("bootstrap", "s5cmd", "s5cmd+md5sum", "lean-py", "awscrt"),
                 reps=3),
+        # One large multipart object: its parts hashed in parallel, md5sum on one core.
+        DataSet("one255", large(1, 255 * MiB),
+                only=("bootstrap", "s5cmd", "s5cmd+md5sum", "rclone", "lean-py")),
         # A job's start-to-exec with a tiny code directory: start-up plus one listing.
         DataSet("code10", small(10), only=("bootstrap", "s5cmd", "lean-py"), reps=9),
         # Data staging (DLS_DATA_URL onto the node's SSD): a mixed tree of about 1 GiB.
@@ -243,6 +247,15 @@ def contenders(endpoint: str, s3: S3Server,
         return [str(S5CMD), "--endpoint-url", endpoint, "cp",
                 f"s3://bench/{prefix}/*", f"{work}/out/"], base, work / "out"
 
+    def s5cmd_md5sum(prefix: str, work: Path) -> Invocation:
+        """The reference for "the wire plus the hash": s5cmd (which does not hash
+        downloads), then ``md5sum`` of every file, in parallel on every core."""
+        fetch = f"{S5CMD} --endpoint-url {endpoint} cp 's3://bench/{prefix}/*' {work}/out/"
+        hash_all = (f"n=$(find {work}/out -type f | wc -l); p=$(nproc); "
+                    f"find {work}/out -type f -print0 | xargs -0 -r -P $p "
+                    f"-n $(( (n + 4 * p - 1) / (4 * p) )) md5sum >/dev/null")
+        return ["bash", "-c", f"{fetch} >/dev/null && {hash_all}"], base, work / "out"
+
     def rclone(prefix: str, work: Path) -> Invocation:
         env = {**base, "RCLONE_S3_PROVIDER": "Other", "RCLONE_S3_ENDPOINT": endpoint,
                "RCLONE_S3_ACCESS_KEY_ID": s3.access_key,
@@ -261,7 +274,8 @@ def contenders(endpoint: str, s3: S3Server,
                 str(work / "out")], base, work / "out"
 
     found: dict[str, Callable[[str, Path], Invocation]] = {
-        "bootstrap": bootstrap, "staging": staging, "s5cmd": s5cmd, "lean-py": lean,
+        "bootstrap": bootstrap, "staging": staging, "s5cmd": s5cmd,
+        "s5cmd+md5sum": s5cmd_md5sum, "lean-py": lean,
         "awscrt": awscrt,
         "boto3-fallback": fallback, "rclone": rclone, "aws-cli": aws,
         "boto3-pool": boto3_pool, "bootstrap-runtime": on_runtime}
@@ -343,7 +357,7 @@ def run_downloads(sets: list[DataSet], names: dict[str, Callable[[str, Path], In
         rows = {n: Row([], len(sums)) for n in chosen}
         for rep in range(ds.reps or reps):
             for name, build in chosen.items():
-                if name not in ("bootstrap", "s5cmd") and rep >= FEW_REPS:
+                if name not in ("bootstrap", "s5cmd", "s5cmd+md5sum") and rep >= FEW_REPS:
                     continue
                 work = Path(tempfile.mkdtemp(prefix="bench-"))
                 try:

@@ -321,3 +321,36 @@ def test_a_flipped_byte_in_a_multipart_object_never_lands(
     assert fetched["retries"] >= 1 and fetched["unverified"] == 0, fetched  # only the flip
     if path == "ranges":  # the whole object again, and the line says why
         assert "the parts' MD5s do not make the ETag" in r.stderr
+
+
+@pytest.mark.parametrize("sum_kind", ["plain MD5", "multipart"])
+def test_a_range_cut_short_is_fetched_again_alone_and_its_sum_stays_clean(
+        s3: S3Server, bucket: Bucket, tmp_path: Path, sum_kind: str) -> None:
+    """A range that starts where its segment's sum has got to is hashed as it arrives.
+    Cut short half-way, it is asked for again; the bytes of the broken attempt must not
+    stay in the sum (they would fail the check, and the whole object would come again:
+    the "fetching it again" line). One range a part here, so the cut range is the hashed
+    one whichever it is."""
+    rng = random.Random(8)
+    if sum_kind == "plain MD5":
+        body = rng.randbytes(3 << 20)
+        bucket.client.put_object(Bucket=bucket.name, Key="code/weights.bin", Body=body)
+        range_size = 4 << 20  # the whole object in one range
+    else:
+        parts = [rng.randbytes(5 << 20), rng.randbytes(3 << 20)]
+        assert _multipart(bucket.client, bucket.name, "code/weights.bin", parts).endswith("-2")
+        body = b"".join(parts)
+        range_size = 5 << 20  # one range a part
+    with FaultProxy(s3.endpoint, rate=1.0, kinds=["truncate"], only="weights.bin", limit=1,
+                    method="GET") as proxy:
+        env = env_via(proxy, s3, tmp_path, f"s3://{bucket.name}/code/",
+                      BOOTSTRAP_LOG_FORMAT="json", BOOTSTRAP_S3_READ_TIMEOUT="30",
+                      BOOTSTRAP_MULTIPART_THRESHOLD=str(1 << 20),
+                      BOOTSTRAP_RANGE_SIZE=str(range_size))
+        r = run_train(["true"], env)
+    assert proxy.injected["truncate"] == 1
+    assert r.returncode == 0, r.stderr
+    landed = tmp_path / "user-job-dir" / "code" / "weights.bin"
+    assert hashlib.md5(landed.read_bytes()).digest() == hashlib.md5(body).digest()
+    assert "fetching it again" not in r.stderr, r.stderr  # the range alone came again
+    assert stage(r.stderr, "fetch")["retries"] == 1

@@ -228,7 +228,7 @@ def load_transfer(env: Mapping[str, str]) -> Transfer:
         memory=parse.integer(env, "BOOTSTRAP_TRANSFER_MEMORY_MB", 256, minimum=8) * MiB,
         backend=parse.choice(env, "BOOTSTRAP_S3_BACKEND", "auto",  # type: ignore[arg-type]
                              ("auto", "native", "boto3")),
-        range_size=parse.integer(env, "BOOTSTRAP_RANGE_SIZE", 16 * MiB, minimum=64 * 1024),
+        range_size=parse.integer(env, "BOOTSTRAP_RANGE_SIZE", 64 * MiB, minimum=64 * 1024),
         multipart_threshold=parse.integer(env, "BOOTSTRAP_MULTIPART_THRESHOLD", 16 * MiB,
                                           minimum=64 * 1024),
         retry_attempts=parse.integer(env, "BOOTSTRAP_RETRY_ATTEMPTS", 8, minimum=1),
