@@ -209,7 +209,7 @@ def _start(cmd: command.Command, argv: Sequence[str], environ: Mapping[str, str]
     try:
         launcher.connect_all()
         code = _supervise(final_argv, env, code_dir, settings, log, sync, user_umask,
-                          report.gpu_count)
+                          report.gpu_count, remote_stacks=launcher.stacks)
     except BaseException:
         launcher.abandon()
         raise
@@ -267,6 +267,10 @@ def _serve_launcher(agent: Agent, env: Mapping[str, str], cwd: Optional[Path],
     from .run import supervise
 
     agent.env, agent.cwd = dict(env), cwd
+    stacks_dir = None
+    if settings.run.hang_seconds > 0:  # node 0's watchdog may ask for the stacks here
+        stacks_dir, agent.env = _stack_hook(settings, env)
+        agent.stacks = (stacks_dir, settings.run.failure_file.parent / "hang-stacks.txt")
     path = settings.run.log_file
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -280,6 +284,10 @@ def _serve_launcher(agent: Agent, env: Mapping[str, str], cwd: Optional[Path],
     finally:
         if agent.tee is not None:
             agent.tee.close()
+        if stacks_dir is not None:
+            import shutil
+
+            shutil.rmtree(stacks_dir, ignore_errors=True)
     log.info(f"launch: the launcher (node 0) ended with {code}; this node exits {code}")
     if code != 0:
         supervise.write_launcher_record(settings.run.failure_file, code, settings.task_index,
@@ -354,13 +362,14 @@ def _deps_stage(code_dir: Path, argv: Sequence[str], env: Mapping[str, str],
 
 def _supervise(argv: Sequence[str], env: Mapping[str, str], cwd: Optional[Path],
                settings: Settings, log: Log, sync: Optional[OutputSync],
-               user_umask: int, gpus: int = 0) -> int:
+               user_umask: int, gpus: int = 0,
+               remote_stacks: Optional[Callable[[], str]] = None) -> int:
     from .run import supervise
     from .transfer import outputs
 
     dog, stacks_dir = None, None
     if settings.run.hang_seconds > 0:
-        dog, stacks_dir, env = _watchdog(settings, env, log)
+        dog, stacks_dir, env = _watchdog(settings, env, log, remote_stacks)
     if sync is not None:
         sync.start_periodic()
     try:
@@ -396,22 +405,32 @@ def _supervise(argv: Sequence[str], env: Mapping[str, str], cwd: Optional[Path],
     return code
 
 
-def _watchdog(settings: Settings, env: Mapping[str, str],
-              log: Log) -> tuple[Watchdog, Path, dict[str, str]]:
+def _watchdog(settings: Settings, env: Mapping[str, str], log: Log,
+              remote_stacks: Optional[Callable[[], str]] = None,
+              ) -> tuple[Watchdog, Path, dict[str, str]]:
+    from .run import watchdog
+
+    stacks_dir, with_hook = _stack_hook(settings, env)
+    dog = watchdog.Watchdog(settings.run.hang_seconds, settings.run.hang_action,
+                            settings.run.heartbeat_file, settings.outputs.output_dir,
+                            stacks_dir, settings.run.failure_file.parent / "hang-stacks.txt",
+                            log, stop_command=lambda: None, remote=remote_stacks)
+    log.info(f"hang watchdog: {settings.run.hang_seconds:g} s without output, output-file "
+             f"growth or a heartbeat ({settings.run.heartbeat_file}) is a hang; action "
+             f"{settings.run.hang_action}")
+    return dog, stacks_dir, with_hook
+
+
+def _stack_hook(settings: Settings, env: Mapping[str, str]) -> tuple[Path, dict[str, str]]:
+    """A folder for the stack-dump hook of this node's commands, and their environment
+    with the hook armed."""
     from .run import watchdog
 
     stacks_dir = settings.job_dir / f".stacks-{os.getpid()}"
     stacks_dir.mkdir(parents=True, exist_ok=True)
     with_hook = dict(env)
     watchdog.environment(with_hook, stacks_dir, settings.run.heartbeat_file)
-    dog = watchdog.Watchdog(settings.run.hang_seconds, settings.run.hang_action,
-                            settings.run.heartbeat_file, settings.outputs.output_dir,
-                            stacks_dir, settings.run.failure_file.parent / "hang-stacks.txt",
-                            log, stop_command=lambda: None)
-    log.info(f"hang watchdog: {settings.run.hang_seconds:g} s without output, output-file "
-             f"growth or a heartbeat ({settings.run.heartbeat_file}) is a hang; action "
-             f"{settings.run.hang_action}")
-    return dog, stacks_dir, with_hook
+    return stacks_dir, with_hook
 
 
 class _Background(threading.Thread):

@@ -231,8 +231,8 @@ def _node_of(pid: str) -> str:
     return " ".join(e.decode() for e in env if e.startswith(b"DLS_TASK_INDEX=")) + "\n"
 
 
-def assert_no_rank_left() -> None:
-    leftover = subprocess.run(["pgrep", "-f", "sleep 120"], capture_output=True, text=True)
+def assert_no_rank_left(pattern: str = "sleep 120") -> None:
+    leftover = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True)
     detail = "".join(
         subprocess.run(["ps", "-o", "pid,ppid,pgid,sid,stat,cmd", "-p", pid],
                        capture_output=True, text=True).stdout + _node_of(pid)
@@ -286,3 +286,47 @@ def test_a_stop_of_an_agents_node_ends_the_whole_job(lab: Lab, tmp_path: Path,
     assert results[2].code == results[0].code, logs(results)
     assert ended - stopped[0] < 60, logs(results)
     assert_no_rank_left()
+
+
+HANGER = "import time\ndef wait_forever():\n    time.sleep(600)\nwait_forever()\n"
+
+
+def test_a_hang_dumps_the_stacks_of_every_nodes_ranks(lab: Lab, tmp_path: Path,
+                                                      program: Path) -> None:
+    # Three Python ranks, one a node, all stuck and silent. Node 0's watchdog sees no
+    # progress (the ranks' output would reach it through mpirun) and asks each agent for
+    # its ranks' stacks: the stacks file names every node's rank and where it is stuck.
+    # Before, only node 0's own rank answered (the agents' commands had no hook).
+    results = run_job(lab, tmp_path, 3, ["mpirun", "-np", "3", sys.executable, "-c", HANGER],
+                      old_contract(lab, 3, port()),
+                      mpi_env({"BOOTSTRAP_HANG_SECONDS": "4", "BOOTSTRAP_GRACE_SECONDS": "5"}),
+                      timeout=180)
+    assert [r.code for r in results] == [124, 124, 124], logs(results)
+    stacks = (results[0].home / "user-job-dir/hang-stacks.txt").read_text()
+    blocks = [b for b in stacks.split("--- ")[1:] if "wait_forever" in b]
+    assert sorted(b.split(" pid ")[0].strip() if b.startswith("node ") else "node 0"
+                  for b in blocks) == ["node 0", "node 1", "node 2"], stacks
+    for r in results[1:]:  # each node keeps its own ranks' stacks, and says so
+        assert "wait_forever" in (r.home / "user-job-dir/hang-stacks.txt").read_text()
+        assert "hang: node 0's watchdog saw no progress" in r.err, logs(results)
+    assert_no_rank_left("wait_forever")
+
+
+def test_pdsh_as_deepspeeds_runner_calls_it_reaches_every_host(lab: Lab, tmp_path: Path,
+                                                              program: Path) -> None:
+    # DeepSpeed's default multi-node runner: `pdsh -S -f 1024 -w <every host> CMD` with
+    # %n the host's index, node 0's own host in the list. pdsh's ssh module runs `ssh`
+    # from PATH (the client), with its own flags (-2 -A -x -l<user>); node 0, which has
+    # no agent, runs its share here.
+    if shutil.which("pdsh") is None:
+        pytest.skip("pdsh is not installed (scripts/dev/setup-system.sh installs it)")
+    hosts = ",".join(lab.hosts.name(i) for i in range(3))
+    argv = ["pdsh", "-S", "-f", "1024", "-w", hosts, "echo OK rank=%n host=$(hostname)"]
+    results = run_job(lab, tmp_path, 3, argv, old_contract(lab, 3, port()), mpi_env(),
+                      timeout=180)
+    assert [r.code for r in results] == [0, 0, 0], logs(results)
+    said = sorted(line.split(": ", 1)[1] for line in results[0].out.splitlines()
+                  if ": OK rank=" in line)
+    assert said == [f"OK rank={i} host={lab.hosts.name(i)}" for i in range(3)], logs(results)
+    for r in results[1:]:
+        assert "started pid" in r.err, logs(results)

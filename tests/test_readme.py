@@ -8,7 +8,7 @@ import re
 from tests.conftest import REPO
 
 NAME = re.compile(r"(?:BOOTSTRAP|DLS|BATCH|VC|MA|S3|OBS|AWS|PET|CUDA|NVIDIA|PIP|TF|NCCL|GLOO|"
-                  r"OMPI|SSL|PRTE|HYDRA)_[A-Z0-9_]+|MASTER_ADDR|MASTER_PORT|NNODES|NODE_RANK|WORLD_SIZE|"
+                  r"OMPI|SSL|PRTE|HYDRA|PDSH)_[A-Z0-9_]+|MASTER_ADDR|MASTER_PORT|NNODES|NODE_RANK|WORLD_SIZE|"
                   r"RANK|TMPDIR|PYTHONPATH|PYTHONUNBUFFERED")
 # Variables that are other programs' and only named in passing (never read or set).
 NOT_OURS = {"SSL_CERT_DIR"}

@@ -24,6 +24,12 @@ its sessions is stopped the same way. The agent ends with the launcher's exit co
 launcher never connects within ``BOOTSTRAP_PEER_TIMEOUT``, or its control connection
 drops without a code (node 0 died), the agent stops its commands and exits 5 with one
 line. A stop signal (``docker stop``) stops the commands the same way.
+
+Hangs: node 0's hang watchdog sees every rank's output (the launchers forward it), so it
+is the one that decides. With the watchdog on, the commands run here get its stack-dump
+hook (``BOOTSTRAP_STACKS_DIR`` on this node); on a hang node 0 asks each agent over the
+control connection for its sessions' Python stacks, and each answers within a few
+seconds, writing them into its own node's ``hang-stacks.txt`` too.
 """
 
 from __future__ import annotations
@@ -44,10 +50,12 @@ from ..cluster import auth
 from ..cluster.wire import Wire, hang_up
 from ..errors import LauncherLost
 from ..log import Log
+from ..run import watchdog
 from .channel import HANDSHAKE, JSON, STDERR, STDIN, STDOUT, Broken, Channel
 from .plan import PROTOCOL, Plan
 
 MAX_PENDING = 16  # connections in their handshake at once
+MAX_STACKS = 512 * 1024  # of one node's stacks in one answer (a frame holds 1 MiB)
 
 
 class Agent:
@@ -56,6 +64,8 @@ class Agent:
         self.plan, self.env, self.cwd, self.grace, self.log = plan, dict(env), cwd, grace, log
         self.allowed = frozenset(allowed)
         self.tee: Optional[IO[bytes]] = None  # the node's log file: remote output lands there too
+        self.stacks: Optional[tuple[Path, Path]] = None  # the hook's folder, the stacks file
+        self._dumps = 0
         self._tee_lock = threading.Lock()
         self.code: Optional[int] = None
         self._controlled = threading.Event()
@@ -147,10 +157,28 @@ class Agent:
                 if isinstance(code, int) and not isinstance(code, bool):
                     self.code = code
                     return
+                if message.get("op") == "dump":
+                    channel.send_json({"stacks": self.dump()})
         except (Broken, ValueError, OSError):
             return
         finally:
             self._ended.set()
+
+    def dump(self) -> str:
+        """The stacks of every Python process of this agent's sessions (node 0's
+        watchdog saw a hang), also appended to this node's stacks file."""
+        if self.stacks is None:
+            return ""
+        folder, stacks_file = self.stacks
+        with self._lock:
+            sids = set(self._sids)
+        found = watchdog.collect(folder, lambda pid: os.getsid(pid) in sids)
+        self._dumps += 1
+        stacks = watchdog.render(found, where=f"node {self.plan.rank} ")
+        watchdog.append(stacks_file, self._dumps, stacks)
+        self.log.error(f"hang: node 0's watchdog saw no progress; the stacks of "
+                       f"{len(found)} Python process(es) here: {stacks_file}")
+        return stacks[:MAX_STACKS]
 
     # ------------------------------------------------------------------ remote commands
     def _exec(self, channel: Channel, rank: int, command: str) -> None:

@@ -127,12 +127,17 @@ def plan(cluster: Cluster, launch: Launch, transfer: Transfer, relay_base: int,
 
 
 def client_config(p: Plan, addresses: Mapping[str, str]) -> dict[str, object]:
-    """What the ssh client reads (a 0600 file beside the job): whom to dial for a host."""
+    """What the ssh client reads (a 0600 file beside the job): whom to dial for a host,
+    and this node's own host when no agent serves it (the launcher's, alone on its
+    host): pdsh and DeepSpeed's runner reach every host of the list, their own included,
+    and the client runs that one's command here, as ``ssh`` to oneself would."""
     agents: dict[str, list[object]] = {}
     for rank, host in enumerate(p.hosts):
         if rank and host not in agents:
             agents[host] = [rank, addresses.get(host, host), p.ports[rank]]
-    return {"rank": p.rank, "key": p.key.hex(), "agents": agents}
+    mine = p.hosts[p.rank]
+    local = {} if mine in agents else {mine: addresses.get(mine, mine)}
+    return {"rank": p.rank, "key": p.key.hex(), "agents": agents, "local": local}
 
 
 def exports(client: Path, hostfile_path: Path, mpich_path: Path) -> dict[str, str]:
@@ -147,6 +152,7 @@ def exports(client: Path, hostfile_path: Path, mpich_path: Path) -> dict[str, st
         "HYDRA_LAUNCHER": "ssh",
         "HYDRA_LAUNCHER_EXEC": str(client),
         "HYDRA_HOST_FILE": str(mpich_path),
+        "PDSH_RCMD_TYPE": "ssh",  # pdsh's default is rsh; DeepSpeed's runner sets ssh too
         "BOOTSTRAP_MPI_HOSTFILE": str(hostfile_path),
     }
 

@@ -8,11 +8,13 @@ module, DeepSpeed and Horovod use::
 ``-p PORT``, ``-o OPTION``, ``-l USER``, ``-i FILE``, ``-F FILE``, ``-E FILE``,
 ``-c CIPHER``, ``-m MAC``, ``-J HOST``, ``-S PATH`` take a value and are ignored (the
 agent's port and key come from the job), as are the flags ``-x -X -Y -T -t -n -q -v -A
--a -C -N -4 -6 -k -K``; ``-n`` also closes the command's stdin at once. The command
+-a -C -N -1 -2 -4 -6 -k -K``; ``-n`` also closes the command's stdin at once. The command
 (its words joined by spaces, as ssh does) runs under ``/bin/sh -c`` on the host's
-agent, as the bootstrap's user. stdin, stdout and stderr are streamed; SIGINT, SIGTERM
-and SIGHUP are forwarded to the remote command's process group; the exit code is the
-remote command's (128 + N when a signal N ended it). Failures of the client itself
+agent, as the bootstrap's user; on the client's own host, when no agent serves it (node
+0's: pdsh and DeepSpeed list it too), the client becomes that shell itself. stdin,
+stdout and stderr are streamed; SIGINT, SIGTERM and SIGHUP are forwarded to the remote
+command's process group; the exit code is the remote command's (128 + N when a signal N
+ended it). Failures of the client itself
 exit 255, like ssh, with one line on stderr.
 
 It is installed per job as ``<job dir>/.bootstrap-mpi/bin/ssh`` (first on the
@@ -35,7 +37,7 @@ from typing import Optional
 from .channel import JSON, STDERR, STDIN, STDOUT, Broken, Channel, Unreachable, dial
 
 WITH_VALUE = set("pbcDeEFIiJLlmOoQRSWw")
-FLAGS = set("46AaCfGgKkMNnqsTtVvXxYy")
+FLAGS = set("1246AaCfGgKkMNnqsTtVvXxYy")  # -1/-2: protocol versions (pdsh passes -2)
 DIAL = 10.0  # seconds to keep dialling an agent that is not accepting yet
 EXIT_CLIENT = 255
 
@@ -95,6 +97,14 @@ def agent_of(config: dict[str, object], host: str) -> Optional[tuple[int, str, i
     return int(rank), str(address), int(port)
 
 
+def is_local(config: dict[str, object], host: str) -> bool:
+    """Whether ``host`` (a name or an address) is the client's own host with no agent."""
+    local = config.get("local")
+    if not isinstance(local, dict):
+        return False
+    return host in local or host in local.values()
+
+
 def run(config_path: str, argv: Sequence[str]) -> int:
     try:
         host, command, no_stdin = parse(argv)
@@ -108,6 +118,12 @@ def run(config_path: str, argv: Sequence[str]) -> int:
     except (OSError, ValueError, KeyError, TypeError) as exc:
         return _fail(f"cannot read the job's launch configuration {config_path}: {exc}")
     target = agent_of(config, host)
+    if target is None and is_local(config, host):
+        if no_stdin:
+            null = os.open(os.devnull, os.O_RDONLY)
+            os.dup2(null, 0)
+            os.close(null)
+        os.execv("/bin/sh", ["/bin/sh", "-c", command])
     if target is None:
         return _fail(f"{host} is not a host of this job (no launch agent serves it)")
     agent, address, port = target

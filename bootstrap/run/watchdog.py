@@ -12,7 +12,9 @@ and no ptrace is involved), writes them to the log and to ``hang-stacks.txt`` be
 the failure record, and logs one line naming the process and its innermost frames.
 Then, by ``BOOTSTRAP_HANG_ACTION``: ``stop`` (the default) ends the command as a
 platform stop would (SIGTERM, grace, SIGKILL) and the job exits 124; ``dump`` keeps
-waiting and dumps again after another period without progress.
+waiting and dumps again after another period without progress. In MPI-style launch
+node 0's watchdog also asks the other nodes' agents for their ranks' stacks (``remote``;
+see :mod:`bootstrap.mpi.agent`).
 """
 
 from __future__ import annotations
@@ -56,12 +58,13 @@ class Watchdog(threading.Thread):
 
     def __init__(self, seconds: float, action: str, heartbeat: Path,
                  output_dir: Optional[Path], stacks_dir: Path, stacks_file: Path, log: Log,
-                 stop_command: Callable[[], None]) -> None:
+                 stop_command: Callable[[], None],
+                 remote: Optional[Callable[[], str]] = None) -> None:
         super().__init__(daemon=True, name="hang-watchdog")
         self.seconds, self.action = seconds, action
         self.heartbeat, self.output_dir = heartbeat, output_dir
         self.stacks_dir, self.stacks_file = stacks_dir, stacks_file
-        self.log, self.stop_command = log, stop_command
+        self.log, self.stop_command, self.remote = log, stop_command, remote
         self.sid: Optional[int] = None
         self.hangs = 0
         self.summary = ""  # the one line naming the stuck process and frames
@@ -102,55 +105,68 @@ class Watchdog(threading.Thread):
             self.log.info(f"  {line}")
 
     def dump(self) -> str:
-        """Asks every ready Python process of the command for its stacks; returns them
-        (and appends them to the stacks file)."""
-        pids = self._ready_pids()
-        sizes = {pid: _size(self.stacks_dir / f"{pid}.txt") for pid in pids}
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, dump_signal())
-        deadline = time.monotonic() + DUMP_WAIT
-        while time.monotonic() < deadline and any(
-                _size(self.stacks_dir / f"{p}.txt") <= sizes[p] for p in pids):
-            time.sleep(0.05)
-        time.sleep(0.1)  # let the last writer finish its lines
-        parts = []
+        """Asks every ready Python process of the command for its stacks, then the other
+        nodes' (``remote``: MPI-style launch, where the agents run the ranks); returns
+        them (and appends them to the stacks file)."""
+        found = collect(self.stacks_dir, lambda pid: self.sid is None
+                        or os.getsid(pid) == self.sid)
         self.summary = ""
-        for pid in pids:
-            text = _read_from(self.stacks_dir / f"{pid}.txt", sizes[pid])
-            if not text.strip():
-                continue
-            command = _cmdline(pid)
-            parts.append(f"--- pid {pid}: {command}\n{text.rstrip()}\n")
-            if not self.summary:
-                frames = innermost(text)
-                if frames:
-                    short = " ".join(command.split())[:80]  # one line, even for python -c
-                    self.summary = f"pid {pid} ({short}) is in {frames}"
-        stacks = "\n".join(parts)
-        with contextlib.suppress(OSError):
-            self.stacks_file.parent.mkdir(parents=True, exist_ok=True)
-            with open(self.stacks_file, "a") as fh:
-                fh.write(f"=== hang {self.hangs} at {time.strftime('%Y-%m-%dT%H:%M:%S%z')}\n"
-                         f"{stacks}\n")
+        for pid, command, text in found:
+            frames = innermost(text)
+            if frames:
+                short = " ".join(command.split())[:80]  # one line, even for python -c
+                self.summary = f"pid {pid} ({short}) is in {frames}"
+                break
+        stacks = render(found)
+        if self.remote is not None:
+            stacks += self.remote()
+        append(self.stacks_file, self.hangs, stacks)
         return stacks
 
-    def _ready_pids(self) -> list[int]:
-        pids = []
-        try:
-            names = os.listdir(self.stacks_dir)
-        except OSError:
-            return []
-        for name in names:
+
+def collect(stacks_dir: Path, mine: Callable[[int], bool]) -> list[tuple[int, str, str]]:
+    """Signals every process that armed the hook in ``stacks_dir`` and that ``mine``
+    accepts (pids are reused: a session check), waits up to :data:`DUMP_WAIT` for their
+    stacks; returns (pid, command line, stacks) for each that answered."""
+    pids = []
+    with contextlib.suppress(OSError):
+        for name in os.listdir(stacks_dir):
             if not name.endswith(".ready"):
                 continue
             pid = int(name.split(".")[0])
-            try:  # still alive, and still the command's (pids are reused)
-                if self.sid is None or os.getsid(pid) == self.sid:
+            with contextlib.suppress(ProcessLookupError):  # still alive, and still ours
+                if mine(pid):
                     pids.append(pid)
-            except ProcessLookupError:
-                continue
-        return sorted(pids)
+    pids.sort()
+    sizes = {pid: _size(stacks_dir / f"{pid}.txt") for pid in pids}
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, dump_signal())
+    deadline = time.monotonic() + DUMP_WAIT
+    while time.monotonic() < deadline and any(
+            _size(stacks_dir / f"{p}.txt") <= sizes[p] for p in pids):
+        time.sleep(0.05)
+    time.sleep(0.1)  # let the last writer finish its lines
+    found = []
+    for pid in pids:
+        text = _read_from(stacks_dir / f"{pid}.txt", sizes[pid])
+        if text.strip():
+            found.append((pid, _cmdline(pid), text))
+    return found
+
+
+def render(found: list[tuple[int, str, str]], where: str = "") -> str:
+    """The stacks as the log and the stacks file show them, one block a process."""
+    return "\n".join(f"--- {where}pid {pid}: {command}\n{text.rstrip()}\n"
+                     for pid, command, text in found)
+
+
+def append(stacks_file: Path, hang: int, stacks: str) -> None:
+    with contextlib.suppress(OSError):
+        stacks_file.parent.mkdir(parents=True, exist_ok=True)
+        with open(stacks_file, "a") as fh:
+            fh.write(f"=== hang {hang} at {time.strftime('%Y-%m-%dT%H:%M:%S%z')}\n"
+                     f"{stacks}\n")
 
 
 def innermost(stacks: str, depth: int = 3) -> str:

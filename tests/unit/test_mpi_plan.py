@@ -11,6 +11,7 @@ from bootstrap.config.platform import Cluster, Member
 from bootstrap.config.settings import Launch, load
 from bootstrap.errors import ConfigError
 from bootstrap.mpi import plan as mpi
+from bootstrap.mpi import ssh
 from bootstrap.mpi.ssh import Usage, parse
 
 NOWHERE = {"BOOTSTRAP_VOLCANO_DIR": "/nonexistent-volcano"}
@@ -74,6 +75,14 @@ def test_the_plan_refuses_one_node_and_a_port_that_collides(tmp_path: Path) -> N
     assert p.serves_exec and p.ports == (28600, 28601, 28602) and not p.launcher
     config = mpi.client_config(p, {"a": "10.0.0.1", "b": "10.0.0.2"})
     assert config["agents"] == {"a": [1, "10.0.0.1", 28601], "b": [2, "10.0.0.2", 28602]}
+    assert config["local"] == {}  # node 1 serves its own host
+    # The launcher alone on its host: pdsh's list includes it, and no agent is there.
+    alone = mpi.plan(cluster("a", "b", "c"), launch, s.transfer, 29611, (32768, 60999),
+                     None, 60)
+    config = mpi.client_config(alone, {"a": "10.0.0.1", "b": "10.0.0.2", "c": "10.0.0.3"})
+    assert config["local"] == {"a": "10.0.0.1"} and ssh.agent_of(config, "a") is None
+    assert ssh.is_local(config, "a") and ssh.is_local(config, "10.0.0.1")
+    assert not ssh.is_local(config, "b") and not ssh.is_local(config, "10.0.0.3")
 
 
 def test_bad_launch_settings_name_their_variable(tmp_path: Path) -> None:
@@ -87,6 +96,8 @@ def test_bad_launch_settings_name_their_variable(tmp_path: Path) -> None:
     (["-x", "-p", "2222", "-o", "StrictHostKeyChecking=no", "host", "cmd"], ("host", "cmd", False)),
     (["-oBatchMode=yes", "-nT", "user@host", "true"], ("host", "true", True)),
     (["-l", "root", "-i", "/k", "--", "host", "a", "b"], ("host", "a b", False)),
+    # pdsh's ssh module: PDSH_SSH_ARGS' default "-2 -A -x -l%u %h", then the command
+    (["-2", "-A", "-x", "-lroot", "host", "echo", "0"], ("host", "echo 0", False)),
 ])
 def test_the_clients_arguments_are_ssh_s(argv: list[str], want: tuple[str, str, bool]) -> None:
     assert parse(argv) == want
