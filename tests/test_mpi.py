@@ -330,3 +330,30 @@ def test_pdsh_as_deepspeeds_runner_calls_it_reaches_every_host(lab: Lab, tmp_pat
     assert said == [f"OK rank={i} host={lab.hosts.name(i)}" for i in range(3)], logs(results)
     for r in results[1:]:
         assert "started pid" in r.err, logs(results)
+
+
+def test_open_mpis_tree_spawn_goes_through_the_agents(lab: Lab, tmp_path: Path,
+                                                      program: Path) -> None:
+    # Tree spawn (a radix-1 routing tree: node 0 -> node 1 -> node 2): mpirun starts
+    # node 1's orted, and that orted starts node 2's through the client on node 1. The
+    # proof is node 2's orted itself: its parent (orte_parent_uri) is daemon 1.
+    seen: list[str] = []
+
+    def catch_node2s_orted() -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not seen:
+            found = subprocess.run(["pgrep", "-af", "^(\\S*/)?orted .*ess_base_vpid \"?2\"? "],
+                                   capture_output=True, text=True).stdout
+            seen.extend(found.splitlines())
+            time.sleep(0.1)
+
+    argv = ["mpirun", "--mca", "plm_rsh_no_tree_spawn", "0", "--mca", "routed", "radix",
+            "--mca", "routed_radix", "1", "-np", "3", "sh", "-c", "sleep 4"]
+    results = run_job(lab, tmp_path, 3, argv, old_contract(lab, 3, port()), mpi_env(),
+                      timeout=180, during=catch_node2s_orted)
+    assert [r.code for r in results] == [0, 0, 0], logs(results)
+    assert seen, "node 2's orted was never seen"
+    # Launched by mpirun, an orted has no parent daemon: the control (tree spawn off).
+    assert "orte_parent_uri" in seen[0], seen[0]
+    parent = seen[0].split("orte_parent_uri", 1)[1].split(";", 1)[0]
+    assert parent.strip(' "').endswith(".1"), seen[0]  # daemon 1 spawned it, not mpirun
