@@ -302,14 +302,16 @@ def _default_signals() -> None:
 
 def _fetch_stage(code_url: location.Location, code_dir: Path, settings: Settings,
                  log: Log) -> None:
-    # Loaded only when there is something to fetch (the S3 client, the relay).
-    from .relay import fetch as relay_fetch
+    # Loaded only when there is something to fetch (the S3 client; the relay's server
+    # and client only when peers share the fetch).
     from .relay import protocol as relay
     from .transfer import fetch
 
     with timed(log, "fetch") as t:
         peers = relay.plan(settings, code_url, "relay-code", log)
         if peers is not None:
+            from .relay import fetch as relay_fetch
+
             stats = relay_fetch.fetch_with_peers(code_url, code_dir, settings.transfer, peers,
                                                  log)
         else:

@@ -156,11 +156,13 @@ class NativeStore:
             self._store = S3Store(bucket, config=config,  # type: ignore[arg-type]
                                   client_options=client,  # type: ignore[arg-type]
                                   retry_config={"max_retries": 0})
-            self._multipart_store = S3Store(bucket, config=config,  # type: ignore[arg-type]
-                                            client_options=client,  # type: ignore[arg-type]
-                                            retry_config=conversation)  # type: ignore[arg-type]
         except Exception as exc:  # noqa: BLE001 - obstore raises its own config errors
             raise translate(exc, "configure") from None
+        # The uploads' store is made on the first multipart upload: each store parses the
+        # system's CA bundle (~11 ms here), and most jobs only download. Its settings are
+        # the first store's, which were just accepted.
+        self._multipart_args = (bucket, config, client, conversation)
+        self._multipart: Optional[S3Store] = None
 
     async def get(self, key: str, size: int) -> memoryview:
         if self._ranges:
@@ -211,7 +213,14 @@ class NativeStore:
 
         try:
             # object_store aborts the multipart upload itself when a part fails.
-            result = await obstore.put_async(self._multipart_store, key, chunks(),
+            if self._multipart is None:
+                from obstore.store import S3Store
+
+                bucket, config, client, conversation = self._multipart_args
+                self._multipart = S3Store(bucket, config=config,  # type: ignore[arg-type]
+                                          client_options=client,  # type: ignore[arg-type]
+                                          retry_config=conversation)  # type: ignore[arg-type]
+            result = await obstore.put_async(self._multipart, key, chunks(),
                                              use_multipart=True,
                                              chunk_size=part_size,
                                              max_concurrency=concurrency)
