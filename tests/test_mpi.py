@@ -357,3 +357,29 @@ def test_open_mpis_tree_spawn_goes_through_the_agents(lab: Lab, tmp_path: Path,
     assert "orte_parent_uri" in seen[0], seen[0]
     parent = seen[0].split("orte_parent_uri", 1)[1].split(";", 1)[0]
     assert parent.strip(' "').endswith(".1"), seen[0]  # daemon 1 spawned it, not mpirun
+
+
+@pytest.mark.parametrize("mode", ["mpi", "off"])
+def test_mpichs_hydra_spans_the_nodes_with_a_plain_mpiexec(lab: Lab, tmp_path: Path,
+                                                           program: Path, mode: str) -> None:
+    # MPICH's launcher reads HYDRA_HOST_FILE and HYDRA_LAUNCHER(_EXEC): `mpiexec.hydra -np 3
+    # prog` spans the 3 nodes through the client. Control ("off", no mode): the same
+    # command finds no hostfile and runs every rank on node 0.
+    if shutil.which("mpicc.mpich") is None or shutil.which("mpiexec.hydra") is None:
+        pytest.skip("MPICH is not installed (scripts/dev/setup-system.sh installs it)")
+    (tmp_path / "allreduce.c").write_text(PROGRAM)
+    built = tmp_path / "allreduce-mpich"
+    subprocess.run(["mpicc.mpich", "-O1", "-o", str(built), str(tmp_path / "allreduce.c")],
+                   check=True, capture_output=True, timeout=120)
+    env = mpi_env() if mode == "mpi" else dict(ROOT)
+    results = run_job(lab, tmp_path, 3, ["mpiexec.hydra", "-np", "3", str(built)],
+                      old_contract(lab, 3, port()), env, timeout=180)
+    assert [r.code for r in results] == [0, 0, 0], logs(results)
+    lines = ok_lines(results[0].out)
+    assert len(lines) == 3 and all("size=3 sum=6" in line for line in lines), logs(results)
+    hosts = {line.split("host=")[1] for line in lines}
+    if mode == "mpi":
+        assert hosts == {lab.hosts.name(i) for i in range(3)}, lines
+        assert all("started pid" in r.err for r in results[1:]), logs(results)
+    else:
+        assert hosts == {lab.hosts.name(0)}, lines  # without the mode: node 0 only

@@ -14,8 +14,10 @@ command -v dockerd >/dev/null 2>&1 || missing+=(docker.io)
 command -v debootstrap >/dev/null 2>&1 || missing+=(debootstrap)
 # MPI-style launch's proof: Open MPI (mpirun, mpicc) from Debian's packages.
 command -v mpicc >/dev/null 2>&1 || missing+=(openmpi-bin libopenmpi-dev)
-# ...and pdsh, the remote shell fan-out DeepSpeed's default multi-node runner calls.
+# ...and pdsh, the remote shell fan-out DeepSpeed's default multi-node runner calls, and
+# MPICH (Hydra's mpiexec; Debian keeps Open MPI the default mpirun and mpicc).
 command -v pdsh >/dev/null 2>&1 || missing+=(pdsh)
+command -v mpicc.mpich >/dev/null 2>&1 || missing+=(mpich libmpich-dev)
 if [ "${#missing[@]}" -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then
         echo "setup-system: missing ${missing[*]} and not root: those tests will say so" >&2
