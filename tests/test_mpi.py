@@ -383,3 +383,37 @@ def test_mpichs_hydra_spans_the_nodes_with_a_plain_mpiexec(lab: Lab, tmp_path: P
         assert all("started pid" in r.err for r in results[1:]), logs(results)
     else:
         assert hosts == {lab.hosts.name(0)}, lines  # without the mode: node 0 only
+
+
+TORCH_ALLREDUCE = r"""
+import socket
+import torch
+import torch.distributed as dist
+dist.init_process_group("gloo")
+total = torch.tensor([dist.get_rank() + 1])
+dist.all_reduce(total)
+print(f"OK rank={dist.get_rank()} size={dist.get_world_size()} sum={int(total)} "
+      f"host={socket.gethostname()}", flush=True)
+dist.destroy_process_group()
+"""
+
+
+def test_deepspeeds_own_launcher_over_three_nodes(lab: Lab, tmp_path: Path,
+                                                  program: Path) -> None:
+    # The command line a DeepSpeed user already has: `deepspeed --hostfile H train.py`.
+    # Its runner checks ssh to the first host, asks it for its address, then runs pdsh
+    # over every host (node 0's own included) to start deepspeed.launcher.launch, which
+    # starts the script with RANK/WORLD_SIZE/MASTER_ADDR; the script allreduces on gloo.
+    pytest.importorskip("deepspeed")  # scripts/dev/setup-dev.sh installs it (test extra)
+    if shutil.which("pdsh") is None:
+        pytest.skip("pdsh is not installed (scripts/dev/setup-system.sh installs it)")
+    (tmp_path / "train.py").write_text(TORCH_ALLREDUCE)
+    runner = Path(sys.executable).parent / "deepspeed"
+    line = f'{runner} --hostfile "$BOOTSTRAP_MPI_HOSTFILE" --master_port {port()} train.py'
+    results = run_job(lab, tmp_path, 3, ["sh", "-c", f"cd {tmp_path} && {line}"],
+                      old_contract(lab, 3, port()), mpi_env(), timeout=240)
+    assert [r.code for r in results] == [0, 0, 0], logs(results)
+    said = sorted(line.split(": ", 1)[1] for line in results[0].out.splitlines()
+                  if ": OK rank=" in line)
+    assert said == [f"OK rank={i} size=3 sum=6 host={lab.hosts.name(i)}" for i in range(3)], \
+        logs(results)
