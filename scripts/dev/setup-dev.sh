@@ -23,6 +23,7 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
         # DeepSpeed's launcher, for MPI-style launch's proof. An sdist whose setup.py
         # imports torch: built against the torch above (build isolation would fetch
         # another one), with no ops compiled (they build on first use, and none is used).
+        .venv/bin/python -m pip install -q setuptools wheel  # not in 3.12+ venvs
         DS_BUILD_OPS=0 .venv/bin/python -m pip install -q --no-build-isolation \
             "deepspeed==0.19.8"
     fi
