@@ -19,7 +19,7 @@ import os
 import threading
 from pathlib import Path
 
-TYPE_CHECKING = False  # not typing's own: importing typing costs start-up time (README)
+TYPE_CHECKING = False  # not typing's own: importing typing costs start-up time (bench/README.md)
 if TYPE_CHECKING:
     from typing import Optional
 

@@ -37,7 +37,7 @@ from .log import Log, Redactor
 from .node import preflight
 from .run import command, launch
 
-TYPE_CHECKING = False  # not typing's own: importing typing costs start-up time (README)
+TYPE_CHECKING = False  # not typing's own: importing typing costs start-up time (bench/README.md)
 if TYPE_CHECKING:
     from typing import Any, NoReturn, Optional
 

@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Iterable, Mapping
 
-TYPE_CHECKING = False  # not typing's own: importing typing costs start-up time (README)
+TYPE_CHECKING = False  # not typing's own: importing typing costs start-up time (bench/README.md)
 if TYPE_CHECKING:
     from typing import Any, TextIO
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from .. import atomic
 from ..config.platform import Cluster
 
-TYPE_CHECKING = False  # not typing's own: importing typing costs start-up time (README)
+TYPE_CHECKING = False  # not typing's own: importing typing costs start-up time (bench/README.md)
 if TYPE_CHECKING:
     from typing import Any, Optional
 

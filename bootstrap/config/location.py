@@ -14,7 +14,7 @@ from pathlib import Path, PurePosixPath
 
 from ..errors import ConfigError
 
-TYPE_CHECKING = False  # not typing's own: importing typing costs start-up time (README)
+TYPE_CHECKING = False  # not typing's own: importing typing costs start-up time (bench/README.md)
 if TYPE_CHECKING:
     from typing import Optional
 

@@ -33,7 +33,7 @@ from .location import parse as parse_url
 from .platform import Cluster, discover
 from .storage import Credentials, Endpoint, env_credentials, resolve_endpoint
 
-TYPE_CHECKING = False  # not typing's own: importing typing costs start-up time (README)
+TYPE_CHECKING = False  # not typing's own: importing typing costs start-up time (bench/README.md)
 if TYPE_CHECKING:
     from typing import Literal
 

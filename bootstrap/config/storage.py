@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 from ..errors import ConfigError
 from . import parse
 
-TYPE_CHECKING = False  # not typing's own: importing typing costs start-up time (README)
+TYPE_CHECKING = False  # not typing's own: importing typing costs start-up time (bench/README.md)
 if TYPE_CHECKING:
     from typing import Optional
 

@@ -16,7 +16,7 @@ import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-TYPE_CHECKING = False  # not typing's own: importing typing costs start-up time (README)
+TYPE_CHECKING = False  # not typing's own: importing typing costs start-up time (bench/README.md)
 if TYPE_CHECKING:
     from typing import Any, Optional, TypeVar
 

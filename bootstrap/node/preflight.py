@@ -44,7 +44,7 @@ from . import gpu, resources
 from .gpu import Inventory
 from .resources import Resources
 
-TYPE_CHECKING = False  # not typing's own: importing typing costs start-up time (README)
+TYPE_CHECKING = False  # not typing's own: importing typing costs start-up time (bench/README.md)
 if TYPE_CHECKING:
     from typing import Any, Optional
 

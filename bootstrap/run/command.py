@@ -21,7 +21,7 @@ from pathlib import Path
 from ..config import location as loc
 from ..errors import UsageError
 
-TYPE_CHECKING = False  # not typing's own: importing typing costs start-up time (README)
+TYPE_CHECKING = False  # not typing's own: importing typing costs start-up time (bench/README.md)
 if TYPE_CHECKING:
     from typing import Optional
 

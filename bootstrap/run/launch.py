@@ -26,7 +26,7 @@ from pathlib import Path
 from ..config.settings import ACTIVE_MARKER
 from ..errors import CommandNotExecutable, CommandNotFound
 
-TYPE_CHECKING = False  # not typing's own: importing typing costs start-up time (README)
+TYPE_CHECKING = False  # not typing's own: importing typing costs start-up time (bench/README.md)
 if TYPE_CHECKING:
     from typing import NoReturn, Optional
 
