@@ -284,10 +284,7 @@ def _serve_launcher(agent: Agent, env: Mapping[str, str], cwd: Optional[Path],
     finally:
         if agent.tee is not None:
             agent.tee.close()
-        if stacks_dir is not None:
-            import shutil
-
-            shutil.rmtree(stacks_dir, ignore_errors=True)
+        _drop_stack_hook(stacks_dir)
     log.info(f"launch: the launcher (node 0) ended with {code}; this node exits {code}")
     if code != 0:
         supervise.write_launcher_record(settings.run.failure_file, code, settings.task_index,
@@ -379,10 +376,7 @@ def _supervise(argv: Sequence[str], env: Mapping[str, str], cwd: Optional[Path],
             argv, env, cwd, settings.run.grace_seconds, log, settings.run.log_file, user_umask,
             dog, settings.preflight.nvml_module if gpus else None).run()
     finally:
-        if stacks_dir is not None:
-            import shutil
-
-            shutil.rmtree(stacks_dir, ignore_errors=True)
+        _drop_stack_hook(stacks_dir)
     # The platform may repeat its SIGTERM while we save the outputs: finish the job's
     # last duties rather than die half-way (SIGKILL still ends everything).
     for signum in (signal.SIGTERM, signal.SIGHUP):
@@ -433,6 +427,14 @@ def _stack_hook(settings: Settings, env: Mapping[str, str]) -> tuple[Path, dict[
     with_hook = dict(env)
     watchdog.environment(with_hook, stacks_dir, settings.run.heartbeat_file)
     return stacks_dir, with_hook
+
+
+def _drop_stack_hook(stacks_dir: Optional[Path]) -> None:
+    """Removes what :func:`_stack_hook` made, once the commands it armed have ended."""
+    if stacks_dir is not None:
+        import shutil
+
+        shutil.rmtree(stacks_dir, ignore_errors=True)
 
 
 class _Background(threading.Thread):
