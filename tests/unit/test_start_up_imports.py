@@ -7,8 +7,10 @@ fails the day ``import bootstrap.job`` pulls one of them in (hoisting them all m
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 HEAVY = ("obstore", "boto3", "botocore", "asyncio", "ssl", "http.client", "psutil", "pynvml",
          "concurrent.futures", "urllib3", "tenacity", "xml.etree.ElementTree", "hashlib",
@@ -43,6 +45,35 @@ def test_the_entrypoint_module_loads_nothing_heavy() -> None:
     assert loaded_by("bootstrap.__main__") == []
 
 
+def test_a_job_without_a_download_loads_nothing_heavy_up_to_its_exec(tmp_path: Path) -> None:
+    """The whole no-download job, not only its imports: settings, preflight (on a node
+    without an NVIDIA driver, no ctypes: two stat calls answer), the command's checks,
+    up to the execve that replaces the bootstrap."""
+    from bootstrap.node import gpu
+
+    on_gpu_node = any(os.path.exists(node) for node in gpu.DRIVER_NODES)
+    code = (f"import json, os, sys\n"
+            f"def shown(*args):\n"
+            f"    names = {list(HEAVY + LAZY_STAGES)!r}\n"
+            f"    print(json.dumps([m for m in names if m in sys.modules]), flush=True)\n"
+            f"    os._exit(0)\n"
+            f"os.execve = shown\n"
+            f"from bootstrap.__main__ import job_main\n"
+            f"sys.argv = ['run_train.sh', 'true']\n"
+            f"job_main()\n")
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("DLS_", "BATCH_", "VC_", "MA_", "BOOTSTRAP_"))}
+    env["BOOTSTRAP_HOME"] = str(tmp_path)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                       cwd=tmp_path, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "exec: true" in r.stderr  # the job got as far as its exec
+    loaded = json.loads(r.stdout)
+    # A node with a driver loads the bindings, as it must to read its GPUs.
+    allowed = {"ctypes", "pynvml"} if on_gpu_node else set()
+    assert [m for m in loaded if m not in allowed] == []
+
+
 # Where a module may import a sibling of its own package inside a function: the
 # entry points and the job's story load the stages a run needs, and the store opens
 # the one backend a job uses. Anywhere else a sibling is imported at the top.
@@ -55,7 +86,6 @@ LAZY_SIBLINGS: dict[str, frozenset[str]] = {
 
 def test_within_a_package_siblings_are_imported_at_the_top() -> None:
     import ast
-    from pathlib import Path
 
     root = Path(__file__).resolve().parents[2] / "bootstrap"
     found = []
