@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     from .data.staging import Staged
     from .mpi import plan as mpi_plan_module
     from .mpi.agent import Agent
+    from .relay import protocol as relay_protocol
     from .run.watchdog import Watchdog
     from .transfer.outputs import OutputSync
 
@@ -299,13 +300,13 @@ def _default_signals() -> None:
 
 def _fetch_stage(code_url: location.Location, code_dir: Path, settings: Settings,
                  log: Log) -> None:
-    # Loaded only when there is something to fetch (the S3 client; the relay's server
-    # and client only when peers share the fetch).
-    from .relay import protocol as relay
+    # Loaded only when there is something to fetch (the S3 client; the relay's plan
+    # with its proofs' crypto only on several nodes, its server and client only when
+    # peers share the fetch).
     from .transfer import fetch
 
     with timed(log, "fetch") as t:
-        peers = relay.plan(settings, code_url, "relay-code", log)
+        peers = _relay_plan(settings, code_url, "relay-code", log)
         if peers is not None:
             from .relay import fetch as relay_fetch
 
@@ -319,18 +320,28 @@ def _fetch_stage(code_url: location.Location, code_dir: Path, settings: Settings
 
 def _staging_stage(settings: Settings, log: Log) -> Staged:
     from .data import staging
-    from .relay import protocol as relay
 
     cluster = settings.cluster.layout
     with timed(log, "data") as t:
         assert settings.staging.source is not None  # enabled
-        peers = relay.plan(settings, settings.staging.source, "relay-data", log)  # own key, ports
+        peers = _relay_plan(settings, settings.staging.source, "relay-data", log)  # own key, ports
         staged = staging.stage(settings.staging, settings.transfer, cluster.rank, cluster.size,
                                log, peers)
         how = "reused, nothing fetched" if staged.reused else staged.stats.summary()
         t.detail = f"{how} -> {staged.path}"
         t.fields = {**staged.stats.fields(), "reused": staged.reused}
     return staged
+
+
+def _relay_plan(settings: Settings, url: location.Location, protocol: str,
+                log: Log) -> Optional[relay_protocol.Peers]:
+    """The relay's plan for one tree; a job on one node has no peers to ask, and skips
+    the relay's module (its proofs' crypto: ~15 ms of a downloading job's start)."""
+    if settings.cluster.layout.size == 1:
+        return None
+    from .relay import protocol as relay
+
+    return relay.plan(settings, url, protocol, log)
 
 
 def _staged(staging: Optional[_Background],
