@@ -66,6 +66,27 @@ def test_tree_lands_byte_for_byte(s3: S3Server, bucket: Bucket, home: Path) -> N
     assert stage(r.stderr, "fetch")["files"] == 1105
 
 
+def test_a_tree_of_large_objects_only_never_opens_the_store(s3: S3Server, bucket: Bucket,
+                                                             home: Path) -> None:
+    """Whole objects come through the store (obstore), large ones as ranges through the
+    signed client: a tree of large objects only never opens the store (obstore's import
+    and its TLS roots, ~20 ms of the job). One small file beside them opens it."""
+    rng = random.Random(11)
+    large = {"a.bin": rng.randbytes(300 * 1024), "sub/b.bin": rng.randbytes(200 * 1024 + 5)}
+    bucket.put_tree(large, "large/")
+    bucket.put_tree({**large, "small.txt": b"small"}, "mixed/")
+    for prefix, via in (("large", "via ranged GETs"), ("mixed", "via native")):
+        env = fetch_env(s3, home, f"s3://{bucket.name}/{prefix}", BOOTSTRAP_RANGE_SIZE="65536",
+                        BOOTSTRAP_MULTIPART_THRESHOLD="131072")
+        r = run_train(["true"], env)
+        assert r.returncode == 0, r.stderr
+        fetched = [line for line in r.stderr.splitlines() if "stage fetch:" in line]
+        assert len(fetched) == 1 and via in fetched[0], r.stderr
+        expect = {**large, "small.txt": b"small"} if prefix == "mixed" else large
+        assert tree_digest(home / "user-job-dir" / prefix) == {
+            k: hashlib.md5(v).hexdigest() for k, v in expect.items()}
+
+
 def test_rerun_skips_unchanged_files(s3: S3Server, bucket: Bucket, home: Path) -> None:
     bucket.put_tree({f"f{i}.txt": os.urandom(100) for i in range(20)}, "code/")
     env = fetch_env(s3, home, f"s3://{bucket.name}/code/", BOOTSTRAP_LOG_FORMAT="json")

@@ -49,7 +49,7 @@ import secrets
 import threading
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
@@ -150,11 +150,12 @@ class Engine:
     """Runs the planned transfers on one event loop in the calling thread; see the
     module's contract."""
 
-    def __init__(self, store: Store, ranges: SignedClient, location: Location, dest: Path,
-                 settings: Transfer, log: Log, manifest: Manifest,
-                 stats: Optional[Stats] = None,
+    def __init__(self, open_store: Callable[[], Store], ranges: SignedClient,
+                 location: Location, dest: Path, settings: Transfer, log: Log,
+                 manifest: Manifest, stats: Optional[Stats] = None,
                  layouts: Optional[Mapping[str, Layout]] = None) -> None:
-        self.store = store
+        self._open_store = open_store
+        self._store: Optional[Store] = None
         self.ranges = ranges  # ranged GETs of large objects (threads, reused buffers)
         self.location = location
         self.dest = dest
@@ -165,7 +166,6 @@ class Engine:
         self.layouts = layouts or {}  # multipart objects' parts (see .verify)
         self.dirs = SafeDirs(dest)
         self.stats = stats if stats is not None else Stats()
-        self.stats.backend = store.backend
         self._ranges: deque[tuple[_LargeFile, int, int]] = deque()
         self._smalls: deque[RemoteObject] = deque()
         self._temps: set[str] = set()  # every temporary that may exist: removed on the way out
@@ -175,6 +175,17 @@ class Engine:
         self._tag = secrets.token_hex(4)
         self._local = threading.local()  # each range thread's reused buffer
         self._stopping = False  # set on the way out: range threads stop at their next chunk
+
+    @property
+    def store(self) -> Store:
+        """The store, opened on first use: whole objects need it, ranged GETs go through
+        the signed client, so a tree of large objects only never loads the native core
+        (obstore's import and its TLS roots: ~20 ms of the job's start). The engine
+        closes it at the end of :meth:`run`."""
+        if self._store is None:
+            self._store = self._open_store()
+            self.stats.backend = self._store.backend
+        return self._store
 
     # -- planning
     def plan(self, objects: list[RemoteObject], folders: list[str]) -> None:
@@ -496,6 +507,8 @@ class Engine:
         self._range_slots = asyncio.Semaphore(RANGE_STREAMS)
         self._range_pool = ThreadPoolExecutor(RANGE_STREAMS, thread_name_prefix="range")
         count = min(self.settings.workers, len(self._ranges) + len(self._smalls))
+        if self._smalls:
+            _ = self.store  # opened before the workers start, not inside one of them
         progress = asyncio.ensure_future(self._progress(time.monotonic(), progress_every))
         try:
             await run_workers(count, self._worker)
@@ -513,6 +526,10 @@ class Engine:
             for tmp in list(self._temps):
                 self._drop_temp(tmp)
             self.manifest.close()
+            if self._store is not None:
+                self._store.close()
+            elif not self.stats.backend:
+                self.stats.backend = "ranged GETs"
             self.stats.seconds = time.monotonic() - started
         self._sweep_stale_temps()
         return self.stats

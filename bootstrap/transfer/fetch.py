@@ -94,16 +94,13 @@ class Remote:
                 and not manifest.unchanged(o.rel, o.size, o.etag, dest / o.rel)]
         known.update(self.layouts(todo))
 
-        store = open_store(self.settings, self.creds, self.location.bucket, log)
-        try:
-            engine = Engine(store, self.client, self.location, dest, self.settings, log,
-                            manifest, stats, known)
-            engine.label = label
-            engine.plan(objects, folders)
-            manifest.open_for_append()
-            return engine.run()
-        finally:
-            store.close()
+        engine = Engine(lambda: open_store(self.settings, self.creds, self.location.bucket, log),
+                        self.client, self.location, dest, self.settings, log, manifest, stats,
+                        known)
+        engine.label = label
+        engine.plan(objects, folders)
+        manifest.open_for_append()
+        return engine.run()
 
     def layouts(self, objects: list[RemoteObject]) -> dict[str, Layout]:
         """The parts of each multipart object in ``objects`` (what lets its bytes be
