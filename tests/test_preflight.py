@@ -221,3 +221,17 @@ def test_check_command(home: Path) -> None:
     console = Path(sys.executable).parent / "bootstrap-check"
     r = subprocess.run([str(console)], env=env, capture_output=True, text=True, timeout=60)
     assert r.returncode == 4 and "FAIL gpu.busy" in r.stdout
+
+
+def test_the_cuda_compat_driver_is_found_by_its_libcuda(tmp_path: Path) -> None:
+    """The forward-compatibility driver counts when a libcuda.so* is in its folder; an
+    absent folder, or one with other files only, does not."""
+    from bootstrap.node import resources
+
+    compat = tmp_path / "compat"
+    assert not resources._has_compat_libcuda(str(compat))
+    compat.mkdir()
+    (compat / "libnvidia-ptxjitcompiler.so.1").write_bytes(b"")
+    assert not resources._has_compat_libcuda(str(compat))
+    (compat / "libcuda.so.550.54.15").write_bytes(b"")
+    assert resources._has_compat_libcuda(str(compat))

@@ -28,7 +28,8 @@ TYPE_CHECKING = False  # not typing's own: importing typing costs start-up time 
 if TYPE_CHECKING:
     from typing import Optional
 
-_OBS_REGION = re.compile(r"^obs\.([a-z0-9-]+)\.myhuaweicloud\.com$")
+# Text, compiled on first use (re caches it): ~0.5 ms of every start otherwise.
+_OBS_REGION = r"^obs\.([a-z0-9-]+)\.myhuaweicloud\.com$"
 
 
 @dataclass(frozen=True)
@@ -76,7 +77,7 @@ def resolve_endpoint(env: Mapping[str, str], addressing: str = "auto") -> Endpoi
         addressing = "path" if _is_ip_or_local(host) else "virtual"
     region = env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or ""
     if not region:
-        m = _OBS_REGION.match(host)
+        m = re.match(_OBS_REGION, host)
         region = m.group(1) if m else "us-east-1"
     ca_bundle = (env.get("AWS_CA_BUNDLE") or env.get("SSL_CERT_FILE") or "").strip() or None
     return Endpoint(url=url, verify=verify, addressing=addressing, region=region,

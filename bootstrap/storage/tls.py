@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Optional
 from urllib.parse import urlsplit
 
-_PEM = re.compile(r"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.S)
+# Text, compiled on first use (re caches it): only a job with a CA bundle needs it.
+_PEM = r"(?s)-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----"
 
 
 @functools.lru_cache(maxsize=8)
@@ -34,7 +35,7 @@ def own_certificate_in_bundle(url: str, ca_bundle: str, timeout: float) -> Optio
         return None
     try:
         anchors = {ssl.PEM_cert_to_DER_cert(block)
-                   for block in _PEM.findall(Path(ca_bundle).read_text())}
+                   for block in re.findall(_PEM, Path(ca_bundle).read_text())}
     except (OSError, ValueError):
         return None
     context = ssl.create_default_context(cafile=ca_bundle)
