@@ -18,6 +18,8 @@ process tree, GNU time), peak RSS, and the ratios to s5cmd; writes the same as J
 from __future__ import annotations
 
 import argparse
+import atexit
+import functools
 import hashlib
 import json
 import os
@@ -27,6 +29,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
 from collections.abc import Callable
@@ -57,6 +60,32 @@ def real_binary(name: str) -> Path:
 
 
 S5CMD = real_binary("s5cmd")
+
+
+def regular_install(home: Path, deps: bool) -> Path:
+    """The bootstrap as an image has it: built and installed into a venv's
+    site-packages, not this checkout's editable install (whose import hook costs every
+    process ~18 ms of start-up: it imports typing and importlib.util); ``deps``: the
+    dependencies are this .venv's (one .pth line), else there are none. Returns the
+    venv's bin folder."""
+    venv = home / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    subprocess.run([sys.executable, "-m", "pip", "--python", str(venv / "bin/python"),
+                    "install", "-q", "--no-deps", str(REPO)], check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    if deps:
+        site = sysconfig.get_path("purelib", vars={"base": str(venv), "platbase": str(venv)})
+        Path(site, "zz-bench-deps.pth").write_text(sysconfig.get_path("purelib") + "\n")
+    return venv / "bin"
+
+
+@functools.cache
+def installed_bin() -> Path:
+    """The bin folder every bootstrap contender runs from (:func:`regular_install`, made
+    once a run, removed at its end)."""
+    home = Path(tempfile.mkdtemp(prefix="bench-install-"))
+    atexit.register(shutil.rmtree, home, True)
+    return regular_install(home, deps=True)
 # The self-contained runtime (docker/runtime/build.sh), when built on this machine: its
 # rows run today's bootstrap code (PYTHONPATH) on the runtime's own interpreter.
 RUNTIME = Path(os.environ.get("BENCH_RUNTIME", "/opt/bootstrap"))
@@ -208,7 +237,7 @@ def contenders(endpoint: str, s3: S3Server,
 
     def bootstrap_env(prefix: str, work: Path, **extra: str) -> dict[str, str]:
         return {**base, "DLS_APP_URL": f"s3://bench/{prefix}/", "BOOTSTRAP_HOME": str(work),
-                "PATH": f"{BIN}:{os.environ['PATH']}", **extra}
+                "PATH": f"{installed_bin()}:{os.environ['PATH']}", **extra}
 
     def bootstrap(prefix: str, work: Path) -> Invocation:
         return ["bash", str(REPO / "scripts/run_train.sh"), "true"], \
@@ -217,7 +246,8 @@ def contenders(endpoint: str, s3: S3Server,
     def staging(prefix: str, work: Path) -> Invocation:
         """The job's data staged (DLS_DATA_URL -> BOOTSTRAP_DATA_DIR), no code."""
         env = {**base, "DLS_DATA_URL": f"s3://bench/{prefix}/", "BOOTSTRAP_HOME": str(work),
-               "BOOTSTRAP_DATA_DIR": str(work / "data"), "PATH": f"{BIN}:{os.environ['PATH']}"}
+               "BOOTSTRAP_DATA_DIR": str(work / "data"),
+               "PATH": f"{installed_bin()}:{os.environ['PATH']}"}
         return ["bash", str(REPO / "scripts/run_train.sh"), "true"], env, work / "data" / prefix
 
     def fallback(prefix: str, work: Path) -> Invocation:
@@ -297,7 +327,8 @@ def contenders(endpoint: str, s3: S3Server,
 def uploaders(s3: S3Server, bench_env: Path) -> dict[str, Callable[[Path, str], list[str]]]:
     """Contenders that copy a local tree to ``s3://bench/<prefix>/``."""
     found: dict[str, Callable[[Path, str], list[str]]] = {
-        "bootstrap": lambda src, prefix: [str(BIN / "python"), "-m", "bootstrap", "sync",
+        "bootstrap": lambda src, prefix: [str(installed_bin() / "python"), "-m", "bootstrap",
+                                          "sync",
                                           str(src), f"s3://bench/{prefix}/"],
         "s5cmd": lambda src, prefix: [str(S5CMD), "--endpoint-url", s3.endpoint, "cp",
                                       f"{src}/", f"s3://bench/{prefix}/"],
@@ -383,7 +414,7 @@ def run_uploads(sets: list[DataSet], s3: S3Server, data_root: Path, reps: int,
                 uploaded: dict[str, dict[str, str]]) -> dict[str, dict[str, dict[str, float]]]:
     client = s3.client()
     names = uploaders(s3, REPO / ".venv-bench")
-    env = {**os.environ, **s3.env(), "PATH": f"{BIN}:{os.environ['PATH']}"}
+    env = {**os.environ, **s3.env(), "PATH": f"{installed_bin()}:{os.environ['PATH']}"}
     results: dict[str, dict[str, dict[str, float]]] = {}
     for ds in sets:
         sums = uploaded[ds.name]
@@ -453,7 +484,7 @@ def overlap(s3: S3Server, code: str, data: str, reps: int) -> dict[str, float]:
             env = {**os.environ, **s3.env(), "DLS_APP_URL": f"s3://bench/{code}/",
                    "DLS_DATA_URL": f"s3://bench/{data}/", "BOOTSTRAP_HOME": work,
                    "BOOTSTRAP_DATA_DIR": f"{work}/data", "BOOTSTRAP_LOG_FORMAT": "json",
-                   "PATH": f"{BIN}:{os.environ['PATH']}"}
+                   "PATH": f"{installed_bin()}:{os.environ['PATH']}"}
             started = time.perf_counter()
             r = subprocess.run(["bash", str(REPO / "scripts/run_train.sh"), "true"], env=env,
                                cwd=work, capture_output=True, text=True, check=True)
@@ -478,17 +509,13 @@ def startup(reps: int) -> dict[str, float]:
     whose ``python -c pass`` is the baseline."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DLS_", "BATCH_", "VC_"))}
     with tempfile.TemporaryDirectory() as home:
-        venv = Path(home) / "venv"
-        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-        # --no-deps: the no-download path imports none of the dependencies.
-        subprocess.run([str(venv / "bin/python"), "-m", "pip", "install", "-q", "--no-deps",
-                        str(REPO)], check=True, stdout=subprocess.DEVNULL,
-                       stderr=subprocess.DEVNULL)
-        env["PATH"] = f"{venv / 'bin'}:{env['PATH']}"
+        # No dependencies: the no-download path imports none of them.
+        venv_bin = regular_install(Path(home), deps=False)
+        env["PATH"] = f"{venv_bin}:{env['PATH']}"
         env["BOOTSTRAP_HOME"] = home
         bare, boot = [], []
         for _ in range(reps):
-            bare.append(timed([str(venv / "bin/python"), "-c", "pass"], env).seconds)
+            bare.append(timed([str(venv_bin / "python"), "-c", "pass"], env).seconds)
             boot.append(timed(["bash", str(REPO / "scripts/run_train.sh"), "python", "-c",
                                "pass"], env).seconds)
         runtime = []
