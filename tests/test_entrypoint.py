@@ -98,18 +98,26 @@ def test_env_contract(home: Path, tmp_path: Path) -> None:
     assert got["TMPDIR"] == "/mine"
 
 
-def test_run_train_copied_alone_into_an_image_home(tmp_path: Path) -> None:
-    """As in an image: /home/work/run_train.sh alone, the bootstrap installed in a Python."""
+@pytest.mark.parametrize("named, cwd", [
+    ("{work}/run_train.sh", ""),  # the platform's form: an absolute path
+    ("home/work/run_train.sh", ""),  # relative to the working directory
+    ("./run_train.sh", "home/work"),
+    ("run_train.sh", "home/work"),  # found by bash in the working directory
+    ("../work/./run_train.sh", "home/work"),  # . and .. are normalized
+    ("{work}//run_train.sh", "")])
+def test_run_train_copied_alone_into_an_image_home(tmp_path: Path, named: str,
+                                                   cwd: str) -> None:
+    """As in an image: /home/work/run_train.sh alone, the bootstrap installed in a Python;
+    its home is the folder holding it, however the script was named."""
     work = tmp_path / "home" / "work"
     work.mkdir(parents=True)
-    script = work / "run_train.sh"
-    shutil.copy(RUN_TRAIN, script)
+    shutil.copy(RUN_TRAIN, work / "run_train.sh")
     env = base_env(work)
     del env["BOOTSTRAP_HOME"]  # the default: the folder holding run_train.sh
     env["PYTHONPATH"] = str(REPO)  # "installed": importable from anywhere
-    r = subprocess.run(["bash", str(script), "python", "-c",
+    r = subprocess.run(["bash", named.format(work=work), "python", "-c",
                         "import os; print(os.environ['DLS_USER_JOB_DIR'])"],
-                       env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+                       env=env, cwd=tmp_path / cwd, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == str(work / "user-job-dir")
 
