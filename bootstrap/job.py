@@ -336,7 +336,8 @@ def _staging_stage(settings: Settings, log: Log) -> Staged:
 def _relay_plan(settings: Settings, url: location.Location, protocol: str,
                 log: Log) -> Optional[relay_protocol.Peers]:
     """The relay's plan for one tree; a job on one node has no peers to ask, and skips
-    the relay's module (its proofs' crypto: ~15 ms of a downloading job's start)."""
+    the relay's module (its proofs' crypto: 6M instructions, a few ms, of a downloading
+    job's start)."""
     if settings.cluster.layout.size == 1:
         return None
     from .relay import protocol as relay

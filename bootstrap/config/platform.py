@@ -37,8 +37,8 @@ if TYPE_CHECKING:
 
 DEFAULT_PORT = 29500
 # Patterns as text, compiled on first use (re caches them): compiling one costs ~0.5 ms of
-# every start, and most runs never need these.
-# The environment's names are matched only once they start with BATCH_.
+# every start, and most runs never need these (the environment's names are matched
+# only once they start with BATCH_).
 _CUSTOM = r"^BATCH_CUSTOM(\d+)_HOSTS$"
 _SINGLE = r"^BATCH_(.+)\.0_HOSTS$"
 _HOSTNAME = r"^(?=.{1,253}$)[A-Za-z0-9_]([A-Za-z0-9_.-]*[A-Za-z0-9_])?$"
