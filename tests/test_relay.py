@@ -131,8 +131,10 @@ def test_nodes_sharing_a_host_each_serve_their_own_children(lab: Lab, tree: str,
         assert r.code == 0, f"node {r.rank}: {r.err}"
         assert digest(r.home / "user-job-dir" / "peer") == WANT, r.rank
         assert digest((tmp_path / f"d{r.rank}" / "peerdata").resolve()) == WANT, r.rank
-    said = {r.rank: [x["msg"] for x in log_records(r.err) if x["msg"].startswith("relay")]
-            for r in results}  # what each node's relay did, should a copy be too many
+    # What each node's relay did, should a copy be too many: whole lines, one a node's
+    # message, so a failure names the node that stalled (a dict would be cut short).
+    said = "\n".join(f"node {r.rank}: {x['msg']}" for r in results
+                     for x in log_records(r.err) if x["msg"].startswith("relay"))
     for r in results[1:]:  # every child's files from its parent, code and data alike
         assert stage(r.err, "fetch")["peer_files"] == len(ALL), said
         assert stage(r.err, "data")["peer_files"] == len(ALL), said
