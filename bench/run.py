@@ -61,6 +61,11 @@ def real_binary(name: str) -> Path:
 
 S5CMD = real_binary("s5cmd")
 
+# The self-contained runtime (docker/runtime/build.sh), when built on this machine: its
+# rows run today's bootstrap code (PYTHONPATH) on the runtime's own interpreter.
+RUNTIME = Path(os.environ.get("BENCH_RUNTIME", "/opt/bootstrap"))
+KiB, MiB = 1024, 1024 * 1024
+
 
 def regular_install(home: Path, deps: bool) -> Path:
     """The bootstrap as an image has it: built and installed into a venv's
@@ -86,10 +91,6 @@ def installed_bin() -> Path:
     home = Path(tempfile.mkdtemp(prefix="bench-install-"))
     atexit.register(shutil.rmtree, home, True)
     return regular_install(home, deps=True)
-# The self-contained runtime (docker/runtime/build.sh), when built on this machine: its
-# rows run today's bootstrap code (PYTHONPATH) on the runtime's own interpreter.
-RUNTIME = Path(os.environ.get("BENCH_RUNTIME", "/opt/bootstrap"))
-KiB, MiB = 1024, 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -328,8 +329,7 @@ def uploaders(s3: S3Server, bench_env: Path) -> dict[str, Callable[[Path, str], 
     """Contenders that copy a local tree to ``s3://bench/<prefix>/``."""
     found: dict[str, Callable[[Path, str], list[str]]] = {
         "bootstrap": lambda src, prefix: [str(installed_bin() / "python"), "-m", "bootstrap",
-                                          "sync",
-                                          str(src), f"s3://bench/{prefix}/"],
+                                          "sync", str(src), f"s3://bench/{prefix}/"],
         "s5cmd": lambda src, prefix: [str(S5CMD), "--endpoint-url", s3.endpoint, "cp",
                                       f"{src}/", f"s3://bench/{prefix}/"],
         "aws-cli": lambda src, prefix: [str(bench_env / "bin/aws"), "s3", "cp", "--recursive",
