@@ -23,19 +23,19 @@ import select
 import socket
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any, Optional
 
 from ..config.platform import Cluster
 from ..errors import BarrierFailed
 from ..log import Log
+from ..records import frozen
 from .topology import MemberFacts
 
 MAGIC = "modelarts-bootstrap/barrier/1"
 MAX_LINE = 64 * 1024
 
 
-@dataclass(frozen=True)
+@frozen
 class Readiness:
     """One node's answer at the start barrier: whether it can start (and why not), with the
     facts it measured (GPUs, IB address) for the topology."""

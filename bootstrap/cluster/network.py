@@ -33,14 +33,14 @@ import os
 import socket
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
 from ..errors import BarrierFailed, PeersNotReady
+from ..records import field, frozen
 
 
-@dataclass(frozen=True)
+@frozen
 class Interface:
     """A network interface as the kernel reports it: its addresses, whether it is up, its link
     speed."""
@@ -51,7 +51,7 @@ class Interface:
     speed_mbps: int = 0  # 0: unknown
 
 
-@dataclass(frozen=True)
+@frozen
 class HcaPort:
     """One port of an RDMA adapter (``/sys/class/infiniband``): InfiniBand or RoCE, and on RoCE
     the v2 GID index NCCL should use."""
@@ -63,7 +63,7 @@ class HcaPort:
     roce_v2_gid: Optional[int] = None  # the GID index to use on RoCE, when one exists
 
 
-@dataclass(frozen=True)
+@frozen
 class Choice:
     """The interface the engines should use, and why (for the log and ``check``)."""
 

@@ -18,18 +18,18 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import atomic
 from ..config.platform import Cluster
+from ..records import field, frozen
 
 TYPE_CHECKING = False  # not typing's own: importing typing costs start-up time (bench/README.md)
 if TYPE_CHECKING:
     from typing import Any, Optional
 
 
-@dataclass(frozen=True)
+@frozen
 class MemberFacts:
     """What each node learned about itself (its GPUs, its IB address)."""
 
@@ -37,7 +37,7 @@ class MemberFacts:
     ib_addr: Optional[str] = None
 
 
-@dataclass(frozen=True)
+@frozen
 class Topology:
     """The job's nodes after the start barrier: who they are, what each reported (GPUs, IB
     address), and the interface the engines should use: what the engines' variables and

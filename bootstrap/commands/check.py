@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict
 from typing import Any, Optional
 
 from ..cluster import peers
@@ -18,6 +17,7 @@ from ..config import settings as settings_mod
 from ..config.platform import Cluster
 from ..errors import EXIT_PREFLIGHT, UsageError
 from ..node import preflight
+from ..records import asdict
 
 
 class _Parser(argparse.ArgumentParser):

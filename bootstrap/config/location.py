@@ -9,10 +9,10 @@ exactly as the original script did: ``s3://b/new/`` and ``s3://b/new`` both give
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from ..errors import ConfigError
+from ..records import frozen
 
 TYPE_CHECKING = False  # not typing's own: importing typing costs start-up time (bench/README.md)
 if TYPE_CHECKING:
@@ -26,7 +26,7 @@ _SCHEME = r"^([A-Za-z][A-Za-z0-9+.-]*)://"
 _BUCKET = r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$"
 
 
-@dataclass(frozen=True)
+@frozen
 class Location:
     """An object-store prefix (``bucket`` set) or a local directory (``path`` set)."""
 

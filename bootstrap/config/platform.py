@@ -25,10 +25,10 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ConfigError
+from ..records import frozen
 from . import parse
 
 TYPE_CHECKING = False  # not typing's own: importing typing costs start-up time (bench/README.md)
@@ -44,7 +44,7 @@ _SINGLE = r"^BATCH_(.+)\.0_HOSTS$"
 _HOSTNAME = r"^(?=.{1,253}$)[A-Za-z0-9_]([A-Za-z0-9_.-]*[A-Za-z0-9_])?$"
 
 
-@dataclass(frozen=True)
+@frozen
 class Member:
     """One node of the job: its rank, the host name or address the platform gave, and the port
     the platform's variables named for it."""
@@ -54,7 +54,7 @@ class Member:
     port: int
 
 
-@dataclass(frozen=True)
+@frozen
 class Cluster:
     """The job's nodes as the platform's variables describe them (``BATCH_*`` or
     ``VC_*``/``MA_*``), with this node's rank; ``source`` says which contract it came from."""

@@ -23,10 +23,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ConfigError
+from ..records import field, frozen
 from . import parse
 from .location import Location, remote
 from .location import parse as parse_url
@@ -60,7 +60,7 @@ PREFLIGHT_CHECKS = PREFLIGHT_CHECKS_FATAL | {
     "node.memory", "node.nofile", "node.memlock"}
 
 
-@dataclass(frozen=True)
+@frozen
 class Transfer:
     """How objects move between the store and this node (downloads and uploads)."""
 
@@ -78,7 +78,7 @@ class Transfer:
     credentials: Credentials | None  # keys from the environment; None: botocore's chain
 
 
-@dataclass(frozen=True)
+@frozen
 class ClusterSettings:
     """Who the nodes are and how they meet before the command starts."""
 
@@ -93,7 +93,7 @@ class ClusterSettings:
     sysfs_root: Path  # where /sys is read for HCAs (tests point it at a prepared tree)
 
 
-@dataclass(frozen=True)
+@frozen
 class Preflight:
     """What the node checks look at and which of their findings stop the job."""
 
@@ -117,7 +117,7 @@ class Preflight:
     image_meta: Path  # what the image build recorded about its base
 
 
-@dataclass(frozen=True)
+@frozen
 class RunSettings:
     """How the command runs: supervised or exec'd, its log, its end."""
 
@@ -133,7 +133,7 @@ class RunSettings:
     heartbeat_file: Path  # touched by the command: progress (exported to it)
 
 
-@dataclass(frozen=True)
+@frozen
 class Outputs:
     """What leaves the node: the output folder and the command's log."""
 
@@ -144,7 +144,7 @@ class Outputs:
     log_upload: Location | None  # BOOTSTRAP_LOG_UPLOAD_URL (or the original's variable)
 
 
-@dataclass(frozen=True)
+@frozen
 class Staging:
     """The job's data (DLS_DATA_URL) staged onto the node before the command starts."""
 
@@ -159,7 +159,7 @@ class Staging:
         return self.source is not None and self.folder is not None
 
 
-@dataclass(frozen=True)
+@frozen
 class Launch:
     """How the command starts across the nodes: each node runs it (torchrun's way), or
     node 0 runs it and the others serve its remote shell (MPI's way)."""
@@ -170,7 +170,7 @@ class Launch:
     secret_file: Path | None  # BOOTSTRAP_JOB_SECRET_FILE
 
 
-@dataclass(frozen=True)
+@frozen
 class Settings:
     """Every knob of a job, read once from the environment by :func:`load` and frozen: the
     stages take the part they need and read nothing else."""

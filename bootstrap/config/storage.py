@@ -18,10 +18,10 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from ..errors import ConfigError
+from ..records import frozen
 from . import parse
 
 TYPE_CHECKING = False  # not typing's own: importing typing costs start-up time (bench/README.md)
@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 _OBS_REGION = r"^obs\.([a-z0-9-]+)\.myhuaweicloud\.com$"
 
 
-@dataclass(frozen=True)
+@frozen
 class Endpoint:
     """Where the store is and how to talk to it: URL (None: AWS's default for the region),
     TLS verification and extra roots, path or virtual-host addressing."""
@@ -96,7 +96,7 @@ def _is_ip_or_local(host: str) -> bool:
         return "." not in host
 
 
-@dataclass(frozen=True)
+@frozen
 class Credentials:
     """The store's keys (and a session token when they are temporary); the repr never shows
     the secret."""

@@ -42,13 +42,13 @@ import shutil
 import stat
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
 from .. import atomic
 from ..config import location as locations
 from ..errors import DownloadError, NoSpaceForData
+from ..records import frozen
 from ..relay.fetch import download_with_peers, open_relay, serve_only
 from ..relay.server import AnnouncingManifest, Held
 from ..transfer.download import TMP_SUFFIX, Stats
@@ -66,7 +66,7 @@ if TYPE_CHECKING:
 GB = 1000**3
 
 
-@dataclass(frozen=True)
+@frozen
 class Staged:
     """What the command is told: where its data is, and which files are this node's."""
 

@@ -20,7 +20,6 @@ client (:mod:`.ssh`), so no sshd, host keys or authorized keys are needed anywhe
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
@@ -28,6 +27,7 @@ from ..cluster import auth, ports
 from ..config.platform import Cluster
 from ..config.settings import Launch, Transfer
 from ..errors import ConfigError
+from ..records import field, frozen
 from ..relay import protocol as relay
 
 PROTOCOL = "launch-agent"
@@ -91,7 +91,7 @@ def job_key(launch: Launch, transfer: Transfer, job_id: str,
     return auth.derive(secret, job_id, PROTOCOL)
 
 
-@dataclass(frozen=True)
+@frozen
 class Plan:
     """This node's part in the launch: its rank, every node's host and port, the key."""
 

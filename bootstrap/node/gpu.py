@@ -15,7 +15,8 @@ import contextlib
 import importlib
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+
+from ..records import field, frozen
 
 TYPE_CHECKING = False  # not typing's own: importing typing costs start-up time (bench/README.md)
 if TYPE_CHECKING:
@@ -31,7 +32,7 @@ THROTTLE_REASONS = {0x08: "hardware slowdown", 0x20: "software thermal slowdown"
                     0x40: "hardware thermal slowdown", 0x80: "power brake"}
 
 
-@dataclass(frozen=True)
+@frozen
 class Gpu:
     """One GPU as NVML reports it: identity, memory, persistence mode, PCIe link (now and at
     best), and what is throttling it."""
@@ -56,7 +57,7 @@ class Gpu:
     throttle: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True)
+@frozen
 class Inventory:
     """``nvml`` False: no library or no driver (a CPU node); ``error``: NVML is there but
     broken (e.g. a driver/library version mismatch)."""

@@ -35,11 +35,11 @@ from __future__ import annotations
 import json
 import threading
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .. import atomic
 from ..config.settings import GB, PREFLIGHT_CHECKS, Preflight
+from ..records import asdict, frozen
 from . import gpu, resources
 from .gpu import Inventory
 from .resources import Resources
@@ -51,7 +51,7 @@ if TYPE_CHECKING:
 MiB = 2**20
 
 
-@dataclass(frozen=True)
+@frozen
 class Finding:
     """One check's verdict: ``ok``, ``warn`` (logged, the job goes on) or ``fail`` (the job
     stops before the command runs)."""
@@ -61,7 +61,7 @@ class Finding:
     message: str
 
 
-@dataclass(frozen=True)
+@frozen
 class Report:
     """The whole preflight of one node: the GPUs and node resources it saw, every finding, and
     how long it took; written as JSON next to the job's logs."""

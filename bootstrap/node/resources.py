@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import os
 import resource
-from dataclasses import dataclass
 from pathlib import Path
+
+from ..records import frozen
 
 TYPE_CHECKING = False  # not typing's own: importing typing costs start-up time (bench/README.md)
 if TYPE_CHECKING:
@@ -20,7 +21,7 @@ if TYPE_CHECKING:
     from ..config.settings import Preflight
 
 
-@dataclass(frozen=True)
+@frozen
 class Resources:
     """The node's limits that training trips over: free disk where code and cache land,
     /dev/shm, memory, open-file and locked-memory limits, the IPoIB device."""

@@ -46,12 +46,12 @@ alone. Contract (each point is tested):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional
 
 from ..cluster import auth, ports
 from ..config.settings import PEER_FETCH_NODES
 from ..errors import ConfigError
+from ..records import frozen
 
 if TYPE_CHECKING:
     from ..config.location import Location
@@ -91,7 +91,7 @@ def port_of(base: int, rank: int, protocol: str) -> int:
     return base + 2 * rank + PROTOCOLS.index(protocol)
 
 
-@dataclass(frozen=True)
+@frozen
 class Peers:
     """Where this node sits in the job's relay tree for one protocol, and its key."""
 

@@ -15,11 +15,11 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import location as loc
 from ..errors import UsageError
+from ..records import frozen
 
 TYPE_CHECKING = False  # not typing's own: importing typing costs start-up time (bench/README.md)
 if TYPE_CHECKING:
@@ -34,7 +34,7 @@ _INTERPRETER = re.compile(r"^(python(\d+(\.\d+)?)?|bash|sh|dash|zsh|ksh)$")
 _SHELL_SYNTAX = re.compile(r"[\s;&|<>`$(){}*?~]")
 
 
-@dataclass(frozen=True)
+@frozen
 class Command:
     """The user's command as it will be executed: the argv, and its form (``file``: interpreter
     and script, ``raw``: a program, ``shell``: a line for ``sh -c``)."""

@@ -28,11 +28,11 @@ from __future__ import annotations
 
 import re
 import signal
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 from ..errors import BootstrapError
+from ..records import frozen
 
 _EXCEPTION = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Interrupt|Exit|Warning)|"
                         r"[A-Za-z_][\w.]*\.[A-Z]\w*): (.*)$")
@@ -45,7 +45,7 @@ _COLLECTIVE = re.compile(r"torch/distributed|all_reduce|allreduce|all_gather|bar
                          r"broadcast|ProcessGroup|nccl|gloo", re.I)
 
 
-@dataclass(frozen=True)
+@frozen
 class Diagnosis:
     """Why a run failed, in one line, whether the user's code or the infrastructure is to
     blame, and the evidence (the log line or signal) it rests on."""

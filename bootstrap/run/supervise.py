@@ -36,12 +36,12 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Optional
 
 from ..errors import BootstrapError
 from ..log import Log
+from ..records import frozen
 from .diagnose import Diagnosis, before_start, classify, oom_kills
 
 if TYPE_CHECKING:
@@ -54,7 +54,7 @@ PR_SET_CHILD_SUBREAPER = 36
 STDERR_TAIL_BYTES = 16 * 1024
 
 
-@dataclass(frozen=True)
+@frozen
 class Outcome:
     """How the command ended: exit code or signal, whether it needed a SIGKILL after the grace
     period, the stderr tail, and what the watchdog and the OOM counter saw."""

@@ -50,13 +50,13 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
 from ..config.location import Location
 from ..errors import DownloadError
 from ..log import Log
+from ..records import field, mutable
 from ..storage import retry
 from ..storage.errors import StorageError, TransientError
 from .listing import RemoteObject
@@ -76,7 +76,7 @@ STREAM_BYTES = CHUNK  # what one range stream holds in memory
 TMP_SUFFIX = ".bootstrap-tmp"
 
 
-@dataclass
+@mutable
 class Stats:
     """What one fetch did, counted as it goes: files and bytes fetched, unchanged files
     skipped, retries, files a peer passed on, files checked by size only."""
@@ -106,7 +106,7 @@ class Stats:
                 + (f", via {self.backend}" if self.backend else ""))
 
 
-@dataclass
+@mutable
 class _Segment:
     """One stretch of a large object hashed on its own: a part of a multipart object,
     or the whole object for a plain MD5. Ranges finish out of order; whichever range
@@ -128,7 +128,7 @@ class _Segment:
         return self.digest is None or self.hashed == self.end
 
 
-@dataclass
+@mutable
 class _LargeFile:
     """One object fetched as ranges: its temporary file and its segments' sums."""
 

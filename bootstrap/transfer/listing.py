@@ -10,11 +10,11 @@ listing of a URL that names an object says so ("names a file, not a folder").
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional
 
 from ..config.location import Location
 from ..errors import DownloadError
+from ..records import frozen
 from ..storage import retry
 from .paths import relative_path
 
@@ -26,7 +26,7 @@ _PLAIN_MD5 = re.compile(r"^[0-9a-f]{32}$")
 _MULTIPART = re.compile(r"^[0-9a-f]{32}-([1-9][0-9]{0,4})$")
 
 
-@dataclass(frozen=True)
+@frozen
 class RemoteObject:
     """One object of a listed prefix: its key, its path relative to the prefix, its size and
     ETag (without quotes), what the download checks it against."""

@@ -30,7 +30,6 @@ import re
 import time
 from collections import deque
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
@@ -39,6 +38,7 @@ from ..config.location import Location
 from ..config.settings import Transfer
 from ..errors import BootstrapError
 from ..log import Log
+from ..records import field, mutable
 from ..storage import retry
 from ..storage.base import credentials, open_store
 from ..storage.errors import TransientError
@@ -58,7 +58,7 @@ UPLOAD_MEMORY_SHARE = 4  # uploads run beside the training: a quarter of the bud
 _ETAG = re.compile(r"^[0-9a-f]{32}(-\d+)?$")
 
 
-@dataclass
+@mutable
 class SyncState:
     """What was uploaded: ``rel -> (size, mtime_ns, etag)``; persisted beside the
     outputs (the ETags make the completion manifest)."""
@@ -83,7 +83,7 @@ class SyncState:
         atomic.write_text(self.path, json.dumps(self.done))
 
 
-@dataclass
+@mutable
 class UploadStats:
     """What one upload pass did: files and bytes sent, unchanged files left alone, files
     skipped while still being written, retries."""
