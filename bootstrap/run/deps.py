@@ -10,7 +10,6 @@ command), and honours ``PIP_INDEX_URL``, else the platform's ``MA_PIP_URL``.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
@@ -19,6 +18,7 @@ from typing import TYPE_CHECKING, Optional
 
 from ..errors import DependencyInstallFailed
 from ..log import Log
+from .launch import on_path
 
 if TYPE_CHECKING:
     from ..config.settings import PipInstall
@@ -41,11 +41,15 @@ def interpreter(argv: Sequence[str], env: Mapping[str, str]) -> str:
     a Python, else python3/python on the job's PATH, else the bootstrap's own."""
     first = os.path.basename(argv[0]) if argv else ""
     if first.startswith("python") and len(argv) > 1:
-        found = shutil.which(argv[0], path=env.get("PATH"))
-        if found:
-            return found
+        given = argv[0]
+        if "/" not in given:
+            found = on_path(given, env, os.X_OK)
+            if found:
+                return found
+        elif os.access(given, os.X_OK) and not os.path.isdir(given):
+            return given
     for name in ("python3", "python"):
-        found = shutil.which(name, path=env.get("PATH"))
+        found = on_path(name, env, os.X_OK)
         if found:
             return found
     return sys.executable

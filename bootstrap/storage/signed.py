@@ -21,7 +21,6 @@ Failures are :class:`StorageError` like every backend's.
 
 from __future__ import annotations
 
-import datetime
 import hashlib
 import hmac
 import http.client
@@ -29,6 +28,7 @@ import os
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Callable, Mapping
 from typing import Any, Optional
 from urllib.parse import quote, urlsplit
@@ -101,8 +101,7 @@ class SignedClient:
     def _headers(self, host_header: str, path: str, query: str,
                  extra: Mapping[str, str], method: str = "GET") -> dict[str, str]:
         """AWS Signature Version 4 for a request with an empty, unsigned payload."""
-        now = datetime.datetime.now(datetime.UTC)
-        amz_date = now.strftime("%Y%m%dT%H%M%SZ")
+        amz_date = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())  # not datetime: ~1.5 ms to import
         day = amz_date[:8]
         region = self.endpoint.region
         headers = {"host": host_header, "x-amz-content-sha256": _UNSIGNED, "x-amz-date": amz_date}

@@ -9,7 +9,6 @@ one line saying what to fix.
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -42,6 +41,8 @@ def copy_local(src: Path, dest: Path) -> Stats:
                             "DLS_APP_URL")
     if src.resolve() == dest.resolve():
         return stats
+    import shutil  # here: it imports zlib, bz2 and lzma, ~3 ms every object-store fetch would pay
+
     try:
         shutil.copytree(src, dest, symlinks=True, dirs_exist_ok=True)
     except (OSError, shutil.Error) as exc:
