@@ -109,7 +109,9 @@ def _build(cls: type[T], is_frozen: bool) -> type[T]:
     name = cls.__qualname__
     if any(hasattr(base, "__record_fields__") for base in cls.__mro__[1:]):
         raise TypeError(f"{name}: a record cannot inherit from another record")
-    annotations = cls.__dict__.get("__annotations__", {})
+    # The class's own annotations (3.10+; not the class __dict__, which 3.14 need not fill),
+    # as text where the module has `from __future__ import annotations`, as all of ours do.
+    annotations = cls.__annotations__
     names = tuple(key for key, hint in annotations.items() if not _is_class_var(hint))
     defaults: dict[str, Any] = {}  # field -> value
     factories: dict[str, Callable[[], Any]] = {}
