@@ -73,6 +73,8 @@ def test_the_plan_refuses_one_node_and_a_port_that_collides(tmp_path: Path) -> N
     p = mpi.plan(cluster("a", "a", "b", rank=1), launch, s.transfer, 29611, (32768, 60999),
                  None, 60)
     assert p.serves_exec and p.ports == (28600, 28601, 28602) and not p.launcher
+    # The derived key never shows in the plan's repr (a log line or a traceback's locals).
+    assert "key" not in repr(p) and repr(p.key) not in repr(p) and p.key.hex() not in repr(p)
     config = mpi.client_config(p, {"a": "10.0.0.1", "b": "10.0.0.2"})
     assert config["agents"] == {"a": [1, "10.0.0.1", 28601], "b": [2, "10.0.0.2", 28602]}
     assert config["local"] == {}  # node 1 serves its own host
