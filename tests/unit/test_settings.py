@@ -110,3 +110,18 @@ def test_parse_helpers() -> None:
     assert parse.integer({"N": " 12 "}, "N", 3) == 12 and parse.integer({}, "N", 3) == 3
     assert parse.flag({"F": "TRUE"}, "F", False) is True and parse.flag({}, "F", True) is True
     assert parse.first({"A": "", "B": "b"}, "A", "B") == "b" and parse.text({"T": " "}, "T") is None
+
+
+def test_the_settings_repr_shows_no_secret(tmp_path: Path) -> None:
+    """A stray ``repr`` of the settings (a debug line, a traceback's locals) shows the
+    access key's first characters at most: never the secret key, the session token or
+    the job secret (each record that holds one hides it: its own repr, ``field(repr=False)``)."""
+    secrets = {"AWS_SECRET_ACCESS_KEY": "wJalrXUtnFEMI-secret-key", "AWS_SESSION_TOKEN":
+               "FwoGZXIvYXdz-session-token", "BOOTSTRAP_JOB_SECRET": "9f8e7d6c-job-secret"}
+    s = load({**NOWHERE, "BOOTSTRAP_HOME": str(tmp_path), "AWS_ACCESS_KEY_ID": "AKIDEXAMPLE1234",
+              **secrets})
+    assert s.transfer.credentials is not None and s.launch.secret == secrets["BOOTSTRAP_JOB_SECRET"]
+    shown = repr(s)
+    assert "Transfer(" in shown and "AKID" in shown  # the repr is whole, the key id cut short
+    assert [name for name, value in secrets.items() if value in shown] == []
+    assert "AKIDEXAMPLE1234" not in shown
