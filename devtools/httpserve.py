@@ -1,7 +1,8 @@
 """The plumbing the test servers share (the hostile S3 server, the fault-injecting
 proxy, the throttling front): a threaded HTTP server on a free 127.0.0.1 port, run in
 the background and stopped by its context manager, and the relay of one request to
-the real S3 server behind it."""
+the real S3 server behind it (buffered, for a fault that rewrites the answer, or
+streamed, as a real store answers)."""
 
 from __future__ import annotations
 
@@ -71,3 +72,29 @@ def relay(handler: BaseHTTPRequestHandler, conn: http.client.HTTPConnection,
                  headers=dict(handler.headers.items()))
     resp = conn.getresponse()
     return resp.status, dict(resp.getheaders()), resp.read()
+
+
+def stream(handler: BaseHTTPRequestHandler, conn: http.client.HTTPConnection,
+           body: bytes = b"") -> int:
+    """:func:`relay`, with the answer's body passed on as it arrives (what a real store's
+    client sees: the first bytes at once, whatever the body's size) when it declares its
+    length; returns the status. A buffering proxy delays a 40 MiB body's first byte by
+    the whole body's transfer, past a client's 1 s read timeout on a loaded machine (a
+    test's clean run failed so: every attempt at one large range timed out)."""
+    conn.request(handler.command, handler.path, body=body or None,
+                 headers=dict(handler.headers.items()))
+    resp = conn.getresponse()
+    headers = dict(resp.getheaders())
+    length = resp.getheader("Content-Length")
+    if length is None or handler.command == "HEAD":
+        send(handler, resp.status, resp.read(), headers)
+        return resp.status
+    handler.send_response(resp.status)
+    for name, value in headers.items():
+        if name.lower() not in HOP_BY_HOP:
+            handler.send_header(name, value)
+    handler.send_header("Content-Length", length)
+    handler.end_headers()
+    while chunk := resp.read1(1 << 20):
+        handler.wfile.write(chunk)
+    return resp.status

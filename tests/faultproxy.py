@@ -33,7 +33,7 @@ from http.server import BaseHTTPRequestHandler
 from typing import Optional
 from urllib.parse import urlsplit
 
-from devtools.httpserve import LocalServer, relay, send
+from devtools.httpserve import LocalServer, relay, send, stream
 
 ALL_FAULTS = ("slowdown", "error500", "reset", "midreset", "truncate", "latency", "stall")
 # Not among ALL_FAULTS: "flip" (one byte of a 2xx body changed, its length kept), which
@@ -92,6 +92,9 @@ class FaultProxy(LocalServer):
                     time.sleep(owner.latency)
                 conn = http.client.HTTPConnection(owner.up_host, owner.up_port, timeout=60)
                 try:
+                    if fault in (None, "latency"):  # the answer as it is: as it arrives
+                        stream(self, conn, body)
+                        return
                     status, headers, data = relay(self, conn, body)
                 finally:
                     conn.close()
