@@ -41,13 +41,9 @@ def interpreter(argv: Sequence[str], env: Mapping[str, str]) -> str:
     a Python, else python3/python on the job's PATH, else the bootstrap's own."""
     first = os.path.basename(argv[0]) if argv else ""
     if first.startswith("python") and len(argv) > 1:
-        given = argv[0]
-        if "/" not in given:
-            found = on_path(given, env, os.X_OK)
-            if found:
-                return found
-        elif os.access(given, os.X_OK) and not os.path.isdir(given):
-            return given
+        found = on_path(argv[0], env, os.X_OK)
+        if found:
+            return found
     for name in ("python3", "python"):
         found = on_path(name, env, os.X_OK)
         if found:
