@@ -56,6 +56,7 @@ class FaultProxy(LocalServer):
         self.injected: Counter[str] = Counter()
         self.requests = 0
         self.object_gets: Counter[str] = Counter()  # GETs of objects (not listings), by path
+        self.ranges: list[tuple[str, str]] = []  # (path, Range header) of each object GET
         self.stop = threading.Event()
         owner = self
 
@@ -72,6 +73,8 @@ class FaultProxy(LocalServer):
                         and "?uploads" not in self.path:
                     with owner.lock:
                         owner.object_gets[self.path.split("?")[0]] += 1
+                        owner.ranges.append((self.path.split("?")[0],
+                                             self.headers.get("Range") or ""))
                 fault = owner.draw(self.path) \
                     if not owner.method or self.command == owner.method else None
                 if fault == "reset":

@@ -324,13 +324,13 @@ def test_a_flipped_byte_in_a_multipart_object_never_lands(
 
 
 @pytest.mark.parametrize("sum_kind", ["plain MD5", "multipart"])
-def test_a_range_cut_short_is_fetched_again_alone_and_its_sum_stays_clean(
+def test_a_range_cut_short_resumes_where_it_stopped_and_its_sum_stays_right(
         s3: S3Server, bucket: Bucket, tmp_path: Path, sum_kind: str) -> None:
     """A range that starts where its segment's sum has got to is hashed as it arrives.
-    Cut short half-way, it is asked for again; the bytes of the broken attempt must not
-    stay in the sum (they would fail the check, and the whole object would come again:
-    the "fetching it again" line). One range a part here, so the cut range is the hashed
-    one whichever it is."""
+    Cut short half-way, only its rest is asked for again, and the sum goes on from the
+    bytes that landed: each counted once (counted twice or lost, the check would fail
+    and the whole object would come again: the "fetching it again" line). One range a
+    part here, so the cut range is the hashed one whichever it is."""
     rng = random.Random(8)
     if sum_kind == "plain MD5":
         body = rng.randbytes(3 << 20)
@@ -354,3 +354,11 @@ def test_a_range_cut_short_is_fetched_again_alone_and_its_sum_stays_clean(
     assert hashlib.md5(landed.read_bytes()).digest() == hashlib.md5(body).digest()
     assert "fetching it again" not in r.stderr, r.stderr  # the range alone came again
     assert stage(r.stderr, "fetch")["retries"] == 1
+    # The proxy sent the first answer's first half: the retry asks for the rest alone.
+    asked = [tuple(int(n) for n in header.removeprefix("bytes=").split("-"))
+             for path, header in proxy.ranges if path.endswith("/weights.bin")]
+    ends = [end for _, end in asked]
+    (cut, again), = [(a, b) for i, a in enumerate(asked) for b in asked[i + 1:]
+                     if a[1] == b[1]]
+    assert again[0] == cut[0] + (cut[1] + 1 - cut[0]) // 2, asked
+    assert len(asked) == len(set(ends)) + 1, asked  # no other range asked twice

@@ -235,15 +235,18 @@ class SignedClient:
         return items, following
 
     def read_range_into(self, bucket: str, key: str, start: int, end: int, fd: int,
-                        buf: memoryview, stop: Callable[[], bool], digest: Any = None) -> int:
+                        buf: memoryview, stop: Callable[[], bool], digest: Any = None,
+                        wrote: Optional[Callable[[int], None]] = None) -> int:
         """Bytes ``[start, end)`` of ``key`` written at their offsets in ``fd``, read
         into ``buf`` (no allocation per chunk: the kernel copies once into it, once out
         to the page cache), and fed to ``digest`` (a hashlib object) from ``buf`` on the
         way when one is given. Any 2xx whose Content-Range is the range asked for is
         accepted (``rclone serve s3`` answers 200); anything else raises
         ``StorageError(kind="not_partial")``. Returns the bytes written, which may fall
-        short (the caller retries, so ``digest`` must be a copy it can drop); ``stop``
-        ends the read early (another range failed, or the run was stopped)."""
+        short; ``stop`` ends the read early (another range failed, or the run was
+        stopped). ``wrote`` is told each chunk's length once it is written and in
+        ``digest``: when the read fails midway (a reset, a timeout), what it says is
+        what landed, so the caller resumes from there with the same ``digest``."""
         resp = self._request("GetObject", bucket, key, {},
                              {"range": f"bytes={start}-{end - 1}"})
         got = resp.getheader("Content-Range", "") or ""
@@ -259,11 +262,13 @@ class SignedClient:
                 if not n:
                     break
                 view = buf[:n]
-                if digest is not None:
-                    digest.update(view)  # hashlib releases the GIL for a buffer this size
                 while view:
                     written = os.pwrite(fd, view, offset)
                     view, offset = view[written:], offset + written
+                if digest is not None:
+                    digest.update(buf[:n])  # hashlib releases the GIL for a buffer this size
+                if wrote is not None:
+                    wrote(n)
         except OSError as exc:
             self.close()
             if exc.errno is not None and not isinstance(exc, (ConnectionError, TimeoutError)):

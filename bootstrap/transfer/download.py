@@ -21,8 +21,10 @@ Contract (each point is tested):
   file queue on its inode lock); each part (the whole object, for a plain MD5) is
   hashed in order as its contiguous prefix grows, parts in parallel: a range that
   starts at its part's hashed prefix is hashed from its buffer as it arrives, a later
-  one read back from the page cache once the prefix reaches it. A body that
-  does not match is fetched again whole, up to the retry attempts, and never lands.
+  one read back from the page cache once the prefix reaches it. A range cut short (a
+  reset, a stall, a short body) is asked again from the byte it reached, its sum
+  continued. A body that does not match is fetched again whole, up to the retry
+  attempts, and never lands.
   A range answer is accepted when its Content-Range is the one asked for, whatever its
   2xx status (``rclone serve s3`` answers 200); a server that ignores
   Range has its large objects streamed whole instead, never written at the wrong
@@ -126,6 +128,16 @@ class _Segment:
     @property
     def complete(self) -> bool:
         return self.digest is None or self.hashed == self.end
+
+
+@mutable
+class _Landed:
+    """How far one range has landed: where its next attempt starts."""
+
+    offset: int
+
+    def add(self, length: int) -> None:
+        self.offset += length
 
 
 @mutable
@@ -331,8 +343,7 @@ class Engine:
             await self._budget.acquire(STREAM_BYTES)
             try:
                 try:
-                    hashed = await self._retrying(
-                        lambda: self._get_range(state, tmp, start, end))
+                    hashed = await self._get_range(state, tmp, start, end)
                 except StorageError as exc:
                     if exc.kind != "not_partial":
                         raise
@@ -357,46 +368,55 @@ class Engine:
 
     async def _get_range(self, state: _LargeFile, tmp: str, start: int, end: int) -> bool:
         """Bytes ``[start, end)`` into place, on a range thread (see
-        :meth:`~bootstrap.storage.signed.SignedClient.read_range_into` for why not the store).
-        A range that starts where its segment's sum has got to is hashed as it arrives,
-        from the thread's buffer (no read back, no hashing left after it): it works on a
-        copy of the sum, kept only if every byte came, so a retry starts clean. Returns
-        whether it hashed."""
+        :meth:`~bootstrap.storage.signed.SignedClient.read_range_into` for why not the store),
+        retried from the bytes that landed: a reset or a stall 60 MiB into a range asks
+        for the rest, not the whole range again. A range that starts where its segment's
+        sum has got to is hashed as it arrives, from the thread's buffer (no read back, no
+        hashing left after it), into a copy of the sum that continues across the retries
+        and is kept only once every byte came. Returns whether it hashed."""
         seg = state.segment_of(start)
         inline = seg.digest is not None and not seg.hashing and seg.hashed == start
         digest = seg.digest.copy() if inline else None
-        if inline:
-            seg.hashing = True  # claimed: the readers-back leave this segment to it
+        landed = _Landed(start)
 
-        def work() -> int:
+        def gave_up() -> bool:
+            return state.failed or state.streamed or self._stopping
+
+        def work() -> None:
             try:
                 fd = os.open(tmp, os.O_WRONLY)
             except FileNotFoundError:
                 if gave_up():
-                    return 0  # another range gave this file up meanwhile
+                    return  # another range gave this file up meanwhile
                 raise
             try:
                 buf = getattr(self._local, "buf", None)
                 if buf is None:
                     buf = self._local.buf = memoryview(bytearray(CHUNK))
-                return self.ranges.read_range_into(self.location.bucket, state.obj.key, start,
-                                                   end, fd, buf, gave_up, digest)
+                self.ranges.read_range_into(self.location.bucket, state.obj.key,
+                                            landed.offset, end, fd, buf, gave_up, digest,
+                                            landed.add)
             finally:
                 os.close(fd)
 
-        def gave_up() -> bool:
-            return state.failed or state.streamed or self._stopping
+        async def attempt() -> None:
+            before = landed.offset
+            try:
+                await asyncio.get_running_loop().run_in_executor(self._range_pool, work)
+            finally:
+                self.stats.bytes += landed.offset - before
+            if landed.offset != end and not gave_up():
+                raise TransientError(f"range {start}-{end - 1} of {state.obj.key!r}: received "
+                                     f"{landed.offset - start} of {end - start} bytes")
 
+        if inline:
+            seg.hashing = True  # claimed: the readers-back leave this segment to it
         try:
-            got = await asyncio.get_running_loop().run_in_executor(self._range_pool, work)
+            await self._retrying(attempt)
         finally:
             if inline:
                 seg.hashing = False
-        self.stats.bytes += got
-        if got != end - start and not gave_up():
-            raise TransientError(f"range {start}-{end - 1} of {state.obj.key!r}: received "
-                                 f"{got} of {end - start} bytes")
-        if inline and got == end - start:
+        if inline and landed.offset == end:
             seg.digest, seg.hashed = digest, end
             return True
         return False
