@@ -58,6 +58,19 @@ class Bucket:
         with ThreadPoolExecutor(16) as pool:
             list(pool.map(lambda kv: self.put(prefix + kv[0], kv[1]), files.items()))
 
+    def put_multipart(self, key: str, parts: list[bytes]) -> str:
+        """``key`` as a multipart upload of ``parts`` (each but the last >= 5 MiB); its
+        ETag, without quotes (``...-N``)."""
+        up = self.client.create_multipart_upload(Bucket=self.name, Key=key)
+        done = [{"PartNumber": n, "ETag": self.client.upload_part(
+                    Bucket=self.name, Key=key, PartNumber=n, UploadId=up["UploadId"],
+                    Body=body)["ETag"]} for n, body in enumerate(parts, 1)]
+        self.client.complete_multipart_upload(Bucket=self.name, Key=key,
+                                              UploadId=up["UploadId"],
+                                              MultipartUpload={"Parts": done})
+        etag: str = self.client.head_object(Bucket=self.name, Key=key)["ETag"].strip('"')
+        return etag
+
 
 @pytest.fixture
 def bucket(s3: S3Server) -> Bucket:

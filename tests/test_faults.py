@@ -27,7 +27,7 @@ from tests.conftest import (
     run_train,
     stage,
 )
-from tests.faultproxy import FaultProxy
+from tests.faultproxy import ALL_FAULTS, FaultProxy
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -180,6 +180,8 @@ def crash_tree(s3: S3Server) -> Tree:
     client.create_bucket(Bucket=name)
     files = make_tree(600, 48, seed=2)
     Bucket(name, client).put_tree(files, "code/")
+    # Beside it, a tree of few small files: fetched on threads alone, with no event loop.
+    Bucket(name, client).put_tree(make_tree(8, 48, seed=3), "weights/")
     return name, files
 
 
@@ -212,15 +214,32 @@ def test_sigkill_at_random_moments_then_rerun(
     assert skipped_somewhere  # the manifest made some rerun skip finished files
 
 
-def test_sigterm_during_download_cleans_up_and_exits_143(
+def test_a_tree_fetched_on_threads_alone_is_exact_under_faults(
         s3: S3Server, crash_tree: Tree, tmp_path: Path) -> None:
+    """A few small files and a large one ride the range threads (no event loop): every
+    fault, a flipped byte included, is retried there until the tree is exact."""
+    name, _ = crash_tree
+    files = make_tree(8, 48, seed=3)  # the fixture's weights/ tree
+    with FaultProxy(s3.endpoint, rate=0.3, seed=5, kinds=(*ALL_FAULTS, "flip"),
+                    latency=0.2, stall=5, method="GET") as proxy:
+        r = run_train(["true"], env_via(proxy, s3, tmp_path, f"s3://{name}/weights/"))
+    assert r.returncode == 0, r.stderr
+    assert "via signed GETs" in r.stderr, r.stderr
+    assert sum(proxy.injected.values()) >= 3, proxy.injected
+    assert local_digests(tmp_path / "user-job-dir" / "weights") == digests(files)
+    print(f"injected {dict(proxy.injected)}")
+
+
+@pytest.mark.parametrize("tree", ["code", "weights"])  # on the event loop; on threads alone
+def test_sigterm_during_download_cleans_up_and_exits_143(
+        s3: S3Server, crash_tree: Tree, tmp_path: Path, tree: str) -> None:
     name, _ = crash_tree
     with FaultProxy(s3.endpoint, rate=1.0, kinds=("latency",), latency=0.5) as proxy:
-        env = env_via(proxy, s3, tmp_path, f"s3://{name}/code/",
+        env = env_via(proxy, s3, tmp_path, f"s3://{name}/{tree}/",
                       BOOTSTRAP_S3_READ_TIMEOUT="30")
         proc = subprocess.Popen(["bash", str(RUN_TRAIN), "true"], env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        code = tmp_path / "user-job-dir" / "code"
+        code = tmp_path / "user-job-dir" / tree
         deadline = time.monotonic() + 30
         temporaries: list[Path] = []
         while time.monotonic() < deadline and not temporaries:
@@ -283,17 +302,6 @@ def test_sigkill_during_the_final_sync_then_a_rerun_leaves_nothing_dangling(
         Bucket=bucket.name, Prefix="run/.bootstrap/0/uploads/").get("KeyCount") == 0
 
 
-def _multipart(client: Any, bucket: str, key: str, parts: list[bytes]) -> str:
-    up = client.create_multipart_upload(Bucket=bucket, Key=key)
-    done = [{"PartNumber": n, "ETag": client.upload_part(
-                Bucket=bucket, Key=key, PartNumber=n, UploadId=up["UploadId"],
-                Body=body)["ETag"]} for n, body in enumerate(parts, 1)]
-    client.complete_multipart_upload(Bucket=bucket, Key=key, UploadId=up["UploadId"],
-                                     MultipartUpload={"Parts": done})
-    etag: str = client.head_object(Bucket=bucket, Key=key)["ETag"].strip('"')
-    return etag
-
-
 @pytest.mark.parametrize("shape", ["equal parts", "uneven parts"])
 @pytest.mark.parametrize("path", ["one GET", "ranges"])
 def test_a_flipped_byte_in_a_multipart_object_never_lands(
@@ -303,7 +311,7 @@ def test_a_flipped_byte_in_a_multipart_object_never_lands(
     ETag; the damaged copy is dropped and fetched again."""
     rng = random.Random(3)
     parts = [rng.randbytes(5 << 20), rng.randbytes(1000 if shape == "equal parts" else 6 << 20)]
-    etag = _multipart(bucket.client, bucket.name, "code/weights.bin", parts)
+    etag = bucket.put_multipart("code/weights.bin", parts)
     assert etag.endswith("-2")
     body = b"".join(parts)
     size = {"one GET": {}, "ranges": {"BOOTSTRAP_MULTIPART_THRESHOLD": str(1 << 20),
@@ -338,7 +346,7 @@ def test_a_range_cut_short_resumes_where_it_stopped_and_its_sum_stays_right(
         range_size = 4 << 20  # the whole object in one range
     else:
         parts = [rng.randbytes(5 << 20), rng.randbytes(3 << 20)]
-        assert _multipart(bucket.client, bucket.name, "code/weights.bin", parts).endswith("-2")
+        assert bucket.put_multipart("code/weights.bin", parts).endswith("-2")
         body = b"".join(parts)
         range_size = 5 << 20  # one range a part
     with FaultProxy(s3.endpoint, rate=1.0, kinds=["truncate"], only="weights.bin", limit=1,

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import random
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -66,27 +68,61 @@ def test_tree_lands_byte_for_byte(s3: S3Server, bucket: Bucket, home: Path) -> N
     assert stage(r.stderr, "fetch")["files"] == 1105
 
 
-def test_a_tree_of_large_objects_only_never_opens_the_store(s3: S3Server, bucket: Bucket,
-                                                             home: Path) -> None:
-    """Whole objects come through the store (obstore), large ones as ranges through the
-    signed client: a tree of large objects only never opens the store (obstore's import
-    and its TLS roots, ~20 ms of the job). One small file beside them opens it."""
+LOOP_MODULES = ("asyncio", "concurrent.futures", "obstore")
+
+
+def fetch_in_process(env: dict[str, str]) -> tuple[list[str], str]:
+    """A job's fetch run by the entry point in a fresh interpreter, stopped at its exec:
+    which of LOOP_MODULES it imported, and its stderr."""
+    code = ("import json, os, sys\n"
+            "def shown(*args):\n"
+            f"    print(json.dumps([m for m in {list(LOOP_MODULES)!r} if m in sys.modules]),"
+            " flush=True)\n"
+            "    os._exit(0)\n"
+            "os.execve = shown\n"
+            "from bootstrap.__main__ import job_main\n"
+            "sys.argv = ['run_train.sh', 'true']\n"
+            "job_main()\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    loaded: list[str] = json.loads(r.stdout)
+    return loaded, r.stderr
+
+
+def test_large_objects_and_a_few_small_ones_need_no_event_loop(
+        s3: S3Server, bucket: Bucket, home: Path) -> None:
+    """Large objects come as ranges over the signed client on threads, and so do whole
+    objects when there are few of them: such a tree never imports the event loop or opens
+    the store (asyncio, concurrent.futures and obstore: ~80 ms of the job's start). Many
+    small objects come through the store, hundreds in flight from one loop."""
+    from bootstrap.transfer.download import THREADED_SMALLS
+
     rng = random.Random(11)
     large = {"a.bin": rng.randbytes(300 * 1024), "sub/b.bin": rng.randbytes(200 * 1024 + 5)}
-    bucket.put_tree(large, "large/")
-    bucket.put_tree({**large, "small.txt": b"small"}, "mixed/")
-    for prefix, via in (("large", "via ranged GETs"), ("mixed", "via native")):
+    few = {f"src/m{i}.py": rng.randbytes(rng.randint(0, 3000)) for i in range(THREADED_SMALLS)}
+    many = {**few, "src/one-more.py": b"print('one more')\n"}
+    parts = [rng.randbytes(5 << 20), rng.randbytes(1 << 20)]  # its parts asked with HEADs
+    large["multi.bin"] = b"".join(parts)
+    trees = {"large": large, "few": {**large, **few}, "many": {**large, **many}}
+    for prefix, files in trees.items():
+        bucket.put_tree({k: v for k, v in files.items() if k != "multi.bin"}, f"{prefix}/")
+        assert bucket.put_multipart(f"{prefix}/multi.bin", parts).endswith("-2")
         env = fetch_env(s3, home, f"s3://{bucket.name}/{prefix}", BOOTSTRAP_RANGE_SIZE="65536",
                         BOOTSTRAP_MULTIPART_THRESHOLD="131072")
-        r = run_train(["true"], env)
-        assert r.returncode == 0, r.stderr
-        fetched = [line for line in r.stderr.splitlines() if "stage fetch:" in line]
-        assert len(fetched) == 1 and via in fetched[0], r.stderr
-        expect = {**large, "small.txt": b"small"} if prefix == "mixed" else large
+        env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
+        loaded, err = fetch_in_process(env)
+        fetched = [line for line in err.splitlines() if "stage fetch:" in line]
+        assert len(fetched) == 1, err
+        if prefix == "many":
+            assert "via native" in fetched[0], err
+            assert set(loaded) == set(LOOP_MODULES), loaded
+        else:
+            assert "via signed GETs" in fetched[0], err
+            assert loaded == [], loaded
         assert tree_digest(home / "user-job-dir" / prefix) == {
-            k: hashlib.md5(v).hexdigest() for k, v in expect.items()}
-
-
+            k: hashlib.md5(v).hexdigest() for k, v in files.items()}
+        assert "checked by size only" not in fetched[0], err  # the multipart one too
 def test_rerun_skips_unchanged_files(s3: S3Server, bucket: Bucket, home: Path) -> None:
     bucket.put_tree({f"f{i}.txt": os.urandom(100) for i in range(20)}, "code/")
     env = fetch_env(s3, home, f"s3://{bucket.name}/code/", BOOTSTRAP_LOG_FORMAT="json")

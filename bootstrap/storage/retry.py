@@ -87,7 +87,11 @@ class Policy:
 
 
 def call(fn: Callable[[], T], attempts: int, deadline: float,
-         on_retry: Optional[Callable[[BaseException], None]] = None) -> T:
+         on_retry: Optional[Callable[[BaseException], None]] = None,
+         sleep: Callable[[float], object] = time.sleep) -> T:
+    """``fn`` until it returns, or the policy gives up (its last failure re-raised);
+    ``sleep`` waits between tries (a stop event's ``wait``, so a stopping run does not
+    sit out a throttling pause of up to 20 s)."""
     policy = Policy(attempts, deadline)
     while True:
         try:
@@ -98,7 +102,7 @@ def call(fn: Callable[[], T], attempts: int, deadline: float,
                 raise
             if on_retry is not None:
                 on_retry(exc)
-            time.sleep(pause)
+            sleep(pause)
 
 
 async def call_async(fn: Callable[[], Awaitable[T]], attempts: int, deadline: float,

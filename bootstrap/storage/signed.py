@@ -255,6 +255,34 @@ class SignedClient:
             raise StorageError("GetObject", kind="not_partial",
                                message=f"asked for bytes {start}-{end - 1}, the server "
                                        f"answered {resp.status} {got or 'the whole object'}")
+        return self._pour(resp, fd, buf, start, end, stop, digest, wrote)
+
+    def read_whole_into(self, bucket: str, key: str, size: int, fd: int, buf: memoryview,
+                        stop: Callable[[], bool], digest: Any = None) -> int:
+        """The whole object, streamed into ``fd`` from offset 0 through ``buf`` and
+        ``digest`` (for a server that cannot answer ranges); reads at most one byte past
+        ``size``, so a body longer than the listing says is seen without reading it all.
+        Returns the bytes written."""
+        resp = self._request("GetObject", bucket, key, {}, {})
+        return self._pour(resp, fd, buf, 0, size + 1, stop, digest, None)
+
+    def get_object(self, bucket: str, key: str, size: int) -> bytes:
+        """A small object's body, whole, read to at most one byte past ``size`` (the
+        caller checks the length against the listing)."""
+        resp = self._request("GetObject", bucket, key, {}, {})
+        try:
+            body = resp.read(size + 1)
+        except Exception as exc:  # noqa: BLE001 - a socket failure in the model's terms
+            self.close()
+            raise socket_error(exc, "GetObject") from None
+        if not resp.isclosed() and resp.length:
+            self.close()  # unread bytes: this connection cannot be reused
+        return body
+
+    def _pour(self, resp: http.client.HTTPResponse, fd: int, buf: memoryview, start: int,
+              end: int, stop: Callable[[], bool], digest: Any,
+              wrote: Optional[Callable[[int], None]]) -> int:
+        """``resp``'s body into ``fd`` from ``start``, up to ``end`` or its end."""
         offset = start
         try:
             while offset < end and not stop():
@@ -280,6 +308,7 @@ class SignedClient:
         if offset < end or not resp.isclosed() and resp.length:
             self.close()  # half-read: this connection cannot be reused
         return offset - start
+
 
 def socket_error(exc: Exception, operation: str) -> StorageError:
     """A socket-level failure in the model's terms."""

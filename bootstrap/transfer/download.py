@@ -5,10 +5,13 @@ Contract (each point is tested):
 * Listing is paginated ListObjectsV2 (:mod:`bootstrap.transfer.listing`, over
   :mod:`bootstrap.storage.signed`); a listing that repeats a continuation token or
   a key, or exceeds ``BOOTSTRAP_MAX_FILES``, is refused rather than followed forever.
-* Transfers go through one :class:`~bootstrap.storage.base.Store` (native obstore,
+* Whole objects go through one :class:`~bootstrap.storage.base.Store` (native obstore,
   else boto3) from one event loop: up to ``BOOTSTRAP_DOWNLOAD_WORKERS`` requests in
   flight (hundreds: a store tens of milliseconds away needs them), and never more
-  than ``BOOTSTRAP_TRANSFER_MEMORY_MB`` of object bytes held in memory at once.
+  than ``BOOTSTRAP_TRANSFER_MEMORY_MB`` of object bytes held in memory at once. A tree
+  with few of them (``THREADED_SMALLS``, all within the budget, the backend left to
+  ``auto``) fetches them on the range threads over the signed client instead: no event
+  loop, no native core, ~80 ms less of a job's start (bench/README.md).
 * Every object is checked against the store's sum (:mod:`.verify`): the MD5 of a plain
   ETag, or for a multipart ETag the parts' MD5s with their lengths from the store; an
   ETag that is neither (SSE-KMS, a store that does not answer for parts) leaves the
@@ -41,7 +44,6 @@ Contract (each point is tested):
 
 from __future__ import annotations
 
-import asyncio
 import bisect
 import contextlib
 import hashlib
@@ -62,7 +64,7 @@ from ..records import field, mutable
 from ..storage import retry
 from ..storage.errors import StorageError, TransientError
 from .listing import RemoteObject
-from .loop import ByteBudget, run_stoppable, run_workers
+from .loop import ByteBudget, run_stoppable, run_threads, run_workers
 from .manifest import Manifest
 from .paths import SafeDirs
 from .verify import Layout, Verifier, boundaries, checkable, combined
@@ -73,6 +75,7 @@ if TYPE_CHECKING:
     from ..storage.signed import SignedClient
 
 RANGE_STREAMS = 8  # concurrent ranged GETs of large objects (measured: 8 beat 32)
+THREADED_SMALLS = 32  # at most this many whole objects ride the range threads (no loop)
 CHUNK = 1 << 20  # each range thread's buffer
 STREAM_BYTES = CHUNK  # what one range stream holds in memory
 TMP_SUFFIX = ".bootstrap-tmp"
@@ -159,8 +162,10 @@ class _LargeFile:
 
 
 class Engine:
-    """Runs the planned transfers on one event loop in the calling thread; see the
-    module's contract."""
+    """Runs the planned transfers; see the module's contract. Large objects' ranges run
+    on threads, always (:func:`~.loop.run_threads`); whole objects on one event loop in
+    the calling thread through the store, unless they are few (see :meth:`_threaded`),
+    when they ride the same threads over the signed client and no loop is started."""
 
     def __init__(self, open_store: Callable[[], Store], ranges: SignedClient,
                  location: Location, dest: Path, settings: Transfer, log: Log,
@@ -183,17 +188,17 @@ class Engine:
         self._temps: set[str] = set()  # every temporary that may exist: removed on the way out
         self._can_range = True
         self._dest = str(dest)
-        self._serial = 0
+        self._serials = itertools.count(1)  # next() is atomic: temporaries' names, any thread
         self._tag = secrets.token_hex(4)
-        self._local = threading.local()  # each range thread's reused buffer
-        self._stopping = False  # set on the way out: range threads stop at their next chunk
+        self._lock = threading.Lock()  # the shared state the threads change: stats, segments
+        self._stop = threading.Event()  # set on the way out: threads stop at their next chunk
 
     @property
     def store(self) -> Store:
-        """The store, opened on first use: whole objects need it, ranged GETs go through
-        the signed client, so a tree of large objects only never loads the native core
-        (obstore's import and its TLS roots: ~20 ms of the job's start). The engine
-        closes it at the end of :meth:`run`."""
+        """The store, opened on first use: whole objects need it when there are many of
+        them, ranged GETs go through the signed client, so a tree of large objects and a
+        few small ones never loads the native core (obstore's import and its TLS roots:
+        ~20-30 ms of the job's start). The engine closes it at the end of :meth:`run`."""
         if self._store is None:
             self._store = self._open_store()
             self.stats.backend = self._store.backend
@@ -240,7 +245,39 @@ class Engine:
             for start, end in spans])
         return [(state, s, e) for s, e in cuts]
 
-    # -- temporaries and commits
+    def _threaded(self) -> bool:
+        """Whether the whole objects ride the range threads too (no event loop, no native
+        core): when there are at most THREADED_SMALLS of them, all of them fit in the
+        memory budget at once, and no backend was named (a named one is what the user
+        asked whole objects to come through)."""
+        return (len(self._smalls) <= THREADED_SMALLS
+                and sum(o.size for o in self._smalls) <= self.settings.memory
+                and self.settings.backend == "auto")
+
+    # -- counters, temporaries and commits (any thread)
+    def _count(self, files: int = 0, got: int = 0, retries: int = 0) -> None:
+        with self._lock:
+            self.stats.files += files
+            self.stats.bytes += got
+            self.stats.retries += retries
+
+    def _on_retry(self, exc: BaseException) -> None:
+        self._count(retries=1)
+
+    def _retrying(self, fn: Callable[[], Any]) -> Any:
+        """``fn`` under the retry policy, on a thread; a stop cuts its pauses short."""
+        return retry.call(fn, self.settings.retry_attempts, self.settings.retry_deadline,
+                          self._on_retry, sleep=self._stop.wait)
+
+    def _temp_name(self, obj: RemoteObject) -> str:
+        """A hidden temporary name beside ``obj``'s destination, known to the cleanup
+        before anything is created under it."""
+        parent = obj.rel.rpartition("/")[0]
+        tmp = os.path.join(self._dest, parent,
+                           f".{next(self._serials):x}-{self._tag}{TMP_SUFFIX}")
+        self._temps.add(tmp)
+        return tmp
+
     def _new_temp(self, obj: RemoteObject) -> tuple[str, int]:
         """A new hidden temporary beside ``obj``'s destination, open for writing."""
         self.dirs.ensure(obj.rel.rpartition("/")[0])
@@ -264,53 +301,13 @@ class Engine:
                                 "name; remove it and rerun") from None
         self._temps.discard(tmp)
         self.manifest.record(obj.rel, obj.size, obj.etag, final)
-        self.stats.files += 1
-
-    def _on_retry(self, exc: BaseException) -> None:
-        self.stats.retries += 1
-
-    async def _retrying(self, fn: Any) -> Any:
-        return await retry.call_async(fn, self.settings.retry_attempts,
-                                      self.settings.retry_deadline, self._on_retry)
-
-    # -- whole objects
-    async def _fetch_small(self, obj: RemoteObject) -> None:
-        tmp = self._temp_name(obj)
-
-        async def attempt() -> None:
-            # An empty object needs no request: the listing already says all of it.
-            data = await self.store.get(obj.key, obj.size) if obj.size else memoryview(b"")
-            self.stats.bytes += len(data)
-            if len(data) < 1 << 20:
-                self._land(obj, data, tmp)
-            else:  # hashing a large buffer would stall the loop: a thread, GIL released
-                await asyncio.to_thread(self._land, obj, data, tmp)
-
-        await self._budget.acquire(obj.size)
-        try:
-            await self._retrying(attempt)
-        except BaseException:
-            self._drop_temp(tmp)
-            raise
-        finally:
-            await self._budget.release(obj.size)
-        self._temps.discard(tmp)
-        self.stats.files += 1
-
-    def _temp_name(self, obj: RemoteObject) -> str:
-        """A hidden temporary name beside ``obj``'s destination, known to the cleanup
-        before anything is created under it."""
-        self._serial += 1
-        parent = obj.rel.rpartition("/")[0]
-        tmp = os.path.join(self._dest, parent, f".{self._serial:x}-{self._tag}{TMP_SUFFIX}")
-        self._temps.add(tmp)
-        return tmp
+        self._count(files=1)
 
     def _land(self, obj: RemoteObject, data: memoryview, tmp: str) -> None:
-        """Verify, write, rename, record: on the loop's thread for small objects. Handing
-        each file to a worker thread was measured slower here (2,000 files: 3.0 s
-        instead of 1.5 s, mostly futex system time), although creating a file is the
-        costliest call of the lot (~0.35 ms in this sandbox)."""
+        """Verify, write, rename, record: a whole object's body in memory. On the loop's
+        thread for many small objects: handing each file to a worker thread was measured
+        slower there (2,000 files: 3.0 s instead of 1.5 s, mostly futex system time),
+        although creating a file is the costliest call of the lot (~0.35 ms here)."""
         _verify(obj, data, self.layouts.get(obj.rel))
         self.dirs.ensure(obj.rel.rpartition("/")[0])
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -327,62 +324,103 @@ class Engine:
                                 "name; remove it and rerun") from None
         self.manifest.record(obj.rel, obj.size, obj.etag, Path(final))
 
-    # -- large objects
-    async def _fetch_range(self, state: _LargeFile, start: int, end: int) -> None:
+    # -- the threads: ranges, and a few whole objects
+    def _thread_worker(self, smalls: bool) -> None:
+        """Takes ranges (and whole objects, when ``smalls``) until none is left or the
+        run stops; each thread reads through its own reused buffer."""
+        buf = memoryview(bytearray(CHUNK))
+        while not self._stop.is_set():
+            with self._lock:
+                work = self._ranges.popleft() if self._ranges else None
+                obj = self._smalls.popleft() if work is None and smalls and self._smalls \
+                    else None
+            if work is not None:
+                self._fetch_range(*work, buf)
+            elif obj is not None:
+                self._fetch_small_here(obj)
+            else:
+                return
+
+    def _fetch_small_here(self, obj: RemoteObject) -> None:
+        """A whole object over the signed client, on this thread."""
+        tmp = self._temp_name(obj)
+
+        def attempt() -> bool:
+            if self._stop.is_set():
+                return False
+            data = memoryview(self.ranges.get_object(self.location.bucket, obj.key, obj.size)
+                              if obj.size else b"")  # an empty object needs no request
+            self._count(got=len(data))
+            self._land(obj, data, tmp)
+            return True
+
+        try:
+            landed = self._retrying(attempt)
+        except BaseException:
+            self._drop_temp(tmp)
+            raise
+        self._temps.discard(tmp)
+        if landed:
+            self._count(files=1)
+
+    def _fetch_range(self, state: _LargeFile, start: int, end: int, buf: memoryview) -> None:
         if state.failed or state.streamed:
             return
         if not self._can_range:
-            await self._stream_whole(state)
+            self._stream_whole(state, buf)
             return
-        if state.tmp is None:  # the first range to start creates the file (no await yet)
-            state.tmp, fd = self._new_temp(state.obj)
-            os.ftruncate(fd, state.obj.size)
-            os.close(fd)
+        with self._lock:
+            if state.tmp is None:  # the first range to start creates the file
+                state.tmp, fd = self._new_temp(state.obj)
+                os.ftruncate(fd, state.obj.size)
+                os.close(fd)
         tmp = state.tmp
-        async with self._range_slots:
-            await self._budget.acquire(STREAM_BYTES)
+        try:
             try:
-                try:
-                    hashed = await self._get_range(state, tmp, start, end)
-                except StorageError as exc:
-                    if exc.kind != "not_partial":
-                        raise
-                    if self._can_range:
-                        self._can_range = False  # this server cannot: stream them whole
-                        self.log.info(f"fetch: {exc.message}; large objects are streamed "
-                                      "whole")
-                    await self._stream_whole(state)
-                    return
-            except BaseException:
-                state.failed = True
-                self._drop_temp(tmp)
-                raise
-            finally:
-                await self._budget.release(STREAM_BYTES)
-        if state.failed or state.streamed:
+                hashed = self._get_range(state, tmp, start, end, buf)
+            except StorageError as exc:
+                if exc.kind != "not_partial":
+                    raise
+                with self._lock:
+                    first, self._can_range = self._can_range, False
+                if first:  # this server cannot: stream them whole
+                    self.log.info(f"fetch: {exc.message}; large objects are streamed whole")
+                self._stream_whole(state, buf)
+                return
+        except BaseException:
+            state.failed = True
+            self._drop_temp(tmp)
+            raise
+        if state.failed or state.streamed or self._stop.is_set():
             return
-        state.remaining -= 1
-        if not hashed:
-            state.segment_of(start).done[start] = end
-        await self._advance(state, start)
+        with self._lock:
+            state.remaining -= 1
+            if not hashed:
+                state.segment_of(start).done[start] = end
+        self._advance(state, start)
 
-    async def _get_range(self, state: _LargeFile, tmp: str, start: int, end: int) -> bool:
-        """Bytes ``[start, end)`` into place, on a range thread (see
+    def _get_range(self, state: _LargeFile, tmp: str, start: int, end: int,
+                   buf: memoryview) -> bool:
+        """Bytes ``[start, end)`` into place (see
         :meth:`~bootstrap.storage.signed.SignedClient.read_range_into` for why not the store),
         retried from the bytes that landed: a reset or a stall 60 MiB into a range asks
         for the rest, not the whole range again. A range that starts where its segment's
         sum has got to is hashed as it arrives, from the thread's buffer (no read back, no
         hashing left after it), into a copy of the sum that continues across the retries
         and is kept only once every byte came. Returns whether it hashed."""
-        seg = state.segment_of(start)
-        inline = seg.digest is not None and not seg.hashing and seg.hashed == start
-        digest = seg.digest.copy() if inline else None
+        with self._lock:
+            seg = state.segment_of(start)
+            inline = seg.digest is not None and not seg.hashing and seg.hashed == start
+            digest = seg.digest.copy() if inline else None
+            if inline:
+                seg.hashing = True  # claimed: the readers-back leave this segment to it
         landed = _Landed(start)
 
         def gave_up() -> bool:
-            return state.failed or state.streamed or self._stopping
+            return state.failed or state.streamed or self._stop.is_set()
 
-        def work() -> None:
+        def attempt() -> None:
+            before = landed.offset
             try:
                 fd = os.open(tmp, os.O_WRONLY)
             except FileNotFoundError:
@@ -390,92 +428,83 @@ class Engine:
                     return  # another range gave this file up meanwhile
                 raise
             try:
-                buf = getattr(self._local, "buf", None)
-                if buf is None:
-                    buf = self._local.buf = memoryview(bytearray(CHUNK))
                 self.ranges.read_range_into(self.location.bucket, state.obj.key,
                                             landed.offset, end, fd, buf, gave_up, digest,
                                             landed.add)
             finally:
                 os.close(fd)
-
-        async def attempt() -> None:
-            before = landed.offset
-            try:
-                await asyncio.get_running_loop().run_in_executor(self._range_pool, work)
-            finally:
-                self.stats.bytes += landed.offset - before
+                self._count(got=landed.offset - before)
             if landed.offset != end and not gave_up():
                 raise TransientError(f"range {start}-{end - 1} of {state.obj.key!r}: received "
                                      f"{landed.offset - start} of {end - start} bytes")
 
-        if inline:
-            seg.hashing = True  # claimed: the readers-back leave this segment to it
         try:
-            await self._retrying(attempt)
+            self._retrying(attempt)
         finally:
             if inline:
-                seg.hashing = False
-        if inline and landed.offset == end:
-            seg.digest, seg.hashed = digest, end
-            return True
-        return False
+                with self._lock:
+                    seg.hashing = False
+                    if landed.offset == end:
+                        seg.digest, seg.hashed = digest, end
+        return inline and landed.offset == end
 
-    async def _advance(self, state: _LargeFile, start: int) -> None:
+    def _advance(self, state: _LargeFile, start: int) -> None:
         """Hashes the segment holding ``start`` forward over every finished range that
-        continues its hashed prefix (reading back from the page cache, in a thread), one
-        hasher a segment, segments in parallel; the object is finished once every range
-        is written and every segment hashed."""
-
+        continues its hashed prefix (reading back from the page cache), one hasher a
+        segment, segments in parallel on their threads; the object is finished once every
+        range is written and every segment hashed (whichever thread sees that last)."""
         seg = state.segment_of(start)
-        if seg.digest is not None and not seg.hashing:
-            seg.hashing = True
+        while True:
+            with self._lock:
+                end = None if seg.digest is None or seg.hashing else seg.done.pop(seg.hashed,
+                                                                                  None)
+                if end is None:
+                    finish = (state.remaining == 0 and not state.finished
+                              and not state.failed and all(s.complete for s in state.segments))
+                    state.finished |= finish
+                    break
+                seg.hashing, offset = True, seg.hashed
             try:
-                while (end := seg.done.pop(seg.hashed, None)) is not None:
-                    await asyncio.to_thread(_hash_file, state.tmp, seg.digest, seg.hashed, end)
-                    seg.hashed = end
+                _hash_file(state.tmp, seg.digest, offset, end)
             finally:
-                seg.hashing = False
-        if state.remaining == 0 and all(s.complete for s in state.segments) \
-                and not state.finished and not state.failed:
-            state.finished = True
+                with self._lock:
+                    seg.hashing, seg.hashed = False, end
+        if finish:
             self._finish_large(state)
 
-    async def _stream_whole(self, state: _LargeFile) -> None:
+    def _stream_whole(self, state: _LargeFile, buf: memoryview) -> None:
         """The object in one streamed GET (a server without proper ranges)."""
-
-        if state.streamed:
-            return
-        state.streamed = True
+        with self._lock:
+            if state.streamed:
+                return
+            state.streamed = True
         if state.tmp is not None:
             self._drop_temp(state.tmp)
         obj = state.obj
         parts = self.layouts.get(obj.rel)
 
-        async def get() -> str:
+        def attempt() -> str:
             tmp, fd = self._new_temp(obj)
             check = Verifier(obj, parts) if checkable(obj, parts) else None
-            got = 0
             try:
-                async for chunk in self.store.get_chunks(obj.key):
-                    await asyncio.to_thread(_write_hash, fd, chunk, check)
-                    got += len(chunk)
-                    self.stats.bytes += len(chunk)
-                    if got > obj.size:
-                        break
-                if got != obj.size:
+                got = self.ranges.read_whole_into(self.location.bucket, obj.key, obj.size, fd,
+                                                  buf, self._stop.is_set, check)
+                self._count(got=got)
+                if got != obj.size and not self._stop.is_set():
                     raise TransientError(f"{obj.key!r}: received {got} bytes but the listing "
                                          f"says {obj.size}")
-                if check is not None and not check.matches():
+                if check is not None and not check.matches() and not self._stop.is_set():
                     raise TransientError(f"{obj.key!r}: {check.why_not()} (ETag {obj.etag})")
             except BaseException:
-                os.close(fd)
                 self._drop_temp(tmp)
                 raise
-            os.close(fd)
+            finally:
+                os.close(fd)
             return tmp
 
-        self._commit(obj, await self._retrying(get))
+        tmp = self._retrying(attempt)
+        if not self._stop.is_set():
+            self._commit(obj, tmp)
 
     def _finish_large(self, state: _LargeFile) -> None:
         obj, tmp = state.obj, state.tmp
@@ -487,69 +516,103 @@ class Engine:
         self._drop_temp(tmp)  # it never lands
         if state.attempt + 1 < self.settings.retry_attempts:
             # Bytes damaged on the way (or a store that served a bad range): the sum is
-            # the whole object's, so the whole object comes again.
-            self.stats.retries += 1
+            # the whole object's, so the whole object comes again (this thread takes it
+            # first: the others may have run out of work and ended).
+            self._count(retries=1)
             self.log.info(f"{self.label}: {obj.key!r}: {why}; fetching it again "
                           f"(attempt {state.attempt + 2} of {self.settings.retry_attempts})")
-            self._ranges.extendleft(reversed(self._plan_large(obj, state.attempt + 1)))
+            with self._lock:
+                self._ranges.extendleft(reversed(self._plan_large(obj, state.attempt + 1)))
             return
         raise DownloadError(f"{obj.key!r}: {why} after {state.attempt + 1} whole fetches; the "
                             "object store serves a broken object: check it, or upload it "
                             "again")
 
-    # -- running
+    # -- the event loop: many whole objects through the store
+    async def _fetch_small(self, obj: RemoteObject) -> None:
+        import asyncio
+
+        tmp = self._temp_name(obj)
+
+        async def attempt() -> None:
+            # An empty object needs no request: the listing already says all of it.
+            data = await self.store.get(obj.key, obj.size) if obj.size else memoryview(b"")
+            self._count(got=len(data))
+            if len(data) < 1 << 20:
+                self._land(obj, data, tmp)
+            else:  # hashing a large buffer would stall the loop: a thread, GIL released
+                await asyncio.to_thread(self._land, obj, data, tmp)
+
+        await self._budget.acquire(obj.size)
+        try:
+            await retry.call_async(attempt, self.settings.retry_attempts,
+                                   self.settings.retry_deadline, self._on_retry)
+        except BaseException:
+            self._drop_temp(tmp)
+            raise
+        finally:
+            await self._budget.release(obj.size)
+        self._temps.discard(tmp)
+        self._count(files=1)
+
     async def _worker(self) -> None:
-        while True:
-            if self._ranges:
-                state, start, end = self._ranges.popleft()
-                await self._fetch_range(state, start, end)
-            elif self._smalls:
-                await self._fetch_small(self._smalls.popleft())
-            else:
-                return
+        while self._smalls and not self._stop.is_set():  # a range thread's failure stops it
+            await self._fetch_small(self._smalls.popleft())
 
     async def _progress(self, started: float, every: float) -> None:
+        import asyncio
+
         while True:
             await asyncio.sleep(every)
-            s = self.stats
-            elapsed = time.monotonic() - started
-            todo = max(s.total_bytes - s.bytes, 0)
-            rate = s.bytes / elapsed if elapsed > 0 else 0.0
-            eta = f"{todo / rate:.0f} s" if rate > 0 else "?"
-            self.log.info(f"{self.label}: {s.files + s.skipped}/{s.total_files} files, "
-                          f"{s.bytes / 2**20:.0f}/{s.total_bytes / 2**20:.0f} MiB, "
-                          f"{rate / 2**20:.1f} MiB/s, ETA {eta}")
+            self._report(started)
 
-    async def _main(self, progress_every: float) -> None:
-        from concurrent.futures import ThreadPoolExecutor
+    def _report(self, started: float) -> None:
+        s = self.stats
+        elapsed = time.monotonic() - started
+        todo = max(s.total_bytes - s.bytes, 0)
+        rate = s.bytes / elapsed if elapsed > 0 else 0.0
+        eta = f"{todo / rate:.0f} s" if rate > 0 else "?"
+        self.log.info(f"{self.label}: {s.files + s.skipped}/{s.total_files} files, "
+                      f"{s.bytes / 2**20:.0f}/{s.total_bytes / 2**20:.0f} MiB, "
+                      f"{rate / 2**20:.1f} MiB/s, ETA {eta}")
+
+    async def _main(self, started: float, progress_every: float) -> None:
+        import asyncio
 
         self._budget = ByteBudget(self.settings.memory)
-        self._range_slots = asyncio.Semaphore(RANGE_STREAMS)
-        self._range_pool = ThreadPoolExecutor(RANGE_STREAMS, thread_name_prefix="range")
-        count = min(self.settings.workers, len(self._ranges) + len(self._smalls))
         if self._smalls:
             _ = self.store  # opened before the workers start, not inside one of them
-        progress = asyncio.ensure_future(self._progress(time.monotonic(), progress_every))
+        progress = asyncio.ensure_future(self._progress(started, progress_every))
+        ranges = asyncio.ensure_future(asyncio.to_thread(
+            run_threads, min(RANGE_STREAMS, len(self._ranges)),
+            lambda: self._thread_worker(smalls=False), self._stop))
         try:
-            await run_workers(count, self._worker)
+            await run_workers(min(self.settings.workers, len(self._smalls)), self._worker)
+            await ranges
         finally:
-            self._stopping = True
+            self._stop.set()
             progress.cancel()
-            await asyncio.gather(progress, return_exceptions=True)
-            self._range_pool.shutdown(wait=True)  # each stops at its next chunk
+            await asyncio.gather(progress, ranges, return_exceptions=True)
 
+    # -- running
     def run(self, progress_every: float = 5.0) -> Stats:
         started = time.monotonic()
         try:
-            run_stoppable(self._main(progress_every))
+            if self._threaded():
+                run_threads(min(RANGE_STREAMS, len(self._ranges) + len(self._smalls)),
+                            lambda: self._thread_worker(smalls=True), self._stop,
+                            lambda: self._report(started), progress_every)
+            else:
+                run_stoppable(self._main(started, progress_every))
         finally:
+            self._stop.set()
             for tmp in list(self._temps):
                 self._drop_temp(tmp)
             self.manifest.close()
             if self._store is not None:
                 self._store.close()
             elif not self.stats.backend:
-                self.stats.backend = "ranged GETs"
+                self.stats.backend = "signed GETs"
             self.stats.seconds = time.monotonic() - started
         self._sweep_stale_temps()
         return self.stats
@@ -595,12 +658,6 @@ def _mismatch(obj: RemoteObject, size: int, segments: list[_Segment]) -> Optiona
 def _write_all(fd: int, data: memoryview) -> None:
     while data:
         data = data[os.write(fd, data):]
-
-
-def _write_hash(fd: int, data: memoryview, digest: Any) -> None:
-    _write_all(fd, data)
-    if digest is not None:
-        digest.update(data)
 
 
 def _hash_file(path: Optional[str], digest: Any, start: int, end: int) -> None:

@@ -9,7 +9,9 @@ one line saying what to fix.
 from __future__ import annotations
 
 import os
+import threading
 import time
+from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,6 +25,7 @@ from ..storage.base import credentials, open_store
 from .download import Engine, Stats
 from .explain import explain
 from .listing import RemoteObject, list_objects
+from .loop import run_threads
 from .manifest import Manifest
 from .verify import Layout, layout
 
@@ -115,18 +118,25 @@ class Remote:
                     self.settings.retry_attempts, self.settings.retry_deadline))
             except Exception:  # noqa: BLE001 - unanswered: the size is all we can check
                 return None
+
+        todo = deque(o for o in objects if o.parts)
+        found: dict[str, Layout] = {}
+
+        def worker() -> None:
+            try:
+                while True:
+                    try:
+                        obj = todo.popleft()  # atomic: the threads share the queue
+                    except IndexError:
+                        return
+                    parts = ask(obj)
+                    if parts is not None:
+                        found[obj.rel] = parts
             finally:
                 self.client.close()  # this worker thread's connection ends with it
 
-        multipart = [o for o in objects if o.parts]
-        if not multipart:
-            return {}
-        from concurrent.futures import ThreadPoolExecutor
-
-        with ThreadPoolExecutor(min(8, len(multipart))) as pool:
-            found = dict(zip((o.rel for o in multipart), pool.map(ask, multipart),
-                             strict=True))
-        return {rel: parts for rel, parts in found.items() if parts is not None}
+        run_threads(min(8, len(todo)), worker, threading.Event())
+        return found
 
 
 @contextmanager
