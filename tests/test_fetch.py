@@ -69,14 +69,18 @@ def test_tree_lands_byte_for_byte(s3: S3Server, bucket: Bucket, home: Path) -> N
 
 
 LOOP_MODULES = ("asyncio", "concurrent.futures", "obstore")
+# And what else a fetch on threads does without (measured, bench/README.md): typing's
+# names are the checker's, the listing is read by expat itself, pip's subprocess waits
+# for a job that installs.
+NOT_ON_THREADS = (*LOOP_MODULES, "typing", "xml.etree.ElementTree", "subprocess")
 
 
 def fetch_in_process(env: dict[str, str]) -> tuple[list[str], str]:
     """A job's fetch run by the entry point in a fresh interpreter, stopped at its exec:
-    which of LOOP_MODULES it imported, and its stderr."""
+    which of NOT_ON_THREADS it imported, and its stderr."""
     code = ("import json, os, sys\n"
             "def shown(*args):\n"
-            f"    print(json.dumps([m for m in {list(LOOP_MODULES)!r} if m in sys.modules]),"
+            f"    print(json.dumps([m for m in {list(NOT_ON_THREADS)!r} if m in sys.modules]),"
             " flush=True)\n"
             "    os._exit(0)\n"
             "os.execve = shown\n"
@@ -94,8 +98,9 @@ def test_large_objects_and_a_few_small_ones_need_no_event_loop(
         s3: S3Server, bucket: Bucket, home: Path) -> None:
     """Large objects come as ranges over the signed client on threads, and so do whole
     objects when there are few of them: such a tree never imports the event loop or opens
-    the store (asyncio, concurrent.futures and obstore: ~80 ms of the job's start). Many
-    small objects come through the store, hundreds in flight from one loop."""
+    the store (asyncio, concurrent.futures and obstore: ~80 ms of the job's start), nor
+    the rest of NOT_ON_THREADS. Many small objects come through the store, hundreds in
+    flight from one loop."""
     from bootstrap.transfer.download import THREADED_SMALLS
 
     rng = random.Random(11)
@@ -116,7 +121,7 @@ def test_large_objects_and_a_few_small_ones_need_no_event_loop(
         assert len(fetched) == 1, err
         if prefix == "many":
             assert "via native" in fetched[0], err
-            assert set(loaded) == set(LOOP_MODULES), loaded
+            assert set(LOOP_MODULES) <= set(loaded), loaded
         else:
             assert "via signed GETs" in fetched[0], err
             assert loaded == [], loaded

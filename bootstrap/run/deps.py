@@ -10,17 +10,18 @@ command), and honours ``PIP_INDEX_URL``, else the platform's ``MA_PIP_URL``.
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
 
 from ..errors import DependencyInstallFailed
 from ..log import Log
 from .launch import on_path
 
+TYPE_CHECKING = False  # not typing's own: importing typing costs start-up time (bench/README.md)
 if TYPE_CHECKING:
+    from typing import Optional
+
     from ..config.settings import PipInstall
 
 
@@ -57,6 +58,8 @@ def install(requirements: Path, python: str, env: Mapping[str, str], log: Log) -
     if not env.get("PIP_INDEX_URL") and env.get("MA_PIP_URL"):
         cmd += ["--index-url", env["MA_PIP_URL"]]
     log.info(f"pip: installing {requirements.name} with {python}")
+    import subprocess  # here: only a job that installs pays for it (~3 ms)
+
     proc = subprocess.run(cmd, env=dict(env), cwd=requirements.parent, capture_output=True,
                           text=True)
     if proc.returncode != 0:

@@ -118,18 +118,6 @@ class BotoStore:
 
         return memoryview(await self._run("GetObject", work))
 
-    async def get_chunks(self, key: str) -> AsyncIterator[memoryview]:
-        body = (await self._run("GetObject", lambda: self._client.get_object(
-            Bucket=self.bucket, Key=key)))["Body"]
-        try:
-            while True:
-                chunk = await self._run("GetObject", lambda: body.read(1 << 20))
-                if not chunk:
-                    return
-                yield memoryview(chunk)
-        finally:
-            body.close()
-
     async def put(self, key: str, data: bytes, md5: bytes) -> str:
         resp = await self._run("PutObject", lambda: self._client.put_object(
             Bucket=self.bucket, Key=key, Body=data,

@@ -184,14 +184,6 @@ class NativeStore:
         except Exception as exc:  # noqa: BLE001 - every library failure is translated
             raise translate(exc, "GetObject") from None
 
-    async def get_chunks(self, key: str) -> AsyncIterator[memoryview]:
-        try:
-            result = await obstore.get_async(self._store, key)
-            async for chunk in result.stream(min_chunk_size=1 << 20):
-                yield memoryview(chunk)
-        except Exception as exc:  # noqa: BLE001 - every library failure is translated
-            raise translate(exc, "GetObject") from None
-
     async def put(self, key: str, data: bytes, md5: bytes) -> str:
         try:
             result = await obstore.put_async(self._store, key, data, use_multipart=False)

@@ -15,15 +15,17 @@ bounded here and only here.
 
 from __future__ import annotations
 
-import random
 import time
 from collections.abc import Awaitable, Callable
-from typing import Optional, TypeVar
 
-from ..backoff import jittered
+from ..backoff import jittered, uniform
 from .errors import StorageError, TransientError
 
-T = TypeVar("T")
+TYPE_CHECKING = False  # not typing's own: importing typing costs start-up time (bench/README.md)
+if TYPE_CHECKING:
+    from typing import Optional, TypeVar
+
+    T = TypeVar("T")
 
 RETRYABLE_CODES = frozenset({
     "SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout", "Throttling",
@@ -51,7 +53,7 @@ def is_throttling(exc: Optional[BaseException]) -> bool:
         exc.code in THROTTLE_CODES or exc.status in (429, 503))
 
 
-def backoff(attempt: int, throttled: bool, rng: Callable[[], float] = random.random) -> float:
+def backoff(attempt: int, throttled: bool, rng: Callable[[], float] = uniform) -> float:
     """Full-jitter exponential wait before try ``attempt + 1`` (``attempt`` >= 1):
     patient for throttling (0.5 s doubling up to 20 s: the fleet must spread out, not
     come back in step) and brisk for a dropped connection or a 500 (0.05 s doubling
@@ -66,7 +68,7 @@ class Policy:
 
     def __init__(self, attempts: int, deadline: float,
                  clock: Callable[[], float] = time.monotonic,
-                 rng: Callable[[], float] = random.random) -> None:
+                 rng: Callable[[], float] = uniform) -> None:
         self.attempts, self.deadline = attempts, deadline
         self._clock, self._rng = clock, rng  # injectable: the schedule is unit-tested
         self.started = clock()

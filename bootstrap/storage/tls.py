@@ -14,8 +14,11 @@ from __future__ import annotations
 import functools
 import re
 from pathlib import Path
-from typing import Optional
 from urllib.parse import urlsplit
+
+TYPE_CHECKING = False  # not typing's own: importing typing costs start-up time (bench/README.md)
+if TYPE_CHECKING:
+    from typing import Optional
 
 # Text, compiled on first use (re caches it): only a job with a CA bundle needs it.
 _PEM = r"(?s)-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----"

@@ -49,13 +49,11 @@ import contextlib
 import hashlib
 import itertools
 import os
-import secrets
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
 
 from ..config.location import Location
 from ..errors import DownloadError
@@ -69,7 +67,10 @@ from .manifest import Manifest
 from .paths import SafeDirs
 from .verify import Layout, Verifier, boundaries, checkable, combined
 
+TYPE_CHECKING = False  # not typing's own: importing typing costs start-up time (bench/README.md)
 if TYPE_CHECKING:
+    from typing import Any, Optional
+
     from ..config.settings import Transfer
     from ..storage.base import Store
     from ..storage.signed import SignedClient
@@ -189,7 +190,7 @@ class Engine:
         self._can_range = True
         self._dest = str(dest)
         self._serials = itertools.count(1)  # next() is atomic: temporaries' names, any thread
-        self._tag = secrets.token_hex(4)
+        self._tag = os.urandom(4).hex()  # not secrets: it imports random, hmac, base64
         self._lock = threading.Lock()  # the shared state the threads change: stats, segments
         self._stop = threading.Event()  # set on the way out: threads stop at their next chunk
 

@@ -11,13 +11,15 @@ tells them apart).
 
 from __future__ import annotations
 
-from typing import Literal, Optional
-
 from ..config.location import Location
 from ..errors import DownloadError, TransferError, UploadError
 from ..storage.errors import StorageError, TransientError
 
-Direction = Literal["download", "upload"]
+TYPE_CHECKING = False  # not typing's own: importing typing costs start-up time (bench/README.md)
+if TYPE_CHECKING:
+    from typing import Literal, Optional
+
+    Direction = Literal["download", "upload"]
 
 
 def explain(exc: BaseException, location: Location, where: str,

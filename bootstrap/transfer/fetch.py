@@ -15,7 +15,6 @@ from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
 
 from ..config.location import Location
 from ..errors import BootstrapError, DownloadError
@@ -29,7 +28,10 @@ from .loop import run_threads
 from .manifest import Manifest
 from .verify import Layout, layout
 
+TYPE_CHECKING = False  # not typing's own: importing typing costs start-up time (bench/README.md)
 if TYPE_CHECKING:
+    from typing import Optional
+
     from ..config.settings import Transfer
     from ..config.storage import Credentials
     from ..storage.signed import SignedClient

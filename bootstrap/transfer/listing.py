@@ -10,7 +10,6 @@ listing of a URL that names an object says so ("names a file, not a folder").
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Optional
 
 from ..config.location import Location
 from ..errors import DownloadError
@@ -18,7 +17,10 @@ from ..records import frozen
 from ..storage import retry
 from .paths import relative_path
 
+TYPE_CHECKING = False  # not typing's own: importing typing costs start-up time (bench/README.md)
 if TYPE_CHECKING:
+    from typing import Optional
+
     from ..config.settings import Transfer
     from ..storage.signed import SignedClient
 

@@ -14,9 +14,12 @@ import json
 import os
 import threading
 from pathlib import Path
-from typing import Optional, TextIO
 
 from .. import atomic
+
+TYPE_CHECKING = False  # not typing's own: importing typing costs start-up time (bench/README.md)
+if TYPE_CHECKING:
+    from typing import Optional, TextIO
 
 
 class Manifest:

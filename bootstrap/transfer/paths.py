@@ -14,9 +14,12 @@ import os
 import stat
 import threading
 from pathlib import Path
-from typing import Optional
 
 from ..errors import DownloadError
+
+TYPE_CHECKING = False  # not typing's own: importing typing costs start-up time (bench/README.md)
+if TYPE_CHECKING:
+    from typing import Optional
 
 NAME_MAX = 255  # bytes per path component on ext4/xfs/overlayfs
 

@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, Optional
 
+TYPE_CHECKING = False  # not typing's own: importing typing costs start-up time (bench/README.md)
 if TYPE_CHECKING:
+    from typing import Any, Optional
+
     from .listing import RemoteObject
 
 Layout = tuple[int, ...]  # the parts' lengths, in order
