@@ -10,8 +10,9 @@ Contract (each point is tested):
   flight (hundreds: a store tens of milliseconds away needs them), and never more
   than ``BOOTSTRAP_TRANSFER_MEMORY_MB`` of object bytes held in memory at once. A tree
   with few of them (``THREADED_SMALLS``, all within the budget, the backend left to
-  ``auto``) fetches them on the range threads over the signed client instead: no event
-  loop, no native core, ~80 ms less of a job's start (bench/README.md).
+  ``auto``) fetches them on threads over the signed client instead, a thread each beside
+  the ranges' threads: no event loop, no native core, ~80 ms less of a job's start
+  (bench/README.md), and all of them in flight at once as on the loop.
 * Every object is checked against the store's sum (:mod:`.verify`): the MD5 of a plain
   ETag, or for a multipart ETag the parts' MD5s with their lengths from the store; an
   ETag that is neither (SSE-KMS, a store that does not answer for parts) leaves the
@@ -76,7 +77,7 @@ if TYPE_CHECKING:
     from ..storage.signed import SignedClient
 
 RANGE_STREAMS = 8  # concurrent ranged GETs of large objects (measured: 8 beat 32)
-THREADED_SMALLS = 32  # at most this many whole objects ride the range threads (no loop)
+THREADED_SMALLS = 32  # at most this many whole objects go on threads, one each (no loop)
 CHUNK = 1 << 20  # each range thread's buffer
 STREAM_BYTES = CHUNK  # what one range stream holds in memory
 TMP_SUFFIX = ".bootstrap-tmp"
@@ -193,6 +194,7 @@ class Engine:
         self._tag = os.urandom(4).hex()  # not secrets: it imports random, hmac, base64
         self._lock = threading.Lock()  # the shared state the threads change: stats, segments
         self._stop = threading.Event()  # set on the way out: threads stop at their next chunk
+        self._ranging = 0  # ranges in flight on the threads (at most RANGE_STREAMS)
 
     @property
     def store(self) -> Store:
@@ -327,20 +329,31 @@ class Engine:
 
     # -- the threads: ranges, and a few whole objects
     def _thread_worker(self, smalls: bool) -> None:
-        """Takes ranges (and whole objects, when ``smalls``) until none is left or the
-        run stops; each thread reads through its own reused buffer."""
-        buf = memoryview(bytearray(CHUNK))
+        """Takes ranges, at most RANGE_STREAMS at once among the threads (and whole
+        objects, when ``smalls``) until none is left or the run stops. A thread that
+        reads a range does it through its own reused buffer, made when it first needs it
+        (a thread of small objects only needs none)."""
+        buf: Optional[memoryview] = None
         while not self._stop.is_set():
             with self._lock:
-                work = self._ranges.popleft() if self._ranges else None
-                obj = self._smalls.popleft() if work is None and smalls and self._smalls \
-                    else None
+                work = obj = None
+                if self._ranges and self._ranging < RANGE_STREAMS:
+                    work = self._ranges.popleft()
+                    self._ranging += 1
+                elif smalls and self._smalls:
+                    obj = self._smalls.popleft()
             if work is not None:
-                self._fetch_range(*work, buf)
+                if buf is None:
+                    buf = memoryview(bytearray(CHUNK))
+                try:
+                    self._fetch_range(*work, buf)
+                finally:
+                    with self._lock:
+                        self._ranging -= 1
             elif obj is not None:
                 self._fetch_small_here(obj)
             else:
-                return
+                return  # nothing, or ranges enough in flight: their threads take the rest
 
     def _fetch_small_here(self, obj: RemoteObject) -> None:
         """A whole object over the signed client, on this thread."""
@@ -600,7 +613,9 @@ class Engine:
         started = time.monotonic()
         try:
             if self._threaded():
-                run_threads(min(RANGE_STREAMS, len(self._ranges) + len(self._smalls)),
+                # A thread for each whole object, beside those of the ranges: all of them
+                # in flight at once, as the loop would have them (a store 30 ms away).
+                run_threads(min(RANGE_STREAMS, len(self._ranges)) + len(self._smalls),
                             lambda: self._thread_worker(smalls=True), self._stop,
                             lambda: self._report(started), progress_every)
             else:

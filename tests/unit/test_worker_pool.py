@@ -1,14 +1,19 @@
-"""The engines' one worker pool: every copy runs to the end, or the first failure stops
-them all before it is raised."""
+"""The engines' worker pools, on the event loop and on threads: every copy runs to the
+end, or the first failure stops them all before it is raised."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import threading
+import time
 from collections import deque
 
 import pytest
 
-from bootstrap.transfer.loop import run_workers
+from bootstrap.errors import Terminated
+from bootstrap.transfer.loop import run_threads, run_workers
 
 
 def test_workers_share_the_queue_until_it_is_empty() -> None:
@@ -48,3 +53,64 @@ def test_the_first_failure_stops_the_others_before_it_is_raised() -> None:
 
 def test_no_work_no_workers() -> None:
     asyncio.run(run_workers(0, lambda: asyncio.sleep(30)))
+
+
+# The threads' pool (ranges, and a few whole objects): the same contract, and signals.
+
+def test_threads_share_the_queue_until_it_is_empty() -> None:
+    queue, done = deque(range(200)), []
+
+    def worker() -> None:
+        while True:
+            try:
+                item = queue.popleft()
+            except IndexError:
+                return
+            done.append(item)
+
+    run_threads(8, worker, threading.Event())
+    assert sorted(done) == list(range(200))
+
+
+def test_a_threads_failure_stops_the_others_before_it_is_raised() -> None:
+    stop = threading.Event()
+    ids = iter(range(100))
+    lock = threading.Lock()
+    ended: list[int] = []
+
+    def worker() -> None:
+        with lock:
+            me = next(ids)
+        try:
+            if me == 3:
+                time.sleep(0.01)
+                raise OSError("disk full")
+            stop.wait(30)  # as a range thread looks at its stop between chunks
+        finally:
+            with lock:
+                ended.append(me)
+
+    started = time.monotonic()
+    with pytest.raises(OSError, match="disk full"):
+        run_threads(6, worker, stop)
+    assert sorted(ended) == list(range(6)) and stop.is_set()
+    assert time.monotonic() - started < 10  # not the others' 30 s
+
+
+def test_a_stop_signal_ends_the_threads_then_raises_terminated() -> None:
+    stop = threading.Event()
+    before = signal.getsignal(signal.SIGTERM)
+    ticks: list[float] = []
+
+    def worker() -> None:
+        if threading.current_thread().name == "transfer-0":
+            time.sleep(0.05)
+            os.kill(os.getpid(), signal.SIGTERM)  # handled in the main thread, in its join
+        stop.wait(30)
+
+    with pytest.raises(Terminated) as caught:
+        run_threads(3, worker, stop, tick=lambda: ticks.append(time.monotonic()), every=0.01)
+    assert caught.value.signum == signal.SIGTERM
+    assert stop.is_set()
+    assert signal.getsignal(signal.SIGTERM) is before  # the caller's handler is back
+    assert [t.name for t in threading.enumerate() if t.name.startswith("transfer-")] == []
