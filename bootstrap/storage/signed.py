@@ -1,5 +1,6 @@
-"""ListObjectsV2 and ranged GETs of large objects, signed (SigV4) over plain
-``http.client``: the requests we do not hand to the native library.
+"""ListObjectsV2 and ranged GETs of large objects (and the whole objects of a fetch of
+few files), signed (SigV4) over plain ``http.client``: the requests we do not hand to
+the native library.
 
 Why not object_store (the native core) for listing too: it rewrites what the store
 holds. It drops the trailing ``/`` of folder markers (``new/empty-dir/`` becomes an
