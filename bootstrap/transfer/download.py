@@ -79,7 +79,6 @@ if TYPE_CHECKING:
 RANGE_STREAMS = 8  # concurrent ranged GETs of large objects (measured: 8 beat 32)
 THREADED_SMALLS = 32  # at most this many whole objects go on threads, one each (no loop)
 CHUNK = 1 << 20  # each range thread's buffer
-STREAM_BYTES = CHUNK  # what one range stream holds in memory
 TMP_SUFFIX = ".bootstrap-tmp"
 
 
