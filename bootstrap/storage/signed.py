@@ -25,7 +25,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import http.client
-import os
 import socket
 import ssl
 import threading
@@ -41,6 +40,10 @@ from .tls import system_cafile
 TYPE_CHECKING = False  # not typing's own: importing typing costs start-up time (bench/README.md)
 if TYPE_CHECKING:
     from typing import Any, Optional
+
+    # Writes all of a chunk at its offset in the destination (the caller's file: how
+    # it serializes writers of one file is its business, see transfer.download).
+    WriteAt = Callable[[memoryview, int], None]
 
 _UNSIGNED = "UNSIGNED-PAYLOAD"
 
@@ -233,13 +236,13 @@ class SignedClient:
             following = ""  # truncated without a token: the caller says it never ends
         return items, following
 
-    def read_range_into(self, bucket: str, key: str, start: int, end: int, fd: int,
-                        buf: memoryview, stop: Callable[[], bool], digest: Any = None,
-                        wrote: Optional[Callable[[int], None]] = None) -> int:
-        """Bytes ``[start, end)`` of ``key`` written at their offsets in ``fd``, read
-        into ``buf`` (no allocation per chunk: the kernel copies once into it, once out
-        to the page cache), and fed to ``digest`` (a hashlib object) from ``buf`` on the
-        way when one is given. Any 2xx whose Content-Range is the range asked for is
+    def read_range_into(self, bucket: str, key: str, start: int, end: int,
+                        write_at: WriteAt, buf: memoryview, stop: Callable[[], bool],
+                        digest: Any = None, wrote: Optional[Callable[[int], None]] = None) -> int:
+        """Bytes ``[start, end)`` of ``key`` handed to ``write_at`` with their offsets,
+        read into ``buf`` (no allocation per chunk: the kernel copies once into it, once
+        out to the page cache), and fed to ``digest`` (a hashlib object) from ``buf`` on
+        the way when one is given. Any 2xx whose Content-Range is the range asked for is
         accepted (``rclone serve s3`` answers 200); anything else raises
         ``StorageError(kind="not_partial")``. Returns the bytes written, which may fall
         short; ``stop`` ends the read early (another range failed, or the run was
@@ -254,16 +257,16 @@ class SignedClient:
             raise StorageError("GetObject", kind="not_partial",
                                message=f"asked for bytes {start}-{end - 1}, the server "
                                        f"answered {resp.status} {got or 'the whole object'}")
-        return self._pour(resp, fd, buf, start, end, stop, digest, wrote)
+        return self._pour(resp, write_at, buf, start, end, stop, digest, wrote)
 
-    def read_whole_into(self, bucket: str, key: str, size: int, fd: int, buf: memoryview,
-                        stop: Callable[[], bool], digest: Any = None) -> int:
-        """The whole object, streamed into ``fd`` from offset 0 through ``buf`` and
+    def read_whole_into(self, bucket: str, key: str, size: int, write_at: WriteAt,
+                        buf: memoryview, stop: Callable[[], bool], digest: Any = None) -> int:
+        """The whole object, streamed to ``write_at`` from offset 0 through ``buf`` and
         ``digest`` (for a server that cannot answer ranges); reads at most one byte past
         ``size``, so a body longer than the listing says is seen without reading it all.
         Returns the bytes written."""
         resp = self._request("GetObject", bucket, key, {}, {})
-        return self._pour(resp, fd, buf, 0, size + 1, stop, digest, None)
+        return self._pour(resp, write_at, buf, 0, size + 1, stop, digest, None)
 
     def get_object(self, bucket: str, key: str, size: int) -> bytes:
         """A small object's body, whole, read to at most one byte past ``size`` (the
@@ -278,20 +281,18 @@ class SignedClient:
             self.close()  # unread bytes: this connection cannot be reused
         return body
 
-    def _pour(self, resp: http.client.HTTPResponse, fd: int, buf: memoryview, start: int,
-              end: int, stop: Callable[[], bool], digest: Any,
+    def _pour(self, resp: http.client.HTTPResponse, write_at: WriteAt, buf: memoryview,
+              start: int, end: int, stop: Callable[[], bool], digest: Any,
               wrote: Optional[Callable[[int], None]]) -> int:
-        """``resp``'s body into ``fd`` from ``start``, up to ``end`` or its end."""
+        """``resp``'s body to ``write_at`` from ``start``, up to ``end`` or its end."""
         offset = start
         try:
             while offset < end and not stop():
                 n = resp.readinto(buf[: min(len(buf), end - offset)])
                 if not n:
                     break
-                view = buf[:n]
-                while view:
-                    written = os.pwrite(fd, view, offset)
-                    view, offset = view[written:], offset + written
+                write_at(buf[:n], offset)
+                offset += n
                 if digest is not None:
                     digest.update(buf[:n])  # hashlib releases the GIL for a buffer this size
                 if wrote is not None:
