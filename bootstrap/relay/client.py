@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 from ..cluster import auth
 from ..cluster.wire import Wire, hang_up
-from ..transfer.download import TMP_SUFFIX
+from ..transfer.download import TMP_SUFFIX, WRITE_SLICE
 from ..transfer.manifest import Manifest
 from ..transfer.paths import SafeDirs
 from ..transfer.verify import Layout, Verifier
@@ -210,7 +210,9 @@ def _receive(wire: Wire, pending: list[RemoteObject], layouts: Mapping[str, Layo
                     while left > 0:
                         chunk = wire.chunk(min(CHUNK, left), time.monotonic() + SILENCE)
                         check.update(chunk)
-                        out.write(chunk)
+                        view = memoryview(chunk)
+                        for at in range(0, len(view), WRITE_SLICE):  # see WRITE_SLICE
+                            out.write(view[at:at + WRITE_SLICE])
                         left -= len(chunk)
                         pace.add(len(chunk))
                         if pace.slow():

@@ -79,6 +79,12 @@ if TYPE_CHECKING:
 RANGE_STREAMS = 8  # concurrent ranged GETs of large objects (measured: 8 beat 32)
 THREADED_SMALLS = 32  # at most this many whole objects go on threads, one each (no loop)
 CHUNK = 1 << 20  # each range thread's buffer
+# The most one write(2) hands the page cache. Linux sizes a buffered write's page-cache
+# folios by the write's length; on a VM whose free memory goes back to the host (free
+# page reporting, as on the benchmark machine) large folios come from memory the host
+# must fault in again: writing 1 GiB took 0.2-2.5 s in 1 MiB writes, 0.19-0.24 s in
+# 128 KiB ones (6 runs each, order drawn at random; bench/README.md).
+WRITE_SLICE = 128 * 1024
 TMP_SUFFIX = ".bootstrap-tmp"
 
 
@@ -678,15 +684,16 @@ def _mismatch(obj: RemoteObject, size: int, segments: list[_Segment]) -> Optiona
 
 def _write_all(fd: int, data: memoryview) -> None:
     while data:
-        data = data[os.write(fd, data):]
+        data = data[os.write(fd, data[:WRITE_SLICE]):]
 
 
 def _writer(fd: int, lock: threading.Lock) -> Callable[[memoryview, int], None]:
-    """Writes a whole chunk at its offset in ``fd``, holding ``lock`` (one a file)."""
+    """Writes a whole chunk at its offset in ``fd`` (at most WRITE_SLICE a call),
+    holding ``lock`` (one a file)."""
     def write_at(data: memoryview, offset: int) -> None:
         with lock:
             while data:
-                written = os.pwrite(fd, data, offset)
+                written = os.pwrite(fd, data[:WRITE_SLICE], offset)
                 data, offset = data[written:], offset + written
     return write_at
 
