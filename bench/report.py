@@ -44,7 +44,8 @@ def table(rows: dict[str, dict[str, dict[str, float]]], title: str) -> str:
 
 def main() -> int:
     data: dict[str, Any] = json.loads(Path(sys.argv[1]).read_text())
-    print(f"Run of {data['date']} on {data['machine']}, {data['reps']} repetitions.\n")
+    print(f"Run of {data['date']} on {data['machine']}, {data['reps']} repetitions"
+          + (f"; outputs on {data['outputs']}" if data.get("outputs") else "") + ".\n")
     print(table(data["results"], "Downloads"))
     print()
     print(table(data["uploads"], "Uploads"))

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import contextlib
 import functools
 import hashlib
 import json
@@ -32,7 +33,7 @@ import sys
 import sysconfig
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -189,6 +190,56 @@ class Run:
 
 
 GNU_TIME = "/usr/bin/time"
+
+
+@contextlib.contextmanager
+def scratch(root: Path, size: int) -> Iterator[tuple[Path, str]]:
+    """Where every contender's output lands, and how to say so in the results: a
+    journaled ext4 made for the run (a sparse image on a loop device with direct I/O,
+    as a container's disk is a journaled file system), else a temporary folder on this
+    machine's disk. Why not that disk itself: on the reference machine it is ext4
+    without a journal, whose inode allocator skips every inode freed in the last 30 s
+    by looking each one up (``recently_deleted()``, only without a journal): a run
+    right after one that removed 2,000 files spent ~3 s of system time there, whichever
+    tool it was, and small2k's medians swung 1.2-3.4 s. A mount left by a killed run
+    is taken down first."""
+    image, mount = root / "scratch.img", root / "scratch"
+    plain = f"a folder on this machine's disk ({tempfile.gettempdir()})"
+
+    def teardown() -> None:
+        if os.path.ismount(mount):
+            subprocess.run(["umount", "--detach-loop", str(mount)], check=True)
+        image.unlink(missing_ok=True)
+
+    tools = ("mkfs.ext4", "losetup", "mount", "umount")
+    if os.geteuid() != 0 or not all(shutil.which(t) for t in tools):
+        with tempfile.TemporaryDirectory(prefix="bench-out-") as folder:
+            yield Path(folder), plain + ": not root, or no mkfs.ext4/losetup"
+        return
+    root.mkdir(parents=True, exist_ok=True)
+    teardown()
+    try:
+        with open(image, "wb") as fh:
+            fh.truncate(size)
+        subprocess.run(["mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0",
+                        str(image)], check=True)
+        device = subprocess.run(["losetup", "--find", "--show", "--direct-io=on", str(image)],
+                                check=True, capture_output=True, text=True).stdout.strip()
+        mount.mkdir(exist_ok=True)
+        try:
+            subprocess.run(["mount", device, str(mount)], check=True)
+        except subprocess.CalledProcessError:
+            subprocess.run(["losetup", "-d", device], check=False)
+            raise
+    except (OSError, subprocess.CalledProcessError) as exc:
+        image.unlink(missing_ok=True)
+        with tempfile.TemporaryDirectory(prefix="bench-out-") as folder:
+            yield Path(folder), f"{plain}: no loop file system ({exc})"
+        return
+    try:
+        yield mount, f"a journaled ext4 made for the run ({size >> 30} GiB, loop, direct I/O)"
+    finally:
+        teardown()
 
 
 def timed(argv: list[str], env: dict[str, str], cwd: Path | None = None) -> Run:
@@ -375,10 +426,11 @@ def print_row(name: str, row: dict[str, float]) -> None:
 
 
 def run_downloads(sets: list[DataSet], names: dict[str, Callable[[str, Path], Invocation]],
-                  data_root: Path, reps: int,
-                  uploaded: dict[str, dict[str, str]]) -> dict[str, dict[str, dict[str, float]]]:
+                  data_root: Path, reps: int, uploaded: dict[str, dict[str, str]],
+                  out_root: Path) -> dict[str, dict[str, dict[str, float]]]:
     """Each data set: every contender once per repetition, interleaved (a slow minute of
-    the shared machine hits all of them alike), every tree verified."""
+    the shared machine hits all of them alike), every tree verified; outputs under
+    ``out_root`` (see :func:`scratch`)."""
     results: dict[str, dict[str, dict[str, float]]] = {}
     for ds in sets:
         sums = uploaded[ds.name]
@@ -390,7 +442,7 @@ def run_downloads(sets: list[DataSet], names: dict[str, Callable[[str, Path], In
             for name, build in chosen.items():
                 if name not in ("bootstrap", "s5cmd", "s5cmd+md5sum") and rep >= FEW_REPS:
                     continue
-                work = Path(tempfile.mkdtemp(prefix="bench-"))
+                work = Path(tempfile.mkdtemp(prefix="bench-", dir=out_root))
                 try:
                     argv, env, out = build(ds.name, work)
                     # Not in the repository: `python -c` puts the current folder first on
@@ -457,8 +509,8 @@ class DelayProxy:
 
 
 def run_latency(ds: DataSet, s3: S3Server, delays: list[float], reps: int,
-                uploaded: dict[str, dict[str, str]],
-                data_root: Path) -> dict[str, dict[str, dict[str, float]]]:
+                uploaded: dict[str, dict[str, str]], data_root: Path,
+                out_root: Path) -> dict[str, dict[str, dict[str, float]]]:
     """The same data set with the store ``delay`` ms away each way (0: through the proxy
     with no delay, to show the proxy itself costs nothing)."""
     results: dict[str, dict[str, dict[str, float]]] = {}
@@ -469,18 +521,19 @@ def run_latency(ds: DataSet, s3: S3Server, delays: list[float], reps: int,
             names = {n: b for n, b in names.items() if n in ("bootstrap", "s5cmd", "lean-py")}
             label = f"{ds.name} +{delay:g} ms"
             sub = DataSet(ds.name, ds.make, label=label)
-            results.update(run_downloads([sub], names, data_root, reps, uploaded))
+            results.update(run_downloads([sub], names, data_root, reps, uploaded, out_root))
         finally:
             proxy.stop()
     return results
 
 
-def overlap(s3: S3Server, code: str, data: str, reps: int) -> dict[str, float]:
+def overlap(s3: S3Server, code: str, data: str, reps: int,
+            out_root: Path) -> dict[str, float]:
     """A job that downloads its code and stages its data at once: each stage's time
     (from the JSON log) against the job's wall time, the sum against the longest."""
     walls, sums, longest = [], [], []
     for _ in range(reps):
-        with tempfile.TemporaryDirectory(prefix="bench-") as work:
+        with tempfile.TemporaryDirectory(prefix="bench-", dir=out_root) as work:
             env = {**os.environ, **s3.env(), "DLS_APP_URL": f"s3://bench/{code}/",
                    "DLS_DATA_URL": f"s3://bench/{data}/", "BOOTSTRAP_HOME": work,
                    "BOOTSTRAP_DATA_DIR": f"{work}/data", "BOOTSTRAP_LOG_FORMAT": "json",
@@ -582,23 +635,28 @@ def main() -> int:
     data_root = Path(args.data) / ("smoke" if args.smoke else "full")
     delays = [float(d) for d in args.delays.split(",") if d.strip()]
     uploaded: dict[str, dict[str, str]] = {}
-    with S3Server() as s3:
+    for ds in sets:
+        uploaded[ds.name] = materialize(ds, data_root)
+    biggest = max(sum(os.path.getsize(source_folder(ds, data_root) / rel) for rel in sums)
+                  for ds, sums in ((d, uploaded[d.name]) for d in sets))
+    with S3Server() as s3, scratch(data_root / "out", max(4 << 30, 4 * biggest)) \
+            as (out_root, outputs):
+        print(f"outputs on {outputs}", flush=True)
         client = s3.client()
         client.create_bucket(Bucket="bench")
         for ds in sets:
-            uploaded[ds.name] = materialize(ds, data_root)
             subprocess.run([str(S5CMD), "--endpoint-url", s3.endpoint, "cp",
                             f"{source_folder(ds, data_root)}/", f"s3://bench/{ds.name}/"],
                            env={**os.environ, **s3.env()}, check=True,
                            stdout=subprocess.DEVNULL)
         names = contenders(s3.endpoint, s3, REPO / ".venv-bench")
-        results = run_downloads(sets, names, data_root, reps, uploaded)
+        results = run_downloads(sets, names, data_root, reps, uploaded, out_root)
         ups = [d for d in sets if d.name in ("small2k", "large4x64")]
         upload_results = run_uploads(ups, s3, data_root, reps, uploaded)
         latency_set = next((d for d in sets if d.name == "small2k"), None)
-        latency = run_latency(latency_set, s3, delays, reps, uploaded, data_root) \
+        latency = run_latency(latency_set, s3, delays, reps, uploaded, data_root, out_root) \
             if latency_set is not None and delays else {}
-        both = overlap(s3, "small2k", "mixed1g", 1 if args.smoke else 3) \
+        both = overlap(s3, "small2k", "mixed1g", 1 if args.smoke else 3, out_root) \
             if {"small2k", "mixed1g"} <= {d.name for d in sets} else {}
         start = startup(5 if args.smoke else 30)
         imports = import_costs(3 if args.smoke else 15)
@@ -619,7 +677,7 @@ def main() -> int:
     out = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": f"{platform.node()} "
            f"{os.cpu_count()} cores {platform.machine()}", "smoke": args.smoke, "reps": reps,
            "results": results, "uploads": upload_results, "latency": latency,
-           "startup": start, "imports": imports, "overlap": both}
+           "startup": start, "imports": imports, "overlap": both, "outputs": outputs}
     results_dir = REPO / "bench" / "results"
     results_dir.mkdir(exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")

@@ -5,6 +5,7 @@ here: a benchmark is a script, not a timed unit test."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,9 +18,16 @@ pytestmark = pytest.mark.timeout(600)
 
 
 def test_benchmark_smoke(tmp_path: Path) -> None:
-    r = subprocess.run([sys.executable, str(REPO / "bench/run.py"), "--smoke", "--data",
-                        str(tmp_path)], capture_output=True, text=True, timeout=600)
+    scratch = tmp_path / "smoke" / "out" / "scratch"  # bench.run.scratch's mount point
+    try:
+        r = subprocess.run([sys.executable, str(REPO / "bench/run.py"), "--smoke", "--data",
+                            str(tmp_path)], capture_output=True, text=True, timeout=600)
+        assert not os.path.ismount(scratch), "the outputs' file system is still mounted"
+    finally:
+        if os.path.ismount(scratch):  # a killed run's: taken down by its mount point
+            subprocess.run(["umount", "--detach-loop", str(scratch)], check=False)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert not (tmp_path / "smoke" / "out" / "scratch.img").exists()
     assert "ratio to s5cmd" in r.stdout and "start-up:" in r.stdout
     path = r.stdout.strip().splitlines()[-1].split("results: ")[1]
     data = json.loads(Path(path).read_text())
@@ -37,6 +45,8 @@ def test_benchmark_smoke(tmp_path: Path) -> None:
         assert {"bootstrap", "s5cmd"} <= set(row)
     assert set(data["latency"]) == {f"small2k +{d} ms" for d in (0, 5, 15, 30)}
     assert "uploads: ratio to s5cmd" in r.stdout and "latency mode" in r.stdout
+    if os.geteuid() == 0 and Path("/dev/loop-control").exists():  # as on the CI machine
+        assert data["outputs"].startswith("a journaled ext4"), data["outputs"]
 
 
 def test_peer_fanout_simulation_runs_and_separates_the_designs() -> None:
