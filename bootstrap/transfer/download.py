@@ -21,8 +21,8 @@ Contract (each point is tested):
   verified in memory before a byte is written. Larger ones are split into byte
   ranges (at most ``RANGE_STREAMS`` at once, on threads, read into reused buffers:
   measured faster than the native library's streams), aligned to the object's parts,
-  written in place with ``pwrite``, the objects' ranges taken in turn (writers of one
-  file queue on its inode lock); each part (the whole object, for a plain MD5) is
+  written in place with ``pwrite`` (one writer a file at a time, at most WRITE_SLICE a
+  call), the objects' ranges taken in turn; each part (the whole object, for a plain MD5) is
   hashed in order as its contiguous prefix grows, parts in parallel: a range that
   starts at its part's hashed prefix is hashed from its buffer as it arrives, a later
   one read back from the page cache once the prefix reaches it. A range cut short (a
@@ -162,10 +162,10 @@ class _LargeFile:
     finished: bool = False
     streamed: bool = False  # the server cannot do ranges: fetched whole instead
     failed: bool = False
-    # Its ranges' writes, one at a time. Left to the kernel, writers of one file contend
-    # for its inode lock and spin there: 6 threads writing 255 MiB into one file took
-    # 1.1 s of system time in 1 run of 3 instead of 0.1 s (bench/README.md); waiting
-    # here they sleep.
+    # Its ranges' writes, one at a time. The kernel serializes buffered writes of one
+    # file anyway (ext4 and XFS hold its inode lock), but its waiters spin on the lock:
+    # 7-15% of a one1g fetch's CPU samples were in rwsem_spin_on_owner, none with this
+    # lock, whose waiters sleep (bench/README.md).
     writing: threading.Lock = field(default_factory=threading.Lock)
 
     def segment_of(self, offset: int) -> _Segment:
@@ -233,8 +233,9 @@ class Engine:
                 else:
                     self._smalls.append(obj)
         # Objects' ranges taken in turn (a's first, b's first, ..., a's second, ...): ranges
-        # in flight together land in different files. Writers of one file queue on its
-        # inode lock, and spin there: 4 x 64 MiB in object order cost 40% more CPU.
+        # in flight together land in different files, so they seldom wait for each
+        # other's writes (_LargeFile.writing; 4 x 64 MiB in object order, before that
+        # lock, when they spun on the inode lock instead, cost 40% more CPU).
         for wave in itertools.zip_longest(*large):
             self._ranges.extend(r for r in wave if r is not None)
         for rel in folders:
