@@ -83,7 +83,7 @@ CHUNK = 1 << 20  # each range thread's buffer
 # folios by the write's length; on a VM whose free memory goes back to the host (free
 # page reporting, as on the benchmark machine) large folios come from memory the host
 # must fault in again: writing 1 GiB took 0.2-2.5 s in 1 MiB writes, 0.19-0.24 s in
-# 128 KiB ones (6 runs each, order drawn at random; bench/README.md).
+# 128 KiB ones (6-8 runs a size, order drawn at random; bench/README.md).
 WRITE_SLICE = 128 * 1024
 TMP_SUFFIX = ".bootstrap-tmp"
 
