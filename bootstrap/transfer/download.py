@@ -77,7 +77,10 @@ if TYPE_CHECKING:
     from ..storage.signed import SignedClient
 
 RANGE_STREAMS = 8  # concurrent ranged GETs of large objects (measured: 8 beat 32)
-THREADED_SMALLS = 32  # at most this many whole objects go on threads, one each (no loop)
+# At most this many whole objects go on threads, one each (no loop): the crossing point,
+# measured (bench/README.md, 2026-12-02): threads ahead at 10 and 24 files, even at 48,
+# the loop ahead from 96.
+THREADED_SMALLS = 32
 CHUNK = 1 << 20  # each range thread's buffer
 # The most one write(2) hands the page cache. Linux sizes a buffered write's page-cache
 # folios by the write's length; on a VM whose free memory goes back to the host (free
