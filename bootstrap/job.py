@@ -22,7 +22,7 @@ from pathlib import Path
 
 from .cluster import topology
 from .config import location
-from .config.settings import ACTIVE_MARKER, Settings, load
+from .config.settings import ACTIVE_MARKER, Settings, load, nearest_variable
 from .errors import (
     EXIT_DOWNLOAD,
     EXIT_HANG,
@@ -119,6 +119,10 @@ def _start(cmd: command.Command, argv: Sequence[str], environ: Mapping[str, str]
     log.info("app url: " + (code_url.url if code_url else
                             "(none: running from the current directory)"))
     log.info(f"command: {shlex.join(log.redact.argv(argv))}")
+    for name in settings.ignored:
+        meant = nearest_variable(name)
+        log.warn(f"{name} is set but this bootstrap reads no such variable: it has no effect"
+                 + (f" (did you mean {meant}?)" if meant else " (README.md lists them)"))
     if cluster.size > 1:
         log.info(f"cluster: node {cluster.rank} of {cluster.size} ({cluster.source} contract), "
                  f"master {cluster.master.host}:{cluster.master.port}")

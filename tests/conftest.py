@@ -3,9 +3,11 @@ and a helper that runs the real entrypoint (scripts/run_train.sh) as a user woul
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import json
 import os
+import re
 import subprocess
 import sys
 import uuid
@@ -31,6 +33,32 @@ VENV_BIN = str(Path(sys.executable).parent)
 # The NVML fake (tests/fake_nvml.py, loaded by the bootstrap as its NVML module): a
 # healthy 8-GPU node, and the environment that makes a run use a scenario.
 HEALTHY = {"mode": "ok", "driver": "550.54.15", "cuda": 12040, "gpus": [{}] * 8}
+
+# The families of environment variable names the README's table must cover.
+NAME = re.compile(r"(?:BOOTSTRAP|DLS|BATCH|VC|MA|S3|OBS|AWS|PET|CUDA|NVIDIA|PIP|TF|NCCL|GLOO|"
+                  r"OMPI|SSL|PRTE|HYDRA|PDSH)_[A-Z0-9_]+|MASTER_ADDR|MASTER_PORT|NNODES|NODE_RANK|WORLD_SIZE|"
+                  r"RANK|TMPDIR|PYTHONPATH|PYTHONUNBUFFERED")
+
+
+def variables_in_code(skip: frozenset[str] = frozenset()) -> set[str]:
+    """Every string in the bootstrap's code (any quoting, the keys of dicts and the
+    arguments of env.get/parse helpers alike) that is a whole variable name of the
+    families above; an f-string's pieces are fragments (``BATCH_CUSTOM{i}_HOSTS``), not
+    names. ``skip``: module-level names whose assigned values are not scanned (a list of
+    the names themselves, such as ``settings.VARIABLES``)."""
+    found: set[str] = set()
+    for path in (REPO / "bootstrap").rglob("*.py"):  # subpackages too (storage/)
+        tree = ast.parse(path.read_text())
+        pieces = {id(part) for node in ast.walk(tree) if isinstance(node, ast.JoinedStr)
+                  for part in node.values}
+        pieces |= {id(inner) for node in tree.body if isinstance(node, ast.Assign)
+                   and any(isinstance(t, ast.Name) and t.id in skip for t in node.targets)
+                   for inner in ast.walk(node.value)}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) \
+                    and id(node) not in pieces and NAME.fullmatch(node.value):
+                found.add(node.value)
+    return found
 
 
 def fake_env(scenario: dict[str, Any], **extra: str) -> dict[str, str]:

@@ -238,3 +238,20 @@ def test_an_image_below_the_runtimes_glibc_floor_is_one_clear_line(
         line = assert_one_error_line(r.stderr, f"needs glibc {floor} or newer",
                                      "this image's glibc is")
         assert "GLIBC_" not in line
+
+
+def test_an_unknown_bootstrap_variable_is_named_in_a_warning(home: Path) -> None:
+    """A typo in a knob's name is told, with the name meant; the job runs as without it,
+    and the value (it might be a secret) is not printed."""
+    env = base_env(home, {"BOOTSTRAP_DOWNLOAD_WORKER": "s3cr3t-v4lue",
+                          "BOOTSTRAP_NO_SUCH_KNOB": "1", "BOOTSTRAP_DEBUG": "0"})
+    r = run_train(["python", "-c", "print('ran')"], env)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "ran"
+    warned = [line for line in r.stderr.splitlines() if "reads no such variable" in line]
+    assert warned == [
+        "run_train: warning: BOOTSTRAP_DOWNLOAD_WORKER is set but this bootstrap reads no such "
+        "variable: it has no effect (did you mean BOOTSTRAP_DOWNLOAD_WORKERS?)",
+        "run_train: warning: BOOTSTRAP_NO_SUCH_KNOB is set but this bootstrap reads no such "
+        "variable: it has no effect (README.md lists them)"], r.stderr
+    assert "s3cr3t" not in r.stderr + r.stdout

@@ -5,30 +5,10 @@ from __future__ import annotations
 import ast
 import re
 
-from tests.conftest import REPO
+from tests.conftest import NAME, REPO, variables_in_code
 
-NAME = re.compile(r"(?:BOOTSTRAP|DLS|BATCH|VC|MA|S3|OBS|AWS|PET|CUDA|NVIDIA|PIP|TF|NCCL|GLOO|"
-                  r"OMPI|SSL|PRTE|HYDRA|PDSH)_[A-Z0-9_]+|MASTER_ADDR|MASTER_PORT|NNODES|NODE_RANK|WORLD_SIZE|"
-                  r"RANK|TMPDIR|PYTHONPATH|PYTHONUNBUFFERED")
 # Variables that are other programs' and only named in passing (never read or set).
 NOT_OURS = {"SSL_CERT_DIR"}
-
-
-def variables_in_code() -> set[str]:
-    """Every string in the bootstrap's code (any quoting, the keys of dicts and the
-    arguments of env.get/parse helpers alike) that is a whole variable name of the
-    families above; an f-string's pieces are fragments (``BATCH_CUSTOM{i}_HOSTS``), not
-    names."""
-    found: set[str] = set()
-    for path in (REPO / "bootstrap").rglob("*.py"):  # subpackages too (storage/)
-        tree = ast.parse(path.read_text())
-        pieces = {id(part) for node in ast.walk(tree) if isinstance(node, ast.JoinedStr)
-                  for part in node.values}
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Constant) and isinstance(node.value, str) \
-                    and id(node) not in pieces and NAME.fullmatch(node.value):
-                found.add(node.value)
-    return found
 
 
 def test_every_variable_is_in_the_readme() -> None:

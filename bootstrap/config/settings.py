@@ -52,6 +52,36 @@ MiB = 1024 * 1024
 GB = 1000**3
 PEER_FETCH_NODES = 8  # BOOTSTRAP_PEER_FETCH=auto: from this many nodes on
 CACHE_DIR = "/cache"  # the node-local NVMe SSD the platform mounts on GPU nodes
+# Every BOOTSTRAP_* variable the bootstrap (or scripts/run_train.sh) reads or exports, and
+# the repository's own dev scripts' (scripts/dev, devtools): a job that sets any other
+# is told so (a typo, or a knob of another release), not left wondering why nothing
+# changed. tests/unit/test_settings.py keeps it equal to what the code names.
+VARIABLES = frozenset({
+    "BOOTSTRAP_ACTIVE", "BOOTSTRAP_AGENT_PORT", "BOOTSTRAP_BARRIER",
+    "BOOTSTRAP_BUSY_MEMORY_FRACTION", "BOOTSTRAP_CACHE_DIR", "BOOTSTRAP_CLUSTER_FILE",
+    "BOOTSTRAP_CODE_DIR", "BOOTSTRAP_DATA_DIR", "BOOTSTRAP_DATA_MAX_GB", "BOOTSTRAP_DATA_PATH",
+    "BOOTSTRAP_DATA_SHARD", "BOOTSTRAP_DATA_SHARE_FILE", "BOOTSTRAP_DATA_TIMEOUT",
+    "BOOTSTRAP_DEBUG", "BOOTSTRAP_DOWNLOAD_WORKERS", "BOOTSTRAP_EXPECT_GPUS",
+    "BOOTSTRAP_FAILURE_FILE", "BOOTSTRAP_FATAL_CHECKS", "BOOTSTRAP_GRACE_SECONDS",
+    "BOOTSTRAP_HANG_ACTION", "BOOTSTRAP_HANG_SECONDS", "BOOTSTRAP_HEARTBEAT_FILE",
+    "BOOTSTRAP_HOME", "BOOTSTRAP_HOSTFILE", "BOOTSTRAP_IB_ADDR", "BOOTSTRAP_IB_MAP_FILE",
+    "BOOTSTRAP_IMAGE_META", "BOOTSTRAP_JOB_SECRET", "BOOTSTRAP_JOB_SECRET_FILE",
+    "BOOTSTRAP_LAUNCH", "BOOTSTRAP_LAUNCHER_HOME", "BOOTSTRAP_LOG_FILE",
+    "BOOTSTRAP_LOG_FORMAT", "BOOTSTRAP_LOG_UPLOAD_URL", "BOOTSTRAP_MASTER_ADDR_IB",
+    "BOOTSTRAP_MASTER_IB_ADDR", "BOOTSTRAP_MASTER_PORT", "BOOTSTRAP_MAX_FILES",
+    "BOOTSTRAP_MIN_CACHE_GB", "BOOTSTRAP_MIN_DISK_GB", "BOOTSTRAP_MIN_MEMORY_GB",
+    "BOOTSTRAP_MIN_NOFILE", "BOOTSTRAP_MIN_SHM_MB", "BOOTSTRAP_MPI_HOSTFILE",
+    "BOOTSTRAP_MULTIPART_THRESHOLD", "BOOTSTRAP_NETWORK", "BOOTSTRAP_NUM_GPUS",
+    "BOOTSTRAP_NVML_MODULE", "BOOTSTRAP_OUTPUT_DIR", "BOOTSTRAP_PEER_FETCH",
+    "BOOTSTRAP_PEER_TIMEOUT", "BOOTSTRAP_PIP_INSTALL", "BOOTSTRAP_PREFLIGHT_TIMEOUT",
+    "BOOTSTRAP_PYTHON", "BOOTSTRAP_RANGE_SIZE", "BOOTSTRAP_RELAY_PORT",
+    "BOOTSTRAP_REQUIRE_GPU", "BOOTSTRAP_RETRY_ATTEMPTS", "BOOTSTRAP_RETRY_DEADLINE",
+    "BOOTSTRAP_RUN_TRAIN", "BOOTSTRAP_S3_ADDRESSING", "BOOTSTRAP_S3_BACKEND",
+    "BOOTSTRAP_S3_CONNECT_TIMEOUT", "BOOTSTRAP_S3_READ_TIMEOUT", "BOOTSTRAP_STACKS_DIR",
+    "BOOTSTRAP_SUPERVISE", "BOOTSTRAP_SYNC_INTERVAL", "BOOTSTRAP_SYNC_SETTLE_SECONDS",
+    "BOOTSTRAP_SYSFS_ROOT", "BOOTSTRAP_TRANSFER_MEMORY_MB", "BOOTSTRAP_VOLCANO_DIR",
+})
+DEV_VARIABLES = frozenset({"BOOTSTRAP_DEMO_NODES", "BOOTSTRAP_DEV_PYTHON"})
 ACTIVE_MARKER = "BOOTSTRAP_ACTIVE"  # set for the command: a nested run_train.sh execs at once
 PREFLIGHT_CHECKS_FATAL = frozenset({"gpu.nvml", "gpu.required", "gpu.count", "gpu.ecc",
                                     "gpu.remap", "gpu.busy", "gpu.cuda"})
@@ -187,6 +217,21 @@ class Settings:
     outputs: Outputs
     staging: Staging
     launch: Launch
+    ignored: tuple[str, ...] = ()  # BOOTSTRAP_* names set that nothing reads (see VARIABLES)
+
+
+def ignored_variables(env: Mapping[str, str]) -> tuple[str, ...]:
+    """The ``BOOTSTRAP_*`` names set in ``env`` that the bootstrap does not read, sorted."""
+    return tuple(sorted(name for name in env if name.startswith("BOOTSTRAP_")
+                        and name not in VARIABLES and name not in DEV_VARIABLES))
+
+
+def nearest_variable(name: str) -> str | None:
+    """The known variable ``name`` most likely meant (a typo), if one is close."""
+    import difflib  # only for a job that set an unknown name: not on every start
+
+    found = difflib.get_close_matches(name, sorted(VARIABLES), n=1, cutoff=0.8)
+    return found[0] if found else None
 
 
 def debug(env: Mapping[str, str]) -> bool:
@@ -213,6 +258,7 @@ def load(env: Mapping[str, str]) -> Settings:
         outputs=_outputs(env),
         staging=_staging(env),
         launch=_launch(env),
+        ignored=ignored_variables(env),
     )
 
 

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 
 from bootstrap.config import parse
-from bootstrap.config.settings import load, load_preflight, load_transfer
+from bootstrap.config.settings import (
+    VARIABLES,
+    ignored_variables,
+    load,
+    load_preflight,
+    load_transfer,
+    nearest_variable,
+)
 from bootstrap.errors import ConfigError
+from tests.conftest import RUN_TRAIN, variables_in_code
 
 NOWHERE = {"BOOTSTRAP_VOLCANO_DIR": "/nonexistent-volcano"}
 
@@ -125,3 +134,21 @@ def test_the_settings_repr_shows_no_secret(tmp_path: Path) -> None:
     assert "Transfer(" in shown and "AKID" in shown  # the repr is whole, the key id cut short
     assert [name for name, value in secrets.items() if value in shown] == []
     assert "AKIDEXAMPLE1234" not in shown
+
+
+def test_the_known_variables_are_exactly_those_the_code_names() -> None:
+    named = {v for v in variables_in_code(skip=frozenset({"VARIABLES", "DEV_VARIABLES"}))
+             if v.startswith("BOOTSTRAP_")}
+    named |= set(re.findall(r"\b(BOOTSTRAP_[A-Z_]+)\b", RUN_TRAIN.read_text()))
+    assert {"BOOTSTRAP_DOWNLOAD_WORKERS", "BOOTSTRAP_PYTHON"} <= named, "the scan is broken"
+    assert sorted(VARIABLES - named) == [], "listed but read nowhere"
+    assert sorted(named - VARIABLES) == [], "read but not in settings.VARIABLES"
+
+
+def test_unknown_names_are_found_and_a_near_one_suggested() -> None:
+    env = {"BOOTSTRAP_DOWNLOAD_WORKER": "64", "BOOTSTRAP_DEBUG": "0", "BOOTSTRAP_ZZZ": "1",
+           "BOOTSTRAP_DEMO_NODES": "2", "PATH": "/bin"}
+    assert ignored_variables(env) == ("BOOTSTRAP_DOWNLOAD_WORKER", "BOOTSTRAP_ZZZ")
+    assert nearest_variable("BOOTSTRAP_DOWNLOAD_WORKER") == "BOOTSTRAP_DOWNLOAD_WORKERS"
+    assert nearest_variable("BOOTSTRAP_ZZZ") is None
+    assert load({"BOOTSTRAP_HOME": "/tmp/h", "BOOTSTRAP_ZZZ": "1"}).ignored == ("BOOTSTRAP_ZZZ",)
