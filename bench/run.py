@@ -211,30 +211,33 @@ def scratch(root: Path, size: int) -> Iterator[tuple[Path, str]]:
             subprocess.run(["umount", "--detach-loop", str(mount)], check=True)
         image.unlink(missing_ok=True)
 
-    tools = ("mkfs.ext4", "losetup", "mount", "umount")
-    if os.geteuid() != 0 or not all(shutil.which(t) for t in tools):
-        with tempfile.TemporaryDirectory(prefix="bench-out-") as folder:
-            yield Path(folder), plain + ": not root, or no mkfs.ext4/losetup"
-        return
-    root.mkdir(parents=True, exist_ok=True)
-    teardown()
-    try:
-        with open(image, "wb") as fh:
-            fh.truncate(size)
-        subprocess.run(["mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0",
-                        str(image)], check=True)
-        device = subprocess.run(["losetup", "--find", "--show", "--direct-io=on", str(image)],
-                                check=True, capture_output=True, text=True).stdout.strip()
-        mount.mkdir(exist_ok=True)
+    why_not = None
+    if os.geteuid() != 0 or not all(shutil.which(t) for t in
+                                    ("mkfs.ext4", "losetup", "mount", "umount")):
+        why_not = "not root, or no mkfs.ext4/losetup"
+    else:
+        root.mkdir(parents=True, exist_ok=True)
+        teardown()
         try:
-            subprocess.run(["mount", device, str(mount)], check=True)
-        except subprocess.CalledProcessError:
-            subprocess.run(["losetup", "-d", device], check=False)
-            raise
-    except (OSError, subprocess.CalledProcessError) as exc:
-        image.unlink(missing_ok=True)
+            with open(image, "wb") as fh:
+                fh.truncate(size)
+            subprocess.run(["mkfs.ext4", "-q", "-F", "-E",
+                            "lazy_itable_init=0,lazy_journal_init=0", str(image)], check=True)
+            device = subprocess.run(["losetup", "--find", "--show", "--direct-io=on",
+                                     str(image)], check=True, capture_output=True,
+                                    text=True).stdout.strip()
+            mount.mkdir(exist_ok=True)
+            try:
+                subprocess.run(["mount", device, str(mount)], check=True)
+            except subprocess.CalledProcessError:
+                subprocess.run(["losetup", "-d", device], check=False)
+                raise
+        except (OSError, subprocess.CalledProcessError) as exc:
+            image.unlink(missing_ok=True)
+            why_not = f"no loop file system ({exc})"
+    if why_not is not None:
         with tempfile.TemporaryDirectory(prefix="bench-out-") as folder:
-            yield Path(folder), f"{plain}: no loop file system ({exc})"
+            yield Path(folder), f"{plain}: {why_not}"
         return
     try:
         yield mount, f"a journaled ext4 made for the run ({size >> 30} GiB, loop, direct I/O)"

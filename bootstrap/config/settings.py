@@ -52,10 +52,11 @@ MiB = 1024 * 1024
 GB = 1000**3
 PEER_FETCH_NODES = 8  # BOOTSTRAP_PEER_FETCH=auto: from this many nodes on
 CACHE_DIR = "/cache"  # the node-local NVMe SSD the platform mounts on GPU nodes
-# Every BOOTSTRAP_* variable the bootstrap (or scripts/run_train.sh) reads or exports, and
-# the repository's own dev scripts' (scripts/dev, devtools): a job that sets any other
-# is told so (a typo, or a knob of another release), not left wondering why nothing
-# changed. tests/unit/test_settings.py keeps it equal to what the code names.
+# Every BOOTSTRAP_* variable the bootstrap (or scripts/run_train.sh) reads or exports;
+# with the repository's own dev scripts' (DEV_VARIABLES), the names a job may set: one
+# that sets any other is told so (a typo, or a knob of another release), not left
+# wondering why nothing changed. tests/unit/test_settings.py keeps it equal to what the
+# code names.
 VARIABLES = frozenset({
     "BOOTSTRAP_ACTIVE", "BOOTSTRAP_AGENT_PORT", "BOOTSTRAP_BARRIER",
     "BOOTSTRAP_BUSY_MEMORY_FRACTION", "BOOTSTRAP_CACHE_DIR", "BOOTSTRAP_CLUSTER_FILE",

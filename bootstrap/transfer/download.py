@@ -329,7 +329,7 @@ class Engine:
         self.dirs.ensure(obj.rel.rpartition("/")[0])
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
-            _write_all(fd, data)
+            _pwrite_all(fd, data, 0)
             os.fchmod(fd, 0o644)
         finally:
             os.close(fd)
@@ -686,19 +686,18 @@ def _mismatch(obj: RemoteObject, size: int, segments: list[_Segment]) -> Optiona
     return f"the parts' MD5s do not make the ETag {obj.etag}"
 
 
-def _write_all(fd: int, data: memoryview) -> None:
+def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
+    """All of ``data`` at ``offset`` in ``fd``, at most WRITE_SLICE a call."""
     while data:
-        data = data[os.write(fd, data[:WRITE_SLICE]):]
+        written = os.pwrite(fd, data[:WRITE_SLICE], offset)
+        data, offset = data[written:], offset + written
 
 
 def _writer(fd: int, lock: threading.Lock) -> Callable[[memoryview, int], None]:
-    """Writes a whole chunk at its offset in ``fd`` (at most WRITE_SLICE a call),
-    holding ``lock`` (one a file)."""
+    """Writes a whole chunk at its offset in ``fd``, holding ``lock`` (one a file)."""
     def write_at(data: memoryview, offset: int) -> None:
         with lock:
-            while data:
-                written = os.pwrite(fd, data[:WRITE_SLICE], offset)
-                data, offset = data[written:], offset + written
+            _pwrite_all(fd, data, offset)
     return write_at
 
 
