@@ -57,6 +57,8 @@ class FaultProxy(LocalServer):
         self.requests = 0
         self.object_gets: Counter[str] = Counter()  # GETs of objects (not listings), by path
         self.ranges: list[tuple[str, str]] = []  # (path, Range header) of each object GET
+        # (time.monotonic(), method, path with its query) of every request, as it arrives
+        self.arrivals: list[tuple[float, str, str]] = []
         self.stop = threading.Event()
         owner = self
 
@@ -67,6 +69,8 @@ class FaultProxy(LocalServer):
                 pass
 
             def _handle(self) -> None:
+                with owner.lock:
+                    owner.arrivals.append((time.monotonic(), self.command, self.path))
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
                 if self.command == "GET" and "list-type=" not in self.path \

@@ -309,7 +309,7 @@ def test_sigkill_during_the_final_sync_then_a_rerun_leaves_nothing_dangling(
 
 
 @pytest.mark.parametrize("shape", ["equal parts", "uneven parts"])
-@pytest.mark.parametrize("path", ["one GET", "ranges"])
+@pytest.mark.parametrize("path", ["one GET", "ranges", "one range"])
 def test_a_flipped_byte_in_a_multipart_object_never_lands(
         s3: S3Server, bucket: Bucket, tmp_path: Path, shape: str, path: str) -> None:
     """Before: a multipart object (ETag ``-N``) was checked by size only, so one byte
@@ -320,8 +320,11 @@ def test_a_flipped_byte_in_a_multipart_object_never_lands(
     etag = bucket.put_multipart("code/weights.bin", parts)
     assert etag.endswith("-2")
     body = b"".join(parts)
+    # "one range": a range as large as the object, so its first range (planned before its
+    # parts are known) runs past part 1 when the parts are uneven.
     size = {"one GET": {}, "ranges": {"BOOTSTRAP_MULTIPART_THRESHOLD": str(1 << 20),
-                                       "BOOTSTRAP_RANGE_SIZE": str(1 << 20)}}[path]
+                                       "BOOTSTRAP_RANGE_SIZE": str(1 << 20)},
+            "one range": {"BOOTSTRAP_MULTIPART_THRESHOLD": str(1 << 20)}}[path]
     with FaultProxy(s3.endpoint, rate=1.0, kinds=["flip"], only="weights.bin", limit=1,
                     method="GET") as proxy:
         env = env_via(proxy, s3, tmp_path, f"s3://{bucket.name}/code/",
@@ -333,8 +336,62 @@ def test_a_flipped_byte_in_a_multipart_object_never_lands(
     assert hashlib.md5(landed.read_bytes()).digest() == hashlib.md5(body).digest()
     fetched = stage(r.stderr, "fetch")
     assert fetched["retries"] >= 1 and fetched["unverified"] == 0, fetched  # only the flip
-    if path == "ranges":  # the whole object again, and the line says why
+    if path != "one GET":  # the whole object again, and the line says why
         assert "the parts' MD5s do not make the ETag" in r.stderr
+
+
+@pytest.mark.parametrize("shape", ["equal parts", "uneven parts"])
+def test_a_large_multipart_objects_parts_are_asked_beside_its_first_range(
+        s3: S3Server, bucket: Bucket, tmp_path: Path, shape: str) -> None:
+    """Before: the parts of every large multipart object were asked of the store (a HEAD,
+    a round trip) before any of its ranges went out. Now its first range is under way
+    while the HEAD is answered: with the HEAD held back 1.5 s, the object's first GET
+    reaches the store before the HEAD's answer could have. Uneven parts (5 + 7 MiB: the
+    first range, planned for equal ones, runs past part 1) are cut where they belong,
+    and the object is verified with no retry (a sum cut wrong would have failed it)."""
+    rng = random.Random(5)
+    parts = [rng.randbytes(5 << 20),
+             rng.randbytes((5 << 20) if shape == "equal parts" else 7 << 20)]
+    assert bucket.put_multipart("code/weights.bin", parts).endswith("-2")
+    held = 1.5
+    with FaultProxy(s3.endpoint, rate=1.0, kinds=["latency"], latency=held,
+                    only="weights.bin", method="HEAD") as proxy:
+        env = env_via(proxy, s3, tmp_path, f"s3://{bucket.name}/code/",
+                      BOOTSTRAP_LOG_FORMAT="json", BOOTSTRAP_MULTIPART_THRESHOLD=str(1 << 20),
+                      BOOTSTRAP_S3_READ_TIMEOUT="30")
+        r = run_train(["true"], env)
+    assert r.returncode == 0, r.stderr
+    # Equal parts: part 1's length gives them all; uneven ones: a HEAD a part.
+    assert proxy.injected["latency"] == (1 if shape == "equal parts" else 2)
+    asked = min(t for t, method, path in proxy.arrivals if method == "HEAD")
+    first_get = min(t for t, method, path in proxy.arrivals
+                    if method == "GET" and path.startswith(f"/{bucket.name}/code/weights.bin"))
+    assert first_get < asked + held, (first_get - asked, proxy.arrivals)
+    landed = tmp_path / "user-job-dir" / "code" / "weights.bin"
+    assert hashlib.md5(landed.read_bytes()).digest() == hashlib.md5(b"".join(parts)).digest()
+    fetched = stage(r.stderr, "fetch")
+    assert fetched["retries"] == 0 and fetched["unverified"] == 0, fetched
+
+
+def test_a_large_object_whose_parts_the_store_will_not_give_is_checked_by_size(
+        s3: S3Server, bucket: Bucket, tmp_path: Path) -> None:
+    """The store fails every HEAD for parts (retried, then given up): the object still
+    lands, counted and named as checked by size only."""
+    rng = random.Random(6)
+    parts = [rng.randbytes(5 << 20), rng.randbytes(3 << 20)]
+    bucket.put_multipart("code/weights.bin", parts)
+    with FaultProxy(s3.endpoint, rate=1.0, kinds=["error500"], only="weights.bin",
+                    method="HEAD") as proxy:
+        env = env_via(proxy, s3, tmp_path, f"s3://{bucket.name}/code/",
+                      BOOTSTRAP_LOG_FORMAT="json", BOOTSTRAP_MULTIPART_THRESHOLD=str(1 << 20),
+                      BOOTSTRAP_RETRY_ATTEMPTS="2")
+        r = run_train(["true"], env)
+    assert r.returncode == 0, r.stderr
+    assert proxy.injected["error500"] >= 2  # asked, and asked again
+    landed = tmp_path / "user-job-dir" / "code" / "weights.bin"
+    assert landed.read_bytes() == b"".join(parts)
+    assert stage(r.stderr, "fetch")["unverified"] == 1
+    assert "1 large object(s) were checked by size only" in r.stderr, r.stderr
 
 
 @pytest.mark.parametrize("sum_kind", ["plain MD5", "multipart"])

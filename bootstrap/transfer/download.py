@@ -14,7 +14,9 @@ Contract (each point is tested):
   the ranges' threads: no event loop, no native core, ~80 ms less of a job's start
   (bench/README.md), and all of them in flight at once as on the loop.
 * Every object is checked against the store's sum (:mod:`.verify`): the MD5 of a plain
-  ETag, or for a multipart ETag the parts' MD5s with their lengths from the store; an
+  ETag, or for a multipart ETag the parts' MD5s with their lengths from the store (for
+  a large object asked while its first range already runs: that round trip is off the
+  critical path; see :meth:`Engine._plan_ahead`); an
   ETag that is neither (SSE-KMS, a store that does not answer for parts) leaves the
   size alone to check, and the fetch says how many objects that was
   (``unverified``). Objects smaller than the multipart threshold are one GET each,
@@ -89,6 +91,7 @@ CHUNK = 1 << 20  # each range thread's buffer
 # 128 KiB ones (6-8 runs a size, order drawn at random; bench/README.md).
 WRITE_SLICE = 128 * 1024
 TMP_SUFFIX = ".bootstrap-tmp"
+ASK = -1  # a work item's start and end that mean: ask the store for the object's parts
 
 
 @mutable
@@ -165,6 +168,8 @@ class _LargeFile:
     finished: bool = False
     streamed: bool = False  # the server cannot do ranges: fetched whole instead
     failed: bool = False
+    asking: bool = False  # its parts are being asked of the store; its first range runs
+    lead: int = 0  # where that first range ends
     # Its ranges' writes, one at a time. The kernel serializes buffered writes of one
     # file anyway (ext4 and XFS hold its inode lock), but its waiters spin on the lock:
     # 7-15% of a one1g fetch's CPU samples were in rwsem_spin_on_owner, none with this
@@ -185,7 +190,9 @@ class Engine:
     def __init__(self, open_store: Callable[[], Store], ranges: SignedClient,
                  location: Location, dest: Path, settings: Transfer, log: Log,
                  manifest: Manifest, stats: Optional[Stats] = None,
-                 layouts: Optional[Mapping[str, Layout]] = None) -> None:
+                 layouts: Optional[Mapping[str, Layout]] = None,
+                 ask_parts: Optional[Callable[[RemoteObject], Optional[Layout]]] = None
+                 ) -> None:
         self._open_store = open_store
         self._store: Optional[Store] = None
         self.ranges = ranges  # ranged GETs of large objects (threads, reused buffers)
@@ -195,7 +202,13 @@ class Engine:
         self.label = "fetch"  # what progress lines say: "fetch", or "data" when staging
         self.log = log
         self.manifest = manifest
-        self.layouts = layouts or {}  # multipart objects' parts (see .verify)
+        self.layouts = dict(layouts or {})  # multipart objects' parts (see .verify)
+        # Asks the store for a large multipart object's parts (None: it cannot say),
+        # beside its first range rather than before it (see _plan_ahead).
+        self._ask_parts = ask_parts
+        self._asked: set[str] = set()
+        self._asking = 0  # asks not yet answered: threads without work wait for them
+        self._late_unverified = 0  # objects found checkable by size only once asked
         self.dirs = SafeDirs(dest)
         self.stats = stats if stats is not None else Stats()
         self._ranges: deque[tuple[_LargeFile, int, int]] = deque()
@@ -206,6 +219,7 @@ class Engine:
         self._serials = itertools.count(1)  # next() is atomic: temporaries' names, any thread
         self._tag = os.urandom(4).hex()  # not secrets: it imports random, hmac, base64
         self._lock = threading.Lock()  # the shared state the threads change: stats, segments
+        self._more = threading.Condition(self._lock)  # ranges were added (parts answered)
         self._stop = threading.Event()  # set on the way out: threads stop at their next chunk
         self._ranging = 0  # ranges in flight on the threads (at most RANGE_STREAMS)
 
@@ -229,9 +243,11 @@ class Engine:
             if self.manifest.unchanged(obj.rel, obj.size, obj.etag, self.dest / obj.rel):
                 self.stats.skipped += 1
             else:
-                if not checkable(obj, self.layouts.get(obj.rel)):
+                large_object = obj.size >= self.settings.multipart_threshold
+                if not checkable(obj, self.layouts.get(obj.rel)) \
+                        and not (large_object and self._will_ask(obj)):
                     self.stats.unverified += 1
-                if obj.size >= self.settings.multipart_threshold:
+                if large_object:
                     large.append(self._plan_large(obj))
                 else:
                     self._smalls.append(obj)
@@ -248,10 +264,17 @@ class Engine:
                           "size only: their ETag is not an MD5 and the store gave no parts "
                           "for it (an encrypted object, or a store that ignores partNumber)")
 
+    def _will_ask(self, obj: RemoteObject) -> bool:
+        """Whether ``obj``'s parts are yet to be asked of the store (once an object)."""
+        return (self._ask_parts is not None and obj.md5 is None and obj.parts is not None
+                and obj.rel not in self.layouts and obj.rel not in self._asked)
+
     def _plan_large(self, obj: RemoteObject,
                     attempt: int = 0) -> list[tuple[_LargeFile, int, int]]:
         """``obj``'s ranges, cut at its parts' boundaries so each range feeds one
         segment's sum."""
+        if self._will_ask(obj):
+            return self._plan_ahead(obj)
         parts = self.layouts.get(obj.rel)
         spans = boundaries(parts) if parts is not None and obj.md5 is None else [(0, obj.size)]
         hashed = checkable(obj, parts)
@@ -261,6 +284,88 @@ class Engine:
             _Segment(start, end, hashlib.md5(usedforsecurity=False) if hashed else None)
             for start, end in spans])
         return [(state, s, e) for s, e in cuts]
+
+    def _plan_ahead(self, obj: RemoteObject) -> list[tuple[_LargeFile, int, int]]:
+        """A multipart object whose parts are not known yet: the store is asked for them
+        (HeadObject ``partNumber``, a round trip) while the object's first range is
+        already under way, so that round trip is off the fetch's critical path. The first
+        range ends where part 1 surely still runs when the parts are equal, as every
+        common uploader writes them (``ceil(size / parts)``); it is hashed as the start
+        of part 1. The other ranges are planned once the parts are known
+        (:meth:`_learn_parts`), which also mends the rare first range that ran past
+        part 1 (uneven parts)."""
+        assert obj.parts is not None
+        self._asked.add(obj.rel)
+        self._asking += 1
+        lead = min(self.settings.range_size, -(-obj.size // obj.parts))
+        state = _LargeFile(obj, remaining=2, asking=True, lead=lead, segments=[
+            _Segment(0, obj.size, hashlib.md5(usedforsecurity=False))])
+        return [(state, ASK, ASK), (state, 0, lead)]
+
+    def _learn_parts(self, state: _LargeFile) -> None:
+        """Asks the store for ``state``'s parts, then cuts its segments and plans the
+        rest of its ranges; with no answer, the object can be checked by size only."""
+        obj = state.obj
+        parts = self._ask_parts(obj) if self._ask_parts is not None else None
+        with self._lock:
+            self._asking -= 1
+            state.asking = False
+            self._more.notify_all()
+            first = state.segments[0]
+            if parts is None:
+                first.digest = None
+                self.stats.unverified += 1
+                self._late_unverified += 1
+                spans = [(0, obj.size)]
+            else:
+                self.layouts[obj.rel] = parts
+                spans = boundaries(parts)
+                first.end = spans[0][1]
+                state.segments.extend(_Segment(start, end, hashlib.md5(usedforsecurity=False))
+                                      for start, end in spans[1:])
+            if state.failed or state.streamed:
+                return
+            size, lead = self.settings.range_size, state.lead
+            cuts = [(s, min(s + size, end)) for start, end in spans
+                    for s in range(max(start, lead), end, size)]
+            state.remaining += len(cuts) - 1  # the ask is answered
+            self._ranges.extend((state, s, e) for s, e in cuts)
+            touched = self._split_first(state) if lead > first.end else [first]
+        for seg in touched:
+            self._advance(state, seg)
+
+    def _split_first(self, state: _LargeFile) -> list[_Segment]:
+        """Uneven parts: the first range ran past part 1. What of it landed is moved to
+        the segments it belongs to, part 1's sum started again (read back from the
+        file). A first range still in flight is left alone: it will not keep its sum
+        (see :meth:`_get_range`) and files its bytes the same way when it ends.
+        Holding the lock."""
+        first = state.segments[0]
+        if first.hashing:
+            return []
+        landed = first.hashed if first.hashed > first.start else first.done.pop(0, 0)
+        if not landed:
+            return []  # it has not started yet
+        first.digest, first.hashed = hashlib.md5(usedforsecurity=False), first.start
+        first.done.clear()
+        return self._file_landed(state, 0, landed)
+
+    def _file_landed(self, state: _LargeFile, start: int, end: int) -> list[_Segment]:
+        """Records bytes ``[start, end)`` as written and not yet hashed, in each segment
+        they overlap; returns those segments. Holding the lock."""
+        touched = []
+        for seg in state.segments:
+            if seg.start < end and start < seg.end:
+                seg.done[max(start, seg.start)] = min(end, seg.end)
+                touched.append(seg)
+        return touched
+
+    def _range_threads(self) -> int:
+        """Threads for the ranges: one a range, at most RANGE_STREAMS, counting those
+        an object whose parts are still asked for will have once they are known."""
+        later = sum(-(-state.obj.size // self.settings.range_size) + (state.obj.parts or 0)
+                    for state, start, _ in self._ranges if start == ASK)
+        return min(RANGE_STREAMS, len(self._ranges) + later)
 
     def _threaded(self) -> bool:
         """Whether the whole objects ride the range threads too (no event loop, no native
@@ -356,6 +461,9 @@ class Engine:
                     self._ranging += 1
                 elif smalls and self._smalls:
                     obj = self._smalls.popleft()
+                elif self._asking and not self._ranges:
+                    self._more.wait(0.1)  # the answer plans more ranges; a stop ends the wait
+                    continue
             if work is not None:
                 if buf is None:
                     buf = memoryview(bytearray(CHUNK))
@@ -392,6 +500,9 @@ class Engine:
             self._count(files=1)
 
     def _fetch_range(self, state: _LargeFile, start: int, end: int, buf: memoryview) -> None:
+        if start == ASK:
+            self._learn_parts(state)
+            return
         if state.failed or state.streamed:
             return
         if not self._can_range:
@@ -423,9 +534,10 @@ class Engine:
             return
         with self._lock:
             state.remaining -= 1
-            if not hashed:
-                state.segment_of(start).done[start] = end
-        self._advance(state, start)
+            touched = [state.segment_of(start)] if hashed \
+                else self._file_landed(state, start, end)
+        for seg in touched:
+            self._advance(state, seg)
 
     def _get_range(self, state: _LargeFile, tmp: str, start: int, end: int,
                    buf: memoryview) -> bool:
@@ -469,26 +581,30 @@ class Engine:
         try:
             self._retrying(attempt)
         finally:
+            kept = False
             if inline:
                 with self._lock:
                     seg.hashing = False
-                    if landed.offset == end:
+                    # Not kept when its parts turned out uneven meanwhile and the range
+                    # ran past its segment, or the object is to be checked by size only.
+                    kept = landed.offset == end and end <= seg.end and seg.digest is not None
+                    if kept:
                         seg.digest, seg.hashed = digest, end
-        return inline and landed.offset == end
+        return kept
 
-    def _advance(self, state: _LargeFile, start: int) -> None:
-        """Hashes the segment holding ``start`` forward over every finished range that
-        continues its hashed prefix (reading back from the page cache), one hasher a
-        segment, segments in parallel on their threads; the object is finished once every
-        range is written and every segment hashed (whichever thread sees that last)."""
-        seg = state.segment_of(start)
+    def _advance(self, state: _LargeFile, seg: _Segment) -> None:
+        """Hashes ``seg`` forward over every finished range that continues its hashed
+        prefix (reading back from the page cache), one hasher a segment, segments in
+        parallel on their threads; the object is finished once every range is written,
+        its parts known and every segment hashed (whichever thread sees that last)."""
         while True:
             with self._lock:
                 end = None if seg.digest is None or seg.hashing else seg.done.pop(seg.hashed,
                                                                                   None)
                 if end is None:
-                    finish = (state.remaining == 0 and not state.finished
-                              and not state.failed and all(s.complete for s in state.segments))
+                    finish = (state.remaining == 0 and not state.finished and not state.failed
+                              and not state.streamed
+                              and all(s.complete for s in state.segments))
                     state.finished |= finish
                     break
                 seg.hashing, offset = True, seg.hashed
@@ -509,7 +625,10 @@ class Engine:
         if state.tmp is not None:
             self._drop_temp(state.tmp)
         obj = state.obj
-        parts = self.layouts.get(obj.rel)
+        with self._lock:
+            parts, asking = self.layouts.get(obj.rel), state.asking
+        if asking:  # its parts are still being asked for: this GET needs them now
+            parts = self._ask_parts(obj) if self._ask_parts is not None else None
 
         def attempt() -> str:
             tmp, fd = self._new_temp(obj)
@@ -613,7 +732,7 @@ class Engine:
             _ = self.store  # opened before the workers start, not inside one of them
         progress = asyncio.ensure_future(self._progress(started, progress_every))
         ranges = asyncio.ensure_future(asyncio.to_thread(
-            run_threads, min(RANGE_STREAMS, len(self._ranges)),
+            run_threads, self._range_threads(),
             lambda: self._thread_worker(smalls=False), self._stop))
         try:
             await run_workers(min(self.settings.workers, len(self._smalls)), self._worker)
@@ -630,7 +749,7 @@ class Engine:
             if self._threaded():
                 # A thread for each whole object, beside those of the ranges: all of them
                 # in flight at once, as the loop would have them (a store 30 ms away).
-                run_threads(min(RANGE_STREAMS, len(self._ranges)) + len(self._smalls),
+                run_threads(self._range_threads() + len(self._smalls),
                             lambda: self._thread_worker(smalls=True), self._stop,
                             lambda: self._report(started), progress_every)
             else:
@@ -646,6 +765,10 @@ class Engine:
                 self.stats.backend = "signed GETs"
             self.stats.seconds = time.monotonic() - started
         self._sweep_stale_temps()
+        if self._late_unverified:
+            self.log.info(f"{self.label}: {self._late_unverified} large object(s) were checked "
+                          "by size only: the store gave no parts for their ETag (a store "
+                          "that ignores partNumber)")
         return self.stats
 
     def _sweep_stale_temps(self) -> None:

@@ -92,34 +92,38 @@ class Remote:
                  layouts: Optional[dict[str, Layout]] = None) -> Stats:
         """Fetches ``objects`` into ``dest``, skipping those ``manifest`` vouches for,
         each verified against its ETag (``layouts``: multipart objects' parts already
-        known; the rest are asked here); ``stats``, when given, is the one the engine
-        counts into as it goes."""
+        known; the rest are asked for: a whole object's before the fetch, as its body is
+        checked in one piece, a large one's by the engine beside its first range);
+        ``stats``, when given, is the one the engine counts into as it goes."""
 
         known = dict(layouts or {})
         todo = [o for o in objects if o.parts and o.rel not in known
+                and o.size < self.settings.multipart_threshold
                 and not manifest.unchanged(o.rel, o.size, o.etag, dest / o.rel)]
         known.update(self.layouts(todo))
 
         engine = Engine(lambda: open_store(self.settings, self.creds, self.location.bucket, log),
                         self.client, self.location, dest, self.settings, log, manifest, stats,
-                        known)
+                        known, self.parts_of)
         engine.label = label
         engine.plan(objects, folders)
         manifest.open_for_append()
         return engine.run()
 
+    def parts_of(self, obj: RemoteObject) -> Optional[Layout]:
+        """``obj``'s parts, asked of the store (retried); None when it cannot answer for
+        them: the size is then all there is to check. Any thread."""
+        try:
+            return layout(obj, lambda k: retry.call(
+                lambda: self.client.part_length(self.location.bucket, obj.key, k),
+                self.settings.retry_attempts, self.settings.retry_deadline))
+        except Exception:  # noqa: BLE001 - unanswered: the size is all we can check
+            return None
+
     def layouts(self, objects: list[RemoteObject]) -> dict[str, Layout]:
         """The parts of each multipart object in ``objects`` (what lets its bytes be
         checked against its ETag, see :mod:`.verify`), asked of the store, a few at a
         time; an object the store cannot answer for is left out (size check only)."""
-
-        def ask(obj: RemoteObject) -> Optional[Layout]:
-            try:
-                return layout(obj, lambda k: retry.call(
-                    lambda: self.client.part_length(self.location.bucket, obj.key, k),
-                    self.settings.retry_attempts, self.settings.retry_deadline))
-            except Exception:  # noqa: BLE001 - unanswered: the size is all we can check
-                return None
 
         todo = deque(o for o in objects if o.parts)
         found: dict[str, Layout] = {}
@@ -131,7 +135,7 @@ class Remote:
                         obj = todo.popleft()  # atomic: the threads share the queue
                     except IndexError:
                         return
-                    parts = ask(obj)
+                    parts = self.parts_of(obj)
                     if parts is not None:
                         found[obj.rel] = parts
             finally:
