@@ -51,7 +51,7 @@ def main() -> int:
     print(table(data["uploads"], "Uploads"))
     if data.get("latency"):
         print()
-        print(table(data["latency"], "Latency mode (small2k, the store N ms away each way)"))
+        print(table(data["latency"], "Latency mode (the store N ms away each way)"))
     s = data["startup"]
     print(f"\nStart-up: `python -c pass` {s['python_ms']:.1f} ms, `run_train.sh python -c pass` "
           f"{s['run_train_ms']:.1f} ms: **{s['overhead_ms']:.1f} ms** of overhead.")

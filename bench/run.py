@@ -6,8 +6,8 @@ engine, on one local SeaweedFS server, in one run.
     bash bench/run.sh --smoke    # tiny data sets, one repetition (what CI runs)
 
 Downloads of every data set; uploads of small2k and large4x64 (``bootstrap sync``,
-``s5cmd cp``, ``aws s3 cp``); the latency mode (small2k with the store 0, 5, 15 and
-30 ms away each way, through devtools/delayproxy.py); start-up. Repetitions are
+``s5cmd cp``, ``aws s3 cp``); the latency mode (small2k and large4x64 with the store
+0, 5, 15 and 30 ms away each way, through devtools/delayproxy.py); start-up. Repetitions are
 interleaved (contender A, B, C, then again), s5cmd and the bootstrap get every one,
 the others at most 3. Every downloaded tree is verified byte for byte (MD5 of every
 file) and every upload by listing (sizes, single-part ETags) before its time counts.
@@ -656,9 +656,11 @@ def main() -> int:
         results = run_downloads(sets, names, data_root, reps, uploaded, out_root)
         ups = [d for d in sets if d.name in ("small2k", "large4x64")]
         upload_results = run_uploads(ups, s3, data_root, reps, uploaded)
-        latency_set = next((d for d in sets if d.name == "small2k"), None)
-        latency = run_latency(latency_set, s3, delays, reps, uploaded, data_root, out_root) \
-            if latency_set is not None and delays else {}
+        # Many requests (small2k: the round trips in flight) and few large ones (large4x64:
+        # the round trips before the first byte, the parts asked beside the first range).
+        latency: dict[str, dict[str, dict[str, float]]] = {}
+        for ds in (d for d in sets if d.name in ("small2k", "large4x64") and delays):
+            latency.update(run_latency(ds, s3, delays, reps, uploaded, data_root, out_root))
         both = overlap(s3, "small2k", "mixed1g", 1 if args.smoke else 3, out_root) \
             if {"small2k", "mixed1g"} <= {d.name for d in sets} else {}
         start = startup(5 if args.smoke else 30)

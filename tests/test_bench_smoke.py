@@ -43,7 +43,8 @@ def test_benchmark_smoke(tmp_path: Path) -> None:
     assert set(data["uploads"]) == {"small2k upload", "large4x64 upload"}
     for row in data["uploads"].values():
         assert {"bootstrap", "s5cmd"} <= set(row)
-    assert set(data["latency"]) == {f"small2k +{d} ms" for d in (0, 5, 15, 30)}
+    assert set(data["latency"]) == {f"{name} +{d} ms" for name in ("small2k", "large4x64")
+                                    for d in (0, 5, 15, 30)}
     assert "uploads: ratio to s5cmd" in r.stdout and "latency mode" in r.stdout
     if os.geteuid() == 0 and Path("/dev/loop-control").exists():  # as on the CI machine
         assert data["outputs"].startswith("a journaled ext4"), data["outputs"]
