@@ -47,8 +47,9 @@ def main() -> int:
     print(f"Run of {data['date']} on {data['machine']}, {data['reps']} repetitions"
           + (f"; outputs on {data['outputs']}" if data.get("outputs") else "") + ".\n")
     print(table(data["results"], "Downloads"))
-    print()
-    print(table(data["uploads"], "Uploads"))
+    if data.get("uploads"):
+        print()
+        print(table(data["uploads"], "Uploads"))
     if data.get("latency"):
         print()
         print(table(data["latency"], "Latency mode (the store N ms away each way)"))

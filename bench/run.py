@@ -22,10 +22,12 @@ import atexit
 import contextlib
 import functools
 import hashlib
+import importlib.util
 import json
 import os
 import platform
 import random
+import resource
 import shutil
 import statistics
 import subprocess
@@ -57,6 +59,8 @@ def real_binary(name: str) -> Path:
             return found
     except ImportError:
         pass
+    if not (BIN / name).exists() and shutil.which(name):  # a kit's binaries (bench/device.sh)
+        return Path(shutil.which(name))  # type: ignore[arg-type]
     return BIN / name
 
 
@@ -68,16 +72,31 @@ RUNTIME = Path(os.environ.get("BENCH_RUNTIME", "/opt/bootstrap"))
 KiB, MiB = 1024, 1024 * 1024
 
 
+@functools.cache
+def wheel() -> Path:
+    """The bootstrap's wheel, built once a run. With this Python's own setuptools when it
+    has one, so that a machine with no package index (a lent device machine: bench/
+    device.sh) builds it too."""
+    folder = Path(tempfile.mkdtemp(prefix="bench-wheel-"))
+    atexit.register(shutil.rmtree, folder, True)
+    isolation = [] if importlib.util.find_spec("setuptools") is None \
+        else ["--no-build-isolation"]
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", *isolation,
+                    "-w", str(folder), str(REPO)], check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return next(folder.glob("*.whl"))
+
+
 def regular_install(home: Path, deps: bool) -> Path:
     """The bootstrap as an image has it: built and installed into a venv's
     site-packages, not this checkout's editable install (whose import hook costs every
     process ~18 ms of start-up: it imports typing and importlib.util); ``deps``: the
-    dependencies are this .venv's (one .pth line), else there are none. Returns the
+    dependencies are this Python's (one .pth line), else there are none. Returns the
     venv's bin folder."""
     venv = home / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     subprocess.run([sys.executable, "-m", "pip", "--python", str(venv / "bin/python"),
-                    "install", "-q", "--no-deps", str(REPO)], check=True,
+                    "install", "-q", "--no-deps", "--no-index", str(wheel())], check=True,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     if deps:
         site = sysconfig.get_path("purelib", vars={"base": str(venv), "platbase": str(venv)})
@@ -248,20 +267,24 @@ def scratch(root: Path, size: int) -> Iterator[tuple[Path, str]]:
 def timed(argv: list[str], env: dict[str, str], cwd: Path | None = None) -> Run:
     """Wall time, CPU time and peak RSS of one run. The RSS comes from GNU time when it
     exists: a child forked from this (large) process would otherwise report this
-    process's pages as its own peak until it execs."""
+    process's pages as its own peak until it execs. Without it (a lent device machine)
+    the CPU time is this process's children's, before and after; the RSS unknown."""
     stats = Path(tempfile.mkstemp(prefix="bench-time-")[1])
     wrapped = [GNU_TIME, "-f", "%M %U %S", "-o", str(stats), *argv] \
         if os.path.exists(GNU_TIME) else argv
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     proc = subprocess.run(wrapped, env=env, cwd=cwd, stdout=subprocess.DEVNULL,
                           stderr=subprocess.PIPE)
     seconds = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     try:
         if proc.returncode != 0:
             raise RuntimeError(f"{argv[0]} exited {proc.returncode}: "
                                f"{proc.stderr.decode()[-2000:]}")
         if wrapped is argv:
-            return Run(seconds, float("nan"), float("nan"))
+            cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+            return Run(seconds, cpu, float("nan"))
         rss_kib, user, system = stats.read_text().split()[-3:]
         return Run(seconds, float(user) + float(system), int(rss_kib) / 1024)
     finally:
@@ -366,16 +389,16 @@ def contenders(endpoint: str, s3: S3Server,
         "boto3-pool": boto3_pool, "bootstrap-runtime": on_runtime}
     if not (RUNTIME / "glibc-floor").exists():
         del found["bootstrap-runtime"]
-    if old is None:
+    if old is None or importlib.util.find_spec("tenacity") is None:  # the old engine's
         del found["lean-py"]
     if not (BIN / "rclone").exists():
         del found["rclone"]
     if not (bench_env / "bin/aws").exists():
         del found["aws-cli"]
-    try:
-        import awscrt as _  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("awscrt") is None:
         del found["awscrt"]
+    if importlib.util.find_spec("boto3") is None:  # a kit without it (bench/device.sh)
+        del found["boto3-fallback"], found["boto3-pool"]
     return found
 
 
@@ -630,6 +653,8 @@ def main() -> int:
     ap.add_argument("--only", default="", help="comma list of data sets")
     ap.add_argument("--delays", default="0,5,15,30", help="one-way ms for the latency mode")
     ap.add_argument("--data", default=os.environ.get("BENCH_DATA", "/tmp/bootstrap-bench-data"))
+    ap.add_argument("--downloads-only", action="store_true",
+                    help="no uploads, latency mode or overlap (bench/device.sh: no boto3)")
     args = ap.parse_args()
     reps = 1 if args.smoke else args.reps
     sets = SMOKE if args.smoke else FULL
@@ -645,8 +670,8 @@ def main() -> int:
     with S3Server() as s3, scratch(data_root / "out", max(4 << 30, 4 * biggest)) \
             as (out_root, outputs):
         print(f"outputs on {outputs}", flush=True)
-        client = s3.client()
-        client.create_bucket(Bucket="bench")
+        subprocess.run([str(S5CMD), "--endpoint-url", s3.endpoint, "mb", "s3://bench"],
+                       env={**os.environ, **s3.env()}, check=True, stdout=subprocess.DEVNULL)
         for ds in sets:
             subprocess.run([str(S5CMD), "--endpoint-url", s3.endpoint, "cp",
                             f"{source_folder(ds, data_root)}/", f"s3://bench/{ds.name}/"],
@@ -654,19 +679,23 @@ def main() -> int:
                            stdout=subprocess.DEVNULL)
         names = contenders(s3.endpoint, s3, REPO / ".venv-bench")
         results = run_downloads(sets, names, data_root, reps, uploaded, out_root)
-        ups = [d for d in sets if d.name in ("small2k", "large4x64")]
-        upload_results = run_uploads(ups, s3, data_root, reps, uploaded)
+        ups = [d for d in sets if d.name in ("small2k", "large4x64")
+               and not args.downloads_only]
+        upload_results = run_uploads(ups, s3, data_root, reps, uploaded) if ups else {}
         # Many requests (small2k: the round trips in flight) and few large ones (large4x64:
         # the round trips before the first byte, the parts asked beside the first range).
         latency: dict[str, dict[str, dict[str, float]]] = {}
-        for ds in (d for d in sets if d.name in ("small2k", "large4x64") and delays):
+        for ds in (d for d in sets if d.name in ("small2k", "large4x64") and delays
+                   and not args.downloads_only):
             latency.update(run_latency(ds, s3, delays, reps, uploaded, data_root, out_root))
         both = overlap(s3, "small2k", "mixed1g", 1 if args.smoke else 3, out_root) \
-            if {"small2k", "mixed1g"} <= {d.name for d in sets} else {}
+            if {"small2k", "mixed1g"} <= {d.name for d in sets} and not args.downloads_only \
+            else {}
         start = startup(5 if args.smoke else 30)
         imports = import_costs(3 if args.smoke else 15)
     print_ratios("ratio to s5cmd (median time; < 1 is faster than s5cmd)", results)
-    print_ratios("uploads: ratio to s5cmd", upload_results)
+    if upload_results:
+        print_ratios("uploads: ratio to s5cmd", upload_results)
     if latency:
         print_ratios("latency mode: ratio to s5cmd at the same delay", latency)
     if both:

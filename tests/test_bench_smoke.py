@@ -50,6 +50,48 @@ def test_benchmark_smoke(tmp_path: Path) -> None:
         assert data["outputs"].startswith("a journaled ext4"), data["outputs"]
 
 
+# bench/run.py as bench/device.sh runs it on a lent device machine: a Python without
+# boto3 (nor tenacity, which the previous engine's row needs) and no GNU time.
+DEVICE_LIKE = """
+import importlib.machinery, importlib.util, sys
+class Hidden(importlib.machinery.PathFinder):
+    @classmethod
+    def find_spec(cls, name, path=None, target=None):
+        if name.partition(".")[0] in ("boto3", "botocore", "tenacity"):
+            return None
+        return super().find_spec(name, path, target)
+sys.meta_path = [Hidden if f is importlib.machinery.PathFinder else f for f in sys.meta_path]
+spec = importlib.util.spec_from_file_location("bench_run", sys.argv[1])
+run = sys.modules["bench_run"] = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(run)
+run.GNU_TIME = "/nonexistent/time"
+sys.argv = sys.argv[1:]
+sys.exit(run.main())
+"""
+
+
+def test_benchmark_runs_where_the_device_kit_runs_it(tmp_path: Path) -> None:
+    """``--downloads-only`` with no boto3 and no GNU time: the bucket made with s5cmd,
+    the contenders that need boto3 or tenacity left out (not failed), CPU from rusage."""
+    scratch = tmp_path / "smoke" / "out" / "scratch"
+    try:
+        r = subprocess.run([sys.executable, "-c", DEVICE_LIKE, str(REPO / "bench/run.py"),
+                            "--smoke", "--downloads-only", "--only", "large4x64", "--data",
+                            str(tmp_path)], capture_output=True, text=True, timeout=600)
+    finally:
+        if os.path.ismount(scratch):
+            subprocess.run(["umount", "--detach-loop", str(scratch)], check=False)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    path = r.stdout.strip().splitlines()[-1].split("results: ")[1]
+    data = json.loads(Path(path).read_text())
+    row = data["results"]["large4x64"]
+    assert {"bootstrap", "s5cmd", "s5cmd+md5sum"} <= set(row)
+    assert not {"boto3-pool", "boto3-fallback", "lean-py"} & set(row)
+    assert row["bootstrap"]["cpu_ms_per_object"] > 0  # rusage, not GNU time
+    assert data["uploads"] == {} and data["latency"] == {} and data["overlap"] == {}
+    assert "uploads: ratio" not in r.stdout and "start-up:" in r.stdout
+
+
 def test_peer_fanout_simulation_runs_and_separates_the_designs() -> None:
     """bench/peer_sim.py (issue #16's design study) keeps running; its model must show
     the store-only design growing with the node count and a tree asking for one copy."""
