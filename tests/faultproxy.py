@@ -37,7 +37,9 @@ from devtools.httpserve import LocalServer, relay, send, stream
 
 ALL_FAULTS = ("slowdown", "error500", "reset", "midreset", "truncate", "latency", "stall")
 # Not among ALL_FAULTS: "flip" (one byte of a 2xx body changed, its length kept), which
-# only a checksum catches; tests ask for it by name.
+# only a checksum catches; "norange" (a ranged GET answered 200 with no Content-Range, as
+# a server that ignores Range answers; the Range header itself is signed, so it cannot
+# be taken off the request). Tests ask for them by name.
 
 
 class FaultProxy(LocalServer):
@@ -105,6 +107,10 @@ class FaultProxy(LocalServer):
                     status, headers, data = relay(self, conn, body)
                 finally:
                     conn.close()
+                if fault == "norange" and self.headers.get("Range") and status == 206:
+                    status = 200
+                    headers = {k: v for k, v in headers.items()
+                               if k.lower() != "content-range"}
                 if fault == "flip" and data and 200 <= status < 300:
                     middle = len(data) // 2  # one byte flipped, the length kept: only a sum sees it
                     data = data[:middle] + bytes([data[middle] ^ 0x5A]) + data[middle + 1:]

@@ -308,22 +308,27 @@ def test_sigkill_during_the_final_sync_then_a_rerun_leaves_nothing_dangling(
         Bucket=bucket.name, Prefix="run/.bootstrap/0/uploads/").get("KeyCount") == 0
 
 
-@pytest.mark.parametrize("shape", ["equal parts", "uneven parts"])
+@pytest.mark.parametrize("shape", ["equal parts", "uneven parts", "a shorter middle part"])
 @pytest.mark.parametrize("path", ["one GET", "ranges", "one range"])
 def test_a_flipped_byte_in_a_multipart_object_never_lands(
         s3: S3Server, bucket: Bucket, tmp_path: Path, shape: str, path: str) -> None:
     """Before: a multipart object (ETag ``-N``) was checked by size only, so one byte
     flipped in transit landed unnoticed. Now its parts' MD5s are checked against the
-    ETag; the damaged copy is dropped and fetched again."""
+    ETag; the damaged copy is dropped and fetched again. A shorter middle part (whose
+    mismatch has each part's length asked before it counts as damage) is no way past."""
     rng = random.Random(3)
-    parts = [rng.randbytes(5 << 20), rng.randbytes(1000 if shape == "equal parts" else 6 << 20)]
+    parts = {"equal parts": [rng.randbytes(5 << 20), rng.randbytes(1000)],
+             "uneven parts": [rng.randbytes(5 << 20), rng.randbytes(6 << 20)],
+             "a shorter middle part": [rng.randbytes(6 << 20), rng.randbytes(5 << 20),
+                                       rng.randbytes(6 << 20)]}[shape]
     etag = bucket.put_multipart("code/weights.bin", parts)
-    assert etag.endswith("-2")
+    assert etag.endswith(f"-{len(parts)}")
     body = b"".join(parts)
     # "one range": a range as large as the object, so its first range (planned before its
     # parts are known) runs past part 1 when the parts are uneven.
-    size = {"one GET": {}, "ranges": {"BOOTSTRAP_MULTIPART_THRESHOLD": str(1 << 20),
-                                       "BOOTSTRAP_RANGE_SIZE": str(1 << 20)},
+    size = {"one GET": {"BOOTSTRAP_MULTIPART_THRESHOLD": str(64 << 20)},
+            "ranges": {"BOOTSTRAP_MULTIPART_THRESHOLD": str(1 << 20),
+                       "BOOTSTRAP_RANGE_SIZE": str(1 << 20)},
             "one range": {"BOOTSTRAP_MULTIPART_THRESHOLD": str(1 << 20)}}[path]
     with FaultProxy(s3.endpoint, rate=1.0, kinds=["flip"], only="weights.bin", limit=1,
                     method="GET") as proxy:
@@ -338,6 +343,39 @@ def test_a_flipped_byte_in_a_multipart_object_never_lands(
     assert fetched["retries"] >= 1 and fetched["unverified"] == 0, fetched  # only the flip
     if path != "one GET":  # the whole object again, and the line says why
         assert "the parts' MD5s do not make the ETag" in r.stderr
+
+
+@pytest.mark.parametrize("path", ["threads", "event loop", "ranges", "streamed"])
+def test_a_multipart_object_whose_middle_part_is_shorter_lands_verified(
+        s3: S3Server, bucket: Bucket, tmp_path: Path, path: str) -> None:
+    """Before: three parts or more were taken to be equal from part 1's length alone, so
+    6 + 5 + 6 MiB was checked as 6 + 6 + 5: a sound object failed every whole fetch and
+    the job stopped with "the object store serves a broken object". Now a body that does
+    not match such a guess is checked again against each part's length, asked of the
+    store, and lands with no fetch again; on every path a body takes."""
+    rng = random.Random(7)
+    parts = [rng.randbytes(6 << 20), rng.randbytes(5 << 20), rng.randbytes(6 << 20)]
+    assert bucket.put_multipart("code/weights.bin", parts).endswith("-3")
+    one_get = {"BOOTSTRAP_MULTIPART_THRESHOLD": str(64 << 20)}
+    extra = {"threads": one_get, "event loop": {**one_get, "BOOTSTRAP_S3_BACKEND": "native"},
+             "ranges": {"BOOTSTRAP_RANGE_SIZE": str(4 << 20)},
+             "streamed": {"BOOTSTRAP_RANGE_SIZE": str(4 << 20)}}[path]
+    # "streamed": every ranged GET answered as a server that ignores Range answers.
+    with FaultProxy(s3.endpoint, rate=1.0 if path == "streamed" else 0.0, kinds=["norange"],
+                    only="weights.bin", method="GET") as proxy:
+        env = env_via(proxy, s3, tmp_path, f"s3://{bucket.name}/code/",
+                      BOOTSTRAP_LOG_FORMAT="json", **extra)
+        r = run_train(["true"], env)
+    assert r.returncode == 0, r.stderr
+    landed = tmp_path / "user-job-dir" / "code" / "weights.bin"
+    assert hashlib.md5(landed.read_bytes()).digest() == hashlib.md5(b"".join(parts)).digest()
+    fetched = stage(r.stderr, "fetch")
+    assert fetched["retries"] == 0 and fetched["unverified"] == 0, fetched
+    assert "its parts are not of equal lengths (3 parts)" in r.stderr, r.stderr
+    heads = [p for _, method, p in proxy.arrivals if method == "HEAD" and "partNumber" in p]
+    assert len(heads) == 4, heads  # part 1 (the guess), then each of the three
+    if path == "streamed":
+        assert proxy.injected["norange"] >= 1 and "streamed whole" in r.stderr
 
 
 @pytest.mark.parametrize("shape", ["equal parts", "uneven parts"])

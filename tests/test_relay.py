@@ -32,10 +32,15 @@ FILES = {f"src/mod{i:03d}.py": random.Random(i).randbytes(random.Random(i).randi
 
 
 # Multipart objects: equal 5 MiB parts and a tail (checkable against the ETag with part
-# 1's length), and uneven parts (checkable too: each part's length asked of the store).
+# 1's length), uneven parts (checkable too: each part's length asked of the store), and
+# a shorter middle part, which part 1's length alone reads as equal parts (a child
+# checks its parent's copy again against each part's length, not the store's bytes).
 MULTIPART = {"weights.bin": [random.Random(1).randbytes(5 << 20), b"w" * 1000],
              "uneven.bin": [random.Random(2).randbytes(5 << 20),
-                            random.Random(3).randbytes(6 << 20)]}
+                            random.Random(3).randbytes(6 << 20)],
+             "middle.bin": [random.Random(4).randbytes(21 << 18),  # 5.25 MiB
+                            random.Random(5).randbytes(5 << 20),
+                            random.Random(6).randbytes(21 << 18)]}
 
 
 @pytest.fixture(scope="module")

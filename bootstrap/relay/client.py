@@ -18,7 +18,7 @@ from ..cluster.wire import Wire, hang_up
 from ..transfer.download import TMP_SUFFIX, WRITE_SLICE
 from ..transfer.manifest import Manifest
 from ..transfer.paths import SafeDirs
-from ..transfer.verify import Layout, Verifier
+from ..transfer.verify import Layout, Verifier, file_matches, guessed
 from .protocol import (
     BATCH,
     CHUNK,
@@ -111,11 +111,16 @@ class ParentClock:
         return stamp - self.moved_at > STALL
 
 
-def pull(peers: Peers, objects: list[RemoteObject], layouts: Mapping[str, Layout], root: Path,
-         manifest: Manifest, log: Log, server: Optional[int] = None) -> list[RemoteObject]:
+def pull(peers: Peers, objects: list[RemoteObject], layouts: dict[str, Layout], root: Path,
+         manifest: Manifest, log: Log, server: Optional[int] = None,
+         ask_every: Optional[Callable[[RemoteObject], Optional[Layout]]] = None
+         ) -> list[RemoteObject]:
     """Fetches ``objects`` from this node's parent (or node ``server``), verifying each
     against the listing (plain MD5, or multipart with its parts in ``layouts``);
-    returns those that must come from the store instead."""
+    returns those that must come from the store instead. ``ask_every`` asks the store
+    for each part's length of an object whose body did not match parts that may be the
+    equal-parts guess (see :func:`~bootstrap.transfer.verify.guessed`); its answer
+    replaces the guess in ``layouts``."""
     up = parent(peers.rank) if server is None else server
     assert up is not None
     address, port = peers.hosts[up], peers.ports[up]
@@ -127,7 +132,7 @@ def pull(peers: Peers, objects: list[RemoteObject], layouts: Mapping[str, Layout
     try:
         auth.connect(wire, peers.key, peers.protocol, peers.rank, up,
                      time.monotonic() + HANDSHAKE)
-        failed = _receive(wire, list(objects), layouts, root, manifest)
+        failed = _receive(wire, list(objects), layouts, root, manifest, ask_every)
         wire.send(b'{"done":true}\n', SILENCE)
     except (_Mismatch, _Slow, _Stalled, auth.Refused, OSError, ValueError) as exc:
         if isinstance(exc, _Mismatch):
@@ -164,8 +169,10 @@ def _connect(address: str, port: int, log: Log) -> Optional[socket.socket]:
             pause = min(pause * 2, 1.0)
 
 
-def _receive(wire: Wire, pending: list[RemoteObject], layouts: Mapping[str, Layout],
-             root: Path, manifest: Manifest) -> list[RemoteObject]:
+def _receive(wire: Wire, pending: list[RemoteObject], layouts: dict[str, Layout],
+             root: Path, manifest: Manifest,
+             ask_every: Optional[Callable[[RemoteObject], Optional[Layout]]] = None
+             ) -> list[RemoteObject]:
     """Asks for ``pending`` in batches and keeps each file that verifies; returns the
     ones the parent said it does not have. Raises on anything else, and when a bound
     of the module's contract is crossed."""
@@ -217,7 +224,8 @@ def _receive(wire: Wire, pending: list[RemoteObject], layouts: Mapping[str, Layo
                         pace.add(len(chunk))
                         if pace.slow():
                             raise _Slow()
-                if not check.matches():
+                if not check.matches() and not _matches_asked_again(obj, tmp, layouts,
+                                                                    ask_every, check.seen):
                     raise _Mismatch(obj, check.why_not())
                 os.chmod(tmp, 0o644)
                 os.replace(tmp, dest)  # verified: only now under its name
@@ -229,6 +237,21 @@ def _receive(wire: Wire, pending: list[RemoteObject], layouts: Mapping[str, Layo
             if pace.slow():
                 raise _Slow()
     return failed
+
+
+def _matches_asked_again(obj: RemoteObject, tmp: Path, layouts: dict[str, Layout],
+                         ask_every: Optional[Callable[[RemoteObject], Optional[Layout]]],
+                         seen: int) -> bool:
+    """A whole body that did not match parts that may be the equal-parts guess: checked
+    again against each part's length from the store (which then replaces the guess)."""
+    parts = layouts.get(obj.rel)
+    if ask_every is None or parts is None or not guessed(parts) or seen != obj.size:
+        return False
+    exact = ask_every(obj)
+    if exact is None or exact == parts:
+        return False
+    layouts[obj.rel] = exact
+    return file_matches(obj, tmp, exact)
 
 
 class _Slow(Exception):

@@ -73,7 +73,8 @@ def download_with_peers(source: Remote, objects: list[RemoteObject], folders: li
                     if not manifest.unchanged(o.rel, o.size, o.etag, dest / o.rel)]
             layouts = source.layouts(want)
             want = [o for o in want if checkable(o, layouts.get(o.rel))]
-            failed = client.pull(peers, want, layouts, dest, manifest, log)
+            failed = client.pull(peers, want, layouts, dest, manifest, log,
+                                 ask_every=lambda obj: source.parts_of(obj, every=True))
             from_peer = len(want) - len(failed)
             peer_bytes = sum(o.size for o in want) - sum(o.size for o in failed)
         from_parent_s = time.monotonic() - started

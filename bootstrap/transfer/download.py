@@ -16,7 +16,9 @@ Contract (each point is tested):
 * Every object is checked against the store's sum (:mod:`.verify`): the MD5 of a plain
   ETag, or for a multipart ETag the parts' MD5s with their lengths from the store (for
   a large object asked while its first range already runs: that round trip is off the
-  critical path; see :meth:`Engine._plan_ahead`); an
+  critical path; see :meth:`Engine._plan_ahead`; equal parts from part 1's length alone
+  are a guess, which a body that does not match has every part's length asked to
+  overrule before it counts as damaged: :meth:`Engine._parts_asked_again`); an
   ETag that is neither (SSE-KMS, a store that does not answer for parts) leaves the
   size alone to check, and the fetch says how many objects that was
   (``unverified``). Objects smaller than the multipart threshold are one GET each,
@@ -68,7 +70,7 @@ from .listing import RemoteObject
 from .loop import ByteBudget, run_stoppable, run_threads, run_workers
 from .manifest import Manifest
 from .paths import SafeDirs
-from .verify import Layout, Verifier, boundaries, checkable, combined
+from .verify import Layout, Verifier, boundaries, checkable, combined, file_matches, guessed
 
 TYPE_CHECKING = False  # not typing's own: importing typing costs start-up time (bench/README.md)
 if TYPE_CHECKING:
@@ -191,7 +193,7 @@ class Engine:
                  location: Location, dest: Path, settings: Transfer, log: Log,
                  manifest: Manifest, stats: Optional[Stats] = None,
                  layouts: Optional[Mapping[str, Layout]] = None,
-                 ask_parts: Optional[Callable[[RemoteObject], Optional[Layout]]] = None
+                 ask_parts: Optional[Callable[[RemoteObject, bool], Optional[Layout]]] = None
                  ) -> None:
         self._open_store = open_store
         self._store: Optional[Store] = None
@@ -204,9 +206,11 @@ class Engine:
         self.manifest = manifest
         self.layouts = dict(layouts or {})  # multipart objects' parts (see .verify)
         # Asks the store for a large multipart object's parts (None: it cannot say),
-        # beside its first range rather than before it (see _plan_ahead).
+        # beside its first range rather than before it (see _plan_ahead); with True,
+        # every part's length (see _parts_asked_again).
         self._ask_parts = ask_parts
         self._asked: set[str] = set()
+        self._asked_every: set[str] = set()
         self._asking = 0  # asks not yet answered: threads without work wait for them
         self._late_unverified = 0  # objects found checkable by size only once asked
         self.dirs = SafeDirs(dest)
@@ -306,7 +310,7 @@ class Engine:
         """Asks the store for ``state``'s parts, then cuts its segments and plans the
         rest of its ranges; with no answer, the object can be checked by size only."""
         obj = state.obj
-        parts = self._ask_parts(obj) if self._ask_parts is not None else None
+        parts = self._ask_parts(obj, False) if self._ask_parts is not None else None
         with self._lock:
             self._asking -= 1
             state.asking = False
@@ -430,7 +434,13 @@ class Engine:
         thread for many small objects: handing each file to a worker thread was measured
         slower there (2,000 files: 3.0 s instead of 1.5 s, mostly futex system time),
         although creating a file is the costliest call of the lot (~0.35 ms here)."""
-        _verify(obj, data, self.layouts.get(obj.rel))
+        try:
+            _verify(obj, data, self.layouts.get(obj.rel))
+        except TransientError:
+            exact = self._parts_asked_again(obj) if len(data) == obj.size else None
+            if exact is None:
+                raise
+            _verify(obj, data, exact)
         self.dirs.ensure(obj.rel.rpartition("/")[0])
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
@@ -616,6 +626,29 @@ class Engine:
         if finish:
             self._finish_large(state)
 
+    def _parts_asked_again(self, obj: RemoteObject,
+                           parts: Optional[Layout] = None) -> Optional[Layout]:
+        """A multipart body did not match ``parts`` (``obj``'s known layout when None),
+        which may be the equal-parts guess from part 1 alone (see
+        :func:`~.verify.guessed`): every part's length is asked of the store, once an
+        object. Returns the store's answer when it differs from the guess (the layout
+        from then on), else None: the mismatch stands (damaged bytes, fetched again)."""
+        with self._lock:
+            if parts is None:
+                parts = self.layouts.get(obj.rel)
+            if parts is None or not guessed(parts) or self._ask_parts is None \
+                    or obj.rel in self._asked_every:
+                return None
+            self._asked_every.add(obj.rel)
+        exact = self._ask_parts(obj, True)
+        if exact is None or exact == parts:
+            return None
+        with self._lock:
+            self.layouts[obj.rel] = exact
+        self.log.info(f"{self.label}: {obj.key!r}: its parts are not of equal lengths "
+                      f"({len(exact)} parts); checked again against each part's length")
+        return exact
+
     def _stream_whole(self, state: _LargeFile, buf: memoryview) -> None:
         """The object in one streamed GET (a server without proper ranges)."""
         with self._lock:
@@ -626,12 +659,14 @@ class Engine:
             self._drop_temp(state.tmp)
         obj = state.obj
         with self._lock:
-            parts, asking = self.layouts.get(obj.rel), state.asking
+            known, asking = self.layouts.get(obj.rel), state.asking
         if asking:  # its parts are still being asked for: this GET needs them now
-            parts = self._ask_parts(obj) if self._ask_parts is not None else None
+            known = self._ask_parts(obj, False) if self._ask_parts is not None else None
+        layout = [known]  # as asked again, after a body that did not match a guess
 
         def attempt() -> str:
             tmp, fd = self._new_temp(obj)
+            parts = layout[0]
             check = Verifier(obj, parts) if checkable(obj, parts) else None
             try:
                 got = self.ranges.read_whole_into(self.location.bucket, obj.key, obj.size,
@@ -642,7 +677,11 @@ class Engine:
                     raise TransientError(f"{obj.key!r}: received {got} bytes but the listing "
                                          f"says {obj.size}")
                 if check is not None and not check.matches() and not self._stop.is_set():
-                    raise TransientError(f"{obj.key!r}: {check.why_not()} (ETag {obj.etag})")
+                    exact = self._parts_asked_again(obj, parts) if got == obj.size else None
+                    if exact is None or not file_matches(obj, tmp, exact):
+                        layout[0] = exact or parts
+                        raise TransientError(f"{obj.key!r}: {check.why_not()} "
+                                             f"(ETag {obj.etag})")
             except BaseException:
                 self._drop_temp(tmp)
                 raise
@@ -657,7 +696,12 @@ class Engine:
     def _finish_large(self, state: _LargeFile) -> None:
         obj, tmp = state.obj, state.tmp
         assert tmp is not None
-        why = _mismatch(obj, os.path.getsize(tmp), state.segments)
+        size = os.path.getsize(tmp)
+        why = _mismatch(obj, size, state.segments)
+        if why is not None and size == obj.size and obj.md5 is None:
+            exact = self._parts_asked_again(obj)
+            if exact is not None and file_matches(obj, tmp, exact):
+                why = None
         if why is None:
             self._commit(obj, tmp)
             return

@@ -110,13 +110,14 @@ class Remote:
         manifest.open_for_append()
         return engine.run()
 
-    def parts_of(self, obj: RemoteObject) -> Optional[Layout]:
-        """``obj``'s parts, asked of the store (retried); None when it cannot answer for
-        them: the size is then all there is to check. Any thread."""
+    def parts_of(self, obj: RemoteObject, every: bool = False) -> Optional[Layout]:
+        """``obj``'s parts, asked of the store (retried; ``every``: each part's length,
+        see :func:`~.verify.layout`); None when it cannot answer for them: the size is
+        then all there is to check. Any thread."""
         try:
             return layout(obj, lambda k: retry.call(
                 lambda: self.client.part_length(self.location.bucket, obj.key, k),
-                self.settings.retry_attempts, self.settings.retry_deadline))
+                self.settings.retry_attempts, self.settings.retry_deadline), every)
         except Exception:  # noqa: BLE001 - unanswered: the size is all we can check
             return None
 

@@ -4,10 +4,13 @@ the download engine and the relay.
 * A plain ETag is the object's MD5.
 * A multipart ETag (``-N``) is ``MD5(MD5(part 1) ... MD5(part N))-N``, as S3 and OBS sum
   multipart uploads. Checking it needs the parts' lengths, which the listing does not
-  give: :func:`layout` asks the store (HeadObject ``partNumber=k``; one request when the
-  parts are equal, as every common uploader writes them, else one per part, up to
-  MAX_HEADS). Each part is then hashed on its own, so the engine hashes parts in
-  parallel as their ranges land.
+  give: :func:`layout` asks the store (HeadObject ``partNumber=k``; one request when
+  part 1's length splits the object into equal parts, as every common uploader writes
+  them, else one per part, up to MAX_HEADS). Each part is then hashed on its own, so
+  the engine hashes parts in parallel as their ranges land. With three parts or more,
+  equal parts from part 1 alone are a guess (6 + 5 + 6 MiB reads as 6 + 6 + 5): a body
+  that does not match a layout that may be one (:func:`guessed`) is checked again
+  against every part's length (``every``) before it counts as damaged.
 * Anything else (an SSE-KMS or SSE-C ETag, a store that does not answer for parts) can
   be checked by size only; the fetch says how many were.
 
@@ -18,6 +21,7 @@ body would have to match a sum the store already fixed.
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Callable, Sequence
 
 TYPE_CHECKING = False  # not typing's own: importing typing costs start-up time (bench/README.md)
@@ -39,21 +43,28 @@ def uniform(size: int, parts: int, first: int, reported: Optional[int]) -> Optio
     return (first,) * (parts - 1) + (size - first * (parts - 1),)
 
 
-def layout(obj: RemoteObject, part_length: Callable[[int], tuple[int, Optional[int]]]
-           ) -> Optional[Layout]:
+def layout(obj: RemoteObject, part_length: Callable[[int], tuple[int, Optional[int]]],
+           every: bool = False) -> Optional[Layout]:
     """``obj``'s parts, from ``part_length(k)`` (HeadObject ``partNumber=k``: its length
     and the count the store reports); None when the store cannot say (it ignores
-    ``partNumber``, or the lengths do not add up to the listed size)."""
+    ``partNumber``, or the lengths do not add up to the listed size). ``every``: each
+    part's length asked, the equal-parts guess not taken."""
     parts = obj.parts
     assert parts is not None
     first, reported = part_length(1)
-    found = uniform(obj.size, parts, first, reported)
+    found = None if every else uniform(obj.size, parts, first, reported)
     if found is not None or reported != parts or parts > MAX_HEADS:
         return found
     lengths = [first] + [part_length(k)[0] for k in range(2, parts + 1)]
     if min(lengths) <= 0 or sum(lengths) != obj.size:
         return None
     return tuple(lengths)
+
+
+def guessed(parts: Layout) -> bool:
+    """Whether ``parts`` may be :func:`layout`'s guess from part 1 alone rather than
+    every part's length: three parts or more, all but the last of one length."""
+    return len(parts) >= 3 and len(set(parts[:-1])) == 1
 
 
 def boundaries(parts: Layout) -> list[tuple[int, int]]:
@@ -69,6 +80,24 @@ def combined(obj: RemoteObject, digests: Sequence[bytes]) -> bool:
     """Do the parts' MD5 digests make ``obj``'s multipart ETag?"""
     joined = hashlib.md5(b"".join(digests), usedforsecurity=False).hexdigest()
     return f"{joined}-{len(digests)}" == obj.etag
+
+
+def file_matches(obj: RemoteObject, path: str | os.PathLike[str], parts: Layout) -> bool:
+    """Do the parts of the file at ``path``, cut at ``parts``, make ``obj``'s ETag? (A
+    body already written, checked again against a layout learnt after it landed.)"""
+    digests = []
+    view = memoryview(bytearray(1 << 20))
+    with open(path, "rb", buffering=0) as fh:
+        for start, end in boundaries(parts):
+            digest, left = hashlib.md5(usedforsecurity=False), end - start
+            while left:
+                n = fh.readinto(view[:min(len(view), left)])
+                if not n:
+                    return False  # shorter than the parts
+                digest.update(view[:n])
+                left -= n
+            digests.append(digest.digest())
+    return combined(obj, digests)
 
 
 def checkable(obj: RemoteObject, parts: Optional[Layout]) -> bool:

@@ -6,6 +6,7 @@ import hashlib
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -189,3 +190,30 @@ def test_uneven_parts_are_asked_one_by_one_and_must_add_up() -> None:
     check = verify.Verifier(obj, (5 << 20, 6 << 20))
     check.update(b"".join(parts))
     assert check.matches()
+
+
+def test_equal_parts_from_part_1_alone_are_a_guess_that_each_part_can_overrule(
+        tmp_path: Path) -> None:
+    """6 + 5 + 6 MiB reads as 6 + 6 + 5 from part 1's length alone; such a layout is known
+    to be a guess, and asking every part gives the one the body matches."""
+    parts = [b"a" * (6 << 20), b"b" * (5 << 20), b"c" * (6 << 20)]
+    obj = _multipart(parts)
+    asked: list[int] = []
+
+    def head(k: int) -> tuple[int, int]:
+        asked.append(k)
+        return len(parts[k - 1]), 3
+
+    guess = verify.layout(obj, head)
+    assert guess == (6 << 20, 6 << 20, 5 << 20) and asked == [1] and verify.guessed(guess)
+    asked.clear()
+    exact = verify.layout(obj, head, every=True)
+    assert exact == (6 << 20, 5 << 20, 6 << 20) and asked == [1, 2, 3]
+    assert not verify.guessed(exact)
+    body = tmp_path / "body"
+    body.write_bytes(b"".join(parts))
+    assert verify.file_matches(obj, body, exact) and not verify.file_matches(obj, body, guess)
+    body.write_bytes(b"".join(parts)[:-1])
+    assert not verify.file_matches(obj, body, exact)  # a short file never matches
+    assert not verify.guessed((5, 3))  # two parts: part 1 gives the other exactly
+    assert verify.guessed((5, 5, 3)) and not verify.guessed((5, 6, 3))
