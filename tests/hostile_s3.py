@@ -1,8 +1,11 @@
 """A deliberately hostile S3 endpoint for tests: it serves what SeaweedFS refuses to store.
 
 Keys with ``..``, absolute paths, backslashes; listings that never end; bodies whose
-length disagrees with the listing; plain HTML instead of XML. It answers path-style
-requests (``/bucket?list-type=2``, ``/bucket/key``) without checking signatures.
+length disagrees with the listing; plain HTML instead of XML; objects encrypted on the
+server as OBS encrypts them (``encrypted``: an ETag of an MD5's shape that is not the
+body's MD5, which HEAD and GET say with ``x-amz-server-side-encryption``, or, with
+``say_encrypted=False``, do not). It answers path-style requests (``/bucket?list-type=2``,
+``/bucket/key``, ranged GETs only with ``ranges``) without checking signatures.
 Bound to 127.0.0.1 on a free port; stopped by the context manager.
 """
 
@@ -22,8 +25,13 @@ MODIFIED = "<LastModified>2026-01-01T00:00:00.000Z</LastModified>"
 
 class HostileS3(LocalServer):
     def __init__(self, objects: Mapping[str, bytes], *, endless_listing: bool = False,
-                 size_lie: int = 0, html: bool = False, generated: int = 0) -> None:
+                 size_lie: int = 0, html: bool = False, generated: int = 0,
+                 encrypted: str = "", say_encrypted: bool = True, ranges: bool = False) -> None:
         self.objects = dict(objects)
+        self.encrypted = encrypted  # e.g. "kms": every object, its ETag not its MD5
+        self.say_encrypted = say_encrypted
+        self.ranges = ranges
+        self.heads = 0
         self.generated = generated  # claim this many keys, served 1,000 a page on demand
         self.endless_listing = endless_listing
         self.size_lie = size_lie  # added to every listed size
@@ -49,19 +57,49 @@ class HostileS3(LocalServer):
                 if body is None:
                     self._send(404, b"<Error><Code>NoSuchKey</Code></Error>", "application/xml")
                     return
-                self._send(200, body, "application/octet-stream")
+                asked = self.headers.get("Range", "")
+                if owner.ranges and asked.startswith("bytes="):
+                    first, _, last = asked[6:].partition("-")
+                    start, end = int(first), min(int(last or len(body) - 1), len(body) - 1)
+                    self._send(206, body[start:end + 1], "application/octet-stream",
+                               {"Content-Range": f"bytes {start}-{end}/{len(body)}",
+                                **owner.object_headers(body)})
+                    return
+                self._send(200, body, "application/octet-stream", owner.object_headers(body))
 
-            def _send(self, status: int, body: bytes, ctype: str) -> None:
-                send(self, status, body, {"Content-Type": ctype})
+            def do_HEAD(self) -> None:  # noqa: N802 - http.server's naming
+                owner.heads += 1
+                key = urlsplit(self.path).path.lstrip("/").partition("/")[2]
+                body = owner.objects.get(unquote(key))
+                if body is None:
+                    self._send(404, b"", "application/xml")
+                    return
+                self._send(200, b"", "application/octet-stream",
+                           {"Content-Length": str(len(body)), **owner.object_headers(body)})
+
+            def _send(self, status: int, body: bytes, ctype: str,
+                      headers: Mapping[str, str] = {}) -> None:
+                send(self, status, body, {"Content-Type": ctype, **headers})
 
         super().__init__(Handler)
+
+    def etag(self, body: bytes) -> str:
+        """The ETag the listing and the answers give: the body's MD5, or for an
+        encrypted object the MD5 of something else (OBS: of the ciphertext)."""
+        return hashlib.md5(b"ciphertext:" + body if self.encrypted else body).hexdigest()
+
+    def object_headers(self, body: bytes) -> dict[str, str]:
+        found = {"ETag": f'"{self.etag(body)}"', "Server": "OBS"}
+        if self.encrypted and self.say_encrypted:
+            found["x-amz-server-side-encryption"] = self.encrypted
+        return found
 
     def listing(self, query: Mapping[str, list[str]]) -> bytes:
         if self.generated:
             return self._generated_page(query)
         items = "".join(
             f"<Contents><Key>{escape(k)}</Key>{MODIFIED}<Size>{len(v) + self.size_lie}</Size>"
-            f"<ETag>&quot;{hashlib.md5(v).hexdigest()}&quot;</ETag></Contents>"
+            f"<ETag>&quot;{self.etag(v)}&quot;</ETag></Contents>"
             for k, v in self.objects.items())
         truncated = "true" if self.endless_listing else "false"
         token = "<NextContinuationToken>same-token</NextContinuationToken>" \

@@ -179,3 +179,44 @@ def test_strangers_holding_every_handshake_slot_do_not_keep_a_child_out(
     assert failed == [], child_said
     assert server.served == len(objects)
     assert said.getvalue().count(f"more than {protocol.MAX_PENDING} handshakes at once") == 1
+
+
+def test_a_child_takes_what_the_store_encrypts_from_the_store_not_its_parent(
+        tmp_path: Path) -> None:
+    """OBS lists an object it encrypts on its side (a bucket's default encryption) with
+    an ETag that is not its MD5, so no peer's copy of it can be checked. Before: the
+    child took the first such file for a parent sending wrong bytes. Now the store is
+    asked, the child says why in one line and fetches it and the rest from the store;
+    a store that says nothing keeps the mismatch a mismatch."""
+    served = tree(tmp_path / "parent", 5)
+    listed = [RemoteObject(o.key, o.rel, o.size, hashlib.md5(b"cipher" + o.rel.encode())
+                           .hexdigest()) for o in served]
+    for says, line in ((True, "is encrypted by the store"),
+                       (False, "does not match the store's listing")):
+        log, said = quiet()
+        base = port_block()
+        server = relay_server.open_server(peers(0, base), log)
+        assert server is not None
+        held = relay_server.Held()
+        for obj in served:
+            held.add(obj.rel, obj.size)
+        held.close()
+        server.offer(tmp_path / "parent", {o.rel: o.size for o in served}, held)
+        child = tmp_path / f"child-{says}"
+        child.mkdir()
+        manifest = Manifest(tmp_path / f"child-{says}.manifest", "s3://b/")
+        manifest.open_for_append()
+        asked: list[str] = []
+
+        def encrypted(obj: RemoteObject, says: bool = says,
+                      asked: list[str] = asked) -> bool:
+            asked.append(obj.rel)
+            return says
+
+        failed = client.pull(peers(1, base), listed, {}, child, manifest, log,
+                             encrypted=encrypted)
+        server.finish(5)
+        assert failed == listed, said.getvalue()  # all of them from the store
+        assert asked == [listed[0].rel]  # one answer is enough: the rest from the store
+        assert line in said.getvalue(), said.getvalue()
+        assert not [p for p in child.rglob("*") if p.is_file()]  # nothing kept unchecked

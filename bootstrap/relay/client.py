@@ -113,14 +113,16 @@ class ParentClock:
 
 def pull(peers: Peers, objects: list[RemoteObject], layouts: dict[str, Layout], root: Path,
          manifest: Manifest, log: Log, server: Optional[int] = None,
-         ask_every: Optional[Callable[[RemoteObject], Optional[Layout]]] = None
-         ) -> list[RemoteObject]:
+         ask_every: Optional[Callable[[RemoteObject], Optional[Layout]]] = None,
+         encrypted: Optional[Callable[[RemoteObject], bool]] = None) -> list[RemoteObject]:
     """Fetches ``objects`` from this node's parent (or node ``server``), verifying each
     against the listing (plain MD5, or multipart with its parts in ``layouts``);
-    returns those that must come from the store instead. ``ask_every`` asks the store
-    for each part's length of an object whose body did not match parts that may be the
-    equal-parts guess (see :func:`~bootstrap.transfer.verify.guessed`); its answer
-    replaces the guess in ``layouts``."""
+    returns those that must come from the store instead. A body whose sum differs has
+    the store asked why: ``ask_every``, each part's length of an object whose parts may
+    be the equal-parts guess (see :func:`~bootstrap.transfer.verify.guessed`; the answer
+    replaces the guess in ``layouts``); ``encrypted``, whether the store encrypts it, so
+    that its ETag is no MD5: then no peer's copy of it can be checked, and it and the
+    rest come from the store."""
     up = parent(peers.rank) if server is None else server
     assert up is not None
     address, port = peers.hosts[up], peers.ports[up]
@@ -132,10 +134,14 @@ def pull(peers: Peers, objects: list[RemoteObject], layouts: dict[str, Layout], 
     try:
         auth.connect(wire, peers.key, peers.protocol, peers.rank, up,
                      time.monotonic() + HANDSHAKE)
-        failed = _receive(wire, list(objects), layouts, root, manifest, ask_every)
+        failed = _receive(wire, list(objects), layouts, root, manifest, ask_every, encrypted)
         wire.send(b'{"done":true}\n', SILENCE)
     except (_Mismatch, _Slow, _Stalled, auth.Refused, OSError, ValueError) as exc:
-        if isinstance(exc, _Mismatch):
+        if isinstance(exc, _Encrypted):
+            log.info(f"relay: {exc.obj.rel} is encrypted by the store (server-side "
+                     "encryption: its ETag is not its MD5), so a peer's copy cannot be "
+                     "checked; this node fetches the rest from the store")
+        elif isinstance(exc, _Mismatch):
             # A parent that sent one wrong byte is not asked for another.
             log.warn(f"relay: {exc.obj.rel} from the parent {address} does not match the "
                      f"store's listing ({exc}); this node fetches the rest from the store")
@@ -171,7 +177,8 @@ def _connect(address: str, port: int, log: Log) -> Optional[socket.socket]:
 
 def _receive(wire: Wire, pending: list[RemoteObject], layouts: dict[str, Layout],
              root: Path, manifest: Manifest,
-             ask_every: Optional[Callable[[RemoteObject], Optional[Layout]]] = None
+             ask_every: Optional[Callable[[RemoteObject], Optional[Layout]]] = None,
+             encrypted: Optional[Callable[[RemoteObject], bool]] = None
              ) -> list[RemoteObject]:
     """Asks for ``pending`` in batches and keeps each file that verifies; returns the
     ones the parent said it does not have. Raises on anything else, and when a bound
@@ -226,6 +233,8 @@ def _receive(wire: Wire, pending: list[RemoteObject], layouts: dict[str, Layout]
                             raise _Slow()
                 if not check.matches() and not _matches_asked_again(obj, tmp, layouts,
                                                                     ask_every, check.seen):
+                    if check.seen == obj.size and encrypted is not None and encrypted(obj):
+                        raise _Encrypted(obj, check.why_not())
                     raise _Mismatch(obj, check.why_not())
                 os.chmod(tmp, 0o644)
                 os.replace(tmp, dest)  # verified: only now under its name
@@ -270,3 +279,7 @@ class _Mismatch(Exception):
     def __init__(self, obj: RemoteObject, why: str) -> None:
         super().__init__(why)
         self.obj = obj
+
+
+class _Encrypted(_Mismatch):
+    """The store encrypts the object: its ETag says nothing of a peer's bytes."""

@@ -74,7 +74,8 @@ def download_with_peers(source: Remote, objects: list[RemoteObject], folders: li
             layouts = source.layouts(want)
             want = [o for o in want if checkable(o, layouts.get(o.rel))]
             failed = client.pull(peers, want, layouts, dest, manifest, log,
-                                 ask_every=lambda obj: source.parts_of(obj, every=True))
+                                 ask_every=lambda obj: source.parts_of(obj, every=True),
+                                 encrypted=source.encrypted)
             from_peer = len(want) - len(failed)
             peer_bytes = sum(o.size for o in want) - sum(o.size for o in failed)
         from_parent_s = time.monotonic() - started

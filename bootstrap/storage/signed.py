@@ -207,6 +207,19 @@ class SignedClient:
         return int(resp.getheader("Content-Length") or -1), \
             int(count) if count and count.isdigit() else None
 
+    def encryption(self, bucket: str, key: str) -> tuple[str, str]:
+        """HeadObject's word on ``key``'s server-side encryption: the algorithm
+        (``x-amz-server-side-encryption`` or OBS's ``x-obs-...``; ``SSE-C`` for a
+        customer's key; "" for none) and the ``Server`` that answered."""
+        resp = self._request("HeadObject", bucket, key, {}, {}, method="HEAD")
+        resp.read()
+        found = resp.getheader("x-amz-server-side-encryption") \
+            or resp.getheader("x-obs-server-side-encryption") or ""
+        if not found and (resp.getheader("x-amz-server-side-encryption-customer-algorithm")
+                          or resp.getheader("x-obs-server-side-encryption-customer-algorithm")):
+            found = "SSE-C"
+        return found, resp.getheader("Server") or ""
+
     def page(self, bucket: str, prefix: str,
              token: Optional[str]) -> tuple[list[tuple[str, int, str]], Optional[str]]:
         """One page: its ``(key, size, etag without quotes)`` and the next token (None:

@@ -21,12 +21,13 @@ from ..errors import BootstrapError, DownloadError
 from ..log import Log
 from ..storage import retry
 from ..storage.base import credentials, open_store
+from ..storage.errors import StorageError
 from .download import Engine, Stats
 from .explain import explain
 from .listing import RemoteObject, list_objects
 from .loop import run_threads
 from .manifest import Manifest
-from .verify import Layout, layout
+from .verify import Layout, etag_is_not_its_md5, layout
 
 TYPE_CHECKING = False  # not typing's own: importing typing costs start-up time (bench/README.md)
 if TYPE_CHECKING:
@@ -104,7 +105,7 @@ class Remote:
 
         engine = Engine(lambda: open_store(self.settings, self.creds, self.location.bucket, log),
                         self.client, self.location, dest, self.settings, log, manifest, stats,
-                        known, self.parts_of)
+                        known, self.parts_of, self.encrypted)
         engine.label = label
         engine.plan(objects, folders)
         manifest.open_for_append()
@@ -120,6 +121,18 @@ class Remote:
                 self.settings.retry_attempts, self.settings.retry_deadline), every)
         except Exception:  # noqa: BLE001 - unanswered: the size is all we can check
             return None
+
+    def encrypted(self, obj: RemoteObject) -> bool:
+        """Whether the store encrypts ``obj`` on its side, so that its ETag is not the MD5
+        of its bytes (see :func:`~.verify.etag_is_not_its_md5`): asked with a HEAD
+        (retried); False when it cannot say, so a mismatch stands. Any thread."""
+        try:
+            found, server = retry.call(
+                lambda: self.client.encryption(self.location.bucket, obj.key),
+                self.settings.retry_attempts, self.settings.retry_deadline)
+        except (StorageError, OSError):
+            return False
+        return etag_is_not_its_md5(found, server)
 
     def layouts(self, objects: list[RemoteObject]) -> dict[str, Layout]:
         """The parts of each multipart object in ``objects`` (what lets its bytes be

@@ -11,7 +11,12 @@ the download engine and the relay.
   equal parts from part 1 alone are a guess (6 + 5 + 6 MiB reads as 6 + 6 + 5): a body
   that does not match a layout that may be one (:func:`guessed`) is checked again
   against every part's length (``every``) before it counts as damaged.
-* Anything else (an SSE-KMS or SSE-C ETag, a store that does not answer for parts) can
+* An object the store encrypts on its side has an ETag of the same shape that is not
+  the MD5 of its bytes (OBS: any server-side encryption, SSE-KMS or SSE-OBS, as a
+  bucket's default encryption sets it; S3: SSE-KMS and SSE-C, while SSE-S3's ETag is
+  still the MD5). Nothing in a listing says which objects those are, so a body whose
+  sum does not match has the store asked (:func:`etag_is_not_its_md5`) before it counts
+  as damaged; those, and anything else (a store that does not answer for parts), can
   be checked by size only; the fetch says how many were.
 
 MD5 is weak against collisions, not against second preimages: a corrupted or forged
@@ -98,6 +103,17 @@ def file_matches(obj: RemoteObject, path: str | os.PathLike[str], parts: Layout)
                 left -= n
             digests.append(digest.digest())
     return combined(obj, digests)
+
+
+def etag_is_not_its_md5(encryption: str, server: str) -> bool:
+    """Whether an object the store says is encrypted with ``encryption`` (HeadObject's
+    ``x-amz-server-side-encryption``, "" for none) by a server named ``server`` has an
+    ETag that is not the MD5 of its bytes: every server-side encryption of OBS; S3's
+    SSE-KMS (``aws:kms``, ``aws:kms:dsse``) and SSE-C, not its SSE-S3 (``AES256``, which
+    S3 now applies to every object: its ETags stay checkable)."""
+    if not encryption:
+        return False
+    return encryption.upper() != "AES256" or server.upper().startswith("OBS")
 
 
 def checkable(obj: RemoteObject, parts: Optional[Layout]) -> bool:

@@ -217,3 +217,15 @@ def test_equal_parts_from_part_1_alone_are_a_guess_that_each_part_can_overrule(
     assert not verify.file_matches(obj, body, exact)  # a short file never matches
     assert not verify.guessed((5, 3))  # two parts: part 1 gives the other exactly
     assert verify.guessed((5, 5, 3)) and not verify.guessed((5, 6, 3))
+
+
+def test_which_encryption_leaves_an_etag_that_is_not_the_md5() -> None:
+    """OBS: every server-side encryption (SSE-KMS, SSE-OBS's AES256, SSE-C); S3: SSE-KMS
+    and SSE-C, not SSE-S3 (AES256, on every object S3 stores now: still its MD5)."""
+    assert not verify.etag_is_not_its_md5("", "OBS")
+    assert verify.etag_is_not_its_md5("kms", "OBS")
+    assert verify.etag_is_not_its_md5("AES256", "OBS")
+    assert verify.etag_is_not_its_md5("aws:kms", "AmazonS3")
+    assert verify.etag_is_not_its_md5("aws:kms:dsse", "AmazonS3")
+    assert verify.etag_is_not_its_md5("SSE-C", "AmazonS3")
+    assert not verify.etag_is_not_its_md5("AES256", "AmazonS3")
