@@ -823,7 +823,7 @@ class Engine:
             progress.cancel()
             await asyncio.gather(progress, ranges, return_exceptions=True)
             if self._asking_pool is not None:
-                self._asking_pool.shutdown(wait=True)
+                self._asking_pool.shutdown(wait=True, cancel_futures=True)
 
     def _askers(self) -> Any:
         """The threads that land the loop's objects whose sum differs, asking the store
