@@ -57,6 +57,22 @@ def pull(base: int, objects: list[RemoteObject], child: Path) -> tuple[list[Remo
     return failed, said.getvalue()
 
 
+def serving(root: Path, objects: list[RemoteObject]) -> tuple[relay_server.RelayServer, int,
+                                                              io.StringIO]:
+    """Node 0's real relay server on a port block of its own, offering ``objects`` (under
+    ``root``, every one already held); returns it, its base port and what it logs."""
+    log, said = quiet()
+    base = port_block()
+    server = relay_server.open_server(peers(0, base), log)
+    assert server is not None
+    held = relay_server.Held()
+    for obj in objects:
+        held.add(obj.rel, obj.size)
+    held.close()
+    server.offer(root, {o.rel: o.size for o in objects}, held)
+    return server, base, said
+
+
 def fake_parent(base: int, serve: Callable[[Wire, list[str]], None]) -> threading.Thread:
     """Node 0, proven by the real handshake; ``serve`` answers the first request."""
     srv = socket.create_server(("127.0.0.1", base))
@@ -148,15 +164,7 @@ def test_strangers_holding_every_handshake_slot_do_not_keep_a_child_out(
     # Before: 16 connections trickling a byte every 2 s held all 16 slots for as long
     # as they liked (the 5 s bound was per read); children found no room.
     objects = tree(tmp_path / "parent")
-    log, said = quiet()
-    base = port_block()
-    server = relay_server.open_server(peers(0, base), log)
-    assert server is not None
-    held = relay_server.Held()
-    for obj in objects:
-        held.add(obj.rel, obj.size)
-    held.close()
-    server.offer(tmp_path / "parent", {o.rel: o.size for o in objects}, held)
+    server, base, said = serving(tmp_path / "parent", objects)
     stop = threading.Event()
 
     def trickle() -> None:  # one byte at a time, never a whole line
@@ -193,15 +201,8 @@ def test_a_child_takes_what_the_store_encrypts_from_the_store_not_its_parent(
                            .hexdigest()) for o in served]
     for says, line in ((True, "is encrypted by the store"),
                        (False, "does not match the store's listing")):
+        server, base, _ = serving(tmp_path / "parent", served)
         log, said = quiet()
-        base = port_block()
-        server = relay_server.open_server(peers(0, base), log)
-        assert server is not None
-        held = relay_server.Held()
-        for obj in served:
-            held.add(obj.rel, obj.size)
-        held.close()
-        server.offer(tmp_path / "parent", {o.rel: o.size for o in served}, held)
         child = tmp_path / f"child-{says}"
         child.mkdir()
         manifest = Manifest(tmp_path / f"child-{says}.manifest", "s3://b/")
