@@ -59,9 +59,8 @@ def real_binary(name: str) -> Path:
             return found
     except ImportError:
         pass
-    if not (BIN / name).exists() and shutil.which(name):  # a kit's binaries (bench/device.sh)
-        return Path(shutil.which(name))  # type: ignore[arg-type]
-    return BIN / name
+    on_path = shutil.which(name)  # a kit's binaries (bench/device.sh)
+    return Path(on_path) if on_path and not (BIN / name).exists() else BIN / name
 
 
 S5CMD = real_binary("s5cmd")
@@ -679,18 +678,16 @@ def main() -> int:
                            stdout=subprocess.DEVNULL)
         names = contenders(s3.endpoint, s3, REPO / ".venv-bench")
         results = run_downloads(sets, names, data_root, reps, uploaded, out_root)
-        ups = [d for d in sets if d.name in ("small2k", "large4x64")
-               and not args.downloads_only]
+        more = not args.downloads_only  # uploads, the latency mode, the overlap
+        ups = [d for d in sets if d.name in ("small2k", "large4x64") and more]
         upload_results = run_uploads(ups, s3, data_root, reps, uploaded) if ups else {}
         # Many requests (small2k: the round trips in flight) and few large ones (large4x64:
         # the round trips before the first byte, the parts asked beside the first range).
         latency: dict[str, dict[str, dict[str, float]]] = {}
-        for ds in (d for d in sets if d.name in ("small2k", "large4x64") and delays
-                   and not args.downloads_only):
+        for ds in (d for d in sets if d.name in ("small2k", "large4x64") and delays and more):
             latency.update(run_latency(ds, s3, delays, reps, uploaded, data_root, out_root))
         both = overlap(s3, "small2k", "mixed1g", 1 if args.smoke else 3, out_root) \
-            if {"small2k", "mixed1g"} <= {d.name for d in sets} and not args.downloads_only \
-            else {}
+            if {"small2k", "mixed1g"} <= {d.name for d in sets} and more else {}
         start = startup(5 if args.smoke else 30)
         imports = import_costs(3 if args.smoke else 15)
     print_ratios("ratio to s5cmd (median time; < 1 is faster than s5cmd)", results)

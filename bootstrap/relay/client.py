@@ -18,7 +18,7 @@ from ..cluster.wire import Wire, hang_up
 from ..transfer.download import TMP_SUFFIX, WRITE_SLICE
 from ..transfer.manifest import Manifest
 from ..transfer.paths import SafeDirs
-from ..transfer.verify import Layout, Verifier, file_matches, guessed
+from ..transfer.verify import Layout, Verifier, file_matches, truer_parts
 from .protocol import (
     BATCH,
     CHUNK,
@@ -253,11 +253,10 @@ def _matches_asked_again(obj: RemoteObject, tmp: Path, layouts: dict[str, Layout
                          seen: int) -> bool:
     """A whole body that did not match parts that may be the equal-parts guess: checked
     again against each part's length from the store (which then replaces the guess)."""
-    parts = layouts.get(obj.rel)
-    if ask_every is None or parts is None or not guessed(parts) or seen != obj.size:
+    if ask_every is None or seen != obj.size:
         return False
-    exact = ask_every(obj)
-    if exact is None or exact == parts:
+    exact = truer_parts(obj, layouts.get(obj.rel), ask_every)
+    if exact is None:
         return False
     layouts[obj.rel] = exact
     return file_matches(obj, tmp, exact)

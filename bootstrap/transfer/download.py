@@ -72,7 +72,16 @@ from .listing import RemoteObject
 from .loop import ByteBudget, run_stoppable, run_threads, run_workers
 from .manifest import Manifest
 from .paths import SafeDirs
-from .verify import Layout, Verifier, boundaries, checkable, combined, file_matches, guessed
+from .verify import (
+    Layout,
+    Verifier,
+    boundaries,
+    checkable,
+    combined,
+    file_matches,
+    hash_range,
+    truer_parts,
+)
 
 TYPE_CHECKING = False  # not typing's own: importing typing costs start-up time (bench/README.md)
 if TYPE_CHECKING:
@@ -630,7 +639,8 @@ class Engine:
                     break
                 seg.hashing, offset = True, seg.hashed
             try:
-                _hash_file(state.tmp, seg.digest, offset, end)
+                assert state.tmp is not None
+                hash_range(state.tmp, seg.digest, offset, end)
             finally:
                 with self._lock:
                     seg.hashing, seg.hashed = False, end
@@ -642,14 +652,14 @@ class Engine:
         equal-parts guess from part 1 alone (see :func:`~.verify.guessed`): every part's
         length is asked of the store, once an object. Returns the store's answer when it
         differs from the guess (the layout from then on), else None."""
+        ask = self._ask_parts
         with self._lock:
             parts = self.layouts.get(obj.rel)
-            if parts is None or not guessed(parts) or self._ask_parts is None \
-                    or obj.rel in self._asked_every:
+            if ask is None or obj.rel in self._asked_every:
                 return None
             self._asked_every.add(obj.rel)
-        exact = self._ask_parts(obj, True)
-        if exact is None or exact == parts:
+        exact = truer_parts(obj, parts, lambda o: ask(o, True))
+        if exact is None:
             return None
         with self._lock:
             self.layouts[obj.rel] = exact
@@ -930,19 +940,3 @@ def _writer(fd: int, lock: threading.Lock) -> Callable[[memoryview, int], None]:
         with lock:
             _pwrite_all(fd, data, offset)
     return write_at
-
-
-def _hash_file(path: Optional[str], digest: Any, start: int, end: int) -> None:
-    """Adds bytes ``[start, end)`` of ``path`` to ``digest`` (a thread: the GIL is free
-    while hashing and reading)."""
-    assert path is not None
-    buf = bytearray(CHUNK)
-    view = memoryview(buf)
-    with open(path, "rb", buffering=0) as fh:
-        fh.seek(start)
-        while start < end:
-            n = fh.readinto(view[: min(CHUNK, end - start)])
-            if not n:
-                return  # cut short: the size check says so
-            digest.update(view[:n])
-            start += n

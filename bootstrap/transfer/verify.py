@@ -72,6 +72,18 @@ def guessed(parts: Layout) -> bool:
     return len(parts) >= 3 and len(set(parts[:-1])) == 1
 
 
+def truer_parts(obj: RemoteObject, parts: Optional[Layout],
+                ask_every: Callable[[RemoteObject], Optional[Layout]]) -> Optional[Layout]:
+    """For a body that did not match ``parts``: when they may be the equal-parts guess
+    (see :func:`guessed`), every part's length asked (``ask_every``: :func:`layout` with
+    ``every``); the store's answer when it differs from the guess, else None (the
+    mismatch stands)."""
+    if parts is None or not guessed(parts):
+        return None
+    exact = ask_every(obj)
+    return exact if exact is not None and exact != parts else None
+
+
 def boundaries(parts: Layout) -> list[tuple[int, int]]:
     """Each part's ``[start, end)``."""
     out, start = [], 0
@@ -87,21 +99,31 @@ def combined(obj: RemoteObject, digests: Sequence[bytes]) -> bool:
     return f"{joined}-{len(digests)}" == obj.etag
 
 
+def hash_range(path: str | os.PathLike[str], digest: Any, start: int, end: int) -> None:
+    """Adds bytes ``[start, end)`` of the file at ``path`` to ``digest`` (a hashlib object;
+    on a thread the GIL is free while reading and hashing); a file cut short adds what
+    it has (the size check says so)."""
+    view = memoryview(bytearray(1 << 20))
+    with open(path, "rb", buffering=0) as fh:
+        fh.seek(start)
+        while start < end:
+            n = fh.readinto(view[: min(len(view), end - start)])
+            if not n:
+                return
+            digest.update(view[:n])
+            start += n
+
+
 def file_matches(obj: RemoteObject, path: str | os.PathLike[str], parts: Layout) -> bool:
     """Do the parts of the file at ``path``, cut at ``parts``, make ``obj``'s ETag? (A
     body already written, checked again against a layout learnt after it landed.)"""
+    if os.path.getsize(path) != sum(parts):
+        return False
     digests = []
-    view = memoryview(bytearray(1 << 20))
-    with open(path, "rb", buffering=0) as fh:
-        for start, end in boundaries(parts):
-            digest, left = hashlib.md5(usedforsecurity=False), end - start
-            while left:
-                n = fh.readinto(view[:min(len(view), left)])
-                if not n:
-                    return False  # shorter than the parts
-                digest.update(view[:n])
-                left -= n
-            digests.append(digest.digest())
+    for start, end in boundaries(parts):
+        digest = hashlib.md5(usedforsecurity=False)
+        hash_range(path, digest, start, end)
+        digests.append(digest.digest())
     return combined(obj, digests)
 
 
