@@ -27,7 +27,8 @@ if TYPE_CHECKING:
 USAGE = """\
 usage: bash run_train.sh [python|python3|bash|sh] FILE [PARAMS...]
        bash run_train.sh COMMAND [ARGS...]
-       python -m bootstrap check [--json] [--image]
+       python -m bootstrap check [--json] [--image] [--config]
+       python -m bootstrap --version
        python -m bootstrap sync [--once-per-node] SRC DST
 
 Prepares a ModelArts training job and runs its command: downloads the code
@@ -36,7 +37,8 @@ nodes, exports the cluster's topology for torchrun, MPI and NCCL, then runs the
 command in the code directory. FILE is looked up in the code directory, then in
 the current directory.
 
-  check   the node preflight alone (exit 4 when the node cannot train)
+  check   the node preflight alone (exit 4 when the node cannot train);
+          --config prints the settings in effect instead, secrets redacted
   sync    copy a tree between a local folder and s3:// or obs://
 
 Settings are environment variables (BOOTSTRAP_*, the platform's DLS_*, MA_*, VC_*,
@@ -110,6 +112,11 @@ def job_main(argv: Optional[Sequence[str]] = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if args in (["--help"], ["-h"]):
         sys.stdout.write(USAGE)
+        return 0
+    if args == ["--version"]:
+        from .version import describe
+
+        sys.stdout.write(describe() + "\n")
         return 0
 
     def body() -> int:

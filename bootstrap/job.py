@@ -35,7 +35,10 @@ from .errors import (
 )
 from .log import Log, Redactor
 from .node import preflight
+from .restart import Attempt
 from .run import command, launch
+from .run.logfile import CappedLog
+from .version import describe
 
 TYPE_CHECKING = False  # not typing's own: importing typing costs start-up time (bench/README.md)
 if TYPE_CHECKING:
@@ -46,6 +49,7 @@ if TYPE_CHECKING:
     from .mpi import plan as mpi_plan_module
     from .mpi.agent import Agent
     from .relay import protocol as relay_protocol
+    from .restart.evidence import Evidence
     from .run.watchdog import Watchdog
     from .transfer.outputs import OutputSync
 
@@ -53,6 +57,9 @@ if TYPE_CHECKING:
 # STOP_SIGNALS: a handler that raises turns them into an exception, so every stage's
 # cleanup (temporary files of a half-done download) runs on the way out. exec resets
 # them to default.
+
+
+EVIDENCE_WAIT = 30.0  # seconds a failed start waits to learn its attempt's number
 
 
 def _raise_terminated(signum: int, frame: Any) -> NoReturn:
@@ -87,6 +94,7 @@ def run(argv: Sequence[str], environ: Mapping[str, str]) -> int:
     os.umask(user_umask | 0o022)
     settings = load(environ)
     log = Log(Redactor(environ), settings.log_format)
+    log.info(describe(settings.transfer.backend))
     cmd = command.parse(command.unwrap_entrypoint(argv))
     if settings.run.nested:
         # A bootstrap already prepared this job (ENTRYPOINT, then a script that calls
@@ -96,20 +104,24 @@ def run(argv: Sequence[str], environ: Mapping[str, str]) -> int:
                  f"{shlex.join(log.redact.argv(final_argv))}")
         _default_signals()
         launch.exec_command(final_argv, environ, None, user_umask)
+    attempt = Attempt()
     try:
-        return _start(cmd, argv, environ, settings, log, user_umask)
+        return _start(cmd, argv, environ, settings, log, user_umask, attempt)
     except BootstrapError as exc:
         # Stopped before the command ran: the record says so, as it would after a run,
-        # so that one reader finds every node's end (the culprit of a multi-node stop).
+        # so that one reader finds every node's end (the culprit of a multi-node stop),
+        # and the attempt's evidence keeps it once this container is gone.
         from .run import supervise
 
         supervise.write_start_failure(settings.run.failure_file, exc, settings.task_index,
                                       log)
+        if attempt.known.wait(EVIDENCE_WAIT) and attempt.evidence is not None:
+            attempt.evidence.upload()
         raise
 
 
 def _start(cmd: command.Command, argv: Sequence[str], environ: Mapping[str, str],
-           settings: Settings, log: Log, user_umask: int) -> int:
+           settings: Settings, log: Log, user_umask: int, attempt: Attempt) -> int:
     """Everything after the settings and the command's form are known: the stages,
     then exec or supervise."""
     code_url = settings.code
@@ -136,12 +148,19 @@ def _start(cmd: command.Command, argv: Sequence[str], environ: Mapping[str, str]
     checked = _Background(_preflight_stage, settings, log)
     resolved = _Background(_peers_stage, settings, log, stop) if cluster.size > 1 else None
     staging = _Background(_staging_stage, settings, log) if settings.staging.enabled else None
+    resumed = _Background(_resume_stage, settings, log, attempt) \
+        if settings.outputs.train_url is not None else None
+    if resumed is None:
+        log.info("attempt: 1 (no object-store DLS_TRAIN_URL to count this job's attempts in)")
+        attempt.known.set()
     try:
         if code_url is not None and code_dir is not None:
             _fetch_stage(code_url, code_dir, settings, log)
         report: preflight.Report = checked.result()
         staged, data_failure = _staged(staging, cluster.size)
         addresses: dict[str, str] = resolved.result() if resolved is not None else {}
+        if resumed is not None:
+            resumed.result()
     except BaseException:
         stop.set()
         for stage in (checked, resolved):  # staging is left to end with the process
@@ -169,6 +188,7 @@ def _start(cmd: command.Command, argv: Sequence[str], environ: Mapping[str, str]
             exports.update(topology.without_user_overrides(mpi_exports, environ))
         if staged is not None:
             exports.update(staged.exports())
+        exports["BOOTSTRAP_ATTEMPT"] = str(attempt.number)
 
         final_argv = command.resolve(cmd, code_dir, Path.cwd(), code_url, settings.job_dir)
         env = launch.user_environment(environ, settings.home, settings.job_dir,
@@ -184,19 +204,20 @@ def _start(cmd: command.Command, argv: Sequence[str], environ: Mapping[str, str]
             agent.close()
         raise
     if agent is not None:
-        return _serve_launcher(agent, env, code_dir, settings, log)
+        return _serve_launcher(agent, env, code_dir, settings, log, attempt.evidence)
 
     sync = None
     if settings.outputs.output_dir is not None:
         from .transfer import outputs
 
-        sync = outputs.OutputSync(settings.outputs, settings.transfer,
-                                  settings.job_dir / ".output-sync-state.json", log,
-                                  rank=settings.cluster.layout.rank)
+        sync = outputs.OutputSync(settings.outputs, settings.transfer, _sync_state(settings),
+                                  log, rank=settings.cluster.layout.rank,
+                                  attempt=attempt.number)
     supervise = settings.run.supervise
     if supervise is None:  # PID 1 must supervise; so must anything with work after the end
         supervise = (os.getpid() == 1 or sync is not None or mpi_plan is not None
-                     or settings.outputs.log_upload is not None)
+                     or settings.outputs.log_upload is not None
+                     or attempt.evidence is not None)
     launch.find_program(final_argv[0], env)  # 127/126 now, while we can still say why
     where = f" (in {code_dir})" if code_dir else ""
     if not supervise:
@@ -207,14 +228,15 @@ def _start(cmd: command.Command, argv: Sequence[str], environ: Mapping[str, str]
              f"{where}; log: {settings.run.log_file}")
     if mpi_plan is None:
         return _supervise(final_argv, env, code_dir, settings, log, sync, user_umask,
-                          report.gpu_count)
+                          report.gpu_count, evidence=attempt.evidence)
     from .mpi.launcher import Launcher
 
     launcher = Launcher(mpi_plan, addresses, log)
     try:
         launcher.connect_all()
         code = _supervise(final_argv, env, code_dir, settings, log, sync, user_umask,
-                          report.gpu_count, remote_stacks=launcher.stacks)
+                          report.gpu_count, remote_stacks=launcher.stacks,
+                          evidence=attempt.evidence)
     except BaseException:
         launcher.abandon()
         raise
@@ -265,7 +287,7 @@ def _agent(p: mpi_plan_module.Plan, settings: Settings, addresses: Mapping[str, 
 
 
 def _serve_launcher(agent: Agent, env: Mapping[str, str], cwd: Optional[Path],
-                    settings: Settings, log: Log) -> int:
+                    settings: Settings, log: Log, evidence: Optional[Evidence]) -> int:
     """Nodes 1..N-1 in MPI-style launch: serve (the remote commands' output teed into
     this node's log file, as the command's would be), then end with the launcher's code
     (a failure record says so when it is not 0)."""
@@ -278,8 +300,7 @@ def _serve_launcher(agent: Agent, env: Mapping[str, str], cwd: Optional[Path],
         agent.stacks = (stacks_dir, settings.run.failure_file.parent / "hang-stacks.txt")
     path = settings.run.log_file
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        agent.tee = open(path, "ab")  # noqa: SIM115 - closed below
+        agent.tee = CappedLog(path, settings.run.log_max)
     except OSError as exc:
         log.warn(f"launch: cannot write the log file {path} ({exc.strerror}); remote "
                  "output goes to the launcher only")
@@ -294,6 +315,8 @@ def _serve_launcher(agent: Agent, env: Mapping[str, str], cwd: Optional[Path],
     if code != 0:
         supervise.write_launcher_record(settings.run.failure_file, code, settings.task_index,
                                         log)
+    if evidence is not None:
+        evidence.upload()
     return code
 
 
@@ -320,6 +343,52 @@ def _fetch_stage(code_url: location.Location, code_dir: Path, settings: Settings
             stats = fetch.fetch(code_url, code_dir, settings.transfer, log)
         t.detail = f"{stats.summary()} -> {code_dir}"
         t.fields = stats.fields()
+
+
+def _sync_state(settings: Settings) -> Path:
+    return settings.job_dir / ".output-sync-state.json"
+
+
+def _resume_stage(settings: Settings, log: Log, attempt: Attempt) -> None:
+    """Which attempt this is and where its evidence goes (``attempt``, as soon as
+    known), then the earlier attempts' outputs restored (see :mod:`.restart`). Without
+    an output folder a store that cannot be asked costs the evidence, not the job."""
+    from .restart import attempts, evidence, keys, restore
+
+    outputs, rank = settings.outputs, settings.cluster.layout.rank
+    train = outputs.train_url
+    assert train is not None  # the stage runs only then
+    try:
+        try:
+            attempt.number = attempts.begin(train, rank, outputs.job_id, settings.transfer,
+                                            log)
+        except BootstrapError as exc:
+            if outputs.output_dir is not None:
+                raise
+            log.warn(f"attempt: cannot count this job's attempts under {train.url} "
+                     f"({exc.message}): BOOTSTRAP_ATTEMPT=1, and no evidence is uploaded")
+            return
+        if outputs.evidence:
+            knobs = settings.run
+            folder = f"{rank}/{keys.folder_name(outputs.job_id)}/attempt-{attempt.number}/"
+            places = [(train, keys.attempt(train, rank, outputs.job_id, attempt.number))]
+            if outputs.log_upload is not None:
+                places.append((outputs.log_upload, outputs.log_upload.prefix + folder))
+            attempt.evidence = evidence.Evidence(
+                places, {evidence.LOG_NAME: knobs.log_file, "failure.json": knobs.failure_file,
+                         "hang-stacks.txt": knobs.failure_file.parent / "hang-stacks.txt",
+                         "preflight.json": settings.job_dir / "preflight.json"},
+                settings.transfer, log.redact, log)
+    finally:
+        attempt.known.set()
+    if outputs.output_dir is None:
+        return
+    with timed(log, "restore") as t:
+        peers = _relay_plan(settings, train, "relay-outputs", log)
+        restored = restore.restore(outputs, settings.transfer, rank, _sync_state(settings),
+                                   peers, log)
+        t.detail = f"{restored.summary()} -> {outputs.output_dir}"
+        t.fields = restored.fields()
 
 
 def _staging_stage(settings: Settings, log: Log) -> Staged:
@@ -378,21 +447,28 @@ def _deps_stage(code_dir: Path, argv: Sequence[str], env: Mapping[str, str],
 def _supervise(argv: Sequence[str], env: Mapping[str, str], cwd: Optional[Path],
                settings: Settings, log: Log, sync: Optional[OutputSync],
                user_umask: int, gpus: int = 0,
-               remote_stacks: Optional[Callable[[], str]] = None) -> int:
+               remote_stacks: Optional[Callable[[], str]] = None,
+               evidence: Optional[Evidence] = None) -> int:
     from .run import supervise
+    from .run.rounds import Rounds
     from .transfer import outputs
 
     dog, stacks_dir = None, None
     if settings.run.hang_seconds > 0:
         dog, stacks_dir, env = _watchdog(settings, env, log, remote_stacks)
-    if sync is not None:
-        sync.start_periodic()
+    # Every round: the outputs, then the log's evidence, so a node killed by SIGKILL
+    # leaves both as they were at its last round.
+    rounds = Rounds(settings.outputs.sync_interval,
+                    [w for w in (sync.periodic if sync else None,
+                                 evidence.log_round if evidence else None) if w is not None])
+    rounds.start()
     try:
         outcome = supervise.Supervisor(
             argv, env, cwd, settings.run.grace_seconds, log, settings.run.log_file, user_umask,
-            dog, settings.preflight.nvml_module if gpus else None).run()
+            dog, settings.preflight.nvml_module if gpus else None, settings.run.log_max).run()
     finally:
         _drop_stack_hook(stacks_dir)
+        rounds.stop()
     # The platform may repeat its SIGTERM while we save the outputs: finish the job's
     # last duties rather than die half-way (SIGKILL still ends everything).
     for signum in (signal.SIGTERM, signal.SIGHUP):
@@ -406,6 +482,8 @@ def _supervise(argv: Sequence[str], env: Mapping[str, str], cwd: Optional[Path],
     if settings.outputs.log_upload is not None:
         outputs.upload_log(settings.run.log_file, settings.outputs.log_upload,
                            settings.transfer, log)
+    if evidence is not None:
+        evidence.upload()
     said = outcome.describe() + (f"; exiting {code}" if code != outcome.exit_code else "")
     if outcome.exit_code == 0 and code != 0:
         said += ("; reason: upload (infrastructure): the command succeeded but its outputs "

@@ -3,6 +3,8 @@
 Prints the same report a job prints before its command starts (``--json`` for
 machines), writes it to the job dir, resolves the peers once when the platform's
 variables describe a cluster, and exits 0 when the node can train, 4 when not.
+``--config`` prints instead the settings a job would run with, as JSON, every secret
+value the environment holds replaced by ``***``.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from ..records import asdict
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
         raise UsageError(f"check: {message}; usage: python -m bootstrap check [--json] "
-                         "[--image]")
+                         "[--image] [--config]")
 
 
 def run(argv: Sequence[str], env: Mapping[str, str]) -> int:
@@ -32,8 +34,13 @@ def run(argv: Sequence[str], env: Mapping[str, str]) -> int:
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--image", action="store_true",
                         help="also check the image itself (user, run_train.sh, setuid files)")
+    parser.add_argument("--config", action="store_true",
+                        help="print the settings in effect (secrets redacted) and exit")
     args = parser.parse_args(argv)
     settings = settings_mod.load(env)
+    if args.config:
+        print(config_text(settings, env))
+        return 0
     report = preflight.run(settings.preflight, settings.job_dir, settings.cluster.ipoib_device)
     cluster = settings.cluster.layout
     unresolved = [n.host for n in cluster.peers if peers.resolve(n.host) is None]
@@ -66,6 +73,17 @@ def run(argv: Sequence[str], env: Mapping[str, str]) -> int:
         for line in _network_lines(net):
             print(line)
     return 0 if report.ok and image_ok else EXIT_PREFLIGHT
+
+
+def config_text(settings: settings_mod.Settings, env: Mapping[str, str]) -> str:
+    """The settings as indented JSON, with the bootstrap's version first; every value of
+    a secret variable (keys, tokens, the job secret) is redacted wherever it appears."""
+    from ..log import Redactor
+    from ..version import describe
+
+    redact = Redactor(env)
+    body = {"version": describe(settings.transfer.backend), **asdict(settings)}
+    return redact(json.dumps(body, indent=2, default=str))
 
 
 def _network(cluster: Cluster, settings: settings_mod.Settings) -> dict[str, Any]:

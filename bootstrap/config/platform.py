@@ -202,11 +202,31 @@ def _new_contract(env: Mapping[str, str], volcano_dir: Path,
     return [(h, port) for h in names], _index(env, "VC_TASK_INDEX", len(names))
 
 
+# Where the platform names the job, in the order they are read. The old contract's
+# run_train.sh documents DLS_JOB_ID ("Job ID") and sets BATCH_JOB_ID; the Volcano
+# contract's is MA_VJ_NAME, "ma-job-<training job id>" (its launcher helpers turn it
+# into the "modelarts-job-<id>" of the job's log names), with a "-vcN" suffix on
+# super-node scheduling. A restart is the same job: its containers get the same id.
+JOB_ID_VARIABLES = ("DLS_JOB_ID", "BATCH_JOB_ID", "MA_VJ_NAME", "MA_JOB_ID", "VC_JOB_ID")
+
+
+def platform_job_id(env: Mapping[str, str]) -> Optional[str]:
+    """The platform's id of this job, the same in every container of it and across its
+    restarts; None when no variable names it (a local run)."""
+    for name in JOB_ID_VARIABLES:
+        value = (env.get(name) or "").strip()
+        if value:
+            if name == "MA_VJ_NAME":
+                value = re.sub(r"-vc\d+$", "", value)
+                if value.startswith("ma-job-"):
+                    value = "modelarts-job-" + value[len("ma-job-"):]
+            return value
+    return None
+
+
 def job_id(env: Mapping[str, str], hosts: list[tuple[str, int]]) -> str:
-    for name in ("MA_JOB_ID", "VC_JOB_ID", "BATCH_JOB_ID", "DLS_JOB_ID"):
-        if env.get(name):
-            return env[name]
-    return ",".join(f"{h}:{p}" for h, p in hosts)
+    """The job's id for the keys its nodes derive; the node list when there is none."""
+    return platform_job_id(env) or ",".join(f"{h}:{p}" for h, p in hosts)
 
 
 def discover(env: Mapping[str, str], volcano_dir: Path) -> Cluster:

@@ -30,7 +30,7 @@ from ..records import field, frozen
 from . import parse
 from .location import Location, remote
 from .location import parse as parse_url
-from .platform import Cluster, discover
+from .platform import Cluster, discover, platform_job_id
 from .storage import Credentials, Endpoint, env_credentials, resolve_endpoint
 
 TYPE_CHECKING = False  # not typing's own: importing typing costs start-up time (bench/README.md)
@@ -46,6 +46,8 @@ if TYPE_CHECKING:
     HangAction = Literal["stop", "dump"]
     PeerFetch = Literal["auto", "on", "off"]
     LaunchMode = Literal["each", "mpi"]
+    OutputLayout = Literal["node", "shared"]
+    Restore = Literal["auto", "always", "off"]
 
 
 MiB = 1024 * 1024
@@ -58,29 +60,30 @@ CACHE_DIR = "/cache"  # the node-local NVMe SSD the platform mounts on GPU nodes
 # wondering why nothing changed. tests/unit/test_settings.py keeps it equal to what the
 # code names.
 VARIABLES = frozenset({
-    "BOOTSTRAP_ACTIVE", "BOOTSTRAP_AGENT_PORT", "BOOTSTRAP_BARRIER",
+    "BOOTSTRAP_ACTIVE", "BOOTSTRAP_AGENT_PORT", "BOOTSTRAP_ATTEMPT", "BOOTSTRAP_BARRIER",
     "BOOTSTRAP_BUSY_MEMORY_FRACTION", "BOOTSTRAP_CACHE_DIR", "BOOTSTRAP_CLUSTER_FILE",
     "BOOTSTRAP_CODE_DIR", "BOOTSTRAP_DATA_DIR", "BOOTSTRAP_DATA_MAX_GB", "BOOTSTRAP_DATA_PATH",
     "BOOTSTRAP_DATA_SHARD", "BOOTSTRAP_DATA_SHARE_FILE", "BOOTSTRAP_DATA_TIMEOUT",
-    "BOOTSTRAP_DEBUG", "BOOTSTRAP_DOWNLOAD_WORKERS", "BOOTSTRAP_EXPECT_GPUS",
+    "BOOTSTRAP_DEBUG", "BOOTSTRAP_DOWNLOAD_WORKERS", "BOOTSTRAP_EVIDENCE", "BOOTSTRAP_EXPECT_GPUS",
     "BOOTSTRAP_FAILURE_FILE", "BOOTSTRAP_FATAL_CHECKS", "BOOTSTRAP_GRACE_SECONDS",
     "BOOTSTRAP_HANG_ACTION", "BOOTSTRAP_HANG_SECONDS", "BOOTSTRAP_HEARTBEAT_FILE",
     "BOOTSTRAP_HOME", "BOOTSTRAP_HOSTFILE", "BOOTSTRAP_IB_ADDR", "BOOTSTRAP_IB_MAP_FILE",
     "BOOTSTRAP_IMAGE_META", "BOOTSTRAP_JOB_SECRET", "BOOTSTRAP_JOB_SECRET_FILE",
-    "BOOTSTRAP_LAUNCH", "BOOTSTRAP_LAUNCHER_HOME", "BOOTSTRAP_LOG_FILE",
-    "BOOTSTRAP_LOG_FORMAT", "BOOTSTRAP_LOG_UPLOAD_URL", "BOOTSTRAP_MASTER_ADDR_IB",
+    "BOOTSTRAP_LAUNCH", "BOOTSTRAP_LAUNCHER_HOME", "BOOTSTRAP_LOG_FILE", "BOOTSTRAP_LOG_FORMAT",
+    "BOOTSTRAP_LOG_MAX_MB", "BOOTSTRAP_LOG_UPLOAD_URL", "BOOTSTRAP_MASTER_ADDR_IB",
     "BOOTSTRAP_MASTER_IB_ADDR", "BOOTSTRAP_MASTER_PORT", "BOOTSTRAP_MAX_FILES",
     "BOOTSTRAP_MIN_CACHE_GB", "BOOTSTRAP_MIN_DISK_GB", "BOOTSTRAP_MIN_MEMORY_GB",
     "BOOTSTRAP_MIN_NOFILE", "BOOTSTRAP_MIN_SHM_MB", "BOOTSTRAP_MPI_HOSTFILE",
     "BOOTSTRAP_MULTIPART_THRESHOLD", "BOOTSTRAP_NETWORK", "BOOTSTRAP_NUM_GPUS",
-    "BOOTSTRAP_NVML_MODULE", "BOOTSTRAP_OUTPUT_DIR", "BOOTSTRAP_PEER_FETCH",
-    "BOOTSTRAP_PEER_TIMEOUT", "BOOTSTRAP_PIP_INSTALL", "BOOTSTRAP_PREFLIGHT_TIMEOUT",
-    "BOOTSTRAP_PYTHON", "BOOTSTRAP_RANGE_SIZE", "BOOTSTRAP_RELAY_PORT",
-    "BOOTSTRAP_REQUIRE_GPU", "BOOTSTRAP_RETRY_ATTEMPTS", "BOOTSTRAP_RETRY_DEADLINE",
-    "BOOTSTRAP_RUN_TRAIN", "BOOTSTRAP_S3_ADDRESSING", "BOOTSTRAP_S3_BACKEND",
-    "BOOTSTRAP_S3_CONNECT_TIMEOUT", "BOOTSTRAP_S3_READ_TIMEOUT", "BOOTSTRAP_STACKS_DIR",
-    "BOOTSTRAP_SUPERVISE", "BOOTSTRAP_SYNC_INTERVAL", "BOOTSTRAP_SYNC_SETTLE_SECONDS",
-    "BOOTSTRAP_SYSFS_ROOT", "BOOTSTRAP_TRANSFER_MEMORY_MB", "BOOTSTRAP_VOLCANO_DIR",
+    "BOOTSTRAP_NVML_MODULE", "BOOTSTRAP_OUTPUT_DIR", "BOOTSTRAP_OUTPUT_LAYOUT",
+    "BOOTSTRAP_PEER_FETCH", "BOOTSTRAP_PEER_TIMEOUT", "BOOTSTRAP_PIP_INSTALL",
+    "BOOTSTRAP_PREFLIGHT_TIMEOUT", "BOOTSTRAP_PYTHON", "BOOTSTRAP_RANGE_SIZE",
+    "BOOTSTRAP_RELAY_PORT", "BOOTSTRAP_REQUIRE_GPU", "BOOTSTRAP_RESTORE",
+    "BOOTSTRAP_RETRY_ATTEMPTS", "BOOTSTRAP_RETRY_DEADLINE", "BOOTSTRAP_RUN_TRAIN",
+    "BOOTSTRAP_S3_ADDRESSING", "BOOTSTRAP_S3_BACKEND", "BOOTSTRAP_S3_CONNECT_TIMEOUT",
+    "BOOTSTRAP_S3_READ_TIMEOUT", "BOOTSTRAP_STACKS_DIR", "BOOTSTRAP_SUPERVISE",
+    "BOOTSTRAP_SYNC_INTERVAL", "BOOTSTRAP_SYNC_SETTLE_SECONDS", "BOOTSTRAP_SYSFS_ROOT",
+    "BOOTSTRAP_TRANSFER_MEMORY_MB", "BOOTSTRAP_VOLCANO_DIR",
 })
 DEV_VARIABLES = frozenset({"BOOTSTRAP_DEMO_NODES", "BOOTSTRAP_DEV_PYTHON"})
 ACTIVE_MARKER = "BOOTSTRAP_ACTIVE"  # set for the command: a nested run_train.sh execs at once
@@ -156,6 +159,7 @@ class RunSettings:
     supervise: bool | None  # None: decide (PID 1, or work left after the command)
     grace_seconds: float
     log_file: Path  # the command's output, tee'd while supervising
+    log_max: int  # BOOTSTRAP_LOG_MAX_MB in bytes: the log file's cap (0: none)
     failure_file: Path
     pip_install: PipInstall  # "on": requirements.txt too, not only pip-requirements.txt
     cache_dir: Path  # the command's TMPDIR when it exists and TMPDIR is unset
@@ -166,13 +170,19 @@ class RunSettings:
 
 @frozen
 class Outputs:
-    """What leaves the node: the output folder and the command's log."""
+    """What leaves the node and what a restarted job gets back: the output folder, the
+    command's log, each attempt's evidence (see :mod:`bootstrap.restart`)."""
 
     output_dir: Path | None  # synced to `destination`
     destination: Location | None  # DLS_TRAIN_URL, set (and remote) when output_dir is
     sync_interval: float  # 0: only at the end
     sync_settle: float  # files younger than this wait for the next periodic round
     log_upload: Location | None  # BOOTSTRAP_LOG_UPLOAD_URL (or the original's variable)
+    train_url: Location | None = None  # DLS_TRAIN_URL when it is remote: attempts, evidence
+    job_id: str | None = None  # the platform's id of the job, kept across its restarts
+    layout: OutputLayout = "node"  # BOOTSTRAP_OUTPUT_LAYOUT: node r > 0 under node-<r>/
+    restore: Restore = "auto"  # BOOTSTRAP_RESTORE: earlier attempts' outputs come back
+    evidence: bool = True  # BOOTSTRAP_EVIDENCE: each attempt's log and records uploaded
 
 
 @frozen
@@ -364,6 +374,7 @@ def _run(env: Mapping[str, str], job_dir: Path, task: str) -> RunSettings:
         supervise=supervise,
         grace_seconds=parse.number(env, "BOOTSTRAP_GRACE_SECONDS", 30.0, minimum=0),
         log_file=Path(parse.text(env, "BOOTSTRAP_LOG_FILE") or f"/tmp/dls-task-{task}.log"),
+        log_max=int(parse.number(env, "BOOTSTRAP_LOG_MAX_MB", 1024, minimum=0) * MiB),
         failure_file=Path(parse.text(env, "BOOTSTRAP_FAILURE_FILE") or job_dir / "failure.json"),
         pip_install=pip_install,
         cache_dir=_cache_dir(env),
@@ -390,7 +401,27 @@ def _outputs(env: Mapping[str, str]) -> Outputs:
         sync_interval=parse.number(env, "BOOTSTRAP_SYNC_INTERVAL", 0.0, minimum=0),
         sync_settle=parse.number(env, "BOOTSTRAP_SYNC_SETTLE_SECONDS", 5.0, minimum=0),
         log_upload=_log_upload(env),
+        train_url=destination or _train_url(env),
+        job_id=platform_job_id(env),
+        layout=parse.choice(env, "BOOTSTRAP_OUTPUT_LAYOUT", "node",  # type: ignore[arg-type]
+                            ("node", "shared")),
+        restore=parse.choice(env, "BOOTSTRAP_RESTORE", "auto",  # type: ignore[arg-type]
+                             ("auto", "always", "off")),
+        evidence=parse.flag(env, "BOOTSTRAP_EVIDENCE", True),
     )
+
+
+def _train_url(env: Mapping[str, str]) -> Location | None:
+    """DLS_TRAIN_URL without an output folder: where the attempts' evidence goes when it
+    is an object-store URL; a local path (or anything else) is not ours to write to."""
+    url = parse.text(env, "DLS_TRAIN_URL")
+    if not url:
+        return None
+    try:
+        found = parse_url(url, "DLS_TRAIN_URL")
+    except ConfigError:
+        return None
+    return found if found.is_remote else None
 
 
 def _port(env: Mapping[str, str], name: str, default: int) -> int:

@@ -51,6 +51,7 @@ from ..cluster.wire import Wire, hang_up
 from ..errors import LauncherLost
 from ..log import Log
 from ..run import watchdog
+from ..run.logfile import CappedLog
 from .channel import HANDSHAKE, JSON, STDERR, STDIN, STDOUT, Broken, Channel
 from .plan import PROTOCOL, Plan
 
@@ -63,10 +64,9 @@ class Agent:
                  cwd: Optional[Path], grace: float, log: Log) -> None:
         self.plan, self.env, self.cwd, self.grace, self.log = plan, dict(env), cwd, grace, log
         self.allowed = frozenset(allowed)
-        self.tee: Optional[IO[bytes]] = None  # the node's log file: remote output lands there too
+        self.tee: Optional[CappedLog] = None  # the node's log file: remote output lands there too
         self.stacks: Optional[tuple[Path, Path]] = None  # the hook's folder, the stacks file
         self._dumps = 0
-        self._tee_lock = threading.Lock()
         self.code: Optional[int] = None
         self._controlled = threading.Event()
         self._ended = threading.Event()  # the control connection is over (code or not)
@@ -225,9 +225,8 @@ class Agent:
                 if not data:
                     return
                 if self.tee is not None:
-                    with self._tee_lock, contextlib.suppress(OSError):
+                    with contextlib.suppress(OSError):
                         self.tee.write(data)
-                        self.tee.flush()
                 if sending:
                     try:
                         channel.send(kind, data)

@@ -14,7 +14,8 @@ alone. Contract (each point is tested):
   node asks the store itself (HeadObject ``partNumber``). An object that cannot be
   checked (another ETag, a store that does not answer for parts) comes from the store.
 * **Each node its own port, each end proven.** Node r serves on
-  ``BOOTSTRAP_RELAY_PORT + 2r`` (its data tree on the next port), so nodes sharing a
+  ``BOOTSTRAP_RELAY_PORT + 3r`` (its data tree and a restarted job's outputs on the next
+  two), so nodes sharing a
   host (the host-network pools) each serve their own children. Both ends prove
   themselves with :mod:`bootstrap.cluster.auth` (a key per protocol, derived from the
   store's secret key and the job's id; the server first, its rank bound in): a child
@@ -60,7 +61,8 @@ if TYPE_CHECKING:
     from ..log import Log
 
 FAN_OUT = 2  # as fast as 4 on 25 Gbit/s, faster on slower links (bench/README.md)
-PROTOCOLS = ("relay-code", "relay-data")  # one derived key and one port each
+# One derived key and one port each: the code, the staged data, a restarted job's outputs.
+PROTOCOLS = ("relay-code", "relay-data", "relay-outputs")
 BATCH = 64  # files per request line
 CHUNK = 1 << 20
 MAX_PENDING = 16  # handshakes in progress at once; proven children do not count
@@ -87,8 +89,8 @@ def children(rank: int, size: int) -> list[int]:
 
 
 def port_of(base: int, rank: int, protocol: str) -> int:
-    """Where node ``rank`` serves ``protocol``: two ports a node, code then data."""
-    return base + 2 * rank + PROTOCOLS.index(protocol)
+    """Where node ``rank`` serves ``protocol``: a port a protocol, in PROTOCOLS' order."""
+    return base + len(PROTOCOLS) * rank + PROTOCOLS.index(protocol)
 
 
 @frozen
@@ -104,11 +106,11 @@ class Peers:
 
 
 def port_conflict(base: int, cluster: Cluster, ephemeral: tuple[int, int]) -> Optional[str]:
-    """Why the job's relay ports (every node's code and data port, two a node) cannot
-    be used, or None (the rule: :mod:`bootstrap.cluster.ports`)."""
+    """Why the job's relay ports (every node's code, data and outputs port, three a
+    node) cannot be used, or None (the rule: :mod:`bootstrap.cluster.ports`)."""
     wanted = [(port_of(base, r, p), r) for r in range(cluster.size) for p in PROTOCOLS]
     found = ports.conflict(wanted, ports.taken_by_the_job(cluster), ephemeral)
-    return found.replace(" go past", " (two a node) go past") if found else None
+    return found.replace(" go past", " (three a node) go past") if found else None
 
 
 def plan(settings: Settings, url: Location, protocol: str, log: Log) -> Optional[Peers]:
@@ -127,7 +129,7 @@ def plan(settings: Settings, url: Location, protocol: str, log: Log) -> Optional
     conflict = port_conflict(base, cluster, ports.ephemeral())
     if conflict is not None:
         fix = (f"BOOTSTRAP_RELAY_PORT={base} leaves no room for {cluster.size} nodes: "
-               f"{conflict}; choose another base (node r serves on base + 2r and base + 2r + 1)")
+               f"{conflict}; choose another base (node r serves on base + 3r to base + 3r + 2)")
         if mode == "on":
             raise ConfigError(fix)
         log.warn(f"relay: off: {fix}")

@@ -14,7 +14,8 @@ sync, log upload), the bootstrap keeps running as the parent:
 * the exit code is the command's, or 128 + N when it died by signal N, as a shell
   reports it (never flattened to 1);
 * stdout and stderr stream through unchanged, and are also appended to the log file
-  (``/tmp/dls-task-$DLS_TASK_INDEX.log`` like the original, ``BOOTSTRAP_LOG_FILE``);
+  (``/tmp/dls-task-$DLS_TASK_INDEX.log`` like the original, ``BOOTSTRAP_LOG_FILE``),
+  capped at ``BOOTSTRAP_LOG_MAX_MB`` (:mod:`.logfile`);
 * on a non-zero end a failure record (exit code, signal, last lines of stderr, and
   the :mod:`~bootstrap.run.diagnose` reason and category) is written once to
   ``BOOTSTRAP_FAILURE_FILE`` (default ``<job dir>/failure.json``);
@@ -43,6 +44,7 @@ from ..errors import BootstrapError
 from ..log import Log
 from ..records import frozen
 from .diagnose import Diagnosis, before_start, classify, oom_kills
+from .logfile import CappedLog
 
 if TYPE_CHECKING:
     from .watchdog import Watchdog
@@ -102,11 +104,11 @@ class _Tee(threading.Thread):
     redraw with \\r are not held back until a newline), and to the log file whole
     lines at a time, so stdout and stderr lines never interleave mid-line there."""
 
-    def __init__(self, pipe: IO[bytes], out: IO[bytes], logfile: Optional[IO[bytes]],
-                 lock: threading.Lock, keep_tail: bool,
+    def __init__(self, pipe: IO[bytes], out: IO[bytes], logfile: Optional[CappedLog],
+                 keep_tail: bool,
                  on_data: Optional[Callable[[], None]] = None) -> None:
         super().__init__(daemon=True)
-        self.pipe, self.out, self.logfile, self.lock = pipe, out, logfile, lock
+        self.pipe, self.out, self.logfile = pipe, out, logfile
         self.on_data = on_data
         self.tail: collections.deque[bytes] = collections.deque()
         self.tail_size = 0
@@ -145,9 +147,8 @@ class _Tee(threading.Thread):
 
     def _log(self, data: bytes) -> None:
         if self.logfile is not None and data:
-            with self.lock, contextlib.suppress(OSError):
+            with contextlib.suppress(OSError):  # a full disk must not stop the stream
                 self.logfile.write(data)
-                self.logfile.flush()
 
     def text(self, lines: int = 40) -> str:
         data = b"".join(self.tail).decode("utf-8", errors="replace")
@@ -157,9 +158,10 @@ class _Tee(threading.Thread):
 class Supervisor:
     def __init__(self, argv: Sequence[str], env: Mapping[str, str], cwd: Optional[Path],
                  grace: float, log: Log, log_path: Optional[Path], umask: int = -1,
-                 watchdog: Optional[Watchdog] = None, nvml_module: Optional[str] = None) -> None:
+                 watchdog: Optional[Watchdog] = None, nvml_module: Optional[str] = None,
+                 log_max: int = 0) -> None:
         self.argv, self.env, self.cwd, self.umask = list(argv), dict(env), cwd, umask
-        self.grace, self.log, self.log_path = grace, log, log_path
+        self.grace, self.log, self.log_path, self.log_max = grace, log, log_path, log_max
         self.watchdog = watchdog
         self.nvml_module = nvml_module  # watch Xid events when the node has GPUs
         if watchdog is not None:
@@ -198,8 +200,7 @@ class Supervisor:
         logfile = None
         if self.log_path is not None:
             try:
-                self.log_path.parent.mkdir(parents=True, exist_ok=True)
-                logfile = open(self.log_path, "ab")  # noqa: SIM115 - closed below
+                logfile = CappedLog(self.log_path, self.log_max)
             except OSError as exc:
                 self.log.warn(f"cannot write the log file {self.log_path}: {exc.strerror}")
         started = time.monotonic()
@@ -218,12 +219,11 @@ class Supervisor:
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                       start_new_session=True, umask=self.umask)
         _raise_oom_score(self.child.pid)
-        lock = threading.Lock()
         assert self.child.stdout is not None and self.child.stderr is not None
         progress = self.watchdog.progress if self.watchdog is not None else None
-        tees = [_Tee(self.child.stdout, sys.stdout.buffer, logfile, lock, keep_tail=False,
+        tees = [_Tee(self.child.stdout, sys.stdout.buffer, logfile, keep_tail=False,
                      on_data=progress),
-                _Tee(self.child.stderr, sys.stderr.buffer, logfile, lock, keep_tail=True,
+                _Tee(self.child.stderr, sys.stderr.buffer, logfile, keep_tail=True,
                      on_data=progress)]
         for tee in tees:
             tee.start()

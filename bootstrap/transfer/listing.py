@@ -50,10 +50,11 @@ class RemoteObject:
         return int(found.group(1)) if found else None
 
 
-def list_objects(lister: SignedClient, location: Location,
-                 settings: Transfer) -> tuple[list[RemoteObject], list[str]]:
+def list_objects(lister: SignedClient, location: Location, settings: Transfer,
+                 empty_ok: bool = False) -> tuple[list[RemoteObject], list[str]]:
     """Every object under the prefix, as relative paths already checked for safety,
-    and every folder (directory markers and files' parents), parents first."""
+    and every folder (directory markers and files' parents), parents first. An empty
+    prefix is an error (a code directory must hold code) unless ``empty_ok``."""
     objects: list[RemoteObject] = []
     files: set[str] = set()
     folders: set[str] = set()
@@ -93,7 +94,7 @@ def list_objects(lister: SignedClient, location: Location,
         name = sorted(clash)[0]
         raise DownloadError(f"{location.url}{name} is both a file and a folder in the bucket; "
                             "a local tree cannot hold both: rename one of them")
-    if not objects and not folders:
+    if not objects and not folders and not empty_ok:
         single = named_object(lister, location, settings)
         if single is not None:
             folder = location.url[: location.url.rstrip("/").rfind("/") + 1]
@@ -118,3 +119,22 @@ def named_object(lister: SignedClient, location: Location,
         if name == key:
             return RemoteObject(key, key.rsplit("/", 1)[-1], size, etag)
     return None
+
+
+def keys_under(lister: SignedClient, bucket: str, prefix: str,
+               settings: Transfer) -> list[tuple[str, int, str]]:
+    """Every ``(key, size, etag)`` under ``prefix``, as stored (the bootstrap's own
+    records: no relative-path checks); a listing that repeats its token is refused."""
+    found: list[tuple[str, int, str]] = []
+    token: Optional[str] = None
+    seen: set[str] = set()
+    while True:
+        items, token = retry.call(lambda t=token: lister.page(bucket, prefix, t),  # type: ignore[misc]
+                                  settings.retry_attempts, settings.retry_deadline)
+        found.extend(items)
+        if token is None:
+            return found
+        if not token or token in seen or len(found) > settings.max_files:
+            raise DownloadError(f"the object store returned a listing of s3://{bucket}/{prefix} "
+                                "that never ends")
+        seen.add(token)

@@ -5,8 +5,13 @@
 ``BOOTSTRAP_SYNC_INTERVAL`` seconds while it runs, so a preempted job keeps its last
 checkpoints.
 
+Node 0's outputs (and a one-node job's) go to ``<DLS_TRAIN_URL>/<rel>``, node r's to
+``<DLS_TRAIN_URL>/node-<r>/<rel>`` (``BOOTSTRAP_OUTPUT_LAYOUT=shared``: the plain keys
+for every node), so no node's file replaces another's.
+
 A reader of ``DLS_TRAIN_URL`` can tell a finished sync from a cut one: the first round
-withdraws the previous completion manifest, and the final one, once every object is
+withdraws the previous completion manifest (and writes ``owner.json``, the job id a
+restart's restore checks), and the final one, once every object is
 there, writes ``.bootstrap/<rank>/complete.json`` last (keys, sizes, ETags, the
 command's exit code, the time). Multipart uploads in flight are noted under
 ``.bootstrap/<rank>/uploads/``; a run killed mid-upload (SIGKILL after the platform's
@@ -19,32 +24,36 @@ is reported and never changes the exit code.
 
 from __future__ import annotations
 
+import json
 import threading
 from pathlib import Path
-from typing import Optional
 
 from ..config.location import Location
 from ..config.settings import Outputs, Transfer
 from ..errors import BootstrapError
 from ..log import Log
+from ..restart import keys
 from .upload import SyncState, begin_outputs, sync_tree, upload_file, write_manifest
 
 
 class OutputSync:
-    """The output folder's sync: periodic while the command runs, final once it ended;
-    what was sent is remembered in ``state_file`` so each round sends only changes."""
+    """The output folder's sync: a round every ``BOOTSTRAP_SYNC_INTERVAL`` seconds while
+    the command runs (:meth:`periodic`), the final one once it ended (:meth:`final`);
+    what the store holds is remembered in ``state_file`` so each round sends only
+    changes. Node r > 0 uploads under ``node-<r>/`` (``BOOTSTRAP_OUTPUT_LAYOUT=node``,
+    :mod:`bootstrap.restart.keys`), its records under ``.bootstrap/<r>/`` either way."""
 
     def __init__(self, settings: Outputs, transfer: Transfer, state_file: Path,
-                 log: Log, rank: int = 0) -> None:
+                 log: Log, rank: int = 0, attempt: int = 1) -> None:
         if settings.output_dir is None or settings.destination is None:
             raise ValueError("OutputSync needs BOOTSTRAP_OUTPUT_DIR and its destination")
         self.src = settings.output_dir
-        self.dest = settings.destination
+        self.dest = keys.node_destination(settings.destination, rank, settings.layout)
         self.settings, self.transfer, self.log = settings, transfer, log
-        self.journal = f"{self.dest.prefix}.bootstrap/{rank}/"
+        self.journal = keys.journal(settings.destination, rank)
+        self.owner = json.dumps({"job_id": settings.job_id, "attempt": attempt,
+                                 "rank": rank, "outputs": self.dest.url}).encode()
         self._begun = False
-        self._stop = threading.Event()
-        self._thread: Optional[threading.Thread] = None
         self._lock = threading.Lock()  # one sync at a time: periodic and final never overlap
 
         self.src.mkdir(parents=True, exist_ok=True)
@@ -53,34 +62,22 @@ class OutputSync:
     def _sync(self, settle: float, round_name: str) -> None:
         with self._lock:
             if not self._begun:
-                begin_outputs(self.dest, self.transfer, self.journal, self.log)
+                begin_outputs(self.dest, self.transfer, self.journal, self.log, self.owner)
                 self._begun = True
             stats = sync_tree(self.src, self.dest, self.transfer, self.log, self.state,
                               settle=settle, journal=self.journal)
         self.log.info(f"output sync{round_name}: {stats.summary()} -> {self.dest.url}",
                       sync="final" if round_name else "periodic", **stats.fields())
 
-    def start_periodic(self) -> None:
-        interval = self.settings.sync_interval
-        if interval <= 0:
-            return
-
-        def loop() -> None:
-            while not self._stop.wait(interval):
-                try:
-                    self._sync(self.settings.sync_settle, "")
-                except BootstrapError as exc:  # the final sync retries; the job goes on
-                    self.log.warn(f"periodic output sync failed: {exc.message}")
-
-        self._thread = threading.Thread(target=loop, name="output-sync", daemon=True)
-        self._thread.start()
+    def periodic(self) -> None:
+        """One round while the command runs: files still settling wait for the next."""
+        try:
+            self._sync(self.settings.sync_settle, "")
+        except BootstrapError as exc:  # the final sync retries; the job goes on
+            self.log.warn(f"periodic output sync failed: {exc.message}")
 
     def final(self, exit_code: int) -> bool:
         """The last sync, then the completion manifest; False when outputs are missing."""
-
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
         try:
             self._sync(0.0, " (final)")
             key = write_manifest(self.dest, self.transfer, self.journal, self.state,
@@ -94,9 +91,18 @@ class OutputSync:
 
 
 def upload_log(path: Path, dest: Location, transfer: Transfer, log: Log) -> None:
+    """The log file to ``<dest>/<its name>`` as the original did, its secrets scrubbed
+    (:func:`bootstrap.restart.evidence.scrubbed`)."""
+    from ..restart.evidence import scrubbed
+
+    copy = None
     try:
         key = (dest.prefix or "") + path.name
-        upload_file(path, dest, key, transfer)
+        copy = scrubbed(path, log.redact)
+        upload_file(copy, dest, key, transfer)
         log.info(f"log uploaded to {dest.bucket}/{key}")
     except (BootstrapError, OSError) as exc:  # a log upload never changes the job's end
         log.warn(f"log upload failed (the exit code is unchanged): {exc}")
+    finally:
+        if copy is not None:
+            copy.unlink(missing_ok=True)

@@ -61,17 +61,22 @@ PART_STREAMS = 8  # parts in flight per file; each is held whole (its SHA-256 is
 # RSS 87 -> 133 MiB (order drawn at random; bench/README.md). A lone file keeps its 8.
 LARGE_AT_ONCE = 3
 MANIFEST_NAME = "complete.json"  # under <DLS_TRAIN_URL>/.bootstrap/<rank>/
+OWNER_NAME = "owner.json"  # beside it: the job (and attempt) whose outputs these are
 UPLOAD_MEMORY_SHARE = 4  # uploads run beside the training: a quarter of the budget
 _ETAG = re.compile(r"^[0-9a-f]{32}(-\d+)?$")
 
 
 @mutable
 class SyncState:
-    """What was uploaded: ``rel -> (size, mtime_ns, etag)``; persisted beside the
-    outputs (the ETags make the completion manifest)."""
+    """What the store holds of the outputs: ``done``, ``rel -> (size, mtime_ns, etag)``,
+    uploaded to (or restored from) this node's own destination, whose ETags make the
+    completion manifest; ``restored``, ``rel -> (size, mtime_ns)``, files a restart
+    brought back from another node's tree (node 0's checkpoint on node 1), not sent
+    again while unchanged and not this node's to list. Persisted beside the outputs."""
 
     path: Optional[Path] = None
     done: dict[str, tuple[int, int, str]] = field(default_factory=dict)
+    restored: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     @classmethod
     def load(cls, path: Optional[Path]) -> SyncState:
@@ -79,15 +84,22 @@ class SyncState:
         if path is not None:
             try:
                 raw = json.loads(path.read_text())
-                state.done = {k: (int(v[0]), int(v[1]), str(v[2])) for k, v in raw.items()}
-            except (OSError, ValueError, TypeError, IndexError, AttributeError):
+                state.done = {k: (int(v[0]), int(v[1]), str(v[2]))
+                              for k, v in raw["done"].items()}
+                state.restored = {k: (int(v[0]), int(v[1])) for k, v in raw["restored"].items()}
+            except (OSError, ValueError, TypeError, IndexError, AttributeError, KeyError):
                 pass  # no record: everything is uploaded once more, which is safe
         return state
+
+    def unchanged(self, rel: str, size: int, mtime: int) -> bool:
+        """Whether the store already holds ``rel`` as it is on disk now."""
+        return self.done.get(rel, (-1, -1, ""))[:2] == (size, mtime) or \
+            self.restored.get(rel) == (size, mtime)
 
     def save(self) -> None:
         if self.path is None:
             return
-        atomic.write_text(self.path, json.dumps(self.done))
+        atomic.write_text(self.path, json.dumps({"done": self.done, "restored": self.restored}))
 
 
 @mutable
@@ -271,7 +283,7 @@ def sync_tree(src: Path, dest: Location, settings: Transfer, log: Log,
     now = time.time_ns()
     todo = []
     for rel, (size, mtime, path) in sorted(scan(src).items()):
-        if state.done.get(rel, (-1, -1, ""))[:2] == (size, mtime):
+        if state.unchanged(rel, size, mtime):
             stats.unchanged += 1
         elif settle > 0 and now - mtime < settle * 1e9:
             stats.settling += 1
@@ -290,6 +302,7 @@ def sync_tree(src: Path, dest: Location, settings: Transfer, log: Log,
                 return
             if (st.st_size, st.st_mtime_ns) == (size, mtime):  # unchanged while we sent it
                 state.done[rel] = (size, mtime, etag)
+                state.restored.pop(rel, None)
             stats.files += 1
             stats.bytes += sent
 
@@ -322,11 +335,28 @@ def upload_file(path: Path, dest: Location, key: str, settings: Transfer) -> Upl
     return stats
 
 
-def begin_outputs(dest: Location, settings: Transfer, journal: str, log: Log) -> int:
+def put_objects(dest: Location, settings: Transfer, items: dict[str, bytes | Path]) -> None:
+    """Small objects (``bytes``) and files (``Path``) to their keys in ``dest``'s bucket,
+    in one store session, one after another (markers, records, an attempt's evidence)."""
+
+    async def work(store: Store) -> None:
+        uploader = Uploader(store, dest, settings, UploadStats())
+        for key, body in items.items():
+            if isinstance(body, Path):
+                await uploader.put_file(body, key)
+            else:
+                await uploader.put_bytes(key, body)
+
+    _transfer(dest, settings, work)
+
+
+def begin_outputs(dest: Location, settings: Transfer, journal: str, log: Log,
+                  owner: Optional[bytes] = None) -> int:
     """The first duty of an output sync: withdraw the previous run's completion
-    manifest (a reader must never trust it while this run writes), and abort the
-    multipart uploads the journal says a killed run of this node left dangling.
-    Returns how many were aborted."""
+    manifest (a reader must never trust it while this run writes), say which job writes
+    here now (``owner``, the journal's ``owner.json``: what a restarted job's restore
+    asks), and abort the multipart uploads the journal says a killed run of this node
+    left dangling. Returns how many were aborted."""
     from ..storage.base import credentials
     from ..storage.signed import SignedClient
 
@@ -336,6 +366,8 @@ def begin_outputs(dest: Location, settings: Transfer, journal: str, log: Log) ->
         nonlocal aborted
         uploader = Uploader(store, dest, settings, UploadStats())
         await uploader.delete(journal + MANIFEST_NAME)
+        if owner is not None:
+            await uploader.put_bytes(journal + OWNER_NAME, owner)
         client = SignedClient(settings.endpoint, credentials(settings),
                               settings.connect_timeout, settings.read_timeout)
         try:

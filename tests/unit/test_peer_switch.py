@@ -37,7 +37,7 @@ def test_auto_starts_at_the_documented_size(tmp_path: Path) -> None:
     assert peers_for(tmp_path, PEER_FETCH_NODES - 1)[0] is None
     found, _ = peers_for(tmp_path, PEER_FETCH_NODES)
     assert found is not None and found.rank == 1
-    assert found.ports == tuple(29611 + 2 * r for r in range(PEER_FETCH_NODES))
+    assert found.ports == tuple(29611 + 3 * r for r in range(PEER_FETCH_NODES))
     assert found.hosts == tuple(f"node-{j}" for j in range(PEER_FETCH_NODES))
     assert found.key == auth.derive("s3cr3t-example", "job-7", "relay-code")
     data, _ = peers_for(tmp_path, PEER_FETCH_NODES, kind="relay-data")

@@ -118,7 +118,7 @@ def test_relay_ports_stay_clear_of_the_jobs_other_ports() -> None:
     wide = (32768, 60999)
     assert protocol.port_conflict(29611, four, wide) is None
     assert [protocol.port_of(29611, r, p) for r in range(2) for p in protocol.PROTOCOLS] == \
-        [29611, 29612, 29613, 29614]  # one pair a node: nodes on one host never share
+        [29611, 29612, 29613, 29614, 29615, 29616]  # three a node: nodes on one host never share
     said = protocol.port_conflict(5995, four, wide)
     assert said is not None and "port 6000 (node 2's)" in said and "MASTER_PORT" in said
     said = protocol.port_conflict(6001, four, wide)
