@@ -26,7 +26,8 @@ LAZY_STAGES = ("bootstrap.transfer.fetch", "bootstrap.transfer.download",
                "bootstrap.transfer.upload", "bootstrap.run.supervise", "bootstrap.run.watchdog",
                "bootstrap.cluster.barrier", "bootstrap.cluster.network",
                "bootstrap.storage.native", "bootstrap.storage.boto", "bootstrap.mpi.agent",
-               "bootstrap.mpi.channel", "cryptography")
+               "bootstrap.mpi.channel", "bootstrap.restart.attempts", "bootstrap.restart.restore",
+               "bootstrap.restart.evidence", "cryptography")
 
 
 def loaded_by(module: str) -> list[str]:
@@ -79,8 +80,9 @@ def test_a_job_without_a_download_loads_nothing_heavy_up_to_its_exec(tmp_path: P
 # entry points and the job's story load the stages a run needs, and the store opens
 # the one backend a job uses. Anywhere else a sibling is imported at the top.
 LAZY_SIBLINGS: dict[str, frozenset[str]] = {
-    "bootstrap/__main__.py": frozenset({"job", "commands", "config"}),
-    "bootstrap/job.py": frozenset({"run", "transfer", "relay", "data", "cluster", "mpi"}),
+    "bootstrap/__main__.py": frozenset({"job", "commands", "config", "version"}),
+    "bootstrap/job.py": frozenset({"run", "transfer", "relay", "data", "cluster", "mpi",
+                                   "restart"}),
     "bootstrap/storage/base.py": frozenset({"native", "boto"}),
 }
 
