@@ -370,10 +370,8 @@ def _resume_stage(settings: Settings, log: Log, attempt: Attempt) -> None:
             return
         if outputs.evidence:
             knobs = settings.run
-            folder = f"{rank}/{keys.folder_name(outputs.job_id)}/attempt-{attempt.number}/"
-            places = [(train, keys.attempt(train, rank, outputs.job_id, attempt.number))]
-            if outputs.log_upload is not None:
-                places.append((outputs.log_upload, outputs.log_upload.prefix + folder))
+            places = [(where, keys.attempt(where, rank, outputs.job_id, attempt.number))
+                      for where in (train, outputs.log_upload) if where is not None]
             attempt.evidence = evidence.Evidence(
                 places, {evidence.LOG_NAME: knobs.log_file, "failure.json": knobs.failure_file,
                          "hang-stacks.txt": knobs.failure_file.parent / "hang-stacks.txt",
@@ -460,7 +458,7 @@ def _supervise(argv: Sequence[str], env: Mapping[str, str], cwd: Optional[Path],
     # leaves both as they were at its last round.
     rounds = Rounds(settings.outputs.sync_interval,
                     [w for w in (sync.periodic if sync else None,
-                                 evidence.log_round if evidence else None) if w is not None])
+                                 evidence.periodic if evidence else None) if w is not None])
     rounds.start()
     try:
         outcome = supervise.Supervisor(

@@ -1,13 +1,14 @@
 """Each attempt's evidence survives it: the log, the failure record, the hang stacks and
 the preflight report, uploaded to ``.bootstrap/<rank>/<job id>/attempt-<K>/`` under
-``DLS_TRAIN_URL`` (and ``<rank>/<job id>/attempt-<K>/`` under the log upload URL).
+``DLS_TRAIN_URL`` (and the same under the log upload URL).
 
-When: on every end (success, failure, hang, a failure before the command ran), and the
-log again after every periodic sync round, so a node killed by SIGKILL leaves its log
-up to the last round. What: copies, with every credential value the bootstrap knows
-(keys, tokens, the job secret, anything named like a secret) replaced by ``***``, line
-by line, so a 1 GiB log is scrubbed in bounded memory. It never changes the job's exit
-code: a failure to upload is one warning. ``BOOTSTRAP_EVIDENCE=off`` turns it off.
+When: on every end (success, failure, hang, a failure before the command ran), and
+after every periodic sync round what changed since the last (the log as it grows), so
+a node killed by SIGKILL leaves its log up to the last round. What: copies, with every
+credential value the bootstrap knows (keys, tokens, the job secret, anything named
+like a secret) replaced by ``***``, line by line, so a 1 GiB log is scrubbed in bounded
+memory. It never changes the job's exit code: a failure to upload is one warning.
+``BOOTSTRAP_EVIDENCE=off`` turns it off.
 
 Time at the end: the records are a few KiB; the log is at most ``BOOTSTRAP_LOG_MAX_MB``
 and is sent only when it changed since the last round, at the upload engine's speed
@@ -81,9 +82,10 @@ class Evidence:
                     copy.unlink()
         return len(copies)
 
-    def log_round(self) -> None:
-        """A periodic round's share: the log, when it grew."""
-        self.upload((LOG_NAME,))
+    def periodic(self) -> None:
+        """A periodic round's share: what changed since the last (the log as it grows,
+        the preflight report once)."""
+        self.upload()
 
 
 def scrubbed(path: Path, redact: Redactor) -> Path:

@@ -62,7 +62,8 @@ def test_short_lived_tokens_switch_it_off_and_say_why(tmp_path: Path) -> None:
 def test_the_engines_port_is_never_taken(tmp_path: Path) -> None:
     # Under auto the relay steps aside with one line; asked for, it is a usage error.
     found, said = peers_for(tmp_path, 16, BOOTSTRAP_RELAY_PORT="29490")
-    assert found is None and "relay: off" in said and "port 29500 (node 3's)" in said  # 29490 + 3 * 3 + 1
+    # 29500 = 29490 + 3 * 3 + 1: node 3's data port
+    assert found is None and "relay: off" in said and "port 29500 (node 3's)" in said
     with pytest.raises(ConfigError, match="MASTER_PORT; choose another base"):
         peers_for(tmp_path, 16, BOOTSTRAP_RELAY_PORT="29500", BOOTSTRAP_PEER_FETCH="on")
 

@@ -120,7 +120,8 @@ def test_relay_ports_stay_clear_of_the_jobs_other_ports() -> None:
     assert [protocol.port_of(29611, r, p) for r in range(2) for p in protocol.PROTOCOLS] == \
         [29611, 29612, 29613, 29614, 29615, 29616]  # three a node: nodes on one host never share
     said = protocol.port_conflict(5995, four, wide)
-    assert said is not None and "port 6000 (node 1's)" in said and "MASTER_PORT" in said  # 5995 + 3 + 2
+    # 6000 = 5995 + 3 * 1 + 2: node 1's outputs port
+    assert said is not None and "port 6000 (node 1's)" in said and "MASTER_PORT" in said
     said = protocol.port_conflict(6001, four, wide)
     assert said is not None and "node 1's port in the job's host list" in said
     said = protocol.port_conflict(32765, four, wide)
