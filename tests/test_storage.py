@@ -101,7 +101,10 @@ def test_obs_requirements_on_the_wire(backend: str, hosts: Path, home: Path,
     ours = [req.path.split("/.bootstrap/0/")[1].split("/")[0] for req in puts
             if "/.bootstrap/" in req.path]
     assert len(puts) - len(ours) == 3, puts  # one object, two parts
-    assert sorted(ours) == ["complete.json", "uploads"], ours  # the journal and the manifest
+    # The journal, the manifest, the owner record and the attempt's evidence (the log
+    # and the preflight report; no job id here, so no attempt marker).
+    assert sorted(ours) == ["complete.json", "no-job-id", "no-job-id", "owner.json",
+                            "uploads"], ours
     deletes = [req for req in rec.seen if req.method == "DELETE"]
     assert deletes and all("?delete" not in req.path for req in rec.seen), rec.seen
     for req in puts:

@@ -52,12 +52,13 @@ class Restored:
     files: int = 0
     bytes: int = 0
     peer_files: int = 0
+    retries: int = 0
     kept_local: int = 0  # names the output folder already had: left as they are
     trees: str = "nothing"
 
     def fields(self) -> dict[str, int]:
         return {"files": self.files, "bytes": self.bytes, "peer_files": self.peer_files,
-                "kept_local": self.kept_local}
+                "retries": self.retries, "kept_local": self.kept_local}
 
     def summary(self) -> str:
         return (f"{self.files} files, {self.bytes / 2**20:.1f} MiB from {self.trees}"
@@ -175,6 +176,7 @@ def _fetch(source: Remote, objects: list[RemoteObject], folders: list[str], dest
     done.files += stats.files + stats.peer_files
     done.bytes += sum(o.size for o in objects)
     done.peer_files += stats.peer_files
+    done.retries += stats.retries
 
 
 def _record(state: SyncState, objects: list[RemoteObject], dest: Path, ours: bool) -> None:
