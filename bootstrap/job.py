@@ -115,8 +115,9 @@ def run(argv: Sequence[str], environ: Mapping[str, str]) -> int:
 
         supervise.write_start_failure(settings.run.failure_file, exc, settings.task_index,
                                       log)
-        if attempt.known.wait(EVIDENCE_WAIT) and attempt.evidence is not None:
-            attempt.evidence.upload()
+        evidence = attempt.evidence_when_known(EVIDENCE_WAIT)
+        if evidence is not None:
+            evidence.upload()
         raise
 
 
@@ -148,11 +149,12 @@ def _start(cmd: command.Command, argv: Sequence[str], environ: Mapping[str, str]
     checked = _Background(_preflight_stage, settings, log)
     resolved = _Background(_peers_stage, settings, log, stop) if cluster.size > 1 else None
     staging = _Background(_staging_stage, settings, log) if settings.staging.enabled else None
-    resumed = _Background(_resume_stage, settings, log, attempt) \
-        if settings.outputs.train_url is not None else None
-    if resumed is None:
+    resumed = None
+    if settings.outputs.train_url is not None:
+        attempt.asked = True
+        resumed = _Background(_resume_stage, settings, log, attempt)
+    else:
         log.info("attempt: 1 (no object-store DLS_TRAIN_URL to count this job's attempts in)")
-        attempt.known.set()
     try:
         if code_url is not None and code_dir is not None:
             _fetch_stage(code_url, code_dir, settings, log)

@@ -103,17 +103,6 @@ CHECKPOINT = {f"ckpt/shard-{i:02d}.pt":
               random.Random(i).randbytes(random.Random(i).randint(1, 300_000)) for i in range(24)}
 BIG = [random.Random(99).randbytes(5 << 20), random.Random(98).randbytes(1 << 20)]  # 2 parts
 
-DIGEST = r'''
-import hashlib, json, os
-out = os.environ["BOOTSTRAP_OUTPUT_DIR"]
-found = {}
-for folder, _, names in os.walk(out):
-    for name in names:
-        path = os.path.join(folder, name)
-        found[os.path.relpath(path, out)] = hashlib.sha256(open(path, "rb").read()).hexdigest()
-print(json.dumps({"attempt": os.environ["BOOTSTRAP_ATTEMPT"], "found": found}), flush=True)
-'''
-
 
 @pytest.mark.parametrize("peer_fetch", ["on", "off"])
 def test_four_nodes_restore_node_0s_tree_with_one_copy_from_the_store(
@@ -148,7 +137,7 @@ def test_four_nodes_restore_node_0s_tree_with_one_copy_from_the_store(
     contract = old_contract(lab, 4, port())
     with FaultProxy(lab.s3.endpoint, ip=lab.hosts.bridge_ip) as proxy:
         results = run_job(
-            lab, tmp_path / "attempt-2", 4, ["python", "-c", DIGEST],
+            lab, tmp_path / "attempt-2", 4, ["python", "-c", WRITE_AND_SHOW],
             lambda i: {**contract(i), "BOOTSTRAP_OUTPUT_DIR": str(tmp_path / f"out{i}")},
             extra={"DLS_TRAIN_URL": f"s3://{bucket}/t4/", "DLS_JOB_ID": "job-four",
                    "AWS_ENDPOINT_URL": proxy.endpoint, "BOOTSTRAP_PEER_FETCH": peer_fetch,
@@ -156,7 +145,8 @@ def test_four_nodes_restore_node_0s_tree_with_one_copy_from_the_store(
             timeout=240)
     for r in results:
         assert r.code == 0, f"node {r.rank}: {r.err}"
-        assert shown(r) == {"attempt": "2", "found": want}, r.rank  # every copy verified
+        found = shown(r)
+        assert (found["attempt"], found["found"]) == ("2", want), r.rank  # every copy verified
     gets = {k: v for k, v in proxy.object_gets.items() if k.startswith(f"/{bucket}/t4/ckpt/")}
     assert len(gets) == len(want), gets
     if peer_fetch == "off":

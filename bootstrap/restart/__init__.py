@@ -32,3 +32,8 @@ class Attempt:
         self.number = 1
         self.evidence: Evidence | None = None
         self.known = threading.Event()
+        self.asked = False  # the resume stage started: ``known`` will be set
+
+    def evidence_when_known(self, timeout: float) -> Evidence | None:
+        """The evidence, once the stage has learnt it (at most ``timeout`` seconds)."""
+        return self.evidence if self.asked and self.known.wait(timeout) else None
