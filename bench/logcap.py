@@ -26,14 +26,16 @@ LINE = "step {:09d} loss 0.1234 lr 0.0001 " + "x" * 80 + "\n"
 
 def arm(argv: list[str], env: dict[str, str], lines: int) -> float:
     started = time.monotonic()
-    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     stream = proc.stdout
     assert stream is not None
     count = 0
     while chunk := stream.read(1 << 20):
         count += chunk.count(b"\n")
+    assert proc.stderr is not None
+    said = proc.stderr.read().decode(errors="replace")
     if proc.wait() != 0 or count != lines:
-        raise SystemExit(f"{argv[:3]}: exit {proc.returncode}, {count} of {lines} lines")
+        raise SystemExit(f"{argv[:3]}: exit {proc.returncode}, {count} of {lines} lines\n{said}")
     return time.monotonic() - started
 
 
@@ -49,10 +51,10 @@ def main() -> int:
               f"    w({LINE!r}.format(i))\n")
     with tempfile.TemporaryDirectory() as tmp:
         log = Path(tmp) / "task.log"
-        base = {**os.environ, "BOOTSTRAP_HOME": tmp, "BOOTSTRAP_SUPERVISE": "1",
+        path = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
+        base = {**os.environ, "PATH": path, "BOOTSTRAP_HOME": tmp, "BOOTSTRAP_SUPERVISE": "1",
                 "BOOTSTRAP_LOG_FILE": str(log), "BOOTSTRAP_CACHE_DIR": f"{tmp}/no-cache"}
-        run_train = ["bash", str(REPO / "scripts" / "run_train.sh"), sys.executable, "-c",
-                     script]
+        run_train = ["bash", str(REPO / "scripts" / "run_train.sh"), "python", "-c", script]
         arms = {"command alone": ([sys.executable, "-c", script], base),
                 "supervised, log uncapped": (run_train, {**base, "BOOTSTRAP_LOG_MAX_MB": "0"}),
                 f"supervised, log capped at {args.cap:g} MiB":

@@ -29,6 +29,9 @@ SECRET_NAME = re.compile(r"(SECRET|TOKEN|PASSWORD|PASSWD|CREDENTIAL|PRIVATE_KEY)
 # "--password=x", "token: x", "secret_key=x" inside free text or argv.
 SECRET_ASSIGNMENT = re.compile(
     r"(?i)((?:secret|token|password|passwd|access[_-]?key)[\w-]*\s*[=:]\s*)([^\s,;&'\"]+)")
+# What the pattern needs to find anything: text without any of these words is left to
+# the value replacements alone (the regex scans 17 MB/s, an evidence log 1 GiB).
+ASSIGNMENT_WORDS = ("secret", "token", "passw", "access")
 
 
 class Redactor:
@@ -48,6 +51,9 @@ class Redactor:
             text = text.replace(secret, "***")
         for key_id in self._key_ids:
             text = text.replace(key_id, key_id[:4] + "***")
+        lowered = text.lower()
+        if not any(word in lowered for word in ASSIGNMENT_WORDS):
+            return text
         return SECRET_ASSIGNMENT.sub(r"\1***", text)
 
     def argv(self, argv: Iterable[str]) -> list[str]:

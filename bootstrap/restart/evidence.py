@@ -29,7 +29,7 @@ from ..log import Log, Redactor
 from ..transfer.upload import put_objects
 
 LOG_NAME = "task.log"
-CHUNK = 4 << 20
+CHUNK = 256 << 10  # a block where a secret-like word appears is scanned by a regex: small
 
 
 class Evidence:
