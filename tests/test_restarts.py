@@ -179,6 +179,15 @@ def test_a_job_failing_in_its_download_leaves_its_failure_record_under_attempt_1
         assert TOKEN not in failure
 
 
+def test_evidence_off_uploads_no_record(s3: S3Server, bucket: Bucket, home: Path) -> None:
+    env = job_env(s3, bucket, home, BOOTSTRAP_EVIDENCE="off")
+    r = run_train(["python", "-c", "raise SystemExit(5)"], env)
+    assert r.returncode == 5, r.stderr
+    listed = bucket.client.list_objects_v2(Bucket=bucket.name, Prefix=f"train/.bootstrap/0/{JOB}/")
+    names = {o["Key"].rsplit("/", 1)[-1] for o in listed.get("Contents", [])}
+    assert names == {"started.json"}, names  # the attempt is counted, nothing else is sent
+
+
 def test_a_new_job_under_the_same_url_is_attempt_1_and_restores_nothing(
         s3: S3Server, bucket: Bucket, tmp_path: Path) -> None:
     write = "import os; open(os.path.join(os.environ['BOOTSTRAP_OUTPUT_DIR'], 'm.txt'), 'w')" \

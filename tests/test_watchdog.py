@@ -52,6 +52,10 @@ def test_a_hang_ends_with_its_stacks_exit_124_and_synced_outputs(
     body = bucket.client.get_object(Bucket=bucket.name, Key="run/ckpt-1.pt")["Body"].read()
     assert body == b"weights"  # outputs still synced
     assert r.stderr.strip().splitlines()[-1].endswith(rec["evidence"])  # the last word
+    # The attempt's evidence keeps the stacks once the container is gone.
+    kept = bucket.client.get_object(
+        Bucket=bucket.name, Key="run/.bootstrap/0/no-job-id/attempt-1/hang-stacks.txt")
+    assert "stuck_in_a_distinctive_function_q7" in kept["Body"].read().decode()
 
 
 @pytest.mark.parametrize("kind, script", [

@@ -152,3 +152,34 @@ def test_unknown_names_are_found_and_a_near_one_suggested() -> None:
     assert nearest_variable("BOOTSTRAP_DOWNLOAD_WORKER") == "BOOTSTRAP_DOWNLOAD_WORKERS"
     assert nearest_variable("BOOTSTRAP_ZZZ") is None
     assert load({"BOOTSTRAP_HOME": "/tmp/h", "BOOTSTRAP_ZZZ": "1"}).ignored == ("BOOTSTRAP_ZZZ",)
+
+
+@pytest.mark.parametrize("env, want", [
+    ({"DLS_JOB_ID": "d-1", "MA_VJ_NAME": "ma-job-x"}, "d-1"),
+    ({"BATCH_JOB_ID": "b-2"}, "b-2"),
+    ({"MA_VJ_NAME": "ma-job-95f661bd-1527"}, "modelarts-job-95f661bd-1527"),
+    ({"MA_VJ_NAME": "ma-job-95f661bd-vc3"}, "modelarts-job-95f661bd"),
+    ({"MA_JOB_ID": " m-3 "}, "m-3"),
+    ({}, None),
+])
+def test_the_job_id_is_the_platforms(env: dict[str, str], want: str | None) -> None:
+    from bootstrap.config.platform import platform_job_id
+
+    assert platform_job_id(env) == want
+
+
+def test_node_r_uploads_under_its_own_folder_unless_shared() -> None:
+    from bootstrap.config.location import parse as parse_url
+    from bootstrap.restart import keys
+
+    train = parse_url("s3://bkt/run/out/")
+    assert keys.node_destination(train, 0, "node") == train
+    one = keys.node_destination(train, 1, "node")
+    assert (one.url, one.bucket, one.prefix) == ("s3://bkt/run/out/node-1/", "bkt", "run/out/node-1/")
+    assert keys.node_destination(train, 3, "shared") == train
+    assert keys.attempt(train, 2, "modelarts-job-1/x", 4) == \
+        "run/out/.bootstrap/2/modelarts-job-1_x/attempt-4/"
+    assert keys.not_node_zeros("node-12/a.pt", "node") and not keys.not_node_zeros(
+        "node-12/a.pt", "shared")
+    assert keys.not_node_zeros(".bootstrap/0/complete.json", "shared")
+    assert not keys.not_node_zeros("node-x/a.pt", "node")
