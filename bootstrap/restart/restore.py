@@ -32,7 +32,7 @@ from ..config.location import Location
 from ..config.settings import Outputs, Transfer
 from ..errors import DownloadError
 from ..log import Log
-from ..records import mutable
+from ..records import frozen, mutable
 from ..storage.signed import SignedClient
 from ..transfer.fetch import Remote, remote
 from ..transfer.listing import RemoteObject, keys_under, list_objects
@@ -43,6 +43,16 @@ from . import keys
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from ..relay.protocol import Peers
+    from ..relay.server import RelayServer
+
+
+@frozen
+class Tree:
+    """One node's outputs as the store lists them, to be restored."""
+
+    location: Location
+    objects: tuple[RemoteObject, ...]
+    folders: tuple[str, ...]
 
 
 @mutable
@@ -93,25 +103,27 @@ def restore(outputs: Outputs, transfer: Transfer, rank: int, state_file: Path,
         server = open_relay(peers, log)  # before the listing: children may knock already
     try:
         with remote(train, transfer) as source:
-            root = _tree(source, train, 0, outputs, log)
-            own = _tree(source, mine, rank, outputs, log) if mine != train else None
-            if root is not None:
-                root = ([o for o in root[0] if not keys.not_node_zeros(o.rel, outputs.layout)],
-                        [f for f in root[1]
-                         if not keys.not_node_zeros(f + "/", outputs.layout)])
-            local = {o.rel for tree in (root, own) if tree is not None for o in tree[0]
+            root = _tree(source, train, train, 0, outputs, log)
+            own = _tree(source, train, mine, rank, outputs, log) if mine != train else None
+            if root is not None:  # without the records and the other nodes' trees
+                layout = outputs.layout
+                root = Tree(train, tuple(o for o in root.objects
+                                         if not keys.not_node_zeros(o.rel, layout)),
+                            tuple(f for f in root.folders
+                                  if not keys.not_node_zeros(f + "/", layout)))
+            local = {o.rel for tree in (root, own) if tree is not None for o in tree.objects
                      if (dest / o.rel).exists() or (dest / o.rel).is_symlink()}
             done.kept_local = len(local)
             state = SyncState.load(state_file)
             if root is not None:
-                objects = [o for o in root[0] if o.rel not in local]
-                _fetch(source, objects, root[1], dest, 0, peers, server, done, log)
+                objects = [o for o in root.objects if o.rel not in local]
+                _fetch(source, objects, root.folders, dest, 0, peers, server, done, log)
                 _record(state, objects, dest, ours=mine == train)
                 done.trees = "node 0's outputs"
         if own is not None:
-            objects = [o for o in own[0] if o.rel not in local]
+            objects = [o for o in own.objects if o.rel not in local]
             with remote(mine, transfer) as own_source:
-                _fetch(own_source, objects, own[1], dest, rank, None, None, done, log)
+                _fetch(own_source, objects, own.folders, dest, rank, None, None, done, log)
             _record(state, objects, dest, ours=True)
             done.trees = ("node 0's outputs and " if root is not None else "") + \
                 f"node {rank}'s own"
@@ -122,36 +134,37 @@ def restore(outputs: Outputs, transfer: Transfer, rank: int, state_file: Path,
     return done
 
 
-def _tree(source: Remote, location: Location, rank: int, outputs: Outputs,
-          log: Log) -> tuple[list[RemoteObject], list[str]] | None:
-    """The listing of node ``rank``'s tree when it is to be restored, else None."""
-    owner = _owner(source.client, location, rank, outputs, source.settings)
+def _tree(source: Remote, train: Location, location: Location, rank: int, outputs: Outputs,
+          log: Log) -> Tree | None:
+    """Node ``rank``'s tree (at ``location``) when it is to be restored, else None."""
+    owner = _owner(source.client, train, rank, source.settings)
     if outputs.restore == "auto" and owner != outputs.job_id:
         if owner is not None:
             log.info(f"restore: node {rank}'s outputs under {location.url} are job "
                      f"{owner}'s, not this job's ({outputs.job_id}): not restored "
                      "(BOOTSTRAP_RESTORE=always restores them)")
         return None
-    return list_objects(source.client, location, source.settings, empty_ok=True)
+    objects, folders = list_objects(source.client, location, source.settings, empty_ok=True)
+    return Tree(location, tuple(objects), tuple(folders))
 
 
-def _owner(client: SignedClient, location: Location, rank: int, outputs: Outputs,
+def _owner(client: SignedClient, train: Location, rank: int,
            transfer: Transfer) -> str | None:
     """The job id node ``rank``'s owner record names (None: no record)."""
-    assert outputs.train_url is not None
-    key = keys.journal(outputs.train_url, rank) + OWNER_NAME
-    for name, size, _etag in keys_under(client, location.bucket, key, transfer):
+    key = keys.journal(train, rank) + OWNER_NAME
+    for name, size, _etag in keys_under(client, train.bucket, key, transfer):
         if name == key:
             try:
-                found = json.loads(client.get_object(location.bucket, key, size))
+                found = json.loads(client.get_object(train.bucket, key, size))
                 return str(found["job_id"])
             except (ValueError, KeyError, TypeError):
                 return None
     return None
 
 
-def _fetch(source: Remote, objects: list[RemoteObject], folders: list[str], dest: Path,
-           tree: int, peers: Peers | None, server: object, done: Restored, log: Log) -> None:
+def _fetch(source: Remote, objects: list[RemoteObject], folders: tuple[str, ...], dest: Path,
+           tree: int, peers: Peers | None, server: RelayServer | None, done: Restored,
+           log: Log) -> None:
     """``objects`` into ``dest`` through the download engine (with the relay for node
     0's tree when ``peers``); a manifest of its own, removed after."""
     manifest_file = dest.parent / f".{dest.name}.restore-{tree}.jsonl"
@@ -160,12 +173,12 @@ def _fetch(source: Remote, objects: list[RemoteObject], folders: list[str], dest
             from ..relay.fetch import download_with_peers
             from ..relay.server import AnnouncingManifest, Held
 
-            stats = download_with_peers(source, objects, folders, dest,
+            stats = download_with_peers(source, objects, list(folders), dest,
                                         AnnouncingManifest(manifest_file, source.location.url,
                                                            Held()),
-                                        peers, server, log, label="restore")  # type: ignore[arg-type]
+                                        peers, server, log, label="restore")
         elif objects:
-            stats = source.download(objects, folders, dest,
+            stats = source.download(objects, list(folders), dest,
                                     Manifest(manifest_file, source.location.url), log,
                                     label="restore")
         else:
