@@ -10,6 +10,19 @@ so an unmodified ``torchrun train.py`` picks the topology up; for one-process-pe
 scripts ``WORLD_SIZE`` = nodes and ``RANK`` = node rank (torchrun overrides both for
 its workers).
 
+Elastic torchrun (``--rdzv-backend=c10d``, the command its docs give, typed the same on
+every node): ``PET_RDZV_ENDPOINT`` = node 0's address and port (without it every node
+meets itself on ``localhost:29400``; static torchrun reads the same endpoint, master
+address and port being only its fallback); ``PET_RDZV_CONF=is_host=1`` on node 0 and
+``0`` elsewhere (c10d otherwise decides who hosts the store by resolving its own host
+name, which Volcano's DNS names and a ``127.0.1.1`` line in /etc/hosts both defeat);
+``PET_LOCAL_ADDR`` = this node's name in the job (what the workers of a c10d rendezvous
+get as ``MASTER_ADDR`` is the host's ``getfqdn()`` otherwise, ``localhost`` in a
+container); ``TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1``: torch >= 2.5 keeps one store for
+the workers across in-place restarts (``--max-restarts``), so a restarted worker can
+read the dead attempt's address (pytorch#135712); without sharing each restart gets
+a store on a fresh port.
+
 MPI / DeepSpeed / Horovod: a hostfile (``host slots=N``) at ``BOOTSTRAP_HOSTFILE``.
 Everyone: a JSON description at ``BOOTSTRAP_CLUSTER_FILE``. TensorFlow: ``TF_CONFIG``.
 """
@@ -105,6 +118,10 @@ class Topology:
             "PET_MASTER_ADDR": self.master_addr,
             "PET_MASTER_PORT": str(c.master.port),
             "PET_NPROC_PER_NODE": str(max(mine.gpus, 1)),
+            "PET_RDZV_ENDPOINT": f"{self.master_addr}:{c.master.port}",
+            "PET_RDZV_CONF": f"is_host={int(c.rank == 0)}",
+            "PET_LOCAL_ADDR": c.nodes[c.rank].host,
+            "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1",
             "TF_CONFIG": self.tf_config(),
             "BOOTSTRAP_NUM_GPUS": str(mine.gpus),
         }

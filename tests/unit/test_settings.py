@@ -175,7 +175,8 @@ def test_node_r_uploads_under_its_own_folder_unless_shared() -> None:
     train = parse_url("s3://bkt/run/out/")
     assert keys.node_destination(train, 0, "node") == train
     one = keys.node_destination(train, 1, "node")
-    assert (one.url, one.bucket, one.prefix) == ("s3://bkt/run/out/node-1/", "bkt", "run/out/node-1/")
+    assert (one.url, one.bucket, one.prefix) == \
+        ("s3://bkt/run/out/node-1/", "bkt", "run/out/node-1/")
     assert keys.node_destination(train, 3, "shared") == train
     assert keys.attempt(train, 2, "modelarts-job-1/x", 4) == \
         "run/out/.bootstrap/2/modelarts-job-1_x/attempt-4/"

@@ -20,6 +20,10 @@ def test_exports_for_torchrun_mpi_and_tensorflow() -> None:
     assert out["MASTER_PORT"] == "6000" and out["NNODES"] == out["WORLD_SIZE"] == "2"
     assert out["NODE_RANK"] == out["RANK"] == "1"
     assert out["PET_NPROC_PER_NODE"] == out["BOOTSTRAP_NUM_GPUS"] == "4"
+    assert out["PET_RDZV_ENDPOINT"] == "job-w0:6000"  # elastic torchrun's rendezvous
+    assert out["PET_RDZV_CONF"] == "is_host=0" and out["PET_LOCAL_ADDR"] == "job-w1"
+    assert Topology(cluster(0), {}).exports({})["PET_RDZV_CONF"] == "is_host=1"
+    assert out["TORCH_DISABLE_SHARE_RDZV_TCP_STORE"] == "1"
     assert json.loads(out["TF_CONFIG"]) == {
         "cluster": {"worker": ["job-w0:6000", "job-w1:6000"]},
         "task": {"type": "worker", "index": 1}}

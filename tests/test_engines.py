@@ -1,0 +1,70 @@
+"""The engines as their users type them, one command for every node, on network-namespace
+hosts whose names resolve only through /etc/hosts (as Volcano's DNS names do)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.lab import Lab, NodeResult, old_contract, port, run_job
+
+pytestmark = [pytest.mark.multinode, pytest.mark.timeout(600)]
+
+C10D = ["torchrun", "--nnodes=2", "--nproc-per-node=1", "--rdzv-backend=c10d",
+        "--rdzv-id=job1"]
+
+# A worker of an elastic job: one all_reduce; on node 1 the first attempt's worker dies
+# after it (a crashed process), torchrun's agents restart both nodes' workers in place
+# (--max-restarts=1), and the second attempt's all_reduce must give the right sum.
+ELASTIC = r'''
+import os, sys
+from datetime import timedelta
+import torch
+import torch.distributed as dist
+dist.init_process_group("gloo", timeout=timedelta(seconds=30))
+t = torch.tensor([float(dist.get_rank() + 1)])
+dist.all_reduce(t)
+attempt = os.environ["TORCHELASTIC_RESTART_COUNT"]
+print(f"OK rank={dist.get_rank()} world={dist.get_world_size()} sum={t.item()} "
+      f"attempt={attempt}", flush=True)
+if attempt == "0" and os.environ["GROUP_RANK"] == "1":
+    os._exit(3)
+dist.barrier()
+dist.destroy_process_group()
+'''
+
+
+def assert_every_rank(results: list[NodeResult], world: int, expect: str = "") -> None:
+    for r in results:
+        assert r.code == 0, f"node {r.rank} exited {r.code}:\n{r.err[-3000:]}\n{r.out}"
+        assert f"world={world}" in r.out and expect in r.out, r.out
+
+
+def test_torchrun_c10d_as_its_docs_type_it(lab: Lab, tmp_path: Path) -> None:
+    results = run_job(lab, tmp_path, 2, [*C10D, "allreduce.py"], old_contract(lab, 2, port()))
+    assert_every_rank(results, 2)
+
+
+def test_without_the_endpoint_each_node_meets_itself(lab: Lab, tmp_path: Path) -> None:
+    """The control: PET_RDZV_ENDPOINT set empty by hand is what torchrun saw before."""
+    results = run_job(lab, tmp_path, 2, [*C10D, "--rdzv-conf=join_timeout=5", "allreduce.py"],
+                      old_contract(lab, 2, port()), extra={"PET_RDZV_ENDPOINT": ""},
+                      timeout=120)
+    assert all(r.code != 0 for r in results), [r.out for r in results]
+    assert not any("world=2" in r.out for r in results)
+
+
+@pytest.mark.parametrize("run", range(3))
+def test_an_elastic_job_survives_a_worker_killed_on_one_node(lab: Lab, tmp_path: Path,
+                                                             run: int) -> None:
+    script = tmp_path / "elastic.py"
+    script.write_text(ELASTIC)
+    results = run_job(lab, tmp_path, 2, [*C10D, "--max-restarts=1", str(script)],
+                      old_contract(lab, 2, port()), timeout=240)
+    assert_every_rank(results, 2)
+    for r in results:  # two rounds of the collective on each node, both right
+        assert r.out.count("world=2 sum=3.0") == 2, r.out
+    # The restart count is each agent's own: node 1's worker failed, node 0's were
+    # restarted for the new round (torchrun counts that as 0 or 1 depending on timing).
+    assert "rank=1 world=2 sum=3.0 attempt=1" in results[1].out, results[1].out
