@@ -68,3 +68,42 @@ def test_an_elastic_job_survives_a_worker_killed_on_one_node(lab: Lab, tmp_path:
     # The restart count is each agent's own: node 1's worker failed, node 0's were
     # restarted for the new round (torchrun counts that as 0 or 1 depending on timing).
     assert "rank=1 world=2 sum=3.0 attempt=1" in results[1].out, results[1].out
+
+
+# JAX as its docs have it, with the process count and id from the bootstrap's exports
+# (JAX reads only the coordinator's address from the environment); then a collective
+# across the processes on the CPU backend.
+JAX = r'''
+import os, sys
+import jax
+if sys.argv[1:] == ["bare"]:
+    jax.distributed.initialize()
+else:
+    jax.distributed.initialize(num_processes=int(os.environ["NNODES"]),
+                               process_id=int(os.environ["NODE_RANK"]))
+import jax.numpy as jnp
+from jax.experimental import multihost_utils
+total = multihost_utils.process_allgather(jnp.array([jax.process_index() + 1.0])).sum()
+print(f"OK rank={jax.process_index()} world={jax.process_count()} sum={float(total)}",
+      flush=True)
+jax.distributed.shutdown()
+'''
+
+
+def test_jax_finds_its_coordinator_and_the_call_gives_the_rest(lab: Lab, tmp_path: Path) -> None:
+    script = tmp_path / "jax_allgather.py"
+    script.write_text(JAX)
+    results = run_job(lab, tmp_path, 2, ["python", str(script)], old_contract(lab, 2, port()),
+                      extra={"JAX_PLATFORMS": "cpu"}, timeout=240)
+    assert_every_rank(results, 2, "sum=3.0")
+    assert {r.out.split("rank=")[1].split()[0] for r in results} == {"0", "1"}
+
+
+def test_jax_without_arguments_cannot_learn_the_process_count(lab: Lab, tmp_path: Path) -> None:
+    """The control: what JAX's bare call does here, and why the README gives the call."""
+    script = tmp_path / "jax_allgather.py"
+    script.write_text(JAX)
+    results = run_job(lab, tmp_path, 2, ["python", str(script), "bare"],
+                      old_contract(lab, 2, port()), extra={"JAX_PLATFORMS": "cpu"}, timeout=120)
+    for r in results:
+        assert r.code != 0 and "Number of processes must be defined" in r.err, r.err[-2000:]

@@ -23,6 +23,12 @@ the workers across in-place restarts (``--max-restarts``), so a restarted worker
 read the dead attempt's address (pytorch#135712); without sharing each restart gets
 a store on a fresh port.
 
+JAX: ``JAX_COORDINATOR_ADDRESS`` (node 0's address and port), the one variable
+``jax.distributed.initialize`` reads; the process count and id it takes only from
+clusters it detects (Slurm, Open MPI, Kubernetes indexed jobs, TPUs), whose variables
+would mislead other engines if faked, so the README gives the one-line call that passes
+``NNODES`` and ``NODE_RANK``.
+
 MPI / DeepSpeed / Horovod: a hostfile (``host slots=N``) at ``BOOTSTRAP_HOSTFILE``.
 Everyone: a JSON description at ``BOOTSTRAP_CLUSTER_FILE``. TensorFlow: ``TF_CONFIG``.
 """
@@ -122,6 +128,7 @@ class Topology:
             "PET_RDZV_CONF": f"is_host={int(c.rank == 0)}",
             "PET_LOCAL_ADDR": c.nodes[c.rank].host,
             "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1",
+            "JAX_COORDINATOR_ADDRESS": f"{self.master_addr}:{c.master.port}",
             "TF_CONFIG": self.tf_config(),
             "BOOTSTRAP_NUM_GPUS": str(mine.gpus),
         }

@@ -24,6 +24,7 @@ def test_exports_for_torchrun_mpi_and_tensorflow() -> None:
     assert out["PET_RDZV_CONF"] == "is_host=0" and out["PET_LOCAL_ADDR"] == "job-w1"
     assert Topology(cluster(0), {}).exports({})["PET_RDZV_CONF"] == "is_host=1"
     assert out["TORCH_DISABLE_SHARE_RDZV_TCP_STORE"] == "1"
+    assert out["JAX_COORDINATOR_ADDRESS"] == "job-w0:6000"
     assert json.loads(out["TF_CONFIG"]) == {
         "cluster": {"worker": ["job-w0:6000", "job-w1:6000"]},
         "task": {"type": "worker", "index": 1}}
