@@ -107,3 +107,65 @@ def test_jax_without_arguments_cannot_learn_the_process_count(lab: Lab, tmp_path
                       old_contract(lab, 2, port()), extra={"JAX_PLATFORMS": "cpu"}, timeout=120)
     for r in results:
         assert r.code != 0 and "Number of processes must be defined" in r.err, r.err[-2000:]
+
+
+# Lightning as its docs have it: `python train.py`, the node count in the Trainer; the
+# sum of the ranks reduced across the nodes once training is done.
+LIGHTNING = r'''
+import torch
+import torch.distributed as dist
+import lightning as L
+
+class Model(L.LightningModule):
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1))
+    def training_step(self, batch, index):
+        return ((self.w - batch[0]) ** 2).sum()
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+    def on_train_end(self):
+        t = torch.tensor([float(self.global_rank + 1)])
+        dist.all_reduce(t)
+        print(f"OK rank={self.global_rank} world={self.trainer.world_size} sum={t.item()}",
+              flush=True)
+
+data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.ones(8, 1)),
+                                   batch_size=2)
+L.Trainer(num_nodes=2, devices=1, accelerator="cpu", strategy="ddp", max_steps=2,
+          logger=False, enable_checkpointing=False, enable_progress_bar=False,
+          enable_model_summary=False).fit(Model(), data)
+'''
+
+# accelerate's CPU launcher, as its docs have it; one shell string, so that the platform's
+# shell leaves $NODE_RANK and the others for the bootstrap's exports.
+ACCELERATE = r'''
+import torch
+from accelerate import Accelerator
+acc = Accelerator(cpu=True)
+total = acc.reduce(torch.tensor([float(acc.process_index + 1)]), reduction="sum")
+print(f"OK rank={acc.process_index} world={acc.num_processes} sum={total.item()}", flush=True)
+acc.wait_for_everyone()  # the ranks leave together: rank 0 hosts the store (see tests/lab.py)
+acc.end_training()
+'''
+
+
+def test_lightning_on_two_nodes(lab: Lab, tmp_path: Path) -> None:
+    script = tmp_path / "lightning_train.py"
+    script.write_text(LIGHTNING)
+    results = run_job(lab, tmp_path, 2, ["python", str(script)], old_contract(lab, 2, port()),
+                      timeout=240)
+    assert_every_rank(results, 2, "sum=3.0")
+    assert [r.out.split("rank=")[1].split()[0] for r in results] == ["0", "1"]
+
+
+def test_accelerate_cpu_launcher_on_two_nodes(lab: Lab, tmp_path: Path) -> None:
+    script = tmp_path / "accelerate_train.py"
+    script.write_text(ACCELERATE)
+    command = ("accelerate launch --cpu --num_machines 2 --num_processes 2 "
+               "--machine_rank $NODE_RANK --main_process_ip $MASTER_ADDR "
+               f"--main_process_port $MASTER_PORT {script}")
+    results = run_job(lab, tmp_path, 2, [command], old_contract(lab, 2, port()),
+                      extra={"HF_HOME": str(tmp_path / "hf")}, timeout=240)
+    assert_every_rank(results, 2, "sum=3.0")
+    assert [r.out.split("rank=")[1].split()[0] for r in results] == ["0", "1"]
