@@ -355,7 +355,7 @@ def _resume_stage(settings: Settings, log: Log, attempt: Attempt) -> None:
     """Which attempt this is and where its evidence goes (``attempt``, as soon as
     known), then the earlier attempts' outputs restored (see :mod:`.restart`). Without
     an output folder a store that cannot be asked costs the evidence, not the job."""
-    from .restart import attempts, evidence, keys, restore
+    from .restart import attempts, evidence, restore
 
     outputs, rank = settings.outputs, settings.cluster.layout.rank
     train = outputs.train_url
@@ -371,14 +371,7 @@ def _resume_stage(settings: Settings, log: Log, attempt: Attempt) -> None:
                      f"({exc.message}): BOOTSTRAP_ATTEMPT=1, and no evidence is uploaded")
             return
         if outputs.evidence:
-            knobs = settings.run
-            places = [(where, keys.attempt(where, rank, outputs.job_id, attempt.number))
-                      for where in (train, outputs.log_upload) if where is not None]
-            attempt.evidence = evidence.Evidence(
-                places, {evidence.LOG_NAME: knobs.log_file, "failure.json": knobs.failure_file,
-                         "hang-stacks.txt": knobs.failure_file.parent / "hang-stacks.txt",
-                         "preflight.json": settings.job_dir / "preflight.json"},
-                settings.transfer, log.redact, log)
+            attempt.evidence = evidence.for_attempt(settings, rank, attempt.number, log)
     finally:
         attempt.known.set()
     if outputs.output_dir is None:

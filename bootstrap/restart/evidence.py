@@ -23,10 +23,11 @@ import tempfile
 from pathlib import Path
 
 from ..config.location import Location
-from ..config.settings import Transfer
+from ..config.settings import Settings, Transfer
 from ..errors import BootstrapError
 from ..log import Log, Redactor
 from ..transfer.upload import put_objects
+from . import keys
 
 LOG_NAME = "task.log"
 CHUNK = 256 << 10  # a block where a secret-like word appears is scanned by a regex: small
@@ -86,6 +87,18 @@ class Evidence:
         """A periodic round's share: what changed since the last (the log as it grows,
         the preflight report once)."""
         self.upload()
+
+
+def for_attempt(settings: Settings, rank: int, number: int, log: Log) -> Evidence:
+    """Attempt ``number``'s evidence on node ``rank``: its files, and the places they
+    go (``DLS_TRAIN_URL``, and the log upload URL when one is set)."""
+    outputs, run = settings.outputs, settings.run
+    places = [(where, keys.attempt(where, rank, outputs.job_id, number))
+              for where in (outputs.train_url, outputs.log_upload) if where is not None]
+    files = {LOG_NAME: run.log_file, "failure.json": run.failure_file,
+             "hang-stacks.txt": run.failure_file.parent / "hang-stacks.txt",
+             "preflight.json": settings.job_dir / "preflight.json"}
+    return Evidence(places, files, settings.transfer, log.redact, log)
 
 
 def scrubbed(path: Path, redact: Redactor) -> Path:
