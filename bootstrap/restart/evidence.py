@@ -43,10 +43,6 @@ class Evidence:
         self.transfer, self.redact, self.log = transfer, redact, log
         self._sent: dict[str, tuple[int, int]] = {}  # name -> (size, mtime_ns) uploaded
 
-    def where(self) -> str:
-        return ", ".join(f"{loc.url.split('://')[0]}://{loc.bucket}/{prefix}"
-                         for loc, prefix in self.places)
-
     def upload(self, names: tuple[str, ...] | None = None) -> int:
         """Uploads the files (``names``: only those) that exist and changed since their
         last upload; returns how many went. Never raises: a failure is a warning."""
