@@ -19,11 +19,11 @@ from ..config.location import Location
 from ..config.settings import Transfer
 from ..log import Log
 from ..storage.signed import SignedClient
+from ..transfer import keys
 from ..transfer.fetch import remote
 from ..transfer.listing import keys_under
 from ..transfer.upload import put_objects
 from ..version import describe
-from . import keys
 
 _ATTEMPT = re.compile(r"attempt-(\d+)/")
 

@@ -18,19 +18,16 @@ and is sent only when it changed since the last round, at the upload engine's sp
 from __future__ import annotations
 
 import contextlib
-import os
-import tempfile
 from pathlib import Path
 
 from ..config.location import Location
 from ..config.settings import Settings, Transfer
 from ..errors import BootstrapError
-from ..log import Log, Redactor
+from ..log import Log, Redactor, scrubbed
+from ..transfer import keys
 from ..transfer.upload import put_objects
-from . import keys
 
 LOG_NAME = "task.log"
-CHUNK = 256 << 10  # a block where a secret-like word appears is scanned by a regex: small
 
 
 class Evidence:
@@ -95,23 +92,3 @@ def for_attempt(settings: Settings, rank: int, number: int, log: Log) -> Evidenc
              "hang-stacks.txt": run.failure_file.parent / "hang-stacks.txt",
              "preflight.json": settings.job_dir / "preflight.json"}
     return Evidence(places, files, settings.transfer, log.redact, log)
-
-
-def scrubbed(path: Path, redact: Redactor) -> Path:
-    """A temporary copy of ``path`` with every secret value redacted, line by line."""
-    fd, name = tempfile.mkstemp(prefix=".evidence-", suffix=".tmp")
-    with open(path, "rb") as src, os.fdopen(fd, "wb") as dst:
-        pending = b""
-        while True:
-            chunk = src.read(CHUNK)
-            pending += chunk
-            cut = pending.rfind(b"\n") + 1 if chunk else len(pending)
-            if not cut and len(pending) > 4 * CHUNK:  # one endless line: cut it anyway
-                cut = len(pending)
-            if cut:
-                text = pending[:cut].decode("utf-8", "surrogateescape")
-                dst.write(redact(text).encode("utf-8", "surrogateescape"))
-                pending = pending[cut:]
-            if not chunk:
-                break
-    return Path(name)

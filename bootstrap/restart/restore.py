@@ -34,11 +34,11 @@ from ..errors import DownloadError
 from ..log import Log
 from ..records import frozen, mutable
 from ..storage.signed import SignedClient
+from ..transfer import keys
 from ..transfer.fetch import Remote, remote
 from ..transfer.listing import RemoteObject, keys_under, list_objects
 from ..transfer.manifest import Manifest
 from ..transfer.upload import OWNER_NAME, SyncState
-from . import keys
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

@@ -31,8 +31,8 @@ from pathlib import Path
 from ..config.location import Location
 from ..config.settings import Outputs, Transfer
 from ..errors import BootstrapError
-from ..log import Log
-from ..restart import keys
+from ..log import Log, scrubbed
+from . import keys
 from .upload import SyncState, begin_outputs, sync_tree, upload_file, write_manifest
 
 
@@ -41,7 +41,7 @@ class OutputSync:
     the command runs (:meth:`periodic`), the final one once it ended (:meth:`final`);
     what the store holds is remembered in ``state_file`` so each round sends only
     changes. Node r > 0 uploads under ``node-<r>/`` (``BOOTSTRAP_OUTPUT_LAYOUT=node``,
-    :mod:`bootstrap.restart.keys`), its records under ``.bootstrap/<r>/`` either way."""
+    :mod:`.keys`), its records under ``.bootstrap/<r>/`` either way."""
 
     def __init__(self, settings: Outputs, transfer: Transfer, state_file: Path,
                  log: Log, rank: int = 0, attempt: int = 1) -> None:
@@ -92,9 +92,7 @@ class OutputSync:
 
 def upload_log(path: Path, dest: Location, transfer: Transfer, log: Log) -> None:
     """The log file to ``<dest>/<its name>`` as the original did, its secrets scrubbed
-    (:func:`bootstrap.restart.evidence.scrubbed`)."""
-    from ..restart.evidence import scrubbed
-
+    (:func:`bootstrap.log.scrubbed`)."""
     copy = None
     try:
         key = (dest.prefix or "") + path.name

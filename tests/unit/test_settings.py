@@ -170,7 +170,7 @@ def test_the_job_id_is_the_platforms(env: dict[str, str], want: str | None) -> N
 
 def test_node_r_uploads_under_its_own_folder_unless_shared() -> None:
     from bootstrap.config.location import parse as parse_url
-    from bootstrap.restart import keys
+    from bootstrap.transfer import keys
 
     train = parse_url("s3://bkt/run/out/")
     assert keys.node_destination(train, 0, "node") == train
