@@ -458,7 +458,8 @@ def _supervise(argv: Sequence[str], env: Mapping[str, str], cwd: Optional[Path],
     try:
         outcome = supervise.Supervisor(
             argv, env, cwd, settings.run.grace_seconds, log, settings.run.log_file, user_umask,
-            dog, settings.preflight.nvml_module if gpus else None, settings.run.log_max).run()
+            dog, settings.preflight.nvml_module if gpus else None, settings.run.log_max,
+            settings.run.detached).run()
     finally:
         _drop_stack_hook(stacks_dir)
         rounds.stop()
@@ -595,7 +596,10 @@ def _cluster_stage(settings: Settings, log: Log, report: preflight.Report,
             raise _local_failure(report)
         if cluster.source == "local":
             return None
-        return topology.Topology(cluster, {0: facts})
+        from .cluster import peers
+
+        return topology.Topology(cluster, {0: facts},
+                                 master_ip=peers.resolve(cluster.master.host))
 
     from .cluster import barrier, ipoib
 
@@ -628,19 +632,39 @@ def _cluster_stage(settings: Settings, log: Log, report: preflight.Report,
         raise _local_failure(report)
     if data_failure is not None:
         raise data_failure
-    topo = topology.Topology(cluster, all_facts, master_addr_ib=knobs.master_addr_ib)
+    topo = topology.Topology(cluster, all_facts, master_addr_ib=knobs.master_addr_ib,
+                             master_ip=_master_ip(cluster, addresses, barrier_local, log))
     net: dict[str, str] = {}
     if knobs.network == "auto":
         with timed(log, "network") as t:
-            net = _network_stage(cluster, settings, addresses, barrier_local, topo.master_addr,
-                                 log)
+            net = _network_stage(cluster, settings, addresses, barrier_local, topo, log)
             t.detail = ", ".join(f"{k}={v}" for k, v in net.items()) or "no exports"
     return topology.Topology(cluster, all_facts, master_addr_ib=knobs.master_addr_ib,
-                             network=net)
+                             master_ip=topo.master_ip, network=net)
+
+
+def _master_ip(cluster: Cluster, addresses: Mapping[str, str], barrier_local: Optional[str],
+               log: Log) -> Optional[str]:
+    """``MASTER_ADDR``: node 0's IP address, the one its peers reach it at. Nodes
+    1..N-1 know it as what they resolved node 0's name to (and dialled, if the barrier
+    ran); node 0 works it out (:func:`network.node0_address`)."""
+    from .cluster import network, peers
+
+    def address(host: str) -> Optional[str]:
+        return addresses.get(host) or peers.resolve(host)
+
+    if cluster.rank != 0:
+        return address(cluster.master.host)
+    found = network.node0_address(address(cluster.master.host),
+                                  address(cluster.nodes[1].host), barrier_local)
+    if found is None:
+        log.info(f"cluster: no address of this node that its peers reach could be found; "
+                 f"MASTER_ADDR is its name, {cluster.master.host}")
+    return found
 
 
 def _network_stage(cluster: Cluster, settings: Settings, addresses: Mapping[str, str],
-                   barrier_local: Optional[str], master_addr: str,
+                   barrier_local: Optional[str], topo: topology.Topology,
                    log: Log) -> dict[str, str]:
     """The engines' interface and HCAs; the master proven reachable (nodes 1..N-1)
     and its port free (node 0) before the command starts."""
@@ -651,7 +675,8 @@ def _network_stage(cluster: Cluster, settings: Settings, addresses: Mapping[str,
 
     ifaces = network.interfaces()
     proven = barrier_local is not None  # the barrier's own connection proved the path
-    if master_addr != cluster.master.host:
+    master_addr = topo.master_addr
+    if master_addr != topo.master_ip and master_addr != cluster.master.host:
         # MASTER_ADDR is node 0's IB address (BOOTSTRAP_MASTER_ADDR_IB): the engines go
         # where it routes (node 0: the device holding it), whatever network the barrier,
         # which dials names, went over.

@@ -99,6 +99,6 @@ def test_user_settings_are_never_overwritten(home: Path) -> None:
             "['MASTER_ADDR','MASTER_PORT','PET_NPROC_PER_NODE','NNODES','BOOTSTRAP_HOSTFILE']}))")
     r = run_train(["python", "-c", show], env)
     assert r.returncode == 0, r.stderr
-    assert json.loads(r.stdout) == {"MASTER_ADDR": "localhost", "MASTER_PORT": "1234",
+    assert json.loads(r.stdout) == {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1234",
                                     "PET_NPROC_PER_NODE": "7", "NNODES": "1",
                                     "BOOTSTRAP_HOSTFILE": str(home / "user-job-dir" / "hostfile")}

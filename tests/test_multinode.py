@@ -88,13 +88,42 @@ def test_ib_exchange_builds_the_full_map(lab: Lab, tmp_path: Path) -> None:
         assert r.code == 0, r.err
         got = json.loads(r.out)
         assert got == {"BOOTSTRAP_IB_ADDR": ib[r.rank], "BOOTSTRAP_MASTER_IB_ADDR": ib[0],
-                       "MASTER_ADDR": "node-0"}
+                       "MASTER_ADDR": lab.hosts.addr(0)}
         ib_map = json.loads((r.home / "user-job-dir" / "ib_map.json").read_text())
         assert ib_map == {str(i): {"host": f"node-{i}", "ib_addr": ib[i]} for i in range(3)}
         assert "stage barrier" in r.err
     for r in asked:  # asked for it, MASTER_ADDR is node 0's IB address
         assert r.code == 0, r.err
         assert json.loads(r.out)["MASTER_ADDR"] == ib[0]
+
+
+@pytest.mark.parametrize("barrier", ["auto", "on"])
+def test_master_addr_is_node_0s_ip_on_every_node(lab: Lab, tmp_path: Path, barrier: str) -> None:
+    """MASTER_ADDR is the IP node 0's peers reach it at, the same string on every node,
+    even where node 0's own name resolves to 127.0.1.1 there (Debian's /etc/hosts); the
+    name is BOOTSTRAP_MASTER_HOST. Without the barrier node 0 finds it by its route to
+    node 1; with it, as the address its peers connected to."""
+    if not lab.hosts.real:
+        pytest.skip("needs network namespaces: on loopback every address is the host's own")
+
+    def debian_hosts() -> None:
+        text = lab.hosts.hosts_file(0).read_text()
+        lab.hosts.hosts_file(0).write_text(text.replace(
+            "127.0.0.1 localhost\n", "127.0.0.1 localhost\n127.0.1.1 node-0\n"))
+
+    show = ("import json,os,socket; print(json.dumps({k: os.environ.get(k) for k in "
+            "['MASTER_ADDR','BOOTSTRAP_MASTER_HOST','PET_RDZV_ENDPOINT']} | "
+            "{'own': socket.gethostbyname(socket.gethostname())}))")
+    p = port()
+    results = run_job(lab, tmp_path, 3, ["python", "-c", show], new_contract(lab, 3, p),
+                      extra={"BOOTSTRAP_BARRIER": barrier}, before=debian_hosts)
+    for r in results:
+        assert r.code == 0, r.err
+        got = json.loads(r.out)
+        assert got["MASTER_ADDR"] == lab.hosts.addr(0), (r.rank, got)
+        assert got["BOOTSTRAP_MASTER_HOST"] == "node-0"
+        assert got["PET_RDZV_ENDPOINT"] == f"{lab.hosts.addr(0)}:{p}"
+    assert json.loads(results[0].out)["own"] == "127.0.1.1"  # the trap was set
 
 
 def test_peer_that_resolves_late_still_starts(lab: Lab, tmp_path: Path) -> None:

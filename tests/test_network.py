@@ -51,6 +51,17 @@ def test_node_0_prefers_what_peers_dialled_then_the_route_to_node_1() -> None:
     assert own_name.interface == "eth0" and "own address" in own_name.reason
 
 
+def test_node_0s_address_is_what_its_peers_reach_never_loopback() -> None:
+    """MASTER_ADDR on node 0: the barrier's address, the route to node 1, its own name,
+    in that order; a name that resolves to 127.0.1.1 on its own host is passed over."""
+    route = {"10.9.0.3": "10.9.0.2"}
+    assert network.node0_address("10.9.0.5", "10.9.0.3", "10.9.0.7", route) == "10.9.0.7"
+    assert network.node0_address("127.0.1.1", "10.9.0.3", None, route) == "10.9.0.2"
+    assert network.node0_address("10.9.0.5", None, None) == "10.9.0.5"
+    assert network.node0_address("127.0.1.1", "10.9.0.3", "127.0.0.1",
+                                 {"10.9.0.3": "127.0.0.1"}) is None
+
+
 def test_loopback_and_foreign_addresses_choose_nothing() -> None:
     assert network.choose(1, "127.0.0.2", None, None, IFACES,
                           route={"127.0.0.2": "127.0.0.1"}).interface is None

@@ -338,3 +338,102 @@ def test_pip_requirements_are_installed_first(home: Path, tmp_path: Path) -> Non
     assert_one_error_line(r.stderr, "pip install -r pip-requirements.txt failed")
     r = run_train(["true"], {**env, "BOOTSTRAP_PIP_INSTALL": "0"})
     assert r.returncode == 0
+
+
+# A launcher like msrun without --join=True: its workers go to sessions of their own
+# (setsid), out of reach of the command's process group, and it exits 0 at once. Each
+# worker records its pid, then after `work` seconds its result; on SIGTERM, that it got it.
+DETACHER = r'''
+import subprocess, sys
+out, work, code1 = sys.argv[1], sys.argv[2], sys.argv[3]
+worker = """
+import os, signal, sys, time
+out, rank, work, code = sys.argv[1:5]
+def on_term(signum, frame):
+    open(os.path.join(out, rank + ".term"), "w").close()
+    sys.exit(143)
+signal.signal(signal.SIGTERM, on_term)
+open(os.path.join(out, rank + ".pid"), "w").write(str(os.getpid()))
+time.sleep(float(work))
+open(os.path.join(out, rank + ".done"), "w").close()
+sys.exit(int(code))
+"""
+for rank, code in (("0", "0"), ("1", code1)):
+    subprocess.Popen([sys.executable, "-c", worker, out, rank, work, code],
+                     start_new_session=True)
+print("launcher returned", flush=True)
+'''
+
+
+def _detacher(tmp_path: Path, work: float, code1: int = 0) -> list[str]:
+    script = tmp_path / "launcher.py"
+    script.write_text(DETACHER)
+    out = tmp_path / "workers"
+    out.mkdir()
+    return ["python", str(script), str(out), str(work), str(code1)]
+
+
+def _worker_pids(out: Path) -> list[int]:
+    deadline = time.monotonic() + 20
+    while len(list(out.glob("*.pid"))) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return [int(p.read_text()) for p in sorted(out.glob("*.pid"))]
+
+
+def _running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("code1", [0, 3])
+def test_workers_in_their_own_sessions_are_the_jobs_end(home: Path, tmp_path: Path,
+                                                        code1: int) -> None:
+    """The launcher exits 0 at once; the job ends when its detached workers do, with the
+    first failure among them."""
+    argv = _detacher(tmp_path, 2, code1)
+    started = time.monotonic()
+    r = run_train(argv, base_env(home, {"BOOTSTRAP_SUPERVISE": "1"}))
+    assert r.returncode == code1, r.stderr
+    assert time.monotonic() - started > 2
+    assert {p.name for p in (tmp_path / "workers").glob("*.done")} == {"0.done", "1.done"}
+    assert "waiting for them" in r.stderr
+
+
+def test_without_waiting_the_job_would_end_before_its_workers(home: Path,
+                                                              tmp_path: Path) -> None:
+    """The control, BOOTSTRAP_DETACHED=stop: the job is over while the workers have done
+    nothing (before, they also ran on unseen); they are stopped, none outlives it."""
+    argv = _detacher(tmp_path, 60)
+    started = time.monotonic()
+    r = run_train(argv, base_env(home, {"BOOTSTRAP_SUPERVISE": "1", "BOOTSTRAP_DETACHED": "stop",
+                                        "BOOTSTRAP_GRACE_SECONDS": "5"}))
+    assert r.returncode == 0 and time.monotonic() - started < 30, r.stderr
+    out = tmp_path / "workers"
+    assert not list(out.glob("*.done"))
+    assert not any(_running(pid) for pid in _worker_pids(out))
+    assert "stopping them" in r.stderr
+
+
+def test_a_stop_reaches_workers_in_their_own_sessions(home: Path, tmp_path: Path) -> None:
+    argv = _detacher(tmp_path, 120)
+    proc = start(argv, base_env(home, {"BOOTSTRAP_SUPERVISE": "1"}))
+    wait_for_line(proc, "launcher returned")
+    out = tmp_path / "workers"
+    pids = _worker_pids(out)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert {p.name for p in out.glob("*.term")} == {"0.term", "1.term"}
+    assert not any(_running(pid) for pid in pids)
+
+
+def test_what_the_command_leaves_in_the_background_is_stopped(home: Path,
+                                                              tmp_path: Path) -> None:
+    pidfile = tmp_path / "bg.pid"
+    r = run_train(["sh", "-c", f"sleep 300 & echo $! > {pidfile}; echo started"],
+                  base_env(home, {"BOOTSTRAP_SUPERVISE": "1", "BOOTSTRAP_GRACE_SECONDS": "5"}))
+    assert r.returncode == 0 and "started" in r.stdout, r.stderr
+    assert not _running(int(pidfile.read_text()))
+    assert "of its session running" in r.stderr

@@ -32,7 +32,7 @@ import ipaddress
 import os
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Optional
 
@@ -225,6 +225,25 @@ def choose(rank: int, master_address: Optional[str], peer_address: Optional[str]
         return Choice(name, f"it holds this node's own address {master_address}",
                       master_address)
     return Choice(None, "no interface could be tied to the cluster's addresses")
+
+
+def node0_address(own: Optional[str], peer: Optional[str], barrier_local: Optional[str],
+                  route: Optional[Mapping[str, Optional[str]]] = None) -> Optional[str]:
+    """Node 0's address as its peers reach it, worked out on node 0 (``MASTER_ADDR``):
+    the address they connected to at the start barrier, else the source of the route to
+    node 1, else what its own name resolves to; never a loopback address (a host whose
+    ``/etc/hosts`` maps its own name to ``127.0.1.1`` would otherwise hand its peers an
+    address that leads back to themselves). None when nothing qualifies.
+
+    ``own``, ``peer``: node 0's and node 1's names as resolved here; ``route`` as in
+    :func:`choose`."""
+    via_peer = None
+    if peer:
+        via_peer = route[peer] if route is not None and peer in route else route_source(peer)
+    for candidate in (barrier_local, via_peer, own):
+        if candidate and not ipaddress.ip_address(candidate).is_loopback:
+            return candidate
+    return None
 
 
 def with_hcas(choice: Choice, sysfs: Path) -> Choice:

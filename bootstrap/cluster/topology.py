@@ -3,8 +3,11 @@
 The same variables come out whichever contract described the cluster, and a
 variable the user set explicitly is never overwritten.
 
-torchrun / torch.distributed (env://): ``MASTER_ADDR`` (node 0), ``MASTER_PORT`` (node
-0's port), ``NNODES``, ``NODE_RANK``, torchrun's ``PET_NNODES``, ``PET_NODE_RANK``,
+torchrun / torch.distributed (env://): ``MASTER_ADDR`` (node 0's IP address, the one
+its peers reach it at, the same on every node: old ``msrun`` and Paddle start their master
+only where that string equals one of the node's own addresses, so a host name starts it
+nowhere; the name stays in ``BOOTSTRAP_MASTER_HOST``), ``MASTER_PORT`` (node 0's port),
+``NNODES``, ``NODE_RANK``, torchrun's ``PET_NNODES``, ``PET_NODE_RANK``,
 ``PET_MASTER_ADDR``, ``PET_MASTER_PORT``, ``PET_NPROC_PER_NODE`` (GPUs here, 1 without),
 so an unmodified ``torchrun train.py`` picks the topology up; for one-process-per-node
 scripts ``WORLD_SIZE`` = nodes and ``RANK`` = node rank (torchrun overrides both for
@@ -65,6 +68,7 @@ class Topology:
     cluster: Cluster
     facts: Mapping[int, MemberFacts] = field(default_factory=dict)  # by rank
     master_addr_ib: bool = False  # MASTER_ADDR = node 0's IB address
+    master_ip: Optional[str] = None  # node 0's address as its peers reach it
     network: Mapping[str, str] = field(default_factory=dict)  # the engines' interface/HCAs
 
     def slots(self, rank: int) -> int:
@@ -78,7 +82,14 @@ class Topology:
         ib = self.facts.get(0, MemberFacts()).ib_addr
         if self.master_addr_ib and ib:
             return ib
-        return self.cluster.master.host
+        return self.master_ip or self.cluster.master.host
+
+    @property
+    def master_endpoint(self) -> str:
+        """``MASTER_ADDR:MASTER_PORT``, an IPv6 address in brackets."""
+        addr = self.master_addr
+        return f"[{addr}]:{self.cluster.master.port}" if ":" in addr else \
+            f"{addr}:{self.cluster.master.port}"
 
     def describe(self) -> dict[str, Any]:
         c = self.cluster
@@ -86,7 +97,7 @@ class Topology:
             "source": c.source,
             "size": c.size,
             "rank": c.rank,
-            "master": {"addr": self.master_addr, "port": c.master.port},
+            "master": {"addr": self.master_addr, "host": c.master.host, "port": c.master.port},
             "nodes": [{"rank": n.rank, "host": n.host, "port": n.port,
                        "gpus": self.facts.get(n.rank, self._mine()).gpus,
                        "ib_addr": self.facts.get(n.rank, MemberFacts()).ib_addr}
@@ -115,6 +126,7 @@ class Topology:
         out = {
             "MASTER_ADDR": self.master_addr,
             "MASTER_PORT": str(c.master.port),
+            "BOOTSTRAP_MASTER_HOST": c.master.host,
             "NNODES": str(c.size),
             "NODE_RANK": str(c.rank),
             "WORLD_SIZE": str(c.size),
@@ -124,11 +136,11 @@ class Topology:
             "PET_MASTER_ADDR": self.master_addr,
             "PET_MASTER_PORT": str(c.master.port),
             "PET_NPROC_PER_NODE": str(max(mine.gpus, 1)),
-            "PET_RDZV_ENDPOINT": f"{self.master_addr}:{c.master.port}",
+            "PET_RDZV_ENDPOINT": self.master_endpoint,
             "PET_RDZV_CONF": f"is_host={int(c.rank == 0)}",
             "PET_LOCAL_ADDR": c.nodes[c.rank].host,
             "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1",
-            "JAX_COORDINATOR_ADDRESS": f"{self.master_addr}:{c.master.port}",
+            "JAX_COORDINATOR_ADDRESS": self.master_endpoint,
             "TF_CONFIG": self.tf_config(),
             "BOOTSTRAP_NUM_GPUS": str(mine.gpus),
         }

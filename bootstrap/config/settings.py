@@ -64,14 +64,16 @@ VARIABLES = frozenset({
     "BOOTSTRAP_BUSY_MEMORY_FRACTION", "BOOTSTRAP_CACHE_DIR", "BOOTSTRAP_CLUSTER_FILE",
     "BOOTSTRAP_CODE_DIR", "BOOTSTRAP_DATA_DIR", "BOOTSTRAP_DATA_MAX_GB", "BOOTSTRAP_DATA_PATH",
     "BOOTSTRAP_DATA_SHARD", "BOOTSTRAP_DATA_SHARE_FILE", "BOOTSTRAP_DATA_TIMEOUT",
-    "BOOTSTRAP_DEBUG", "BOOTSTRAP_DOWNLOAD_WORKERS", "BOOTSTRAP_EVIDENCE", "BOOTSTRAP_EXPECT_GPUS",
+    "BOOTSTRAP_DEBUG", "BOOTSTRAP_DETACHED", "BOOTSTRAP_DOWNLOAD_WORKERS",
+    "BOOTSTRAP_EVIDENCE", "BOOTSTRAP_EXPECT_GPUS",
     "BOOTSTRAP_FAILURE_FILE", "BOOTSTRAP_FATAL_CHECKS", "BOOTSTRAP_GRACE_SECONDS",
     "BOOTSTRAP_HANG_ACTION", "BOOTSTRAP_HANG_SECONDS", "BOOTSTRAP_HEARTBEAT_FILE",
     "BOOTSTRAP_HOME", "BOOTSTRAP_HOSTFILE", "BOOTSTRAP_IB_ADDR", "BOOTSTRAP_IB_MAP_FILE",
     "BOOTSTRAP_IMAGE_META", "BOOTSTRAP_JOB_SECRET", "BOOTSTRAP_JOB_SECRET_FILE",
     "BOOTSTRAP_LAUNCH", "BOOTSTRAP_LAUNCHER_HOME", "BOOTSTRAP_LOG_FILE", "BOOTSTRAP_LOG_FORMAT",
     "BOOTSTRAP_LOG_MAX_MB", "BOOTSTRAP_LOG_UPLOAD_URL", "BOOTSTRAP_MASTER_ADDR_IB",
-    "BOOTSTRAP_MASTER_IB_ADDR", "BOOTSTRAP_MASTER_PORT", "BOOTSTRAP_MAX_FILES",
+    "BOOTSTRAP_MASTER_HOST", "BOOTSTRAP_MASTER_IB_ADDR", "BOOTSTRAP_MASTER_PORT",
+    "BOOTSTRAP_MAX_FILES",
     "BOOTSTRAP_MIN_CACHE_GB", "BOOTSTRAP_MIN_DISK_GB", "BOOTSTRAP_MIN_MEMORY_GB",
     "BOOTSTRAP_MIN_NOFILE", "BOOTSTRAP_MIN_SHM_MB", "BOOTSTRAP_MPI_HOSTFILE",
     "BOOTSTRAP_MULTIPART_THRESHOLD", "BOOTSTRAP_NETWORK", "BOOTSTRAP_NUM_GPUS",
@@ -158,6 +160,7 @@ class RunSettings:
     nested: bool  # BOOTSTRAP_ACTIVE=1: a bootstrap already prepared this job
     supervise: bool | None  # None: decide (PID 1, or work left after the command)
     grace_seconds: float
+    detached: str  # BOOTSTRAP_DETACHED: "wait" for what the command leaves in its own sessions
     log_file: Path  # the command's output, tee'd while supervising
     log_max: int  # BOOTSTRAP_LOG_MAX_MB in bytes: the log file's cap (0: none)
     failure_file: Path
@@ -373,6 +376,7 @@ def _run(env: Mapping[str, str], job_dir: Path, task: str) -> RunSettings:
         nested=env.get(ACTIVE_MARKER) == "1",
         supervise=supervise,
         grace_seconds=parse.number(env, "BOOTSTRAP_GRACE_SECONDS", 30.0, minimum=0),
+        detached=parse.choice(env, "BOOTSTRAP_DETACHED", "wait", ("wait", "stop")),
         log_file=Path(parse.text(env, "BOOTSTRAP_LOG_FILE") or f"/tmp/dls-task-{task}.log"),
         log_max=int(parse.number(env, "BOOTSTRAP_LOG_MAX_MB", 1024, minimum=0) * MiB),
         failure_file=Path(parse.text(env, "BOOTSTRAP_FAILURE_FILE") or job_dir / "failure.json"),

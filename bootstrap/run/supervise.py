@@ -19,6 +19,8 @@ sync, log upload), the bootstrap keeps running as the parent:
 * on a non-zero end a failure record (exit code, signal, last lines of stderr, and
   the :mod:`~bootstrap.run.diagnose` reason and category) is written once to
   ``BOOTSTRAP_FAILURE_FILE`` (default ``<job dir>/failure.json``);
+* processes the command puts in sessions of their own get its signals too, and what it
+  leaves running when it ends is waited for or stopped (:mod:`.leftovers`);
 * with ``BOOTSTRAP_HANG_SECONDS`` a :class:`~bootstrap.run.watchdog.Watchdog` watches
   for progress; the command's ``oom_score_adj`` is raised above ours, so that the OOM
   killer picks it, not the supervisor that must still sync the outputs.
@@ -43,6 +45,7 @@ from typing import IO, TYPE_CHECKING, Any, Optional
 from ..errors import BootstrapError
 from ..log import Log
 from ..records import frozen
+from . import leftovers
 from .diagnose import Diagnosis, before_start, classify, oom_kills
 from .logfile import CappedLog
 
@@ -159,8 +162,9 @@ class Supervisor:
     def __init__(self, argv: Sequence[str], env: Mapping[str, str], cwd: Optional[Path],
                  grace: float, log: Log, log_path: Optional[Path], umask: int = -1,
                  watchdog: Optional[Watchdog] = None, nvml_module: Optional[str] = None,
-                 log_max: int = 0) -> None:
+                 log_max: int = 0, detached: str = "wait") -> None:
         self.argv, self.env, self.cwd, self.umask = list(argv), dict(env), cwd, umask
+        self.detached = detached  # BOOTSTRAP_DETACHED: "wait" or "stop" (see .leftovers)
         self.grace, self.log, self.log_path, self.log_max = grace, log, log_path, log_max
         self.watchdog = watchdog
         self.nvml_module = nvml_module  # watch Xid events when the node has GPUs
@@ -176,6 +180,7 @@ class Supervisor:
             return
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(child.pid, signum)
+        leftovers.signal_groups(leftovers.detached_groups(child.pid), signum)
         if signum in GRACE_TRIGGERS and self._grace_timer is None:
             self.log.info(f"{signal.Signals(signum).name} forwarded to the command; SIGKILL in "
                           f"{self.grace:g} s unless it exits (BOOTSTRAP_GRACE_SECONDS)")
@@ -190,10 +195,43 @@ class Supervisor:
 
     def _kill(self) -> None:
         child = self.child
-        if child is not None and child.returncode is None:
+        if child is None:
+            return
+        groups = leftovers.detached_groups(child.pid)
+        if child.returncode is None or groups:
             self.killed_after_grace = True
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(child.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(child.pid, signal.SIGKILL)
+        leftovers.signal_groups(groups, signal.SIGKILL)
+
+    def _leftovers(self, status: int) -> int:
+        """What the command left running (see :mod:`.leftovers`): its own group's are
+        stopped; those in sessions of their own are waited for after a command that
+        exited 0 (and the first of them to fail decides the status), else stopped."""
+        assert self.child is not None
+        session = self.child.pid
+        detached = leftovers.detached(session)
+        mine = [p for p in leftovers.descendants() if p not in detached]
+        if mine:
+            self.log.info(f"the command left {len(mine)} process(es) of its session running "
+                          f"({leftovers.names(mine)}): stopping them")
+            leftovers.stop({session}, self.grace, {})
+        if not detached:
+            return status
+        statuses = {p.pid: -1 for p in detached}
+        what = (f"{len(detached)} process(es) it started in sessions of their own still run "
+                f"({leftovers.names(detached)})")
+        stopping = self._grace_timer is not None  # a stop signal came: no waiting
+        if status == 0 and self.detached == "wait" and not stopping:
+            self.log.info(f"the command exited 0 but {what}: waiting for them, their end is "
+                          "the job's (msrun without --join=True leaves its workers so; "
+                          "BOOTSTRAP_DETACHED=stop stops them instead)")
+            leftovers.wait(statuses)
+            failed = leftovers.first_failure(statuses)
+            return status if failed is None else failed
+        self.log.info(f"the command ended but {what}: stopping them")
+        leftovers.stop(leftovers.detached_groups(session), self.grace, statuses)
+        return status
 
     def run(self) -> Outcome:
         become_subreaper()
@@ -232,6 +270,7 @@ class Supervisor:
             self.watchdog.start()
         status = self._reap_until_child_exits(self.child.pid)
         self.child.returncode = status
+        status = self._leftovers(status)
         if self.watchdog is not None:
             self.watchdog.finish()
         xids = ""

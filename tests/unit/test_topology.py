@@ -33,6 +33,19 @@ def test_exports_for_torchrun_mpi_and_tensorflow() -> None:
     assert "BOOTSTRAP_IB_ADDR" not in out and topo.ib_map() is None
 
 
+def test_master_addr_is_node_0s_ip_and_the_name_stays_beside_it() -> None:
+    """Old msrun and Paddle compare MASTER_ADDR with the node's own IPs as strings."""
+    out = Topology(cluster(1), {}, master_ip="10.0.0.1").exports({})
+    assert out["MASTER_ADDR"] == out["PET_MASTER_ADDR"] == "10.0.0.1"
+    assert out["BOOTSTRAP_MASTER_HOST"] == "job-w0"
+    assert out["PET_RDZV_ENDPOINT"] == out["JAX_COORDINATOR_ADDRESS"] == "10.0.0.1:6000"
+    v6 = Topology(cluster(1), {}, master_ip="fd00::1").exports({})
+    assert v6["MASTER_ADDR"] == "fd00::1" and v6["PET_RDZV_ENDPOINT"] == "[fd00::1]:6000"
+    ib = Topology(cluster(1), {0: MemberFacts(8, "10.1.0.1")}, master_addr_ib=True,
+                  master_ip="10.0.0.1")
+    assert ib.master_addr == "10.1.0.1"  # BOOTSTRAP_MASTER_ADDR_IB still wins
+
+
 def test_a_cpu_node_still_runs_one_process() -> None:
     out = Topology(cluster(0, 1), {0: MemberFacts(0)}).exports({})
     assert out["PET_NPROC_PER_NODE"] == "1" and out["BOOTSTRAP_NUM_GPUS"] == "0"
