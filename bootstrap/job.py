@@ -219,7 +219,7 @@ def _start(cmd: command.Command, argv: Sequence[str], environ: Mapping[str, str]
     if supervise is None:  # PID 1 must supervise; so must anything with work after the end
         supervise = (os.getpid() == 1 or sync is not None or mpi_plan is not None
                      or settings.outputs.log_upload is not None
-                     or attempt.evidence is not None)
+                     or attempt.evidence is not None or command.leaves_workers(final_argv))
     launch.find_program(final_argv[0], env)  # 127/126 now, while we can still say why
     where = f" (in {code_dir})" if code_dir else ""
     if not supervise:

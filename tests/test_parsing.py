@@ -68,6 +68,22 @@ def test_shell_form_wraps_with_sh() -> None:
         "/bin/sh", "-c", "python a.py && python b.py")
 
 
+@pytest.mark.parametrize("argv, leaves", [
+    (["msrun", "--worker_num=2", "train.py"], True),  # --join defaults to False
+    (["msrun", "--join=False", "train.py"], True),
+    (["msrun", "--join=True", "train.py"], False),
+    (["msrun", "--join", "True", "train.py"], False),
+    (["/bin/sh", "-c", "msrun --worker_num=2 --join=True train.py"], False),
+    (["/bin/sh", "-c", "msrun --worker_num=2 train.py"], True),
+    (["python", "-m", "mindspore.parallel.cluster.run", "train.py"], True),
+    (["python", "train.py", "msrunner"], False),
+])
+def test_msrun_without_join_is_a_command_that_leaves_workers(argv: list[str],
+                                                             leaves: bool) -> None:
+    """Such a run is supervised even where it would be exec'd: its workers are waited for."""
+    assert command.leaves_workers(argv) is leaves
+
+
 @pytest.mark.parametrize("url, name, bucket, prefix", [
     ("s3://b0b/new/", "new", "b0b", "new/"),
     ("s3://b0b/new", "new", "b0b", "new/"),

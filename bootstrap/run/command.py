@@ -121,3 +121,28 @@ def _in_job_dir(given: Path, job_dir: Path) -> list[Path]:
         if layout != job_dir and given.is_relative_to(layout):
             return [job_dir / given.relative_to(layout)]
     return []
+
+
+def leaves_workers(argv: Sequence[str]) -> bool:
+    """MindSpore's ``msrun`` without ``--join=True``: it returns 0 at once, leaving its
+    workers in sessions of their own, so an exec'd job would end as they start. Such a
+    run is supervised instead, where :mod:`.leftovers` waits for them."""
+    import shlex
+
+    words: list[str] = []
+    for arg in argv:
+        try:
+            words += shlex.split(arg) if _SHELL_SYNTAX.search(arg) else [arg]
+        except ValueError:
+            words += arg.split()
+    for i, word in enumerate(words):
+        if os.path.basename(word) == "msrun" or (
+                word == "mindspore.parallel.cluster.run" and i and words[i - 1] == "-m"):
+            rest = words[i + 1:]
+            for j, flag in enumerate(rest):
+                value = flag.partition("=")[2] if flag.startswith("--join=") else (
+                    rest[j + 1] if flag == "--join" and j + 1 < len(rest) else None)
+                if value is not None:
+                    return value.lower() != "true"
+            return True
+    return False
