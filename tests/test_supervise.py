@@ -436,4 +436,4 @@ def test_what_the_command_leaves_in_the_background_is_stopped(home: Path,
                   base_env(home, {"BOOTSTRAP_SUPERVISE": "1", "BOOTSTRAP_GRACE_SECONDS": "5"}))
     assert r.returncode == 0 and "started" in r.stdout, r.stderr
     assert not _running(int(pidfile.read_text()))
-    assert "of its session running" in r.stderr
+    assert "left 1 process(es) running" in r.stderr

@@ -162,9 +162,11 @@ class Supervisor:
     def __init__(self, argv: Sequence[str], env: Mapping[str, str], cwd: Optional[Path],
                  grace: float, log: Log, log_path: Optional[Path], umask: int = -1,
                  watchdog: Optional[Watchdog] = None, nvml_module: Optional[str] = None,
-                 log_max: int = 0, detached: str = "wait") -> None:
+                 log_max: int = 0, detached: str = "wait",
+                 keep: frozenset[int] = frozenset()) -> None:
         self.argv, self.env, self.cwd, self.umask = list(argv), dict(env), cwd, umask
         self.detached = detached  # BOOTSTRAP_DETACHED: "wait" or "stop" (see .leftovers)
+        self.keep = keep  # sessions of the bootstrap's own helpers (Ray's head), not leftovers
         self.grace, self.log, self.log_path, self.log_max = grace, log, log_path, log_max
         self.watchdog = watchdog
         self.nvml_module = nvml_module  # watch Xid events when the node has GPUs
@@ -180,7 +182,7 @@ class Supervisor:
             return
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(child.pid, signum)
-        leftovers.signal_groups(leftovers.detached_groups(child.pid), signum)
+        leftovers.signal_groups(leftovers.detached_groups(child.pid, self.keep), signum)
         if signum in GRACE_TRIGGERS and self._grace_timer is None:
             self.log.info(f"{signal.Signals(signum).name} forwarded to the command; SIGKILL in "
                           f"{self.grace:g} s unless it exits (BOOTSTRAP_GRACE_SECONDS)")
@@ -197,7 +199,7 @@ class Supervisor:
         child = self.child
         if child is None:
             return
-        groups = leftovers.detached_groups(child.pid)
+        groups = leftovers.detached_groups(child.pid, self.keep)
         if child.returncode is None or groups:
             self.killed_after_grace = True
         with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -205,32 +207,28 @@ class Supervisor:
         leftovers.signal_groups(groups, signal.SIGKILL)
 
     def _leftovers(self, status: int) -> int:
-        """What the command left running (see :mod:`.leftovers`): its own group's are
-        stopped; those in sessions of their own are waited for after a command that
-        exited 0 (and the first of them to fail decides the status), else stopped."""
+        """What the command left running (see :mod:`.leftovers`): after an exit 0, its
+        workers in sessions of their own are waited for (the first of them to fail
+        decides the status); then everything left is stopped."""
         assert self.child is not None
         session = self.child.pid
-        detached = leftovers.detached(session)
-        mine = [p for p in leftovers.descendants() if p not in detached]
-        if mine:
-            self.log.info(f"the command left {len(mine)} process(es) of its session running "
-                          f"({leftovers.names(mine)}): stopping them")
-            leftovers.stop({session}, self.grace, {})
-        if not detached:
-            return status
+        detached = leftovers.detached(session, self.keep)
         statuses = {p.pid: -1 for p in detached}
-        what = (f"{len(detached)} process(es) it started in sessions of their own still run "
-                f"({leftovers.names(detached)})")
         stopping = self._grace_timer is not None  # a stop signal came: no waiting
-        if status == 0 and self.detached == "wait" and not stopping:
-            self.log.info(f"the command exited 0 but {what}: waiting for them, their end is "
-                          "the job's (msrun without --join=True leaves its workers so; "
-                          "BOOTSTRAP_DETACHED=stop stops them instead)")
-            leftovers.wait(statuses)
+        if detached and status == 0 and self.detached == "wait" and not stopping:
+            self.log.info(f"the command exited 0 but {len(detached)} process(es) it started "
+                          f"in sessions of their own still run ({leftovers.names(detached)}): "
+                          "waiting for them, their end is the job's (msrun without "
+                          "--join=True leaves its workers so; BOOTSTRAP_DETACHED=stop stops "
+                          "them instead)")
+            leftovers.wait_while(lambda: leftovers.detached(session, self.keep), statuses)
             failed = leftovers.first_failure(statuses)
-            return status if failed is None else failed
-        self.log.info(f"the command ended but {what}: stopping them")
-        leftovers.stop(leftovers.detached_groups(session), self.grace, statuses)
+            status = status if failed is None else failed
+        rest = leftovers.descendants(self.keep)
+        if rest:
+            self.log.info(f"the command left {len(rest)} process(es) running "
+                          f"({leftovers.names(rest)}): stopping them")
+            leftovers.stop(leftovers.groups_of(rest), self.grace, statuses)
         return status
 
     def run(self) -> Outcome:
