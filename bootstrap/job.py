@@ -48,6 +48,7 @@ if TYPE_CHECKING:
     from .data.staging import Staged
     from .mpi import plan as mpi_plan_module
     from .mpi.agent import Agent
+    from .rayjob.plan import Plan as RayPlan
     from .relay import protocol as relay_protocol
     from .restart.evidence import Evidence
     from .run.watchdog import Watchdog
@@ -127,7 +128,8 @@ def _start(cmd: command.Command, argv: Sequence[str], environ: Mapping[str, str]
     then exec or supervise."""
     code_url = settings.code
     cluster = settings.cluster.layout
-    mpi_plan = _mpi_plan(settings) if settings.launch.mode == "mpi" else None
+    mpi_plan = _mpi_plan(settings) if settings.launch.agents else None
+    ray_plan = _ray_plan(settings, environ) if settings.launch.mode == "ray" else None
     log.info(f"user: uid={os.getuid()} gid={os.getgid()} pwd: {os.getcwd()}")
     log.info("app url: " + (code_url.url if code_url else
                             "(none: running from the current directory)"))
@@ -187,6 +189,8 @@ def _start(cmd: command.Command, argv: Sequence[str], environ: Mapping[str, str]
             mpi_exports, mpi_bin = install.install(
                 settings.job_dir, mpi_plan, cluster,
                 {r: topo.slots(r) for r in range(cluster.size)}, addresses)
+            if ray_plan is not None:
+                mpi_exports = _ray_exports(ray_plan, topo.master_addr, settings.job_dir)
             exports.update(topology.without_user_overrides(mpi_exports, environ))
         if staged is not None:
             exports.update(staged.exports())
@@ -195,7 +199,7 @@ def _start(cmd: command.Command, argv: Sequence[str], environ: Mapping[str, str]
         final_argv = command.resolve(cmd, code_dir, Path.cwd(), code_url, settings.job_dir)
         env = launch.user_environment(environ, settings.home, settings.job_dir,
                                       settings.run.cache_dir, code_dir, exports)
-        if mpi_bin is not None:  # tools that run `ssh` (pdsh, DeepSpeed) find ours
+        if mpi_bin is not None and ray_plan is None:  # pdsh, DeepSpeed run `ssh`: ours
             from .mpi.plan import path_with
 
             env["PATH"] = path_with(mpi_bin, env.get("PATH", os.defpath))
@@ -234,41 +238,89 @@ def _start(cmd: command.Command, argv: Sequence[str], environ: Mapping[str, str]
     from .mpi.launcher import Launcher
 
     launcher = Launcher(mpi_plan, addresses, log)
+    ray = None
     try:
         launcher.connect_all()
+        if ray_plan is not None and topo is not None and mpi_bin is not None:
+            from .rayjob.cluster import RayCluster
+
+            ray = RayCluster(ray_plan, topo.master_addr,
+                             {m.rank: (m.host, addresses.get(m.host, m.host))
+                              for m in cluster.peers},
+                             mpi_bin / "ssh", env, settings.run.grace_seconds,
+                             settings.cluster.peer_timeout, log)
+            ray.start()
         code = _supervise(final_argv, env, code_dir, settings, log, sync, user_umask,
                           report.gpu_count, remote_stacks=launcher.stacks,
-                          evidence=attempt.evidence)
+                          evidence=attempt.evidence,
+                          keep=ray.sessions() if ray is not None else frozenset())
     except BaseException:
+        if ray is not None:
+            ray.stop()
         launcher.abandon()
         raise
+    if ray is not None:
+        ray.stop()
     launcher.finish(code)  # every node ends with the launcher's code
     return code
 
 
 def _mpi_plan(settings: Settings) -> mpi_plan_module.Plan:
-    """BOOTSTRAP_LAUNCH=mpi's plan, checked before anything runs (exit 2 on a port that
-    collides, a job of one node, no shared secret, or the cryptography package missing)."""
+    """The launch agents' plan (BOOTSTRAP_LAUNCH=mpi or ray), checked before anything
+    runs (exit 2 on a port that collides, a job of one node, no shared secret, or the
+    cryptography package missing)."""
     from .cluster import ports
     from .mpi import plan
 
     try:
         import cryptography  # noqa: F401 - the agents' frames need it
     except ImportError:
-        raise ConfigError("BOOTSTRAP_LAUNCH=mpi needs the `cryptography` package in the "
-                          "bootstrap's Python: pip install cryptography (the bundled "
-                          "runtime has it)") from None
-    text = None
-    path = settings.launch.secret_file
-    if path is not None and settings.launch.secret is None:
-        try:
-            text = path.read_text()
-        except OSError as exc:
-            raise ConfigError(f"BOOTSTRAP_JOB_SECRET_FILE={path}: cannot read it "
-                              f"({exc.strerror}); mount the job's secret there") from None
+        raise ConfigError(f"BOOTSTRAP_LAUNCH={settings.launch.mode} needs the `cryptography` "
+                          "package in the bootstrap's Python: pip install cryptography (the "
+                          "bundled runtime has it)") from None
     return plan.plan(settings.cluster.layout, settings.launch, settings.transfer,
-                     settings.cluster.relay_port, ports.ephemeral(), text,
+                     settings.cluster.relay_port, ports.ephemeral(), _secret_file_text(settings),
                      settings.cluster.peer_timeout)
+
+
+def _secret_file_text(settings: Settings) -> Optional[str]:
+    path = settings.launch.secret_file
+    if path is None or settings.launch.secret is not None:
+        return None
+    try:
+        return path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"BOOTSTRAP_JOB_SECRET_FILE={path}: cannot read it "
+                          f"({exc.strerror}); mount the job's secret there") from None
+
+
+def _ray_plan(settings: Settings, environ: Mapping[str, str]) -> RayPlan:
+    """BOOTSTRAP_LAUNCH=ray's ports and token, checked before anything runs (exit 2 on a
+    port that collides, nodes sharing a host, or no Ray in the image)."""
+    from .cluster import ports
+    from .mpi import plan as mpi
+    from .rayjob import cluster as ray_cluster
+    from .rayjob import plan
+    from .relay import protocol as relay
+
+    ray_cluster.ray_python(environ)
+    layout, launch = settings.cluster.layout, settings.launch
+    taken = ports.taken_by_the_job(layout)
+    for r in range(layout.size):
+        taken[mpi.port_of(launch.agent_port, r)] = f"node {r}'s launch agent port"
+        for protocol in relay.PROTOCOLS:
+            taken[relay.port_of(settings.cluster.relay_port, r, protocol)] = \
+                f"node {r}'s relay port (BOOTSTRAP_RELAY_PORT)"
+    secret = mpi.shared_secret(launch, settings.transfer, _secret_file_text(settings))
+    return plan.plan(layout, secret, launch.ray_port, launch.ray_worker_ports, taken,
+                     ports.ephemeral())
+
+
+def _ray_exports(p: RayPlan, head: str, job_dir: Path) -> dict[str, str]:
+    """Ray's variables on every node, its token written beside the job (0600)."""
+    from .rayjob import cluster, plan
+
+    return {**plan.exports(str(cluster.write_token(p, job_dir))), "RAY_ADDRESS": p.gcs(head)}
 
 
 def _agent(p: mpi_plan_module.Plan, settings: Settings, addresses: Mapping[str, str],
@@ -441,7 +493,8 @@ def _supervise(argv: Sequence[str], env: Mapping[str, str], cwd: Optional[Path],
                settings: Settings, log: Log, sync: Optional[OutputSync],
                user_umask: int, gpus: int = 0,
                remote_stacks: Optional[Callable[[], str]] = None,
-               evidence: Optional[Evidence] = None) -> int:
+               evidence: Optional[Evidence] = None,
+               keep: frozenset[int] = frozenset()) -> int:
     from .run import supervise
     from .run.rounds import Rounds
     from .transfer import outputs
@@ -459,7 +512,7 @@ def _supervise(argv: Sequence[str], env: Mapping[str, str], cwd: Optional[Path],
         outcome = supervise.Supervisor(
             argv, env, cwd, settings.run.grace_seconds, log, settings.run.log_file, user_umask,
             dog, settings.preflight.nvml_module if gpus else None, settings.run.log_max,
-            settings.run.detached).run()
+            settings.run.detached, keep).run()
     finally:
         _drop_stack_hook(stacks_dir)
         rounds.stop()
@@ -598,10 +651,10 @@ def _cluster_stage(settings: Settings, log: Log, report: preflight.Report,
             return None
         from .cluster import peers
 
-        return topology.Topology(cluster, {0: facts},
-                                 master_ip=peers.resolve(cluster.master.host))
+        ip = peers.resolve(cluster.master.host)
+        return topology.Topology(cluster, {0: facts}, master_ip=ip, own_ip=ip)
 
-    from .cluster import barrier, ipoib
+    from .cluster import barrier, ipoib, network
 
     ib_addr = ipoib.local_address(knobs.ipoib_device)
     facts = topology.MemberFacts(gpus=facts.gpus, ib_addr=ib_addr)
@@ -632,15 +685,18 @@ def _cluster_stage(settings: Settings, log: Log, report: preflight.Report,
         raise _local_failure(report)
     if data_failure is not None:
         raise data_failure
+    master_ip = _master_ip(cluster, addresses, barrier_local, log)
+    own_ip = master_ip if cluster.rank == 0 else (
+        barrier_local or (network.route_source(master_ip) if master_ip else None))
     topo = topology.Topology(cluster, all_facts, master_addr_ib=knobs.master_addr_ib,
-                             master_ip=_master_ip(cluster, addresses, barrier_local, log))
+                             master_ip=master_ip, own_ip=own_ip)
     net: dict[str, str] = {}
     if knobs.network == "auto":
         with timed(log, "network") as t:
             net = _network_stage(cluster, settings, addresses, barrier_local, topo, log)
             t.detail = ", ".join(f"{k}={v}" for k, v in net.items()) or "no exports"
     return topology.Topology(cluster, all_facts, master_addr_ib=knobs.master_addr_ib,
-                             master_ip=topo.master_ip, network=net)
+                             master_ip=master_ip, own_ip=own_ip, network=net)
 
 
 def _master_ip(cluster: Cluster, addresses: Mapping[str, str], barrier_local: Optional[str],

@@ -36,8 +36,9 @@ HEALTHY = {"mode": "ok", "driver": "550.54.15", "cuda": 12040, "gpus": [{}] * 8}
 
 # The families of environment variable names the README's table must cover.
 NAME = re.compile(r"(?:BOOTSTRAP|DLS|BATCH|VC|MA|S3|OBS|AWS|PET|CUDA|NVIDIA|PIP|TF|NCCL|GLOO|"
-                  r"OMPI|SSL|PRTE|HYDRA|PDSH)_[A-Z0-9_]+|MASTER_ADDR|MASTER_PORT|NNODES|NODE_RANK|WORLD_SIZE|"
-                  r"RANK|TMPDIR|PYTHONPATH|PYTHONUNBUFFERED")
+                  r"OMPI|SSL|PRTE|HYDRA|PDSH|PADDLE|JAX|RAY|TORCH)_[A-Z0-9_]+|MASTER_ADDR|"
+                  r"MASTER_PORT|NNODES|NODE_RANK|WORLD_SIZE|RANK|POD_IP|TMPDIR|PYTHONPATH|"
+                  r"PYTHONUNBUFFERED")
 
 
 def variables_in_code(skip: frozenset[str] = frozenset()) -> set[str]:
@@ -112,8 +113,9 @@ def base_env(home: Path, extra: Optional[Mapping[str, str]] = None) -> dict[str,
     """A clean environment: no platform variables leak in from the developer's shell."""
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("DLS_", "BATCH_", "VC_", "MA_", "BOOTSTRAP_", "AWS_", "S3_",
-                                "OBS_", "PET_", "MASTER_"))
-           and k not in ("WORLD_SIZE", "RANK", "NODE_RANK", "NNODES", "TMPDIR", "PYTHONPATH")}
+                                "OBS_", "PET_", "MASTER_", "PADDLE_", "RAY_"))
+           and k not in ("WORLD_SIZE", "RANK", "NODE_RANK", "NNODES", "TMPDIR", "PYTHONPATH",
+                         "POD_IP")}
     env["PATH"] = VENV_BIN + os.pathsep + env.get("PATH", os.defpath)
     env["BOOTSTRAP_HOME"] = str(home)
     env["BOOTSTRAP_CACHE_DIR"] = str(home / "no-cache")  # tests never touch a real /cache

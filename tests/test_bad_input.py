@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +98,26 @@ ROWS: list[tuple[str, list[str], dict[str, str], int, tuple[str, ...]]] = [
                                  "S3_ENDPOINT": "host:port"}, 2, ("invalid port",)),
     ("verify-ssl-flag", ["true"], {"DLS_APP_URL": "s3://bucket/x/", "S3_VERIFY_SSL": "sure"},
      2, ("S3_VERIFY_SSL",)),
+    ("ray-one-node", ["true"], {"BOOTSTRAP_LAUNCH": "ray", "BOOTSTRAP_JOB_SECRET": "s" * 20,
+                                "BATCH_job.0_HOSTS": "localhost:6123"}, 2,
+     ("BOOTSTRAP_LAUNCH=ray", "several nodes")),
+    ("ray-port-on-master-port", ["true"], {**HOSTS2, "BOOTSTRAP_LAUNCH": "ray",
+                                           "BOOTSTRAP_JOB_SECRET": "s" * 20,
+                                           "BOOTSTRAP_RAY_PORT": "5998"}, 2,
+     ("BOOTSTRAP_RAY_PORT=5998", "MASTER_PORT")),
+    ("ray-workers-ephemeral", ["true"], {**HOSTS2, "BOOTSTRAP_LAUNCH": "ray",
+                                         "BOOTSTRAP_JOB_SECRET": "s" * 20,
+                                         "BOOTSTRAP_RAY_WORKER_PORTS": "40000-40100"}, 2,
+     ("BOOTSTRAP_RAY_WORKER_PORTS", "ephemeral")),
+    ("ray-workers-not-a-range", ["true"], {**HOSTS2, "BOOTSTRAP_LAUNCH": "ray",
+                                           "BOOTSTRAP_RAY_WORKER_PORTS": "10000"}, 2,
+     ("BOOTSTRAP_RAY_WORKER_PORTS", "lo-hi")),
+    ("ray-not-in-the-image", ["true"], {**HOSTS2, "BOOTSTRAP_LAUNCH": "ray",
+                                        "BOOTSTRAP_JOB_SECRET": "s" * 20,
+                                        "PATH": "/usr/bin:/bin",
+                                        "BOOTSTRAP_PYTHON": sys.executable}, 2,
+     ("needs Ray in the image", "pip install ray")),
+    ("detached-unknown", ["true"], {"BOOTSTRAP_DETACHED": "kill"}, 2, ("BOOTSTRAP_DETACHED",)),
     ("refused", ["true"], {"DLS_APP_URL": "s3://bucket/x/",
                            "AWS_ENDPOINT_URL": "http://127.0.0.1:9",
                            "BOOTSTRAP_RETRY_ATTEMPTS": "2"}, 127, ("cannot connect",)),

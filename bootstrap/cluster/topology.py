@@ -26,6 +26,12 @@ the workers across in-place restarts (``--max-restarts``), so a restarted worker
 read the dead attempt's address (pytorch#135712); without sharing each restart gets
 a store on a fresh port.
 
+PaddlePaddle (``python -m paddle.distributed.launch``): ``PADDLE_MASTER`` (node 0's IP and
+port: the launcher starts its master only where that IP is the node's own, and a name
+matches nowhere), ``PADDLE_NNODES``, ``PADDLE_RANK`` (without it the nodes after node 0
+take random ranks) and ``POD_IP``, this node's address on the way to node 0 (Paddle's
+own guess resolves the host name, 127.0.1.1 on a Debian-style /etc/hosts).
+
 JAX: ``JAX_COORDINATOR_ADDRESS`` (node 0's address and port), the one variable
 ``jax.distributed.initialize`` reads; the process count and id it takes only from
 clusters it detects (Slurm, Open MPI, Kubernetes indexed jobs, TPUs), whose variables
@@ -69,6 +75,7 @@ class Topology:
     facts: Mapping[int, MemberFacts] = field(default_factory=dict)  # by rank
     master_addr_ib: bool = False  # MASTER_ADDR = node 0's IB address
     master_ip: Optional[str] = None  # node 0's address as its peers reach it
+    own_ip: Optional[str] = None  # this node's address on the way to node 0
     network: Mapping[str, str] = field(default_factory=dict)  # the engines' interface/HCAs
 
     def slots(self, rank: int) -> int:
@@ -141,11 +148,16 @@ class Topology:
             "PET_LOCAL_ADDR": c.nodes[c.rank].host,
             "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1",
             "JAX_COORDINATOR_ADDRESS": self.master_endpoint,
+            "PADDLE_MASTER": self.master_endpoint,
+            "PADDLE_NNODES": str(c.size),
+            "PADDLE_RANK": str(c.rank),
             "TF_CONFIG": self.tf_config(),
             "BOOTSTRAP_NUM_GPUS": str(mine.gpus),
         }
         out.update({name: str(path) for name, path in files.items()})
         out.update(self.network)
+        if self.own_ip:
+            out["POD_IP"] = self.own_ip
         if mine.ib_addr:
             out["BOOTSTRAP_IB_ADDR"] = mine.ib_addr
         master_ib = self.facts.get(0, MemberFacts()).ib_addr

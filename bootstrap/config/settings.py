@@ -45,7 +45,7 @@ if TYPE_CHECKING:
     Shard = Literal["none", "node"]
     HangAction = Literal["stop", "dump"]
     PeerFetch = Literal["auto", "on", "off"]
-    LaunchMode = Literal["each", "mpi"]
+    LaunchMode = Literal["each", "mpi", "ray"]
     OutputLayout = Literal["node", "shared"]
     Restore = Literal["auto", "always", "off"]
 
@@ -80,6 +80,7 @@ VARIABLES = frozenset({
     "BOOTSTRAP_NVML_MODULE", "BOOTSTRAP_OUTPUT_DIR", "BOOTSTRAP_OUTPUT_LAYOUT",
     "BOOTSTRAP_PEER_FETCH", "BOOTSTRAP_PEER_TIMEOUT", "BOOTSTRAP_PIP_INSTALL",
     "BOOTSTRAP_PREFLIGHT_TIMEOUT", "BOOTSTRAP_PYTHON", "BOOTSTRAP_RANGE_SIZE",
+    "BOOTSTRAP_RAY_PORT", "BOOTSTRAP_RAY_WORKER_PORTS",
     "BOOTSTRAP_RELAY_PORT", "BOOTSTRAP_REQUIRE_GPU", "BOOTSTRAP_RESTORE",
     "BOOTSTRAP_RETRY_ATTEMPTS", "BOOTSTRAP_RETRY_DEADLINE", "BOOTSTRAP_RUN_TRAIN",
     "BOOTSTRAP_S3_ADDRESSING", "BOOTSTRAP_S3_BACKEND", "BOOTSTRAP_S3_CONNECT_TIMEOUT",
@@ -208,10 +209,17 @@ class Launch:
     """How the command starts across the nodes: each node runs it (torchrun's way), or
     node 0 runs it and the others serve its remote shell (MPI's way)."""
 
-    mode: LaunchMode  # BOOTSTRAP_LAUNCH: "each" (default) or "mpi"
+    mode: LaunchMode  # BOOTSTRAP_LAUNCH: "each" (default), "mpi" or "ray"
     agent_port: int  # BOOTSTRAP_AGENT_PORT: node r's agent listens on this + r
     secret: str | None = field(repr=False)  # BOOTSTRAP_JOB_SECRET
     secret_file: Path | None  # BOOTSTRAP_JOB_SECRET_FILE
+    ray_port: int = 6379  # BOOTSTRAP_RAY_PORT: node r's Ray ports are this + 8r + k
+    ray_worker_ports: tuple[int, int] = (10002, 10999)  # BOOTSTRAP_RAY_WORKER_PORTS
+
+    @property
+    def agents(self) -> bool:
+        """Nodes 1..N-1 run the launch agent (MPI's remote shell; Ray's workers too)."""
+        return self.mode in ("mpi", "ray")
 
 
 @frozen
@@ -452,11 +460,24 @@ def _staging(env: Mapping[str, str]) -> Staging:
 def _launch(env: Mapping[str, str]) -> Launch:
     secret_file = parse.text(env, "BOOTSTRAP_JOB_SECRET_FILE")
     return Launch(
-        mode=parse.choice(env, "BOOTSTRAP_LAUNCH", "each", ("each", "mpi")),  # type: ignore[arg-type]
+        mode=parse.choice(env, "BOOTSTRAP_LAUNCH", "each",  # type: ignore[arg-type]
+                          ("each", "mpi", "ray")),
         agent_port=_port(env, "BOOTSTRAP_AGENT_PORT", 28600),
         secret=parse.text(env, "BOOTSTRAP_JOB_SECRET"),
         secret_file=Path(secret_file) if secret_file else None,
+        ray_port=_port(env, "BOOTSTRAP_RAY_PORT", 6379),
+        ray_worker_ports=_port_range(env, "BOOTSTRAP_RAY_WORKER_PORTS", (10002, 10999)),
     )
+
+
+def _port_range(env: Mapping[str, str], name: str, default: tuple[int, int]) -> tuple[int, int]:
+    raw = parse.text(env, name)
+    if raw is None:
+        return default
+    lo, sep, hi = raw.partition("-")
+    if not (sep and lo.strip().isdigit() and hi.strip().isdigit()):
+        raise ConfigError(f"{name}={raw!r} is not a port range lo-hi (e.g. 10002-10999)")
+    return int(lo), int(hi)
 
 
 def _home(env: Mapping[str, str]) -> Path:

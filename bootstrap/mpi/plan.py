@@ -75,12 +75,18 @@ def mpich_hostfile(cluster: Cluster, slots: Mapping[int, int]) -> str:
 def job_key(launch: Launch, transfer: Transfer, job_id: str,
             secret_file_text: Optional[str]) -> bytes:
     """The agents' key; raises ConfigError when the nodes share no secret."""
+    return auth.derive(shared_secret(launch, transfer, secret_file_text), job_id, PROTOCOL)
+
+
+def shared_secret(launch: Launch, transfer: Transfer, secret_file_text: Optional[str]) -> str:
+    """The secret every node holds, the source of the agents' key (and Ray's token);
+    raises ConfigError when there is none."""
     secret = launch.secret or (secret_file_text or "").strip() or None
     if secret is None:
         creds = transfer.credentials
         if creds is None or creds.token:
             raise ConfigError(
-                "BOOTSTRAP_LAUNCH=mpi needs a secret every node shares, and the store's "
+                f"BOOTSTRAP_LAUNCH={launch.mode} needs a secret every node shares, and the store's "
                 "credentials are short-lived (a session token) or absent: set "
                 "BOOTSTRAP_JOB_SECRET (or BOOTSTRAP_JOB_SECRET_FILE) to the same random "
                 "value on every node, e.g. from the job's secret store")
@@ -88,7 +94,7 @@ def job_key(launch: Launch, transfer: Transfer, job_id: str,
     if len(secret) < 16:
         raise ConfigError("BOOTSTRAP_JOB_SECRET is shorter than 16 characters: use a "
                           "random value (e.g. `openssl rand -hex 32`)")
-    return auth.derive(secret, job_id, PROTOCOL)
+    return secret
 
 
 @frozen
@@ -112,8 +118,8 @@ def plan(cluster: Cluster, launch: Launch, transfer: Transfer, relay_base: int,
          timeout: float) -> Plan:
     """The plan, or ConfigError (exit 2) naming what to fix."""
     if cluster.size < 2:
-        raise ConfigError("BOOTSTRAP_LAUNCH=mpi is for jobs of several nodes; this job has "
-                          "one (run mpirun on it directly, without the mode)")
+        raise ConfigError(f"BOOTSTRAP_LAUNCH={launch.mode} is for jobs of several nodes; this "
+                          "job has one (run the engine on it directly, without the mode)")
     conflict = port_conflict(launch.agent_port, cluster, relay_base, ephemeral)
     if conflict is not None:
         raise ConfigError(f"BOOTSTRAP_AGENT_PORT={launch.agent_port} leaves no room for "

@@ -9,6 +9,8 @@ bash scripts/dev/setup-dev.sh test
 # Debian packages for the network-namespace and docker tests: installed on this host
 # (as root) when missing. See README, "Development".
 bash scripts/dev/setup-system.sh
+# The engines that need environments of their own (tests/test_engines.py).
+bash scripts/dev/setup-engines.sh
 .venv/bin/ruff check bootstrap tests devtools bench
 .venv/bin/mypy
 set +e

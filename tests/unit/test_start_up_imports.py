@@ -27,7 +27,8 @@ LAZY_STAGES = ("bootstrap.transfer.fetch", "bootstrap.transfer.download",
                "bootstrap.cluster.barrier", "bootstrap.cluster.network",
                "bootstrap.storage.native", "bootstrap.storage.boto", "bootstrap.mpi.agent",
                "bootstrap.mpi.channel", "bootstrap.restart.attempts", "bootstrap.restart.restore",
-               "bootstrap.restart.evidence", "cryptography")
+               "bootstrap.restart.evidence", "bootstrap.rayjob.plan", "bootstrap.rayjob.cluster",
+               "bootstrap.run.leftovers", "psutil", "cryptography")
 
 
 def loaded_by(module: str) -> list[str]:
@@ -82,7 +83,7 @@ def test_a_job_without_a_download_loads_nothing_heavy_up_to_its_exec(tmp_path: P
 LAZY_SIBLINGS: dict[str, frozenset[str]] = {
     "bootstrap/__main__.py": frozenset({"job", "commands", "config", "version"}),
     "bootstrap/job.py": frozenset({"run", "transfer", "relay", "data", "cluster", "mpi",
-                                   "restart"}),
+                                   "restart", "rayjob"}),
     "bootstrap/storage/base.py": frozenset({"native", "boto"}),
 }
 

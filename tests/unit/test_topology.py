@@ -39,6 +39,9 @@ def test_master_addr_is_node_0s_ip_and_the_name_stays_beside_it() -> None:
     assert out["MASTER_ADDR"] == out["PET_MASTER_ADDR"] == "10.0.0.1"
     assert out["BOOTSTRAP_MASTER_HOST"] == "job-w0"
     assert out["PET_RDZV_ENDPOINT"] == out["JAX_COORDINATOR_ADDRESS"] == "10.0.0.1:6000"
+    assert out["PADDLE_MASTER"] == "10.0.0.1:6000" and out["PADDLE_NNODES"] == "2"
+    assert out["PADDLE_RANK"] == "1" and "POD_IP" not in out  # unknown: not guessed
+    assert Topology(cluster(1), {}, own_ip="10.0.0.2").exports({})["POD_IP"] == "10.0.0.2"
     v6 = Topology(cluster(1), {}, master_ip="fd00::1").exports({})
     assert v6["MASTER_ADDR"] == "fd00::1" and v6["PET_RDZV_ENDPOINT"] == "[fd00::1]:6000"
     ib = Topology(cluster(1), {0: MemberFacts(8, "10.1.0.1")}, master_addr_ib=True,
