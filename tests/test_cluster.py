@@ -102,3 +102,15 @@ def test_user_settings_are_never_overwritten(home: Path) -> None:
     assert json.loads(r.stdout) == {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1234",
                                     "PET_NPROC_PER_NODE": "7", "NNODES": "1",
                                     "BOOTSTRAP_HOSTFILE": str(home / "user-job-dir" / "hostfile")}
+
+
+def test_kubernetes_variables_do_not_reach_the_command(home: Path) -> None:
+    """As the original run_train.sh: the pod's KUBERNETES_* service variables are not the
+    job's (they would wake JAX's Kubernetes detector); everything else passes."""
+    env = base_env(home, {"KUBERNETES_SERVICE_HOST": "127.0.0.1", "KUBERNETES_PORT":
+                          "tcp://127.0.0.1:1", "KUBERNETESQ": "kept", "MY_VAR": "kept"})
+    show = ("import json,os; print(json.dumps(sorted(k for k in os.environ "
+            "if k.startswith('KUBERNETES') or k == 'MY_VAR')))")
+    r = run_train(["python", "-c", show], env)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout) == ["KUBERNETESQ", "MY_VAR"]

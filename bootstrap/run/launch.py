@@ -33,9 +33,10 @@ if TYPE_CHECKING:
 
 def user_environment(env: Mapping[str, str], home: Path, job_dir: Path, cache_dir: Path,
                      code_dir: Optional[Path], exports: Mapping[str, str]) -> dict[str, str]:
-    """The command's environment: ours passed through, plus the original script's
-    variables, the code directory first on PYTHONPATH, TMPDIR on the node's SSD when
-    the user set none, the nested-run marker and the cluster's exports."""
+    """The command's environment: ours passed through (but for the job secret and, as
+    the original script did, ``KUBERNETES_*``), plus the original script's variables,
+    the code directory first on PYTHONPATH, TMPDIR on the node's SSD when the user set
+    none, the nested-run marker and the cluster's exports."""
     out = dict(env)
     out["DLS_USER_HOME_DIR"] = str(home)
     out["DLS_USER_JOB_DIR"] = str(job_dir)
@@ -50,6 +51,11 @@ def user_environment(env: Mapping[str, str], home: Path, job_dir: Path, cache_di
         out["TMPDIR"] = str(cache_dir)
     out[ACTIVE_MARKER] = "1"
     out.pop("BOOTSTRAP_JOB_SECRET", None)  # the bootstrap's, not the command's
+    # The original run_train.sh unset the pod's KUBERNETES_* service variables: a job has
+    # no business with the cluster's API server, and they wake detectors that would try
+    # it (JAX's Kubernetes cluster, with the kubernetes package installed).
+    for name in [k for k in out if k.startswith("KUBERNETES_")]:
+        del out[name]
     out.update(exports)
     return out
 
