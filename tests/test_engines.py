@@ -4,6 +4,7 @@ hosts whose names resolve only through /etc/hosts (as Volcano's DNS names do).""
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -166,8 +167,8 @@ def test_lightning_on_two_nodes(lab: Lab, tmp_path: Path, devices: int) -> None:
     world = 2 * devices
     assert_every_rank(results, world, f"sum={world * (world + 1) / 2}")
     for r in results:  # each node's processes hold the ranks after the previous node's
-        ranks = sorted(int(line.split("rank=")[1].split()[0])
-                       for line in r.out.splitlines() if line.startswith("OK "))
+        # (found anywhere in the output: two processes' lines may interleave on the pipe)
+        ranks = sorted(int(rank) for rank in re.findall(r"OK rank=(\d+)", r.out))
         assert ranks == list(range(r.rank * devices, (r.rank + 1) * devices)), r.out
 
 

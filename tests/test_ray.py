@@ -7,11 +7,15 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import assert_one_error_line
 from tests.lab import Lab, NodeResult, old_contract, port, run_job
 
 pytestmark = [pytest.mark.multinode, pytest.mark.timeout(600)]
@@ -102,3 +106,82 @@ def test_without_the_mode_each_node_is_a_cluster_of_one(lab: Lab, tmp_path: Path
     for r in results:
         assert r.code != 0 and "OK world=2" not in r.out, r.out
         assert "GetTimeoutError" in r.err, r.err[-3000:]
+
+
+def test_a_taken_ray_port_on_node_0_stops_every_node_with_one_line(lab: Lab, tmp_path: Path,
+                                                                   driver: Path) -> None:
+    base = port()
+    gcs = base + 30  # BOOTSTRAP_RAY_PORT as ray_job sets it: node 0's GCS port
+    holder = lab.hosts.spawn(0, [sys.executable, "-c",
+                                 "import socket, time; s = socket.socket(); "
+                                 "s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); "
+                                 f"s.bind(('', {gcs})); s.listen(); print('held', flush=True); "
+                                 "time.sleep(300)"], dict(os.environ))
+    try:
+        assert holder.stdout is not None and "held" in holder.stdout.readline()
+        env = {"BOOTSTRAP_LAUNCH": "ray", "BOOTSTRAP_JOB_SECRET": SECRET,
+               "BOOTSTRAP_PEER_TIMEOUT": "60", "BOOTSTRAP_AGENT_PORT": str(base + 10),
+               "BOOTSTRAP_RAY_PORT": str(gcs)}
+        results = run_job(lab, tmp_path, 2, ["python", str(driver)],
+                          old_contract(lab, 2, base), extra=env, timeout=200)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert [r.code for r in results] == [5, 5], [r.err[-1500:] for r in results]
+    assert_one_error_line(results[0].err, f"port {gcs}", "taken", "BOOTSTRAP_RAY_PORT")
+    assert not any("OK" in r.out for r in results)
+    for pattern in (f"--port={gcs}", "raylet", "gcs_server"):  # no Ray process left
+        left = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True)
+        assert left.stdout.strip() == "", (pattern, left.stdout)
+
+
+# A driver that watches the cluster: it says when both nodes are in, then waits until one
+# is gone and reports how many are left.
+WATCHER = r'''
+import os, sys, time
+import ray
+ray.init()
+def alive():
+    return sum(1 for n in ray.nodes() if n["Alive"])
+open(sys.argv[1], "w").write(str(alive()))
+deadline = time.monotonic() + 120
+while alive() > 1 and time.monotonic() < deadline:
+    time.sleep(0.5)
+print(f"OK left={alive()}", flush=True)
+'''
+
+
+def test_a_node_that_dies_is_reported_and_the_driver_decides(lab: Lab, tmp_path: Path,
+                                                             driver: Path) -> None:
+    """Node 1 is stopped (SIGTERM to its bootstrap, `docker stop`) while the driver runs:
+    its agent stops its Ray worker, node 0's log names the lost node, and the driver,
+    which Ray lets go on with the nodes it has, decides the job's code."""
+    script, ready = tmp_path / "watcher.py", tmp_path / "ready"
+    script.write_text(WATCHER)
+
+    def stop_node_1() -> None:
+        deadline = time.monotonic() + 200
+        while not ready.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert ready.exists() and ready.read_text() == "2"
+        for pid in (p.name for p in Path("/proc").iterdir() if p.name.isdigit()):
+            try:
+                env = Path(f"/proc/{pid}/environ").read_bytes()
+                cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if (f"BOOTSTRAP_HOME={tmp_path}/node1".encode() in env and b"bootstrap" in cmd
+                    and b"ssh" not in cmd and b"DLS_TASK_INDEX=1" in env):
+                os.kill(int(pid), signal.SIGTERM)
+
+    base = port()
+    env = {"BOOTSTRAP_LAUNCH": "ray", "BOOTSTRAP_JOB_SECRET": SECRET,
+           "BOOTSTRAP_PEER_TIMEOUT": "120", "BOOTSTRAP_GRACE_SECONDS": "15",
+           "BOOTSTRAP_AGENT_PORT": str(base + 10), "BOOTSTRAP_RAY_PORT": str(base + 30),
+           "RAY_object_store_memory": str(100 * 1024 * 1024)}
+    results = run_job(lab, tmp_path, 2, ["python", str(script), str(ready)],
+                      old_contract(lab, 2, base), extra=env, timeout=400, during=stop_node_1)
+    assert results[1].code == 143, results[1].err[-2000:]
+    assert results[0].code == 0, results[0].err[-3000:]
+    assert "OK left=1" in results[0].out
+    assert "ray: node 1's worker ended" in results[0].err
