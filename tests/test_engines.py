@@ -357,12 +357,12 @@ def test_tensorflow_multi_worker_on_two_nodes(lab: Lab, tmp_path: Path) -> None:
 
 
 def test_tensorflow_without_tf_config_trains_alone(lab: Lab, tmp_path: Path) -> None:
-    """The control: TF_CONFIG set empty by hand, what TensorFlow saw without the export."""
+    """The control: TF_CONFIG as TensorFlow reads an unset one ({}), by hand."""
     pytest.importorskip("tensorflow", reason="tensorflow-cpu is in the test extras")
     script = tmp_path / "tf_allreduce.py"
     script.write_text(TENSORFLOW.replace(
         'json.loads(os.environ["TF_CONFIG"])["task"]["index"]', "0"))
     results = run_job(lab, tmp_path, 2, ["python", str(script)], old_contract(lab, 2, port()),
-                      extra={"TF_CPP_MIN_LOG_LEVEL": "2", "TF_CONFIG": ""}, timeout=240)
+                      extra={"TF_CPP_MIN_LOG_LEVEL": "2", "TF_CONFIG": "{}"}, timeout=240)
     for r in results:
         assert r.code == 0 and "world=1 sum=1.0" in r.out, r.out + r.err[-2000:]
