@@ -61,6 +61,13 @@ def stored_step(bucket: Bucket) -> int | None:
     return int(json.loads(body.read())["step"])
 
 
+def stored_text(bucket: Bucket, key: str) -> str:
+    try:
+        return read(bucket, key).decode(errors="replace")
+    except bucket.client.exceptions.NoSuchKey:
+        return ""
+
+
 def read(bucket: Bucket, key: str) -> bytes:
     return bytes(bucket.client.get_object(Bucket=bucket.name, Key=key)["Body"].read())
 
@@ -76,23 +83,30 @@ def crash(proc: subprocess.Popen[Any]) -> None:
 
 
 def first_attempt_killed_after_step(s3: S3Server, bucket: Bucket, home: Path,
-                                    at_least: int) -> int:
+                                    at_least: int, whole_round: bool = False) -> int:
     """Attempt 1 trains until a sync round has sent a checkpoint of ``at_least`` steps,
-    then its node crashes; returns the step the store holds."""
+    then its node crashes; returns the step the store holds. ``whole_round``: the crash
+    waits until that round has also sent the log (a round sends the outputs, then the
+    evidence; a crash between the two leaves the previous round's log), and the step
+    returned is that round's (a later round may have sent outputs before the crash)."""
     proc = subprocess.Popen(["bash", str(RUN_TRAIN), "python", "-c", TRAIN, "1000"],
                             env=job_env(s3, bucket, home), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
+    log_key = f"train/.bootstrap/0/{JOB}/attempt-1/task.log"
     try:
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
             step = stored_step(bucket)
-            if step is not None and step >= at_least:
+            if step is not None and step >= at_least and (
+                    not whole_round or f"saved step {step}\n" in stored_text(bucket, log_key)):
                 break
             time.sleep(0.1)
         else:
             raise AssertionError("attempt 1 never synced a checkpoint")
     finally:
         crash(proc)
+    if whole_round:
+        return step
     step = stored_step(bucket)
     assert step is not None and step >= at_least
     return step
@@ -140,7 +154,8 @@ def test_a_restarted_job_resumes_from_the_checkpoint_its_last_round_sent(
 
 def test_each_attempt_keeps_its_log_up_to_its_last_round_without_secrets(
         s3: S3Server, bucket: Bucket, tmp_path: Path) -> None:
-    saved = first_attempt_killed_after_step(s3, bucket, tmp_path / "container-1", 3)
+    saved = first_attempt_killed_after_step(s3, bucket, tmp_path / "container-1", 3,
+                                            whole_round=True)
     prefix = f"train/.bootstrap/0/{JOB}/attempt-1/"
     log = read(bucket, prefix + "task.log").decode()
     assert f"saved step {saved}" in log.splitlines(), log  # up to the round that sent it
