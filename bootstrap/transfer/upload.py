@@ -45,6 +45,7 @@ from ..storage.base import credentials, open_store
 from ..storage.errors import TransientError
 from .explain import explain
 from .loop import ByteBudget, run_stoppable, run_workers
+from .verify import multipart_etag
 
 if TYPE_CHECKING:
     from ..storage.base import Store
@@ -129,12 +130,6 @@ def multipart(size: int, settings: Transfer) -> bool:
     return size >= max(settings.multipart_threshold, MIN_PART)
 
 
-def expected_etag(part_md5s: list[bytes]) -> str:
-    """The ETag S3 (and OBS) give a multipart object: MD5 of the parts' MD5s, ``-N``."""
-    return f"{hashlib.md5(b''.join(part_md5s), usedforsecurity=False).hexdigest()}" \
-           f"-{len(part_md5s)}"
-
-
 class Uploader:
     """Uploads files to one destination through one store, on the running loop."""
 
@@ -198,7 +193,7 @@ class Uploader:
                 md5s: list[bytes] = []
                 etag = await self.store.put_parts(key, _parts(path, size, part_size, md5s),
                                                   part_size, streams)
-                _check_etag(key, etag, expected_etag(md5s))
+                _check_etag(key, etag, multipart_etag(md5s))
 
             await retry.call_async(put, self.settings.retry_attempts,
                                    self.settings.retry_deadline, self._on_retry)

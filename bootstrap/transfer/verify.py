@@ -93,10 +93,16 @@ def boundaries(parts: Layout) -> list[tuple[int, int]]:
     return out
 
 
+def multipart_etag(digests: Sequence[bytes]) -> str:
+    """The ETag S3 (and OBS) give a multipart object: the MD5 of its parts' MD5 digests,
+    then ``-`` and the number of parts (downloads check it, uploads expect it)."""
+    joined = hashlib.md5(b"".join(digests), usedforsecurity=False).hexdigest()
+    return f"{joined}-{len(digests)}"
+
+
 def combined(obj: RemoteObject, digests: Sequence[bytes]) -> bool:
     """Do the parts' MD5 digests make ``obj``'s multipart ETag?"""
-    joined = hashlib.md5(b"".join(digests), usedforsecurity=False).hexdigest()
-    return f"{joined}-{len(digests)}" == obj.etag
+    return multipart_etag(digests) == obj.etag
 
 
 def hash_range(path: str | os.PathLike[str], digest: Any, start: int, end: int) -> None:
