@@ -30,6 +30,7 @@ from ..errors import BarrierFailed
 from ..log import Log
 from ..records import frozen
 from .topology import MemberFacts
+from .wire import Wire
 
 MAGIC = "modelarts-bootstrap/barrier/1"
 MAX_LINE = 64 * 1024
@@ -191,8 +192,8 @@ def join(cluster: Cluster, mine: Readiness, address: str, deadline: float,
             with socket.create_connection((address, port), timeout=min(left, 5)) as sock:
                 local = str(sock.getsockname()[0])
                 sock.sendall(_encode(_report_message(cluster, mine)))
-                sock.settimeout(max(deadline - time.monotonic(), 0.1))
-                answer = _read_line(sock)
+                # node 0 answers once every node has reported: up to the deadline
+                answer = Wire(sock).line(max(deadline, time.monotonic() + 0.1), MAX_LINE * 64)
             break
         except (OSError, ValueError) as exc:
             last_error = str(exc) or type(exc).__name__
@@ -210,18 +211,6 @@ def join(cluster: Cluster, mine: Readiness, address: str, deadline: float,
                             "barrier with something that is not a bootstrap message") from None
     _raise_if_failed(failed, cluster)
     return {r: Readiness(r, True, "", f) for r, f in facts.items()}, local
-
-
-def _read_line(sock: socket.socket) -> bytes:
-    buf = b""
-    while b"\n" not in buf:
-        chunk = sock.recv(4096)
-        if not chunk:
-            raise ConnectionError("node 0 closed the barrier connection without an answer")
-        buf += chunk
-        if len(buf) > MAX_LINE * 64:
-            raise ValueError("answer too long")
-    return buf.split(b"\n", 1)[0]
 
 
 def _raise_if_failed(failed: Mapping[int, str], cluster: Cluster) -> None:
