@@ -126,3 +126,25 @@ def port() -> int:
 
 PORT_BLOCK = 64
 _PORTS = itertools.count(random.randrange(20000, 24000, PORT_BLOCK), PORT_BLOCK)
+
+
+def signal_node(tmp_path: Path, rank: int, signum: int, bootstrap_only: bool) -> None:
+    """``signum`` to node ``rank``'s processes (found by the home in their environment):
+    its bootstrap alone, or all of them (its container going: twice, for a child forked
+    while the first pass ran)."""
+    for _ in range(1 if bootstrap_only else 2):
+        _signal_once(tmp_path, rank, signum, bootstrap_only)
+
+
+def _signal_once(tmp_path: Path, rank: int, signum: int, bootstrap_only: bool) -> None:
+    for pid in (p.name for p in Path("/proc").iterdir() if p.name.isdigit()):
+        try:
+            env = Path(f"/proc/{pid}/environ").read_bytes()
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if f"BOOTSTRAP_HOME={tmp_path}/node{rank}".encode() not in env \
+                or f"DLS_TASK_INDEX={rank}".encode() not in env:
+            continue
+        if not bootstrap_only or (b"bootstrap" in cmd and b"ssh" not in cmd):
+            subprocess.run(["kill", f"-{int(signum)}", pid], check=False)

@@ -16,7 +16,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.lab import Lab, NodeResult, old_contract, port, run_job, shared_contract
+from tests.lab import (
+    Lab,
+    NodeResult,
+    old_contract,
+    port,
+    run_job,
+    shared_contract,
+    signal_node,
+)
 
 pytestmark = [pytest.mark.multinode, pytest.mark.timeout(600)]
 
@@ -199,28 +207,6 @@ def wait_for_ranks(count: int) -> None:
             break
         time.sleep(0.5)
     time.sleep(1)
-
-
-def signal_node(tmp_path: Path, rank: int, signum: int, bootstrap_only: bool) -> None:
-    """``signum`` to node ``rank``'s processes (found by the home in their environment):
-    its bootstrap alone, or all of them (its container going: twice, for a child forked
-    while the first pass ran)."""
-    for _ in range(1 if bootstrap_only else 2):
-        _signal_once(tmp_path, rank, signum, bootstrap_only)
-
-
-def _signal_once(tmp_path: Path, rank: int, signum: int, bootstrap_only: bool) -> None:
-    for pid in (p.name for p in Path("/proc").iterdir() if p.name.isdigit()):
-        try:
-            env = Path(f"/proc/{pid}/environ").read_bytes()
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except OSError:
-            continue
-        if f"BOOTSTRAP_HOME={tmp_path}/node{rank}".encode() not in env \
-                or f"DLS_TASK_INDEX={rank}".encode() not in env:
-            continue
-        if not bootstrap_only or (b"bootstrap" in cmd and b"ssh" not in cmd):
-            subprocess.run(["kill", f"-{int(signum)}", pid], check=False)
 
 
 def _node_of(pid: str) -> str:

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import assert_one_error_line
-from tests.lab import Lab, NodeResult, old_contract, port, run_job
+from tests.lab import Lab, NodeResult, old_contract, port, run_job, signal_node
 
 pytestmark = [pytest.mark.multinode, pytest.mark.timeout(600)]
 
@@ -164,15 +164,7 @@ def test_a_node_that_dies_is_reported_and_the_driver_decides(lab: Lab, tmp_path:
         while not ready.exists() and time.monotonic() < deadline:
             time.sleep(0.2)
         assert ready.exists() and ready.read_text() == "2"
-        for pid in (p.name for p in Path("/proc").iterdir() if p.name.isdigit()):
-            try:
-                env = Path(f"/proc/{pid}/environ").read_bytes()
-                cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
-            except OSError:
-                continue
-            if (f"BOOTSTRAP_HOME={tmp_path}/node1".encode() in env and b"bootstrap" in cmd
-                    and b"ssh" not in cmd and b"DLS_TASK_INDEX=1" in env):
-                os.kill(int(pid), signal.SIGTERM)
+        signal_node(tmp_path, 1, signal.SIGTERM, bootstrap_only=True)
 
     base = port()
     env = {"BOOTSTRAP_LAUNCH": "ray", "BOOTSTRAP_JOB_SECRET": SECRET,
