@@ -80,7 +80,7 @@ def main() -> int:
     return 0 if all(r["success"].split("/")[0] == r["success"].split("/")[1] for r in rows) else 1
 
 
-def run_fleet(n: int, mode: Optional[str], hosts: Optional[Hosts], s3: S3Server, rate: float,
+def run_fleet(n: int, mode: str | None, hosts: Hosts | None, s3: S3Server, rate: float,
               files: int) -> dict[str, Any]:
     """One job of ``n`` nodes started at once; ``mode`` is BOOTSTRAP_PEER_FETCH on
     namespace ``hosts`` (None: plain processes on this host, no relay)."""

@@ -20,10 +20,6 @@ from collections.abc import Callable, Sequence
 from .errors import EXIT_INTERNAL, EXIT_USAGE, BootstrapError
 from .log import Redactor
 
-TYPE_CHECKING = False  # not typing's own: importing typing costs start-up time (bench/README.md)
-if TYPE_CHECKING:
-    from typing import Optional
-
 USAGE = """\
 usage: bash run_train.sh [python|python3|bash|sh] FILE [PARAMS...]
        bash run_train.sh COMMAND [ARGS...]
@@ -107,7 +103,7 @@ def _internal(exc: BaseException) -> int:
     return EXIT_INTERNAL
 
 
-def job_main(argv: Optional[Sequence[str]] = None) -> int:
+def job_main(argv: Sequence[str] | None = None) -> int:
     """The job: what run_train.sh execs. Returns only on failure (success execs)."""
     args = list(sys.argv[1:] if argv is None else argv)
     if args in (["--help"], ["-h"]):
@@ -127,7 +123,7 @@ def job_main(argv: Optional[Sequence[str]] = None) -> int:
     return _guard(body)
 
 
-def check_main(argv: Optional[Sequence[str]] = None) -> int:
+def check_main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
 
     def body() -> int:
@@ -138,7 +134,7 @@ def check_main(argv: Optional[Sequence[str]] = None) -> int:
     return _guard(body)
 
 
-def sync_main(argv: Optional[Sequence[str]] = None) -> int:
+def sync_main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
 
     def body() -> int:

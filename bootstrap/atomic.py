@@ -19,12 +19,8 @@ import os
 import threading
 from pathlib import Path
 
-TYPE_CHECKING = False  # not typing's own: importing typing costs start-up time (bench/README.md)
-if TYPE_CHECKING:
-    from typing import Optional
 
-
-def write_text(path: Path, text: str, mode: Optional[int] = None) -> None:
+def write_text(path: Path, text: str, mode: int | None = None) -> None:
     """Replaces ``path`` with ``text``; ``mode`` (e.g. 0o644) regardless of the umask
     when given, else the umask's default. A symlink at ``path`` is replaced, not
     followed."""

@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .cluster import topology
 from .config import location
@@ -40,9 +41,8 @@ from .run import command, launch
 from .run.logfile import CappedLog
 from .version import describe
 
-TYPE_CHECKING = False  # not typing's own: importing typing costs start-up time (bench/README.md)
 if TYPE_CHECKING:
-    from typing import Any, NoReturn, Optional
+    from typing import Any, NoReturn
 
     from .config.platform import Cluster
     from .data.staging import Staged
@@ -283,7 +283,7 @@ def _mpi_plan(settings: Settings) -> mpi_plan_module.Plan:
                      settings.cluster.peer_timeout)
 
 
-def _secret_file_text(settings: Settings) -> Optional[str]:
+def _secret_file_text(settings: Settings) -> str | None:
     path = settings.launch.secret_file
     if path is None or settings.launch.secret is not None:
         return None
@@ -340,8 +340,8 @@ def _agent(p: mpi_plan_module.Plan, settings: Settings, addresses: Mapping[str, 
     return agent
 
 
-def _serve_launcher(agent: Agent, env: Mapping[str, str], cwd: Optional[Path],
-                    settings: Settings, log: Log, evidence: Optional[Evidence]) -> int:
+def _serve_launcher(agent: Agent, env: Mapping[str, str], cwd: Path | None,
+                    settings: Settings, log: Log, evidence: Evidence | None) -> int:
     """Nodes 1..N-1 in MPI-style launch: serve (the remote commands' output teed into
     this node's log file, as the command's would be), then end with the launcher's code
     (a failure record says so when it is not 0)."""
@@ -452,7 +452,7 @@ def _staging_stage(settings: Settings, log: Log) -> Staged:
 
 
 def _relay_plan(settings: Settings, url: location.Location, protocol: str,
-                log: Log) -> Optional[relay_protocol.Peers]:
+                log: Log) -> relay_protocol.Peers | None:
     """The relay's plan for one tree; a job on one node has no peers to ask, and skips
     the relay's module (its proofs' crypto: 6M instructions, a few ms, of a downloading
     job's start)."""
@@ -463,8 +463,8 @@ def _relay_plan(settings: Settings, url: location.Location, protocol: str,
     return relay.plan(settings, url, protocol, log)
 
 
-def _staged(staging: Optional[_Background],
-            nodes: int) -> tuple[Optional[Staged], Optional[BootstrapError]]:
+def _staged(staging: _Background | None,
+            nodes: int) -> tuple[Staged | None, BootstrapError | None]:
     """The staged data, or (on a multi-node job) the failure to report at the barrier
     before stopping, so the other nodes stop at once instead of waiting out their
     deadline."""
@@ -489,11 +489,11 @@ def _deps_stage(code_dir: Path, argv: Sequence[str], env: Mapping[str, str],
             t.detail = f"{requirements.name} installed"
 
 
-def _supervise(argv: Sequence[str], env: Mapping[str, str], cwd: Optional[Path],
-               settings: Settings, log: Log, sync: Optional[OutputSync],
+def _supervise(argv: Sequence[str], env: Mapping[str, str], cwd: Path | None,
+               settings: Settings, log: Log, sync: OutputSync | None,
                user_umask: int, gpus: int = 0,
-               remote_stacks: Optional[Callable[[], str]] = None,
-               evidence: Optional[Evidence] = None,
+               remote_stacks: Callable[[], str] | None = None,
+               evidence: Evidence | None = None,
                keep: frozenset[int] = frozenset()) -> int:
     from .run import supervise
     from .run.rounds import Rounds
@@ -543,7 +543,7 @@ def _supervise(argv: Sequence[str], env: Mapping[str, str], cwd: Optional[Path],
 
 
 def _watchdog(settings: Settings, env: Mapping[str, str], log: Log,
-              remote_stacks: Optional[Callable[[], str]] = None,
+              remote_stacks: Callable[[], str] | None = None,
               ) -> tuple[Watchdog, Path, dict[str, str]]:
     from .run import watchdog
 
@@ -570,7 +570,7 @@ def _stack_hook(settings: Settings, env: Mapping[str, str]) -> tuple[Path, dict[
     return stacks_dir, with_hook
 
 
-def _drop_stack_hook(stacks_dir: Optional[Path]) -> None:
+def _drop_stack_hook(stacks_dir: Path | None) -> None:
     """Removes what :func:`_stack_hook` made, once the commands it armed have ended."""
     if stacks_dir is not None:
         import shutil
@@ -587,7 +587,7 @@ class _Background(threading.Thread):
         super().__init__(daemon=True, name=f"stage-{fn.__name__}")
         self._fn, self._args = fn, args
         self._value: Any = None
-        self._error: Optional[BaseException] = None
+        self._error: BaseException | None = None
         self.start()
 
     def run(self) -> None:
@@ -633,8 +633,8 @@ def _local_failure(report: preflight.Report) -> PreflightFailed:
 
 def _cluster_stage(settings: Settings, log: Log, report: preflight.Report,
                    addresses: Mapping[str, str],
-                   data_failure: Optional[BootstrapError] = None,
-                   force_barrier: bool = False) -> Optional[topology.Topology]:
+                   data_failure: BootstrapError | None = None,
+                   force_barrier: bool = False) -> topology.Topology | None:
     """The start barrier and the topology, once the peers resolve; None for a local
     one-node job with no platform variables (nothing to hand the engines).
 
@@ -699,14 +699,14 @@ def _cluster_stage(settings: Settings, log: Log, report: preflight.Report,
                              master_ip=master_ip, own_ip=own_ip, network=net)
 
 
-def _master_ip(cluster: Cluster, addresses: Mapping[str, str], barrier_local: Optional[str],
-               log: Log) -> Optional[str]:
+def _master_ip(cluster: Cluster, addresses: Mapping[str, str], barrier_local: str | None,
+               log: Log) -> str | None:
     """``MASTER_ADDR``: node 0's IP address, the one its peers reach it at. Nodes
     1..N-1 know it as what they resolved node 0's name to (and dialled, if the barrier
     ran); node 0 works it out (:func:`network.node0_address`)."""
     from .cluster import network, peers
 
-    def address(host: str) -> Optional[str]:
+    def address(host: str) -> str | None:
         return addresses.get(host) or peers.resolve(host)
 
     if cluster.rank != 0:
@@ -720,13 +720,13 @@ def _master_ip(cluster: Cluster, addresses: Mapping[str, str], barrier_local: Op
 
 
 def _network_stage(cluster: Cluster, settings: Settings, addresses: Mapping[str, str],
-                   barrier_local: Optional[str], topo: topology.Topology,
+                   barrier_local: str | None, topo: topology.Topology,
                    log: Log) -> dict[str, str]:
     """The engines' interface and HCAs; the master proven reachable (nodes 1..N-1)
     and its port free (node 0) before the command starts."""
     from .cluster import network, peers
 
-    def address(host: str) -> Optional[str]:
+    def address(host: str) -> str | None:
         return addresses.get(host) or peers.resolve(host)
 
     ifaces = network.interfaces()

@@ -24,7 +24,7 @@ from typing import Optional
 async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                 delay: float) -> None:
     loop = asyncio.get_running_loop()
-    queue: asyncio.Queue[tuple[float, Optional[bytes]]] = asyncio.Queue()
+    queue: asyncio.Queue[tuple[float, bytes | None]] = asyncio.Queue()
 
     async def receive() -> None:
         try:

@@ -41,15 +41,15 @@ class LocalServer:
         self._thread.start()
         return self
 
-    def __exit__(self, t: Optional[type[BaseException]], e: Optional[BaseException],
-                 tb: Optional[TracebackType]) -> None:
+    def __exit__(self, t: type[BaseException] | None, e: BaseException | None,
+                 tb: TracebackType | None) -> None:
         self.closing()
         self.server.shutdown()
         self.server.server_close()
 
 
 def send(handler: BaseHTTPRequestHandler, status: int, body: bytes,
-         headers: Mapping[str, str] = {}, declared_length: Optional[int] = None) -> None:
+         headers: Mapping[str, str] = {}, declared_length: int | None = None) -> None:
     """Answers with ``body``; ``declared_length`` lets a fault promise more than it sends."""
     if declared_length is None and handler.command == "HEAD":
         # A HEAD's length is the object's (or the part's), not the empty body's.

@@ -55,7 +55,7 @@ class S3Server:
     access_key: str = ACCESS_KEY
     secret_key: str = SECRET_KEY
     endpoint: str = ""
-    proc: Optional[subprocess.Popen[bytes]] = None
+    proc: subprocess.Popen[bytes] | None = None
     workdir: str = ""
     ip: str = "127.0.0.1"  # the multi-node tests bind it to their bridge's address
 
@@ -156,8 +156,8 @@ class S3Server:
     def __enter__(self) -> S3Server:
         return self.start()
 
-    def __exit__(self, t: Optional[type[BaseException]], e: Optional[BaseException],
-                 tb: Optional[TracebackType]) -> None:
+    def __exit__(self, t: type[BaseException] | None, e: BaseException | None,
+                 tb: TracebackType | None) -> None:
         self.stop()
 
 

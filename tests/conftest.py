@@ -109,7 +109,7 @@ def bucket(s3: S3Server) -> Bucket:
     return Bucket(name, client)
 
 
-def base_env(home: Path, extra: Optional[Mapping[str, str]] = None) -> dict[str, str]:
+def base_env(home: Path, extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """A clean environment: no platform variables leak in from the developer's shell."""
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("DLS_", "BATCH_", "VC_", "MA_", "BOOTSTRAP_", "AWS_", "S3_",
@@ -143,7 +143,7 @@ def stage(stderr: str, name: str) -> dict[str, Any]:
     return found[0]
 
 
-def run_train(argv: list[str], env: Mapping[str, str], cwd: Optional[Path] = None,
+def run_train(argv: list[str], env: Mapping[str, str], cwd: Path | None = None,
               timeout: float = 120, script: Path = RUN_TRAIN) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["bash", str(script), *argv], env=dict(env), cwd=cwd,
                           capture_output=True, text=True, timeout=timeout)

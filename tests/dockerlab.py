@@ -19,7 +19,7 @@ EXEC_ROOT = "/run/bootstrap-docker"
 SOCKET = f"unix://{EXEC_ROOT}/docker.sock"
 
 
-def _answers(host: Optional[str]) -> bool:
+def _answers(host: str | None) -> bool:
     env = dict(os.environ)
     if host:
         env["DOCKER_HOST"] = host
@@ -31,7 +31,7 @@ def _answers(host: Optional[str]) -> bool:
 
 
 @contextmanager
-def engine() -> Iterator[tuple[Optional[str], str]]:
+def engine() -> Iterator[tuple[str | None, str]]:
     """Yields (DOCKER_HOST, reason): DOCKER_HOST None with the reason when no engine."""
     if shutil.which("docker") is None:
         yield None, "the docker client is not installed"

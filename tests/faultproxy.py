@@ -135,7 +135,7 @@ class FaultProxy(LocalServer):
 
         super().__init__(Handler, ip)
 
-    def draw(self, path: str) -> Optional[str]:
+    def draw(self, path: str) -> str | None:
         with self.lock:
             self.requests += 1
             if self.only and self.only not in path:

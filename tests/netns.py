@@ -28,7 +28,7 @@ def _ip(*args: str) -> None:
     subprocess.run(["ip", *args], check=True, capture_output=True, text=True)
 
 
-def namespaces_available() -> Optional[str]:
+def namespaces_available() -> str | None:
     """None when namespaces can be made here, else the reason they cannot."""
     if os.geteuid() != 0:
         return "not root"
@@ -110,7 +110,7 @@ class Hosts:
         _ip("-n", self.ns(i), "link", "set", "ib0", "up")
 
     def spawn(self, i: int, argv: Sequence[str], env: Mapping[str, str],
-              cwd: Optional[Path] = None) -> subprocess.Popen[str]:
+              cwd: Path | None = None) -> subprocess.Popen[str]:
         wrapped = ["ip", "netns", "exec", self.ns(i), "unshare", "--uts", "sh", "-c",
                    'hostname "$0" && exec "$@"', self.name(i), *argv]
         proc = subprocess.Popen(wrapped, env=dict(env), cwd=cwd, stdout=subprocess.PIPE,
@@ -125,8 +125,8 @@ class Hosts:
                     os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
 
-    def __exit__(self, t: Optional[type[BaseException]], e: Optional[BaseException],
-                 tb: Optional[TracebackType]) -> None:
+    def __exit__(self, t: type[BaseException] | None, e: BaseException | None,
+                 tb: TracebackType | None) -> None:
         self.kill_all()
         for i in range(self.n):
             subprocess.run(["ip", "netns", "del", self.ns(i)], capture_output=True)
@@ -153,13 +153,13 @@ class LoopbackHosts(Hosts):
         return self
 
     def spawn(self, i: int, argv: Sequence[str], env: Mapping[str, str],
-              cwd: Optional[Path] = None) -> subprocess.Popen[str]:
+              cwd: Path | None = None) -> subprocess.Popen[str]:
         proc = subprocess.Popen(list(argv), env={**env, "GLOO_SOCKET_IFNAME": "lo"}, cwd=cwd,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                 start_new_session=True)
         self.procs.append(proc)
         return proc
 
-    def __exit__(self, t: Optional[type[BaseException]], e: Optional[BaseException],
-                 tb: Optional[TracebackType]) -> None:
+    def __exit__(self, t: type[BaseException] | None, e: BaseException | None,
+                 tb: TracebackType | None) -> None:
         self.kill_all()

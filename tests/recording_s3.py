@@ -39,7 +39,7 @@ class Seen:
 
 class RecordingS3(LocalServer):
     def __init__(self, bucket: str, objects: Mapping[str, bytes],
-                 certfile: Optional[str] = None) -> None:
+                 certfile: str | None = None) -> None:
         self.bucket = bucket
         self.objects = dict(objects)
         self.seen: list[Seen] = []

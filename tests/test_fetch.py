@@ -69,10 +69,9 @@ def test_tree_lands_byte_for_byte(s3: S3Server, bucket: Bucket, home: Path) -> N
 
 
 LOOP_MODULES = ("asyncio", "concurrent.futures", "obstore")
-# And what else a fetch on threads does without (measured, bench/README.md): typing's
-# names are the checker's, the listing is read by expat itself, pip's subprocess waits
-# for a job that installs.
-NOT_ON_THREADS = (*LOOP_MODULES, "typing", "xml.etree.ElementTree", "subprocess")
+# And what else a fetch on threads does without (measured, bench/README.md): the listing
+# is read by expat itself, pip's subprocess waits for a job that installs.
+NOT_ON_THREADS = (*LOOP_MODULES, "xml.etree.ElementTree", "subprocess")
 
 
 def fetch_in_process(env: dict[str, str]) -> tuple[list[str], str]:

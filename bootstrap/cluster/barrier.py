@@ -23,12 +23,12 @@ import select
 import socket
 import time
 from collections.abc import Mapping
-from typing import Any, Optional
+from dataclasses import dataclass
+from typing import Any
 
 from ..config.platform import Cluster
 from ..errors import BarrierFailed
 from ..log import Log
-from ..records import frozen
 from .topology import MemberFacts
 from .wire import Wire
 
@@ -36,7 +36,7 @@ MAGIC = "modelarts-bootstrap/barrier/1"
 MAX_LINE = 64 * 1024
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class Readiness:
     """One node's answer at the start barrier: whether it can start (and why not), with the
     facts it measured (GPUs, IB address) for the topology."""
@@ -90,7 +90,7 @@ class _Conn:
 
 
 def serve(cluster: Cluster, mine: Readiness, deadline: float,
-          log: Log) -> tuple[dict[int, Readiness], Optional[str]]:
+          log: Log) -> tuple[dict[int, Readiness], str | None]:
     """Node 0: collects every report, answers all, closes the port. Returns the map and
     the local address the peers dialled (what the network stage ties to an interface)."""
     port = cluster.master.port
@@ -177,7 +177,7 @@ def serve(cluster: Cluster, mine: Readiness, deadline: float,
 
 
 def join(cluster: Cluster, mine: Readiness, address: str, deadline: float,
-         log: Log) -> tuple[dict[int, Readiness], Optional[str]]:
+         log: Log) -> tuple[dict[int, Readiness], str | None]:
     """Nodes 1..N-1: report to node 0 (retrying until it listens), await the verdict.
     Also returns the local address the connection left from."""
     port = cluster.master.port
@@ -221,8 +221,8 @@ def _raise_if_failed(failed: Mapping[int, str], cluster: Cluster) -> None:
                             f"{detail}")
 
 
-def exchange(cluster: Cluster, mine: Readiness, master_address: Optional[str], timeout: float,
-             log: Log) -> tuple[dict[int, Readiness], Optional[str]]:
+def exchange(cluster: Cluster, mine: Readiness, master_address: str | None, timeout: float,
+             log: Log) -> tuple[dict[int, Readiness], str | None]:
     """Every node's report, and the local address this node's barrier traffic used."""
     deadline = time.monotonic() + timeout
     if cluster.rank == 0:

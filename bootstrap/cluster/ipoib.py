@@ -9,12 +9,8 @@ from __future__ import annotations
 
 import os
 
-TYPE_CHECKING = False  # not typing's own: importing typing costs start-up time (bench/README.md)
-if TYPE_CHECKING:
-    from typing import Optional
 
-
-def local_address(name: str) -> Optional[str]:
+def local_address(name: str) -> str | None:
     """The IPv4 address of device ``name``, or None when it has none or does not exist."""
     if "/" in name or not os.path.exists(f"/sys/class/net/{name}"):
         return None  # the common case, answered without importing psutil (~15 ms)

@@ -33,14 +33,13 @@ import os
 import socket
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
 
 from ..errors import BarrierFailed, PeersNotReady
-from ..records import field, frozen
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class Interface:
     """A network interface as the kernel reports it: its addresses, whether it is up, its link
     speed."""
@@ -51,7 +50,7 @@ class Interface:
     speed_mbps: int = 0  # 0: unknown
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class HcaPort:
     """One port of an RDMA adapter (``/sys/class/infiniband``): InfiniBand or RoCE, and on RoCE
     the v2 GID index NCCL should use."""
@@ -60,16 +59,16 @@ class HcaPort:
     port: int
     active: bool
     link_layer: str  # "InfiniBand" | "Ethernet" (RoCE)
-    roce_v2_gid: Optional[int] = None  # the GID index to use on RoCE, when one exists
+    roce_v2_gid: int | None = None  # the GID index to use on RoCE, when one exists
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class Choice:
     """The interface the engines should use, and why (for the log and ``check``)."""
 
-    interface: Optional[str]
+    interface: str | None
     reason: str
-    address: Optional[str] = None  # this node's address on it
+    address: str | None = None  # this node's address on it
     hcas: tuple[HcaPort, ...] = field(default_factory=tuple)
 
     def exports(self) -> dict[str, str]:
@@ -106,7 +105,7 @@ def interfaces() -> list[Interface]:
     return found
 
 
-def owner(address: str, ifaces: Sequence[Interface]) -> Optional[str]:
+def owner(address: str, ifaces: Sequence[Interface]) -> str | None:
     """The interface holding ``address``, if it is one of this host's."""
     for iface in ifaces:
         if address in iface.addresses:
@@ -114,7 +113,7 @@ def owner(address: str, ifaces: Sequence[Interface]) -> Optional[str]:
     return None
 
 
-def route_source(destination: str) -> Optional[str]:
+def route_source(destination: str) -> str | None:
     """The local address the kernel would send from to reach ``destination``; asking
     sends nothing (a UDP socket's connect only looks the route up)."""
     family = socket.AF_INET6 if ":" in destination else socket.AF_INET
@@ -148,7 +147,7 @@ def hca_ports(sysfs: Path) -> list[HcaPort]:
     return found
 
 
-def _roce_v2_gid(port: Path) -> Optional[int]:
+def _roce_v2_gid(port: Path) -> int | None:
     """The first RoCE v2 GID index with an IPv4-mapped GID (what NCCL wants on RoCE),
     else the first RoCE v2 one with any GID set."""
     try:
@@ -184,9 +183,9 @@ def _as_int(text: str) -> int:
 
 # --------------------------------------------------------------------------- choice
 
-def choose(rank: int, master_address: Optional[str], peer_address: Optional[str],
-           barrier_local: Optional[str], ifaces: Sequence[Interface],
-           route: Optional[dict[str, Optional[str]]] = None) -> Choice:
+def choose(rank: int, master_address: str | None, peer_address: str | None,
+           barrier_local: str | None, ifaces: Sequence[Interface],
+           route: dict[str, str | None] | None = None) -> Choice:
     """Pure: the interface for this node, from what was learned (see the module doc).
 
     ``master_address``: node 0's address as resolved here (node 0: its own name);
@@ -194,10 +193,10 @@ def choose(rank: int, master_address: Optional[str], peer_address: Optional[str]
     barrier's connections used (node 0: what peers dialled; others: our source);
     ``route``: route lookups already done (tests), else the kernel is asked.
     """
-    def source(dest: str) -> Optional[str]:
+    def source(dest: str) -> str | None:
         return route[dest] if route is not None and dest in route else route_source(dest)
 
-    def usable(address: Optional[str]) -> Optional[str]:
+    def usable(address: str | None) -> str | None:
         if address is None:
             return None
         name = owner(address, ifaces)
@@ -227,8 +226,8 @@ def choose(rank: int, master_address: Optional[str], peer_address: Optional[str]
     return Choice(None, "no interface could be tied to the cluster's addresses")
 
 
-def node0_address(own: Optional[str], peer: Optional[str], barrier_local: Optional[str],
-                  route: Optional[Mapping[str, Optional[str]]] = None) -> Optional[str]:
+def node0_address(own: str | None, peer: str | None, barrier_local: str | None,
+                  route: Mapping[str, str | None] | None = None) -> str | None:
     """Node 0's address as its peers reach it, worked out on node 0 (``MASTER_ADDR``):
     the address they connected to at the start barrier, else the source of the route to
     node 1, else what its own name resolves to; never a loopback address (a host whose
@@ -252,7 +251,7 @@ def with_hcas(choice: Choice, sysfs: Path) -> Choice:
 
 # --------------------------------------------------------------------------- checks
 
-def prove_reachable(master: str, port: int, source: Optional[str], deadline: float,
+def prove_reachable(master: str, port: int, source: str | None, deadline: float,
                     rank: int) -> None:
     """Nodes 1..N-1 without a barrier: a TCP connect to node 0's port from ``source``.
     Any answer proves the path (accepted, or refused because nothing listens yet);
@@ -286,7 +285,7 @@ def prove_reachable(master: str, port: int, source: Optional[str], deadline: flo
             sock.close()
 
 
-def check_port_free(address: Optional[str], port: int) -> None:
+def check_port_free(address: str | None, port: int) -> None:
     """Node 0: ``MASTER_PORT`` must be free before the engine binds it; else one line
     naming the port and, when this process may see it, who holds it (exit 5)."""
     with socket.socket(socket.AF_INET6 if address and ":" in address else socket.AF_INET,

@@ -10,7 +10,6 @@ import socket
 import threading
 import time
 from collections.abc import Sequence
-from typing import Optional
 
 from ..backoff import until
 from ..config.platform import Member
@@ -29,7 +28,7 @@ def resolve(host: str) -> str | None:
 
 def wait_for_names(peers: Sequence[Member], timeout: float, log: Log,
                    report_every: float = 10.0,
-                   stop: Optional[threading.Event] = None) -> dict[str, str]:
+                   stop: threading.Event | None = None) -> dict[str, str]:
     """Maps every peer's host to an address, or raises PeersNotReady after ``timeout``.
     ``stop`` ends the wait early (another stage failed): PeersNotReady then too."""
     stop = stop or threading.Event()

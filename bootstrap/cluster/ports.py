@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Optional
 
 from ..config.platform import Cluster
 
@@ -32,7 +31,7 @@ def taken_by_the_job(cluster: Cluster) -> dict[int, str]:
 
 
 def conflict(wanted: Iterable[tuple[int, int]], taken: Mapping[int, str],
-             ephemeral: tuple[int, int]) -> Optional[str]:
+             ephemeral: tuple[int, int]) -> str | None:
     """Why one of ``wanted`` ((port, the rank it is for) pairs) cannot be used, or None."""
     pairs = list(wanted)
     top = max(port for port, _ in pairs)

@@ -46,26 +46,26 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .. import atomic
 from ..config.platform import Cluster
-from ..records import field, frozen
 
-TYPE_CHECKING = False  # not typing's own: importing typing costs start-up time (bench/README.md)
 if TYPE_CHECKING:
-    from typing import Any, Optional
+    from typing import Any
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class MemberFacts:
     """What each node learned about itself (its GPUs, its IB address)."""
 
     gpus: int = 0
-    ib_addr: Optional[str] = None
+    ib_addr: str | None = None
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class Topology:
     """The job's nodes after the start barrier: who they are, what each reported (GPUs, IB
     address), and the interface the engines should use: what the engines' variables and
@@ -74,8 +74,8 @@ class Topology:
     cluster: Cluster
     facts: Mapping[int, MemberFacts] = field(default_factory=dict)  # by rank
     master_addr_ib: bool = False  # MASTER_ADDR = node 0's IB address
-    master_ip: Optional[str] = None  # node 0's address as its peers reach it
-    own_ip: Optional[str] = None  # this node's address on the way to node 0
+    master_ip: str | None = None  # node 0's address as its peers reach it
+    own_ip: str | None = None  # this node's address on the way to node 0
     network: Mapping[str, str] = field(default_factory=dict)  # the engines' interface/HCAs
 
     def slots(self, rank: int) -> int:
@@ -114,7 +114,7 @@ class Topology:
     def hostfile(self) -> str:
         return "".join(f"{n.host} slots={self.slots(n.rank)}\n" for n in self.cluster.nodes)
 
-    def ib_map(self) -> Optional[dict[str, dict[str, Optional[str]]]]:
+    def ib_map(self) -> dict[str, dict[str, str | None]] | None:
         """Every node's IPoIB address by rank, once the barrier exchanged them."""
         if not any(f.ib_addr for f in self.facts.values()):
             return None

@@ -12,14 +12,14 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Mapping, Sequence
-from typing import Any, Optional
+from dataclasses import asdict
+from typing import Any
 
 from ..cluster import peers
 from ..config import settings as settings_mod
 from ..config.platform import Cluster
 from ..errors import EXIT_PREFLIGHT, UsageError
 from ..node import preflight
-from ..records import asdict
 
 
 class _Parser(argparse.ArgumentParser):
@@ -122,7 +122,7 @@ def _network_lines(net: Mapping[str, Any]) -> list[str]:
     return lines
 
 
-def _size(n: Optional[int]) -> str:
+def _size(n: int | None) -> str:
     if n is None:
         return "?"
     for unit, scale in (("TB", 1000**4), ("GB", 1000**3), ("MB", 1000**2)):

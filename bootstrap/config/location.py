@@ -9,14 +9,10 @@ exactly as the original script did: ``s3://b/new/`` and ``s3://b/new`` both give
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from ..errors import ConfigError
-from ..records import frozen
-
-TYPE_CHECKING = False  # not typing's own: importing typing costs start-up time (bench/README.md)
-if TYPE_CHECKING:
-    from typing import Optional
 
 OBJECT_SCHEMES = ("s3", "obs")
 # Patterns as text, compiled on first use (re caches them): compiling one costs ~0.5 ms of
@@ -26,14 +22,14 @@ _SCHEME = r"^([A-Za-z][A-Za-z0-9+.-]*)://"
 _BUCKET = r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$"
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class Location:
     """An object-store prefix (``bucket`` set) or a local directory (``path`` set)."""
 
     url: str
     bucket: str = ""
     prefix: str = ""  # "" for a bucket root, else ends with "/"
-    path: Optional[Path] = None
+    path: Path | None = None
 
     @property
     def is_remote(self) -> bool:
@@ -91,7 +87,7 @@ def destination(job_dir: Path, location: Location) -> Path:
     return job_dir / location.name
 
 
-def key_inside(location: Location, url: str) -> Optional[str]:
+def key_inside(location: Location, url: str) -> str | None:
     """The path of ``url`` relative to the code directory, when it lies inside it.
 
     Used for ``run_train.sh python obs://b/new/train.py``: the file maps to its

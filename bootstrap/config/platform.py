@@ -25,15 +25,11 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ConfigError
-from ..records import frozen
 from . import parse
-
-TYPE_CHECKING = False  # not typing's own: importing typing costs start-up time (bench/README.md)
-if TYPE_CHECKING:
-    from typing import Optional
 
 DEFAULT_PORT = 29500
 # Patterns as text, compiled on first use (re caches them): compiling one costs ~0.5 ms of
@@ -44,7 +40,7 @@ _SINGLE = r"^BATCH_(.+)\.0_HOSTS$"
 _HOSTNAME = r"^(?=.{1,253}$)[A-Za-z0-9_]([A-Za-z0-9_.-]*[A-Za-z0-9_])?$"
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class Member:
     """One node of the job: its rank, the host name or address the platform gave, and the port
     the platform's variables named for it."""
@@ -54,7 +50,7 @@ class Member:
     port: int
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class Cluster:
     """The job's nodes as the platform's variables describe them (``BATCH_*`` or
     ``VC_*``/``MA_*``), with this node's rank; ``source`` says which contract it came from."""
@@ -124,7 +120,7 @@ def _no_hosts(env: Mapping[str, str], count: str, index: str, missing: str) -> N
             raise ConfigError(f"{count}={n} but {missing}")
 
 
-def _old_contract(env: Mapping[str, str]) -> Optional[tuple[list[tuple[str, int]], int]]:
+def _old_contract(env: Mapping[str, str]) -> tuple[list[tuple[str, int]], int] | None:
     custom: dict[int, str] = {}
     for name, value in env.items():
         m = re.match(_CUSTOM, name) if name.startswith("BATCH_") else None
@@ -165,7 +161,7 @@ def _old_contract(env: Mapping[str, str]) -> Optional[tuple[list[tuple[str, int]
     return hosts, _index(env, "DLS_TASK_INDEX", len(hosts))
 
 
-def _volcano_hosts(volcano_dir: Path) -> Optional[list[str]]:
+def _volcano_hosts(volcano_dir: Path) -> list[str] | None:
     try:
         files = sorted(volcano_dir.glob("*.host"))
     except OSError:
@@ -183,7 +179,7 @@ def _volcano_hosts(volcano_dir: Path) -> Optional[list[str]]:
 
 
 def _new_contract(env: Mapping[str, str], volcano_dir: Path,
-                  port: int) -> Optional[tuple[list[tuple[str, int]], int]]:
+                  port: int) -> tuple[list[tuple[str, int]], int] | None:
     names = _volcano_hosts(volcano_dir)
     what = str(volcano_dir / "worker.host")
     if names is None and env.get("VC_WORKER_HOSTS", "").strip():
@@ -210,7 +206,7 @@ def _new_contract(env: Mapping[str, str], volcano_dir: Path,
 JOB_ID_VARIABLES = ("DLS_JOB_ID", "BATCH_JOB_ID", "MA_VJ_NAME", "MA_JOB_ID", "VC_JOB_ID")
 
 
-def platform_job_id(env: Mapping[str, str]) -> Optional[str]:
+def platform_job_id(env: Mapping[str, str]) -> str | None:
     """The platform's id of this job, the same in every container of it and across its
     restarts; None when no variable names it (a local run)."""
     for name in JOB_ID_VARIABLES:

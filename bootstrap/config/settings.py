@@ -23,17 +23,17 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import ConfigError
-from ..records import field, frozen
 from . import parse
 from .location import Location, remote
 from .location import parse as parse_url
 from .platform import Cluster, discover, platform_job_id
 from .storage import Credentials, Endpoint, env_credentials, resolve_endpoint
 
-TYPE_CHECKING = False  # not typing's own: importing typing costs start-up time (bench/README.md)
 if TYPE_CHECKING:
     from typing import Literal
 
@@ -97,7 +97,7 @@ PREFLIGHT_CHECKS = PREFLIGHT_CHECKS_FATAL | {
     "node.memory", "node.nofile", "node.memlock"}
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class Transfer:
     """How objects move between the store and this node (downloads and uploads)."""
 
@@ -115,7 +115,7 @@ class Transfer:
     credentials: Credentials | None  # keys from the environment; None: botocore's chain
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class ClusterSettings:
     """Who the nodes are and how they meet before the command starts."""
 
@@ -130,7 +130,7 @@ class ClusterSettings:
     sysfs_root: Path  # where /sys is read for HCAs (tests point it at a prepared tree)
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class Preflight:
     """What the node checks look at and which of their findings stop the job."""
 
@@ -154,7 +154,7 @@ class Preflight:
     image_meta: Path  # what the image build recorded about its base
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class RunSettings:
     """How the command runs: supervised or exec'd, its log, its end."""
 
@@ -172,7 +172,7 @@ class RunSettings:
     heartbeat_file: Path  # touched by the command: progress (exported to it)
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class Outputs:
     """What leaves the node and what a restarted job gets back: the output folder, the
     command's log, each attempt's evidence (see :mod:`bootstrap.restart`)."""
@@ -189,7 +189,7 @@ class Outputs:
     evidence: bool = True  # BOOTSTRAP_EVIDENCE: each attempt's log and records uploaded
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class Staging:
     """The job's data (DLS_DATA_URL) staged onto the node before the command starts."""
 
@@ -204,7 +204,7 @@ class Staging:
         return self.source is not None and self.folder is not None
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class Launch:
     """How the command starts across the nodes: each node runs it (torchrun's way), or
     node 0 runs it and the others serve its remote shell (MPI's way)."""
@@ -222,7 +222,7 @@ class Launch:
         return self.mode in ("mpi", "ray")
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class Settings:
     """Every knob of a job, read once from the environment by :func:`load` and frozen: the
     stages take the part they need and read nothing else."""

@@ -18,30 +18,26 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from ..errors import ConfigError
-from ..records import frozen
 from . import parse
-
-TYPE_CHECKING = False  # not typing's own: importing typing costs start-up time (bench/README.md)
-if TYPE_CHECKING:
-    from typing import Optional
 
 # Text, compiled on first use (re caches it): ~0.5 ms of every start otherwise.
 _OBS_REGION = r"^obs\.([a-z0-9-]+)\.myhuaweicloud\.com$"
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class Endpoint:
     """Where the store is and how to talk to it: URL (None: AWS's default for the region),
     TLS verification and extra roots, path or virtual-host addressing."""
 
-    url: Optional[str]  # None: AWS's default endpoint for the region
+    url: str | None  # None: AWS's default endpoint for the region
     verify: bool  # S3_VERIFY_SSL: check the server's certificate
     addressing: str  # "path" | "virtual"
     region: str
-    ca_bundle: Optional[str] = None  # PEM file of extra trusted roots
+    ca_bundle: str | None = None  # PEM file of extra trusted roots
 
     @property
     def effective_url(self) -> str:
@@ -96,20 +92,20 @@ def _is_ip_or_local(host: str) -> bool:
         return "." not in host
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class Credentials:
     """The store's keys (and a session token when they are temporary); the repr never shows
     the secret."""
 
     access_key: str
     secret_key: str
-    token: Optional[str] = None
+    token: str | None = None
 
     def __repr__(self) -> str:  # a stray repr in a log line must not leak the secret
         return f"Credentials(access_key={self.access_key[:4]}…)"
 
 
-def env_credentials(env: Mapping[str, str]) -> Optional[Credentials]:
+def env_credentials(env: Mapping[str, str]) -> Credentials | None:
     if env.get("S3_ACCESS_KEY_ID") and env.get("S3_SECRET_ACCESS_KEY"):
         return Credentials(env["S3_ACCESS_KEY_ID"], env["S3_SECRET_ACCESS_KEY"])
     if env.get("AWS_ACCESS_KEY_ID") and env.get("AWS_SECRET_ACCESS_KEY"):

@@ -42,13 +42,13 @@ import shutil
 import stat
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING
 
 from .. import atomic
 from ..config import location as locations
 from ..errors import DownloadError, NoSpaceForData
-from ..records import frozen
 from ..relay.fetch import download_with_peers, open_relay, serve_only
 from ..relay.server import AnnouncingManifest, Held
 from ..transfer.download import TMP_SUFFIX, Stats
@@ -66,7 +66,7 @@ if TYPE_CHECKING:
 GB = 1000**3
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class Staged:
     """What the command is told: where its data is, and which files are this node's."""
 
@@ -88,7 +88,7 @@ def share(objects: Sequence[RemoteObject], rank: int, nodes: int) -> list[Remote
 
 
 def stage(settings: Staging, transfer: Transfer, rank: int, nodes: int, log: Log,
-          peers: Optional[Peers] = None) -> Staged:
+          peers: Peers | None = None) -> Staged:
     """Stages the data for this node; see the module's contract. With ``peers`` (and
     no sharding: shards have no copies to share) the nodes pass it down the relay."""
     assert settings.source is not None and settings.folder is not None
@@ -153,7 +153,7 @@ def stage(settings: Staging, transfer: Transfer, rank: int, nodes: int, log: Log
 
 
 @contextlib.contextmanager
-def _relay_server(peers: Optional[Peers], log: Log) -> Iterator[Optional[RelayServer]]:
+def _relay_server(peers: Peers | None, log: Log) -> Iterator[RelayServer | None]:
     """This node's relay server for the data (None without peers or children), closed
     at the end whatever happens."""
     if peers is None:
@@ -171,7 +171,7 @@ def _relay_server(peers: Optional[Peers], log: Log) -> Iterator[Optional[RelaySe
 # --------------------------------------------------------------------------- listing
 
 def _list(source: locations.Location,
-          transfer: Transfer) -> tuple[list[RemoteObject], Optional[RemoteObject]]:
+          transfer: Transfer) -> tuple[list[RemoteObject], RemoteObject | None]:
     """Every file of the source (relative paths), and the single object when the URL
     names one."""
     if not source.is_remote:
@@ -187,7 +187,7 @@ def _list(source: locations.Location,
         return objects, None
 
 
-def _list_local(path: Path) -> tuple[list[RemoteObject], Optional[RemoteObject]]:
+def _list_local(path: Path) -> tuple[list[RemoteObject], RemoteObject | None]:
     """A mounted path's files; the local "ETag" is size and mtime (what rsync trusts)."""
     try:
         st = os.stat(path)
@@ -233,7 +233,7 @@ def _files(version: Path, url: str) -> set[str]:
 
 
 def _check_space(root: Path, objects: Sequence[RemoteObject], unchanged: set[str],
-                 cap: Optional[int]) -> None:
+                 cap: int | None) -> None:
     total = sum(o.size for o in objects)
     need = sum(o.size for o in objects if o.rel not in unchanged)
     if cap is not None and total > cap:
@@ -253,10 +253,10 @@ def _human(n: int) -> str:
     return f"{n / GB:.2f} GB" if n >= GB else f"{n / 1e6:.1f} MB"
 
 
-def _build(version: Path, previous: Optional[Path], objects: list[RemoteObject],
+def _build(version: Path, previous: Path | None, objects: list[RemoteObject],
            unchanged: set[str], source: locations.Location, transfer: Transfer, url: str,
-           log: Log, peers: Optional[Peers] = None,
-           server: Optional[RelayServer] = None) -> Stats:
+           log: Log, peers: Peers | None = None,
+           server: RelayServer | None = None) -> Stats:
     """A new version: unchanged files hard-linked from ``previous`` (same inodes, never
     modified: downloads land by rename), the rest fetched (through the relay, with
     ``peers``)."""

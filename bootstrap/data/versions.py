@@ -29,7 +29,6 @@ import stat
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Optional
 
 from .. import atomic
 from ..errors import ConfigError, DownloadError
@@ -69,7 +68,7 @@ def claim(identity: Path, url: str, spec: str, link: Path) -> None:
                           f"{url!r} (shard {spec!r}); use another BOOTSTRAP_DATA_DIR for it")
 
 
-def current(link: Path, versions: Path) -> Optional[Path]:
+def current(link: Path, versions: Path) -> Path | None:
     """The complete version the ``<name>`` symlink points at, if it is one of ours."""
     try:
         target = Path(os.readlink(link))

@@ -44,7 +44,7 @@ import threading
 import time
 from collections.abc import Collection, Mapping
 from pathlib import Path
-from typing import IO, Optional
+from typing import IO
 
 from ..cluster import auth
 from ..cluster.wire import Wire, hang_up
@@ -61,13 +61,13 @@ MAX_STACKS = 512 * 1024  # of one node's stacks in one answer (a frame holds 1 M
 
 class Agent:
     def __init__(self, plan: Plan, bind: str, allowed: Collection[str], env: Mapping[str, str],
-                 cwd: Optional[Path], grace: float, log: Log) -> None:
+                 cwd: Path | None, grace: float, log: Log) -> None:
         self.plan, self.env, self.cwd, self.grace, self.log = plan, dict(env), cwd, grace, log
         self.allowed = frozenset(allowed)
-        self.tee: Optional[CappedLog] = None  # the node's log file: remote output lands there too
-        self.stacks: Optional[tuple[Path, Path]] = None  # the hook's folder, the stacks file
+        self.tee: CappedLog | None = None  # the node's log file: remote output lands there too
+        self.stacks: tuple[Path, Path] | None = None  # the hook's folder, the stacks file
         self._dumps = 0
-        self.code: Optional[int] = None
+        self.code: int | None = None
         self._controlled = threading.Event()
         self._ended = threading.Event()  # the control connection is over (code or not)
         self._sessions: set[subprocess.Popen[bytes]] = set()
@@ -213,7 +213,7 @@ class Agent:
         with contextlib.suppress(OSError):
             channel.send_json({"exit": status})
 
-    def _pump(self, stream: Optional[IO[bytes]], channel: Channel, kind: bytes) -> None:
+    def _pump(self, stream: IO[bytes] | None, channel: Channel, kind: bytes) -> None:
         """One output stream of a command: to its client, and to this node's log file
         (the supervised command's log tee, for what the agent runs)."""
         assert stream is not None
@@ -311,7 +311,7 @@ class Agent:
         self.stop_sessions()
 
 
-def _signal_of(payload: bytes) -> Optional[int]:
+def _signal_of(payload: bytes) -> int | None:
     try:
         value = json.loads(payload).get("signal")
     except (ValueError, AttributeError):

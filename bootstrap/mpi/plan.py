@@ -20,14 +20,13 @@ client (:mod:`.ssh`), so no sshd, host keys or authorized keys are needed anywhe
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
 
 from ..cluster import auth, ports
 from ..config.platform import Cluster
 from ..config.settings import Launch, Transfer
 from ..errors import ConfigError
-from ..records import field, frozen
 from ..relay import protocol as relay
 
 PROTOCOL = "launch-agent"
@@ -39,7 +38,7 @@ def port_of(base: int, rank: int) -> int:
 
 
 def port_conflict(base: int, cluster: Cluster, relay_base: int,
-                  ephemeral: tuple[int, int]) -> Optional[str]:
+                  ephemeral: tuple[int, int]) -> str | None:
     """Why the agents' ports (nodes 1..N-1) cannot be used, or None (the rule:
     :mod:`bootstrap.cluster.ports`, the relay's ports counted as taken)."""
     taken = ports.taken_by_the_job(cluster)
@@ -51,7 +50,7 @@ def port_conflict(base: int, cluster: Cluster, relay_base: int,
                           ephemeral)
 
 
-def agent_for(cluster: Cluster, host: str) -> Optional[int]:
+def agent_for(cluster: Cluster, host: str) -> int | None:
     """The rank whose agent runs remote commands on ``host``: the lowest on it other
     than the launcher's; None when no such node is there."""
     ranks = [m.rank for m in cluster.nodes if m.host == host and m.rank != 0]
@@ -73,12 +72,12 @@ def mpich_hostfile(cluster: Cluster, slots: Mapping[int, int]) -> str:
 
 
 def job_key(launch: Launch, transfer: Transfer, job_id: str,
-            secret_file_text: Optional[str]) -> bytes:
+            secret_file_text: str | None) -> bytes:
     """The agents' key; raises ConfigError when the nodes share no secret."""
     return auth.derive(shared_secret(launch, transfer, secret_file_text), job_id, PROTOCOL)
 
 
-def shared_secret(launch: Launch, transfer: Transfer, secret_file_text: Optional[str]) -> str:
+def shared_secret(launch: Launch, transfer: Transfer, secret_file_text: str | None) -> str:
     """The secret every node holds, the source of the agents' key (and Ray's token);
     raises ConfigError when there is none."""
     secret = launch.secret or (secret_file_text or "").strip() or None
@@ -97,7 +96,7 @@ def shared_secret(launch: Launch, transfer: Transfer, secret_file_text: Optional
     return secret
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class Plan:
     """This node's part in the launch: its rank, every node's host and port, the key."""
 
@@ -114,7 +113,7 @@ class Plan:
 
 
 def plan(cluster: Cluster, launch: Launch, transfer: Transfer, relay_base: int,
-         ephemeral: tuple[int, int], secret_file_text: Optional[str],
+         ephemeral: tuple[int, int], secret_file_text: str | None,
          timeout: float) -> Plan:
     """The plan, or ConfigError (exit 2) naming what to fix."""
     if cluster.size < 2:

@@ -32,7 +32,6 @@ import socket
 import sys
 import threading
 from collections.abc import Sequence
-from typing import Optional
 
 from .channel import JSON, STDERR, STDIN, STDOUT, Broken, Channel, Unreachable, dial
 
@@ -79,7 +78,7 @@ def parse(argv: Sequence[str]) -> tuple[str, str, bool]:
     return host, command, no_stdin
 
 
-def agent_of(config: dict[str, object], host: str) -> Optional[tuple[int, str, int]]:
+def agent_of(config: dict[str, object], host: str) -> tuple[int, str, int] | None:
     """(rank, address, port) of the agent for ``host``: by name, else by address."""
     agents = config.get("agents")
     if not isinstance(agents, dict):

@@ -15,12 +15,11 @@ import contextlib
 import importlib
 import os
 from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from ..records import field, frozen
-
-TYPE_CHECKING = False  # not typing's own: importing typing costs start-up time (bench/README.md)
 if TYPE_CHECKING:
-    from typing import Any, Optional, TypeVar
+    from typing import Any, TypeVar
 
     from ..config.settings import Preflight
 
@@ -32,7 +31,7 @@ THROTTLE_REASONS = {0x08: "hardware slowdown", 0x20: "software thermal slowdown"
                     0x40: "hardware thermal slowdown", 0x80: "power brake"}
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class Gpu:
     """One GPU as NVML reports it: identity, memory, persistence mode, PCIe link (now and at
     best), and what is throttling it."""
@@ -42,22 +41,22 @@ class Gpu:
     uuid: str
     memory_total: int  # bytes
     memory_used: int
-    persistence: Optional[bool] = None
-    pcie_gen: Optional[int] = None
-    pcie_gen_max: Optional[int] = None
-    pcie_width: Optional[int] = None
-    pcie_width_max: Optional[int] = None
-    temperature: Optional[int] = None  # Celsius
-    power_watts: Optional[float] = None
-    ecc_uncorrected: Optional[int] = None  # volatile
-    retired_pending: Optional[bool] = None
-    remap_pending: Optional[bool] = None
-    remap_failed: Optional[bool] = None
-    processes: Optional[int] = None  # compute processes already on it
+    persistence: bool | None = None
+    pcie_gen: int | None = None
+    pcie_gen_max: int | None = None
+    pcie_width: int | None = None
+    pcie_width_max: int | None = None
+    temperature: int | None = None  # Celsius
+    power_watts: float | None = None
+    ecc_uncorrected: int | None = None  # volatile
+    retired_pending: bool | None = None
+    remap_pending: bool | None = None
+    remap_failed: bool | None = None
+    processes: int | None = None  # compute processes already on it
     throttle: tuple[str, ...] = ()
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class Inventory:
     """``nvml`` False: no library or no driver (a CPU node); ``error``: NVML is there but
     broken (e.g. a driver/library version mismatch)."""
@@ -65,7 +64,7 @@ class Inventory:
     nvml: bool
     gpus: tuple[Gpu, ...] = ()
     driver: str = ""
-    cuda_driver: Optional[int] = None  # e.g. 12040 for CUDA 12.4
+    cuda_driver: int | None = None  # e.g. 12040 for CUDA 12.4
     error: str = ""
     hidden: int = 0  # GPUs NVML sees but CUDA_VISIBLE_DEVICES hides
     notes: tuple[str, ...] = field(default_factory=tuple)
@@ -75,8 +74,8 @@ def _text(value: Any) -> str:
     return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
 
 
-def visible(cuda_visible: Optional[str], nvidia_visible: Optional[str], count: int,
-            uuids: list[str]) -> Optional[list[int]]:
+def visible(cuda_visible: str | None, nvidia_visible: str | None, count: int,
+            uuids: list[str]) -> list[int] | None:
     """NVML indices CUDA will use, from CUDA_VISIBLE_DEVICES; None: all of them.
 
     Entries are indices or (prefixes of) UUIDs; like CUDA, the list stops at the
@@ -144,7 +143,7 @@ class _Traced:
         return call
 
 
-def inspect(pol: Preflight, calls: Optional[list[str]] = None) -> Inventory:
+def inspect(pol: Preflight, calls: list[str] | None = None) -> Inventory:
     """The GPUs as NVML sees them; ``calls`` receives each NVML call as it starts."""
     module = pol.nvml_module
     if module == "pynvml" and not _driver_present():
@@ -172,7 +171,7 @@ def inspect(pol: Preflight, calls: Optional[list[str]] = None) -> Inventory:
 
 
 def _read(nvml: Any, pol: Preflight) -> Inventory:
-    def maybe(fn: Callable[..., T], *args: Any) -> Optional[T]:
+    def maybe(fn: Callable[..., T], *args: Any) -> T | None:
         try:
             return fn(*args)
         except nvml.NVMLError:  # NotSupported and friends: a missing answer, not a failure
@@ -216,5 +215,5 @@ def _read(nvml: Any, pol: Preflight) -> Inventory:
                      hidden=count - len(indices))
 
 
-def _flag(value: Optional[int]) -> Optional[bool]:
+def _flag(value: int | None) -> bool | None:
     return None if value is None else bool(value)

@@ -19,7 +19,6 @@ import stat
 import subprocess
 import sys
 from pathlib import Path
-from typing import Optional
 
 from ..config.settings import Preflight
 from . import libc
@@ -46,7 +45,7 @@ def setuid_root_files(root: str = "/") -> list[str]:
     return sorted(found)
 
 
-def runtime_facts(prefix: Optional[Path] = None) -> list[Finding]:
+def runtime_facts(prefix: Path | None = None) -> list[Finding]:
     """What the bootstrap itself runs on (this process: ``bootstrap-check`` is started
     by the bootstrap's Python): which Python, which engine, which glibc."""
     import platform

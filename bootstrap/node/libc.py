@@ -18,7 +18,6 @@ import struct
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Optional
 
 _SHT_GNU_VERNEED = 0x6FFFFFFE
 
@@ -54,7 +53,7 @@ def versions_needed(path: Path) -> set[str]:
     return found
 
 
-def _glibc(version: str) -> Optional[tuple[int, ...]]:
+def _glibc(version: str) -> tuple[int, ...] | None:
     if not version.startswith("GLIBC_"):
         return None
     try:
@@ -73,10 +72,10 @@ def _elf_files(root: Path) -> Iterator[Path]:
                         yield path
 
 
-def floor(root: Path) -> tuple[tuple[int, ...], Optional[Path]]:
+def floor(root: Path) -> tuple[tuple[int, ...], Path | None]:
     """The highest glibc version any ELF file under ``root`` needs, and that file."""
     best: tuple[int, ...] = (2, 2, 5)
-    where: Optional[Path] = None
+    where: Path | None = None
     for path in _elf_files(root):
         for version in versions_needed(path):
             number = _glibc(version)
@@ -85,7 +84,7 @@ def floor(root: Path) -> tuple[tuple[int, ...], Optional[Path]]:
     return best, where
 
 
-def this_machine() -> Optional[str]:
+def this_machine() -> str | None:
     """This machine's glibc version ("2.36"), None on another C library (musl)."""
     try:
         found = os.confstr("CS_GNU_LIBC_VERSION")

@@ -35,23 +35,23 @@ from __future__ import annotations
 import json
 import threading
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .. import atomic
 from ..config.settings import GB, PREFLIGHT_CHECKS, Preflight
-from ..records import asdict, frozen
 from . import gpu, resources
 from .gpu import Inventory
 from .resources import Resources
 
-TYPE_CHECKING = False  # not typing's own: importing typing costs start-up time (bench/README.md)
 if TYPE_CHECKING:
-    from typing import Any, Optional
+    from typing import Any
 
 MiB = 2**20
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class Finding:
     """One check's verdict: ``ok``, ``warn`` (logged, the job goes on) or ``fail`` (the job
     stops before the command runs)."""
@@ -61,7 +61,7 @@ class Finding:
     message: str
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class Report:
     """The whole preflight of one node: the GPUs and node resources it saw, every finding, and
     how long it took; written as JSON next to the job's logs."""
@@ -190,7 +190,7 @@ def cuda_text(number: int) -> str:
     return f"{number // 1000}.{number % 1000 // 10}"
 
 
-def _cuda_number(version: str) -> Optional[int]:
+def _cuda_number(version: str) -> int | None:
     parts = version.split(".")
     try:
         return int(parts[0]) * 1000 + (int(parts[1]) * 10 if len(parts) > 1 else 0)

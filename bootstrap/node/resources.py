@@ -10,37 +10,35 @@ from __future__ import annotations
 
 import os
 import resource
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ..records import frozen
-
-TYPE_CHECKING = False  # not typing's own: importing typing costs start-up time (bench/README.md)
 if TYPE_CHECKING:
-    from typing import Optional
 
     from ..config.settings import Preflight
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class Resources:
     """The node's limits that training trips over: free disk where code and cache land,
     /dev/shm, memory, open-file and locked-memory limits, the IPoIB device."""
 
     job_dir: str
-    job_dir_free: Optional[int]  # bytes free where the code lands
-    cache_dir: Optional[str]  # the node-local SSD, when it exists
-    cache_free: Optional[int]
-    shm_total: Optional[int]
+    job_dir_free: int | None  # bytes free where the code lands
+    cache_dir: str | None  # the node-local SSD, when it exists
+    cache_free: int | None
+    shm_total: int | None
     mem_total: int
     mem_available: int
     nofile: int  # soft limit
     memlock: int  # soft limit in bytes, -1 for unlimited
-    ib_device: Optional[str]  # name of the IPoIB device holding an address
-    cuda_image: Optional[str]  # CUDA_VERSION baked into the image
+    ib_device: str | None  # name of the IPoIB device holding an address
+    cuda_image: str | None  # CUDA_VERSION baked into the image
     cuda_compat: bool  # the CUDA forward-compatibility libraries are present
 
 
-def _free(path: Path) -> Optional[int]:
+def _free(path: Path) -> int | None:
     """Free bytes on the filesystem that holds ``path`` (or its nearest existing parent)."""
     for candidate in (path, *path.parents):
         try:
@@ -78,7 +76,7 @@ def measure(pol: Preflight, job_dir: Path, ipoib_device: str) -> Resources:
     has_cache = os.path.isdir(cache)
     try:
         st = os.statvfs("/dev/shm")
-        shm: Optional[int] = st.f_blocks * st.f_frsize
+        shm: int | None = st.f_blocks * st.f_frsize
     except OSError:
         shm = None
     mem_total, mem_available = memory()

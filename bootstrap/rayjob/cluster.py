@@ -25,7 +25,6 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Optional
 
 from .. import atomic
 from ..errors import BarrierFailed, ConfigError
@@ -90,7 +89,7 @@ class RayCluster:
         """``peers``: rank -> (host, address) for nodes 1..N-1."""
         self.plan, self.head_ip, self.peers, self.ssh = plan, head_ip, dict(peers), ssh
         self.env, self.grace, self.timeout, self.log = dict(env), grace, timeout, log
-        self.head: Optional[subprocess.Popen[bytes]] = None
+        self.head: subprocess.Popen[bytes] | None = None
         self.workers: dict[int, subprocess.Popen[bytes]] = {}
         self._stopping = threading.Event()
 

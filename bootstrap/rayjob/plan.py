@@ -25,10 +25,11 @@ ends the workers and the head are stopped, and every node exits with its code.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 from ..cluster import auth, ports
 from ..config.platform import Cluster
 from ..errors import ConfigError
-from ..records import field, frozen
 
 TOKEN_PROTOCOL = "ray-token"
 STRIDE = 8  # ports per node
@@ -41,7 +42,7 @@ FLAGS = {"node-manager": "--node-manager-port", "object-manager": "--object-mana
          "metrics-export": "--metrics-export-port"}
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class Plan:
     """Every node's Ray ports, the worker range, the token."""
 

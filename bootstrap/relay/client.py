@@ -11,7 +11,7 @@ import socket
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any
 
 from ..cluster import auth
 from ..cluster.wire import Wire, hang_up
@@ -51,7 +51,7 @@ class Pace:
     def restart(self) -> None:
         self.since, self.bytes, self.files = self.clock(), 0, 0
         self.paused = 0.0
-        self.paused_at: Optional[float] = None
+        self.paused_at: float | None = None
 
     def pause(self) -> None:
         if self.paused_at is None:
@@ -86,7 +86,7 @@ class ParentClock:
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.clock = clock
-        self.offset: Optional[float] = None  # the least (our clock - theirs) seen
+        self.offset: float | None = None  # the least (our clock - theirs) seen
         self.moved: tuple[Any, Any] = (None, None)
         self.moved_at = 0.0
 
@@ -112,9 +112,9 @@ class ParentClock:
 
 
 def pull(peers: Peers, objects: list[RemoteObject], layouts: dict[str, Layout], root: Path,
-         manifest: Manifest, log: Log, server: Optional[int] = None,
-         ask_every: Optional[Callable[[RemoteObject], Optional[Layout]]] = None,
-         encrypted: Optional[Callable[[RemoteObject], bool]] = None) -> list[RemoteObject]:
+         manifest: Manifest, log: Log, server: int | None = None,
+         ask_every: Callable[[RemoteObject], Layout | None] | None = None,
+         encrypted: Callable[[RemoteObject], bool] | None = None) -> list[RemoteObject]:
     """Fetches ``objects`` from this node's parent (or node ``server``), verifying each
     against the listing (plain MD5, or multipart with its parts in ``layouts``);
     returns those that must come from the store instead. A body whose sum differs has
@@ -158,7 +158,7 @@ def pull(peers: Peers, objects: list[RemoteObject], layouts: dict[str, Layout], 
     return failed
 
 
-def _connect(address: str, port: int, log: Log) -> Optional[socket.socket]:
+def _connect(address: str, port: int, log: Log) -> socket.socket | None:
     """The connection to the parent, retried for CONNECT_WINDOW (its process may start
     later than ours); None when it never answered."""
     deadline = time.monotonic() + CONNECT_WINDOW
@@ -177,8 +177,8 @@ def _connect(address: str, port: int, log: Log) -> Optional[socket.socket]:
 
 def _receive(wire: Wire, pending: list[RemoteObject], layouts: dict[str, Layout],
              root: Path, manifest: Manifest,
-             ask_every: Optional[Callable[[RemoteObject], Optional[Layout]]] = None,
-             encrypted: Optional[Callable[[RemoteObject], bool]] = None
+             ask_every: Callable[[RemoteObject], Layout | None] | None = None,
+             encrypted: Callable[[RemoteObject], bool] | None = None
              ) -> list[RemoteObject]:
     """Asks for ``pending`` in batches and keeps each file that verifies; returns the
     ones the parent said it does not have. Raises on anything else, and when a bound
@@ -249,7 +249,7 @@ def _receive(wire: Wire, pending: list[RemoteObject], layouts: dict[str, Layout]
 
 
 def _matches_asked_again(obj: RemoteObject, tmp: Path, layouts: dict[str, Layout],
-                         ask_every: Optional[Callable[[RemoteObject], Optional[Layout]]],
+                         ask_every: Callable[[RemoteObject], Layout | None] | None,
                          seen: int) -> bool:
     """A whole body that did not match parts that may be the equal-parts guess: checked
     again against each part's length from the store (which then replaces the guess)."""

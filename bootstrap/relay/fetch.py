@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING
 
 from ..errors import DownloadError
 from ..transfer.download import Stats
@@ -47,14 +47,14 @@ def fetch_with_peers(location: Location, dest: Path, settings: Transfer, peers: 
             server.close()  # a failed listing: the children find no parent, use the store
 
 
-def open_relay(peers: Peers, log: Log) -> Optional[RelayServer]:
+def open_relay(peers: Peers, log: Log) -> RelayServer | None:
     """This node's relay server, listening, when it has children in the tree."""
     return open_server(peers, log)
 
 
 def download_with_peers(source: Remote, objects: list[RemoteObject], folders: list[str],
                         dest: Path, manifest: AnnouncingManifest, peers: Peers,
-                        server: Optional[RelayServer], log: Log,
+                        server: RelayServer | None, log: Log,
                         label: str = "fetch") -> Stats:
     """``objects`` into ``dest``: from the parent what it can give and the listing can
     verify, the rest from the store, while ``server`` (from :func:`open_relay`) serves

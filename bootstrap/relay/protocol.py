@@ -47,12 +47,12 @@ alone. Contract (each point is tested):
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Optional
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from ..cluster import auth, ports
 from ..config.settings import PEER_FETCH_NODES
 from ..errors import ConfigError
-from ..records import frozen
 
 if TYPE_CHECKING:
     from ..config.location import Location
@@ -80,7 +80,7 @@ MIN_FILES_PER_S = 20.0
 PACE_WINDOW = 5.0
 
 
-def parent(rank: int) -> Optional[int]:
+def parent(rank: int) -> int | None:
     return None if rank == 0 else (rank - 1) // FAN_OUT
 
 
@@ -93,19 +93,19 @@ def port_of(base: int, rank: int, protocol: str) -> int:
     return base + len(PROTOCOLS) * rank + PROTOCOLS.index(protocol)
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class Peers:
     """Where this node sits in the job's relay tree for one protocol, and its key."""
 
     rank: int
     hosts: tuple[str, ...]  # by rank
     ports: tuple[int, ...]  # by rank: where each node serves this protocol
-    key: bytes
+    key: bytes = field(repr=False)  # the job's HMAC key: never in a log line
     protocol: str
     wait: float  # seconds at most a parent waits for children still taking files
 
 
-def port_conflict(base: int, cluster: Cluster, ephemeral: tuple[int, int]) -> Optional[str]:
+def port_conflict(base: int, cluster: Cluster, ephemeral: tuple[int, int]) -> str | None:
     """Why the job's relay ports (every node's code, data and outputs port, three a
     node) cannot be used, or None (the rule: :mod:`bootstrap.cluster.ports`)."""
     wanted = [(port_of(base, r, p), r) for r in range(cluster.size) for p in PROTOCOLS]
@@ -113,7 +113,7 @@ def port_conflict(base: int, cluster: Cluster, ephemeral: tuple[int, int]) -> Op
     return found.replace(" go past", " (three a node) go past") if found else None
 
 
-def plan(settings: Settings, url: Location, protocol: str, log: Log) -> Optional[Peers]:
+def plan(settings: Settings, url: Location, protocol: str, log: Log) -> Peers | None:
     """This node's place in the relay tree, when peer-assisted fetch applies
     (BOOTSTRAP_PEER_FETCH): a remote tree, several nodes, static keys every node shares
     (the proofs are derived from them) and ports clear of the job's others; else None,

@@ -10,7 +10,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any
 
 from ..cluster import auth
 from ..cluster.wire import Wire, hang_up
@@ -40,7 +40,7 @@ class Held:
         self._cond = threading.Condition()
         self.closed = False  # no more files will land here
         self.landed_bytes = 0
-        self.live_bytes: Optional[Callable[[], int]] = None  # the download's running count
+        self.live_bytes: Callable[[], int] | None = None  # the download's running count
 
     def add(self, rel: str, size: int = 0) -> None:
         with self._cond:
@@ -95,7 +95,7 @@ class RelayServer(threading.Thread):
                  wait: float, log: Log) -> None:
         super().__init__(daemon=True, name="relay-server")
         self.key, self.protocol, self.rank = key, protocol, rank
-        self.root: Optional[Path] = None
+        self.root: Path | None = None
         self.listing: Mapping[str, int] = {}
         self.held = Held()
         self.expect = frozenset(expect)  # children's ranks
@@ -188,7 +188,7 @@ class RelayServer(threading.Thread):
 
     def _serve(self, conn: socket.socket, peer: Any) -> None:
         wire = Wire(conn)
-        rank: Optional[int] = None
+        rank: int | None = None
         try:
             try:
                 rank = auth.accept(wire, self.key, self.protocol, self.rank, self.expect,
@@ -296,7 +296,7 @@ class RelayServer(threading.Thread):
                 self._all_done.set()
 
 
-def open_server(peers: Peers, log: Log) -> Optional[RelayServer]:
+def open_server(peers: Peers, log: Log) -> RelayServer | None:
     """This node's server for its children, listening (the tree comes later, by
     :meth:`RelayServer.offer`); None when it has no children or the port cannot open:
     the children then find no parent, or something that is not their parent, and use

@@ -17,8 +17,8 @@ times), each time in new containers, with the same job id and the same
 from __future__ import annotations
 
 import threading
+from typing import TYPE_CHECKING
 
-TYPE_CHECKING = False
 if TYPE_CHECKING:
     from .evidence import Evidence
 

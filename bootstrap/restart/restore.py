@@ -26,13 +26,14 @@ from __future__ import annotations
 
 import contextlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..config.location import Location
 from ..config.settings import Outputs, Transfer
 from ..errors import DownloadError
 from ..log import Log
-from ..records import frozen, mutable
 from ..storage.signed import SignedClient
 from ..transfer import keys
 from ..transfer.fetch import Remote, remote
@@ -40,13 +41,12 @@ from ..transfer.listing import RemoteObject, keys_under, list_objects
 from ..transfer.manifest import Manifest
 from ..transfer.upload import OWNER_NAME, SyncState
 
-TYPE_CHECKING = False
 if TYPE_CHECKING:
     from ..relay.protocol import Peers
     from ..relay.server import RelayServer
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class Tree:
     """One node's outputs as the store lists them, to be restored."""
 
@@ -55,7 +55,7 @@ class Tree:
     folders: tuple[str, ...]
 
 
-@mutable
+@dataclass(slots=True)
 class Restored:
     """What a restore brought back: files and bytes, how many from a peer."""
 

@@ -15,15 +15,11 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import location as loc
 from ..errors import UsageError
-from ..records import frozen
-
-TYPE_CHECKING = False  # not typing's own: importing typing costs start-up time (bench/README.md)
-if TYPE_CHECKING:
-    from typing import Optional
 
 # Where the platform has put code directories: its documented original layout and the
 # ma-user one. A file named under either is looked for in this job's directory too.
@@ -34,7 +30,7 @@ _INTERPRETER = re.compile(r"^(python(\d+(\.\d+)?)?|bash|sh|dash|zsh|ksh)$")
 _SHELL_SYNTAX = re.compile(r"[\s;&|<>`$(){}*?~]")
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class Command:
     """The user's command as it will be executed: the argv, and its form (``file``: interpreter
     and script, ``raw``: a program, ``shell``: a line for ``sh -c``)."""
@@ -43,7 +39,7 @@ class Command:
     form: str  # "file" | "raw" | "shell"
 
     @property
-    def file(self) -> Optional[str]:
+    def file(self) -> str | None:
         return self.argv[1] if self.form == "file" else None
 
 
@@ -76,8 +72,8 @@ def parse(argv: Sequence[str]) -> Command:
     return Command(tuple(argv), "raw")
 
 
-def resolve(command: Command, code_dir: Optional[Path], cwd: Path,
-            code_location: Optional[loc.Location], job_dir: Path) -> tuple[str, ...]:
+def resolve(command: Command, code_dir: Path | None, cwd: Path,
+            code_location: loc.Location | None, job_dir: Path) -> tuple[str, ...]:
     """The argv to exec: the file form's file made absolute, the shell form wrapped."""
     if command.form == "shell":
         return ("/bin/sh", "-c", command.argv[0])
@@ -88,8 +84,8 @@ def resolve(command: Command, code_dir: Optional[Path], cwd: Path,
     return (command.argv[0], str(path), *command.argv[2:])
 
 
-def _find_file(given: str, code_dir: Optional[Path], cwd: Path,
-               code_location: Optional[loc.Location], job_dir: Path) -> Path:
+def _find_file(given: str, code_dir: Path | None, cwd: Path,
+               code_location: loc.Location | None, job_dir: Path) -> Path:
     if "://" in given:
         relative = loc.key_inside(code_location, given) if code_location else None
         if relative is None or code_dir is None:

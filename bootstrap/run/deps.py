@@ -13,19 +13,18 @@ import os
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import DependencyInstallFailed
 from ..log import Log
 from .launch import on_path
 
-TYPE_CHECKING = False  # not typing's own: importing typing costs start-up time (bench/README.md)
 if TYPE_CHECKING:
-    from typing import Optional
 
     from ..config.settings import PipInstall
 
 
-def requirements_file(code_dir: Path, mode: PipInstall) -> Optional[Path]:
+def requirements_file(code_dir: Path, mode: PipInstall) -> Path | None:
     """The file to install: pip-requirements.txt, or with mode "on" requirements.txt
     too; None when there is none or installing is off."""
     if mode == "off":

@@ -28,11 +28,10 @@ from __future__ import annotations
 
 import re
 import signal
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 from ..errors import BootstrapError
-from ..records import frozen
 
 _EXCEPTION = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Interrupt|Exit|Warning)|"
                         r"[A-Za-z_][\w.]*\.[A-Z]\w*): (.*)$")
@@ -45,7 +44,7 @@ _COLLECTIVE = re.compile(r"torch/distributed|all_reduce|allreduce|all_gather|bar
                          r"broadcast|ProcessGroup|nccl|gloo", re.I)
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class Diagnosis:
     """Why a run failed, in one line, whether the user's code or the infrastructure is to
     blame, and the evidence (the log line or signal) it rests on."""
@@ -55,7 +54,7 @@ class Diagnosis:
     evidence: str
 
 
-def classify(exit_code: int, died_by: Optional[int], stderr_tail: str, *, hang: bool = False,
+def classify(exit_code: int, died_by: int | None, stderr_tail: str, *, hang: bool = False,
              stacks: str = "", hang_where: str = "", oom_kills: int = 0,
              sent_by_us: bool = False, xids: str = "") -> Diagnosis:
     """The diagnosis of one failed run (``exit_code`` != 0)."""
@@ -90,7 +89,7 @@ def before_start(error: BootstrapError) -> Diagnosis:
     return Diagnosis(error.reason, error.category, error.message)
 
 
-def _last(lines: list[str], pattern: re.Pattern[str]) -> Optional[str]:
+def _last(lines: list[str], pattern: re.Pattern[str]) -> str | None:
     return next((ln for ln in reversed(lines) if pattern.search(ln)), None)
 
 

@@ -22,17 +22,17 @@ import os
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..config.settings import ACTIVE_MARKER
 from ..errors import CommandNotExecutable, CommandNotFound
 
-TYPE_CHECKING = False  # not typing's own: importing typing costs start-up time (bench/README.md)
 if TYPE_CHECKING:
-    from typing import NoReturn, Optional
+    from typing import NoReturn
 
 
 def user_environment(env: Mapping[str, str], home: Path, job_dir: Path, cache_dir: Path,
-                     code_dir: Optional[Path], exports: Mapping[str, str]) -> dict[str, str]:
+                     code_dir: Path | None, exports: Mapping[str, str]) -> dict[str, str]:
     """The command's environment: ours passed through (but for the job secret and, as
     the original script did, ``KUBERNETES_*``), plus the original script's variables,
     the code directory first on PYTHONPATH, TMPDIR on the node's SSD when the user set
@@ -60,7 +60,7 @@ def user_environment(env: Mapping[str, str], home: Path, job_dir: Path, cache_di
     return out
 
 
-def on_path(name: str, env: Mapping[str, str], mode: int) -> Optional[str]:
+def on_path(name: str, env: Mapping[str, str], mode: int) -> str | None:
     """The first file called ``name`` on the command's PATH that ``mode`` allows (a name
     with a ``/`` is that file alone): ``shutil.which``'s search, without importing shutil
     (its compression modules cost ~13 ms of every job's start-up, measured)."""
@@ -76,7 +76,7 @@ def on_path(name: str, env: Mapping[str, str], mode: int) -> Optional[str]:
 def find_program(name: str, env: Mapping[str, str]) -> str:
     """Resolves argv[0] like a shell would, with the shell's exit codes for failures."""
     if "/" in name:
-        path: Optional[str] = name
+        path: str | None = name
         if not os.path.exists(name):
             path = None
     else:
@@ -93,8 +93,8 @@ def find_program(name: str, env: Mapping[str, str]) -> str:
     return path
 
 
-def exec_command(argv: Sequence[str], env: Mapping[str, str], cwd: Optional[Path],
-                 umask: Optional[int] = None) -> NoReturn:
+def exec_command(argv: Sequence[str], env: Mapping[str, str], cwd: Path | None,
+                 umask: int | None = None) -> NoReturn:
     program = find_program(argv[0], env)
     if cwd is not None:
         os.chdir(cwd)

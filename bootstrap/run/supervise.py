@@ -39,12 +39,12 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Optional
+from typing import IO, TYPE_CHECKING, Any
 
 from ..errors import BootstrapError
 from ..log import Log
-from ..records import frozen
 from . import leftovers
 from .diagnose import Diagnosis, before_start, classify, oom_kills
 from .logfile import CappedLog
@@ -59,20 +59,20 @@ PR_SET_CHILD_SUBREAPER = 36
 STDERR_TAIL_BYTES = 16 * 1024
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class Outcome:
     """How the command ended: exit code or signal, whether it needed a SIGKILL after the grace
     period, the stderr tail, and what the watchdog and the OOM counter saw."""
 
     exit_code: int
-    signal: Optional[int]  # the signal that ended the command, if any
+    signal: int | None  # the signal that ended the command, if any
     killed_after_grace: bool
     seconds: float
     stderr_tail: str
     hang: bool = False  # the watchdog found no progress (and, with "stop", ended it)
     hang_where: str = ""
     stacks: str = ""
-    stacks_file: Optional[str] = None
+    stacks_file: str | None = None
     oom_kills: int = 0  # OOM kills in our memory cgroup during the run
     xids: str = ""  # Xid events NVML reported during the run ("Xid 79 on GPU 0")
 
@@ -107,9 +107,9 @@ class _Tee(threading.Thread):
     redraw with \\r are not held back until a newline), and to the log file whole
     lines at a time, so stdout and stderr lines never interleave mid-line there."""
 
-    def __init__(self, pipe: IO[bytes], out: IO[bytes], logfile: Optional[CappedLog],
+    def __init__(self, pipe: IO[bytes], out: IO[bytes], logfile: CappedLog | None,
                  keep_tail: bool,
-                 on_data: Optional[Callable[[], None]] = None) -> None:
+                 on_data: Callable[[], None] | None = None) -> None:
         super().__init__(daemon=True)
         self.pipe, self.out, self.logfile = pipe, out, logfile
         self.on_data = on_data
@@ -159,9 +159,9 @@ class _Tee(threading.Thread):
 
 
 class Supervisor:
-    def __init__(self, argv: Sequence[str], env: Mapping[str, str], cwd: Optional[Path],
-                 grace: float, log: Log, log_path: Optional[Path], umask: int = -1,
-                 watchdog: Optional[Watchdog] = None, nvml_module: Optional[str] = None,
+    def __init__(self, argv: Sequence[str], env: Mapping[str, str], cwd: Path | None,
+                 grace: float, log: Log, log_path: Path | None, umask: int = -1,
+                 watchdog: Watchdog | None = None, nvml_module: str | None = None,
                  log_max: int = 0, detached: str = "wait",
                  keep: frozenset[int] = frozenset()) -> None:
         self.argv, self.env, self.cwd, self.umask = list(argv), dict(env), cwd, umask
@@ -172,9 +172,9 @@ class Supervisor:
         self.nvml_module = nvml_module  # watch Xid events when the node has GPUs
         if watchdog is not None:
             watchdog.stop_command = self._stop_hung
-        self.child: Optional[subprocess.Popen[bytes]] = None
+        self.child: subprocess.Popen[bytes] | None = None
         self.killed_after_grace = False
-        self._grace_timer: Optional[threading.Timer] = None
+        self._grace_timer: threading.Timer | None = None
 
     def _forward(self, signum: int, frame: Any) -> None:
         child = self.child
@@ -330,7 +330,7 @@ def _read(path: Path) -> str:
 
 
 def write_failure_record(path: Path, outcome: Outcome, task_index: str, log: Log,
-                         exit_code: Optional[int] = None) -> None:
+                         exit_code: int | None = None) -> None:
     """Written once: an existing record (the first failure of the job) is never replaced."""
     found = outcome.diagnosis()
     _write_record(path, {

@@ -27,7 +27,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from ..log import Log
@@ -57,15 +57,15 @@ class Watchdog(threading.Thread):
     output tees, the rest it checks itself every few seconds."""
 
     def __init__(self, seconds: float, action: str, heartbeat: Path,
-                 output_dir: Optional[Path], stacks_dir: Path, stacks_file: Path, log: Log,
+                 output_dir: Path | None, stacks_dir: Path, stacks_file: Path, log: Log,
                  stop_command: Callable[[], None],
-                 remote: Optional[Callable[[], str]] = None) -> None:
+                 remote: Callable[[], str] | None = None) -> None:
         super().__init__(daemon=True, name="hang-watchdog")
         self.seconds, self.action = seconds, action
         self.heartbeat, self.output_dir = heartbeat, output_dir
         self.stacks_dir, self.stacks_file = stacks_dir, stacks_file
         self.log, self.stop_command, self.remote = log, stop_command, remote
-        self.sid: Optional[int] = None
+        self.sid: int | None = None
         self.hangs = 0
         self.summary = ""  # the one line naming the stuck process and frames
         self._last = time.monotonic()
@@ -182,7 +182,7 @@ def innermost(stacks: str, depth: int = 3) -> str:
     return " <- ".join(frames[:depth])
 
 
-def _tree_state(root: Optional[Path]) -> tuple[int, int, int]:
+def _tree_state(root: Path | None) -> tuple[int, int, int]:
     """Files, bytes and the newest mtime under ``root``: any change is progress."""
     if root is None:
         return (0, 0, 0)

@@ -22,40 +22,39 @@ into reused buffers on threads).
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Protocol
 
 from ..config.storage import Credentials
 from ..errors import ConfigError
 from .errors import StorageError
 from .tls import own_certificate_in_bundle
 
-TYPE_CHECKING = False  # not typing's own: importing typing costs start-up time (bench/README.md)
 if TYPE_CHECKING:
-    from typing import Optional, Protocol
-
     from ..config.settings import Transfer
     from ..log import Log
 
-    # The one storage interface, for the checker: the stores are duck-typed at run time
-    # (a Protocol class would import typing on every fetch's start).
-    class Store(Protocol):
-        backend: str  # for logs: "native (obstore 0.12.1)", "boto3 1.40.0"
 
-        async def get(self, key: str, size: int) -> memoryview:
-            """The whole object, whose listed size is ``size`` (> 0)."""
+class Store(Protocol):
+    """The one storage interface: the native and the boto3 stores are checked against it."""
 
-        async def put(self, key: str, data: bytes, md5: bytes) -> str:
-            """One PUT; returns the ETag the store reports (without quotes)."""
+    backend: str  # for logs: "native (obstore 0.12.1)", "boto3 1.40.0"
 
-        async def put_parts(self, key: str, parts: AsyncIterator[tuple[bytes, bytes]],
-                            part_size: int, concurrency: int) -> str:
-            """A multipart upload of ``(part, its MD5)`` in order; completed, or aborted on
-            any failure (no dangling upload); returns the final ETag."""
+    async def get(self, key: str, size: int) -> memoryview:
+        """The whole object, whose listed size is ``size`` (> 0)."""
 
-        async def delete(self, key: str) -> None:
-            """Removes one object (absent is fine: S3 answers 204 either way)."""
+    async def put(self, key: str, data: bytes, md5: bytes) -> str:
+        """One PUT; returns the ETag the store reports (without quotes)."""
 
-        def close(self) -> None:
-            """Releases connections and threads."""
+    async def put_parts(self, key: str, parts: AsyncIterator[tuple[bytes, bytes]],
+                        part_size: int, concurrency: int) -> str:
+        """A multipart upload of ``(part, its MD5)`` in order; completed, or aborted on
+        any failure (no dangling upload); returns the final ETag."""
+
+    async def delete(self, key: str) -> None:
+        """Removes one object (absent is fine: S3 answers 204 either way)."""
+
+    def close(self) -> None:
+        """Releases connections and threads."""
 
 
 def credentials(transfer: Transfer) -> Credentials:
@@ -74,7 +73,7 @@ def credentials(transfer: Transfer) -> Credentials:
 
 
 def open_store(transfer: Transfer, creds: Credentials, bucket: str,
-               log: Optional[Log] = None) -> Store:
+               log: Log | None = None) -> Store:
     """The store for ``bucket`` on the backend BOOTSTRAP_S3_BACKEND picks (``auto``:
     native when obstore imports, unless the endpoint's certificate is one the native
     core cannot verify: see :mod:`.tls`; ``log`` hears that reason)."""

@@ -27,7 +27,7 @@ import asyncio
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 import obstore
@@ -108,7 +108,7 @@ class NativeStore:
 
         self.backend = f"native (obstore {obstore.__version__})"
         self._bucket = bucket
-        self._signed: Optional[SignedClient] = None  # made on the first delete
+        self._signed: SignedClient | None = None  # made on the first delete
         self._signed_args = (endpoint, creds, settings.connect_timeout, settings.read_timeout)
         self._ranges = True  # False once the server answered a range with the whole object
         url = endpoint_url(endpoint, bucket)
@@ -163,7 +163,7 @@ class NativeStore:
         # system's CA bundle (~11 ms here), and most jobs only download. Its settings are
         # the first store's, which were just accepted.
         self._multipart_args = (bucket, config, client, conversation)
-        self._multipart: Optional[S3Store] = None
+        self._multipart: S3Store | None = None
 
     async def get(self, key: str, size: int) -> memoryview:
         if self._ranges:

@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from ..backoff import jittered, uniform
 from .errors import StorageError, TransientError
 
-TYPE_CHECKING = False  # not typing's own: importing typing costs start-up time (bench/README.md)
 if TYPE_CHECKING:
-    from typing import Optional, TypeVar
+    from typing import TypeVar
 
     T = TypeVar("T")
 
@@ -47,7 +47,7 @@ def is_retryable(exc: BaseException) -> bool:
     return False
 
 
-def is_throttling(exc: Optional[BaseException]) -> bool:
+def is_throttling(exc: BaseException | None) -> bool:
     """SlowDown and friends: the server is fine, just busy; patience is the cure."""
     return isinstance(exc, StorageError) and exc.kind == "http" and (
         exc.code in THROTTLE_CODES or exc.status in (429, 503))
@@ -74,7 +74,7 @@ class Policy:
         self.started = clock()
         self.tried = 0
 
-    def wait(self, exc: BaseException) -> Optional[float]:
+    def wait(self, exc: BaseException) -> float | None:
         self.tried += 1
         if not is_retryable(exc):
             return None
@@ -89,7 +89,7 @@ class Policy:
 
 
 def call(fn: Callable[[], T], attempts: int, deadline: float,
-         on_retry: Optional[Callable[[BaseException], None]] = None,
+         on_retry: Callable[[BaseException], None] | None = None,
          sleep: Callable[[float], object] = time.sleep) -> T:
     """``fn`` until it returns, or the policy gives up (its last failure re-raised);
     ``sleep`` waits between tries (a stop event's ``wait``, so a stopping run does not
@@ -108,7 +108,7 @@ def call(fn: Callable[[], T], attempts: int, deadline: float,
 
 
 async def call_async(fn: Callable[[], Awaitable[T]], attempts: int, deadline: float,
-                     on_retry: Optional[Callable[[BaseException], None]] = None) -> T:
+                     on_retry: Callable[[BaseException], None] | None = None) -> T:
     import asyncio
 
     policy = Policy(attempts, deadline)

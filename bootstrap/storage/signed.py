@@ -30,6 +30,7 @@ import ssl
 import threading
 import time
 from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
 from urllib.parse import quote, urlsplit
 from xml.parsers import expat
 
@@ -37,9 +38,8 @@ from ..config.storage import Credentials, Endpoint
 from .errors import StorageError
 from .tls import system_cafile
 
-TYPE_CHECKING = False  # not typing's own: importing typing costs start-up time (bench/README.md)
 if TYPE_CHECKING:
-    from typing import Any, Optional
+    from typing import Any
 
     # Writes all of a chunk at its offset in the destination (the caller's file: how
     # it serializes writers of one file is its business, see transfer.download).
@@ -79,10 +79,10 @@ class SignedClient:
         self.creds = creds
         self.connect_timeout, self.read_timeout = connect_timeout, read_timeout
         self._local = threading.local()
-        self._tls: Optional[ssl.SSLContext] = None
+        self._tls: ssl.SSLContext | None = None
 
     def _connect(self, host: str) -> http.client.HTTPConnection:
-        conn: Optional[http.client.HTTPConnection] = getattr(self._local, "conn", None)
+        conn: http.client.HTTPConnection | None = getattr(self._local, "conn", None)
         if conn is not None and conn.host == host:
             return conn
         if self.https:
@@ -196,7 +196,7 @@ class SignedClient:
         resp.read()
 
     def part_length(self, bucket: str, key: str,
-                    number: int = 1) -> tuple[int, Optional[int]]:
+                    number: int = 1) -> tuple[int, int | None]:
         """HeadObject of part ``number``: its length and the parts count the store
         reports (None where it does not: a store that ignores ``partNumber`` answers for
         the whole object, which the caller's check against the ETag's count refuses)."""
@@ -221,7 +221,7 @@ class SignedClient:
         return found, resp.getheader("Server") or ""
 
     def page(self, bucket: str, prefix: str,
-             token: Optional[str]) -> tuple[list[tuple[str, int, str]], Optional[str]]:
+             token: str | None) -> tuple[list[tuple[str, int, str]], str | None]:
         """One page: its ``(key, size, etag without quotes)`` and the next token (None:
         the listing is complete)."""
         query = {"list-type": "2", "prefix": prefix, "max-keys": "1000"}
@@ -251,7 +251,7 @@ class SignedClient:
 
     def read_range_into(self, bucket: str, key: str, start: int, end: int,
                         write_at: WriteAt, buf: memoryview, stop: Callable[[], bool],
-                        digest: Any = None, wrote: Optional[Callable[[int], None]] = None) -> int:
+                        digest: Any = None, wrote: Callable[[int], None] | None = None) -> int:
         """Bytes ``[start, end)`` of ``key`` handed to ``write_at`` with their offsets,
         read into ``buf`` (no allocation per chunk: the kernel copies once into it, once
         out to the page cache), and fed to ``digest`` (a hashlib object) from ``buf`` on
@@ -296,7 +296,7 @@ class SignedClient:
 
     def _pour(self, resp: http.client.HTTPResponse, write_at: WriteAt, buf: memoryview,
               start: int, end: int, stop: Callable[[], bool], digest: Any,
-              wrote: Optional[Callable[[int], None]]) -> int:
+              wrote: Callable[[int], None] | None) -> int:
         """``resp``'s body to ``write_at`` from ``start``, up to ``end`` or its end."""
         offset = start
         try:

@@ -16,16 +16,12 @@ import re
 from pathlib import Path
 from urllib.parse import urlsplit
 
-TYPE_CHECKING = False  # not typing's own: importing typing costs start-up time (bench/README.md)
-if TYPE_CHECKING:
-    from typing import Optional
-
 # Text, compiled on first use (re caches it): only a job with a CA bundle needs it.
 _PEM = r"(?s)-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----"
 
 
 @functools.lru_cache(maxsize=8)
-def own_certificate_in_bundle(url: str, ca_bundle: str, timeout: float) -> Optional[str]:
+def own_certificate_in_bundle(url: str, ca_bundle: str, timeout: float) -> str | None:
     """Why the native core would refuse ``url`` under ``ca_bundle`` (the server presents,
     as its own certificate, one of the bundle's: a self-signed leaf), or None. A server
     that cannot be reached or is not trusted at all gives None here: the transfer itself
@@ -68,7 +64,7 @@ CA_FILES = (
 
 
 @functools.lru_cache(maxsize=1)
-def system_cafile(root: str = "/") -> Optional[str]:
+def system_cafile(root: str = "/") -> str | None:
     """The system's CA bundle when this interpreter's OpenSSL would not find one by
     itself (its compiled-in paths hold none), else None: then its defaults stand."""
     import os

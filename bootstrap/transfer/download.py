@@ -60,12 +60,13 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..config.location import Location
 from ..errors import DownloadError
 from ..log import Log
-from ..records import field, mutable
 from ..storage import retry
 from ..storage.errors import StorageError, TransientError
 from .listing import RemoteObject
@@ -83,9 +84,8 @@ from .verify import (
     truer_parts,
 )
 
-TYPE_CHECKING = False  # not typing's own: importing typing costs start-up time (bench/README.md)
 if TYPE_CHECKING:
-    from typing import Any, Optional
+    from typing import Any
 
     from ..config.settings import Transfer
     from ..storage.base import Store
@@ -108,7 +108,7 @@ ASK = -1  # a work item's start and end that mean: ask the store for the object'
 ASKERS = 32  # threads asking the store why a sum differs, for the event loop's objects
 
 
-@mutable
+@dataclass(slots=True)
 class Stats:
     """What one fetch did, counted as it goes: files and bytes fetched, unchanged files
     skipped, retries, files a peer passed on, files checked by size only."""
@@ -138,7 +138,7 @@ class Stats:
                 + (f", via {self.backend}" if self.backend else ""))
 
 
-@mutable
+@dataclass(slots=True)
 class _Segment:
     """One stretch of a large object hashed on its own: a part of a multipart object,
     or the whole object for a plain MD5. Ranges finish out of order; whichever range
@@ -160,7 +160,7 @@ class _Segment:
         return self.digest is None or self.hashed == self.end
 
 
-@mutable
+@dataclass(slots=True)
 class _Landed:
     """How far one range has landed: where its next attempt starts."""
 
@@ -170,7 +170,7 @@ class _Landed:
         self.offset += length
 
 
-@mutable
+@dataclass(slots=True)
 class _LargeFile:
     """One object fetched as ranges: its temporary file and its segments' sums."""
 
@@ -178,7 +178,7 @@ class _LargeFile:
     remaining: int
     segments: list[_Segment]
     attempt: int = 0  # how many whole fetches of it failed verification before this one
-    tmp: Optional[str] = None  # created by the first range to start
+    tmp: str | None = None  # created by the first range to start
     finished: bool = False
     streamed: bool = False  # the server cannot do ranges: fetched whole instead
     failed: bool = False
@@ -203,12 +203,12 @@ class Engine:
 
     def __init__(self, open_store: Callable[[], Store], ranges: SignedClient,
                  location: Location, dest: Path, settings: Transfer, log: Log,
-                 manifest: Manifest, stats: Optional[Stats] = None,
-                 layouts: Optional[Mapping[str, Layout]] = None,
-                 ask_parts: Optional[Callable[[RemoteObject, bool], Optional[Layout]]] = None,
-                 encrypted: Optional[Callable[[RemoteObject], bool]] = None) -> None:
+                 manifest: Manifest, stats: Stats | None = None,
+                 layouts: Mapping[str, Layout] | None = None,
+                 ask_parts: Callable[[RemoteObject, bool], Layout | None] | None = None,
+                 encrypted: Callable[[RemoteObject], bool] | None = None) -> None:
         self._open_store = open_store
-        self._store: Optional[Store] = None
+        self._store: Store | None = None
         self.ranges = ranges  # ranged GETs of large objects (threads, reused buffers)
         self.location = location
         self.dest = dest
@@ -228,7 +228,7 @@ class Engine:
         self._ask_encrypted = encrypted
         self._encrypted: dict[str, bool] = {}
         self._encrypted_count = 0
-        self._asking_pool: Optional[Any] = None  # see _askers
+        self._asking_pool: Any | None = None  # see _askers
         self._asking = 0  # asks not yet answered: threads without work wait for them
         self._late_unverified = 0  # objects found checkable by size only once asked
         self.dirs = SafeDirs(dest)
@@ -482,7 +482,7 @@ class Engine:
         objects, when ``smalls``) until none is left or the run stops. A thread that
         reads a range does it through its own reused buffer, made when it first needs it
         (a thread of small objects only needs none)."""
-        buf: Optional[memoryview] = None
+        buf: memoryview | None = None
         while not self._stop.is_set():
             with self._lock:
                 work = obj = None
@@ -647,7 +647,7 @@ class Engine:
         if finish:
             self._finish_large(state)
 
-    def _parts_asked_again(self, obj: RemoteObject) -> Optional[Layout]:
+    def _parts_asked_again(self, obj: RemoteObject) -> Layout | None:
         """A multipart body did not match ``obj``'s known parts, which may be the
         equal-parts guess from part 1 alone (see :func:`~.verify.guessed`): every part's
         length is asked of the store, once an object. Returns the store's answer when it
@@ -894,7 +894,7 @@ class _SumDiffers(TransientError):
     store explains it: see :meth:`Engine._explained`)."""
 
 
-def _verify(obj: RemoteObject, data: memoryview, parts: Optional[Layout]) -> None:
+def _verify(obj: RemoteObject, data: memoryview, parts: Layout | None) -> None:
     """A whole body in memory against the listing; raises TransientError (retried)."""
     if len(data) != obj.size:
         raise TransientError(f"{obj.key!r}: received {len(data)} bytes but the listing says "
@@ -913,7 +913,7 @@ def _matches(obj: RemoteObject, data: memoryview, parts: Layout) -> bool:
                           for s, e in boundaries(parts)])
 
 
-def _mismatch(obj: RemoteObject, size: int, segments: list[_Segment]) -> Optional[str]:
+def _mismatch(obj: RemoteObject, size: int, segments: list[_Segment]) -> str | None:
     """Why a large object's hashed segments do not match its listing, or None."""
     if size != obj.size:
         return f"{size} bytes, not the listed {obj.size}"

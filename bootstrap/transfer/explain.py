@@ -11,13 +11,14 @@ tells them apart).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from ..config.location import Location
 from ..errors import DownloadError, TransferError, UploadError
 from ..storage.errors import StorageError, TransientError
 
-TYPE_CHECKING = False  # not typing's own: importing typing costs start-up time (bench/README.md)
 if TYPE_CHECKING:
-    from typing import Literal, Optional
+    from typing import Literal
 
     Direction = Literal["download", "upload"]
 
@@ -92,6 +93,6 @@ def _storage(exc: StorageError, location: Location, where: str) -> str:
             f"{location.url}: {_short(exc.message)}")
 
 
-def _short(text: Optional[str]) -> str:
+def _short(text: str | None) -> str:
     first = (text or "").strip().splitlines()
     return first[0][:300] if first else "(no detail)"

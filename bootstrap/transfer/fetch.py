@@ -15,6 +15,7 @@ from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..config.location import Location
 from ..errors import BootstrapError, DownloadError
@@ -29,9 +30,7 @@ from .loop import run_threads
 from .manifest import Manifest
 from .verify import Layout, etag_is_not_its_md5, layout
 
-TYPE_CHECKING = False  # not typing's own: importing typing costs start-up time (bench/README.md)
 if TYPE_CHECKING:
-    from typing import Optional
 
     from ..config.settings import Transfer
     from ..config.storage import Credentials
@@ -89,8 +88,8 @@ class Remote:
 
     def download(self, objects: list[RemoteObject], folders: list[str], dest: Path,
                  manifest: Manifest, log: Log, label: str = "fetch",
-                 stats: Optional[Stats] = None,
-                 layouts: Optional[dict[str, Layout]] = None) -> Stats:
+                 stats: Stats | None = None,
+                 layouts: dict[str, Layout] | None = None) -> Stats:
         """Fetches ``objects`` into ``dest``, skipping those ``manifest`` vouches for,
         each verified against its ETag (``layouts``: multipart objects' parts already
         known; the rest are asked for: a whole object's before the fetch, as its body is
@@ -111,7 +110,7 @@ class Remote:
         manifest.open_for_append()
         return engine.run()
 
-    def parts_of(self, obj: RemoteObject, every: bool = False) -> Optional[Layout]:
+    def parts_of(self, obj: RemoteObject, every: bool = False) -> Layout | None:
         """``obj``'s parts, asked of the store (retried; ``every``: each part's length,
         see :func:`~.verify.layout`); None when it cannot answer for them: the size is
         then all there is to check. Any thread."""

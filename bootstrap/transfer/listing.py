@@ -10,16 +10,15 @@ listing of a URL that names an object says so ("names a file, not a folder").
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ..config.location import Location
 from ..errors import DownloadError
-from ..records import frozen
 from ..storage import retry
 from .paths import relative_path
 
-TYPE_CHECKING = False  # not typing's own: importing typing costs start-up time (bench/README.md)
 if TYPE_CHECKING:
-    from typing import Optional
 
     from ..config.settings import Transfer
     from ..storage.signed import SignedClient
@@ -28,7 +27,7 @@ _PLAIN_MD5 = re.compile(r"^[0-9a-f]{32}$")
 _MULTIPART = re.compile(r"^[0-9a-f]{32}-([1-9][0-9]{0,4})$")
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class RemoteObject:
     """One object of a listed prefix: its key, its path relative to the prefix, its size and
     ETag (without quotes), what the download checks it against."""
@@ -39,12 +38,12 @@ class RemoteObject:
     etag: str  # without quotes
 
     @property
-    def md5(self) -> Optional[str]:
+    def md5(self) -> str | None:
         """The expected MD5 when the ETag is one (not a multipart or encrypted ETag)."""
         return self.etag if _PLAIN_MD5.match(self.etag) else None
 
     @property
-    def parts(self) -> Optional[int]:
+    def parts(self) -> int | None:
         """The part count of a multipart ETag (MD5 of the parts' MD5s, ``-N``), else None."""
         found = _MULTIPART.match(self.etag)
         return int(found.group(1)) if found else None
@@ -58,7 +57,7 @@ def list_objects(lister: SignedClient, location: Location, settings: Transfer,
     objects: list[RemoteObject] = []
     files: set[str] = set()
     folders: set[str] = set()
-    token: Optional[str] = None
+    token: str | None = None
     seen_tokens: set[str] = set()
     while True:
         items, token = retry.call(
@@ -107,7 +106,7 @@ def list_objects(lister: SignedClient, location: Location, settings: Transfer,
 
 
 def named_object(lister: SignedClient, location: Location,
-                 settings: Transfer) -> Optional[RemoteObject]:
+                 settings: Transfer) -> RemoteObject | None:
     """The object whose key is the location's prefix without its final "/", when one
     exists: ``s3://b/new/train.py`` names a file, not a folder (a common slip)."""
     key = location.prefix.rstrip("/")
@@ -126,7 +125,7 @@ def keys_under(lister: SignedClient, bucket: str, prefix: str,
     """Every ``(key, size, etag)`` under ``prefix``, as stored (the bootstrap's own
     records: no relative-path checks); a listing that repeats its token is refused."""
     found: list[tuple[str, int, str]] = []
-    token: Optional[str] = None
+    token: str | None = None
     seen: set[str] = set()
     while True:
         items, token = retry.call(lambda t=token: lister.page(bucket, prefix, t),  # type: ignore[misc]

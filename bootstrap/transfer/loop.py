@@ -20,12 +20,12 @@ import signal
 import threading
 import time
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from ..errors import STOP_SIGNALS, Terminated
 
-TYPE_CHECKING = False  # not typing's own: importing typing costs start-up time (bench/README.md)
 if TYPE_CHECKING:
-    from typing import Any, Optional
+    from typing import Any
 
 
 class ByteBudget:
@@ -35,7 +35,7 @@ class ByteBudget:
 
     def __init__(self, limit: int) -> None:
         self.limit, self.used = limit, 0
-        self._freed: Optional[Any] = None  # an asyncio.Event while someone waits
+        self._freed: Any | None = None  # an asyncio.Event while someone waits
 
     async def acquire(self, n: int) -> None:
         while not (self.used == 0 or self.used + n <= self.limit):
@@ -114,7 +114,7 @@ def run_stoppable(main: Any) -> None:
 
 
 def run_threads(count: int, worker: Callable[[], None], stop: threading.Event,
-                tick: Optional[Callable[[], None]] = None, every: float = 5.0) -> None:
+                tick: Callable[[], None] | None = None, every: float = 5.0) -> None:
     """Runs ``count`` threads of ``worker`` (each takes work until none is left, or until
     ``stop`` is set: it must look between chunks) to the end, calling ``tick`` every
     ``every`` seconds meanwhile. The first failure sets ``stop`` and is raised once every

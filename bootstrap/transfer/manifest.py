@@ -14,12 +14,12 @@ import json
 import os
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .. import atomic
 
-TYPE_CHECKING = False  # not typing's own: importing typing costs start-up time (bench/README.md)
 if TYPE_CHECKING:
-    from typing import Optional, TextIO
+    from typing import TextIO
 
 
 class Manifest:
@@ -30,7 +30,7 @@ class Manifest:
         self.source = source
         self._entries: dict[str, tuple[int, str, int]] = {}
         self._lock = threading.Lock()
-        self._fh: Optional[TextIO] = None
+        self._fh: TextIO | None = None
         self._load()
 
     def _load(self) -> None:

@@ -17,14 +17,10 @@ from pathlib import Path
 
 from ..errors import DownloadError
 
-TYPE_CHECKING = False  # not typing's own: importing typing costs start-up time (bench/README.md)
-if TYPE_CHECKING:
-    from typing import Optional
-
 NAME_MAX = 255  # bytes per path component on ext4/xfs/overlayfs
 
 
-def relative_path(key: str, prefix: str) -> Optional[tuple[str, bool]]:
+def relative_path(key: str, prefix: str) -> tuple[str, bool] | None:
     """``(relative path, is_folder)`` for a key under ``prefix``; None for the prefix itself.
 
     Raises DownloadError for a key that could escape the destination or cannot be

@@ -31,15 +31,15 @@ import re
 import time
 from collections import deque
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any
 
 from .. import atomic
 from ..config.location import Location
 from ..config.settings import Transfer
 from ..errors import BootstrapError
 from ..log import Log
-from ..records import field, mutable
 from ..storage import retry
 from ..storage.base import credentials, open_store
 from ..storage.errors import TransientError
@@ -67,7 +67,7 @@ UPLOAD_MEMORY_SHARE = 4  # uploads run beside the training: a quarter of the bud
 _ETAG = re.compile(r"^[0-9a-f]{32}(-\d+)?$")
 
 
-@mutable
+@dataclass(slots=True)
 class SyncState:
     """What the store holds of the outputs: ``done``, ``rel -> (size, mtime_ns, etag)``,
     uploaded to (or restored from) this node's own destination, whose ETags make the
@@ -75,12 +75,12 @@ class SyncState:
     brought back from another node's tree (node 0's checkpoint on node 1), not sent
     again while unchanged and not this node's to list. Persisted beside the outputs."""
 
-    path: Optional[Path] = None
+    path: Path | None = None
     done: dict[str, tuple[int, int, str]] = field(default_factory=dict)
     restored: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     @classmethod
-    def load(cls, path: Optional[Path]) -> SyncState:
+    def load(cls, path: Path | None) -> SyncState:
         state = cls(path=path)
         if path is not None:
             try:
@@ -103,7 +103,7 @@ class SyncState:
         atomic.write_text(self.path, json.dumps({"done": self.done, "restored": self.restored}))
 
 
-@mutable
+@dataclass(slots=True)
 class UploadStats:
     """What one upload pass did: files and bytes sent, unchanged files left alone, files
     skipped while still being written, retries."""
@@ -134,7 +134,7 @@ class Uploader:
     """Uploads files to one destination through one store, on the running loop."""
 
     def __init__(self, store: Store, dest: Location, settings: Transfer,
-                 stats: UploadStats, journal: Optional[str] = None, large_files: int = 1) -> None:
+                 stats: UploadStats, journal: str | None = None, large_files: int = 1) -> None:
         self.store, self.dest, self.settings, self.stats = store, dest, settings, stats
         self.journal = journal  # where multipart uploads in flight are noted (outputs)
         self.large_files = large_files  # how many files of this batch go as multipart
@@ -268,8 +268,8 @@ def _transfer(dest: Location, settings: Transfer, work: Any) -> None:
 
 
 def sync_tree(src: Path, dest: Location, settings: Transfer, log: Log,
-              state: Optional[SyncState] = None, settle: float = 0.0,
-              journal: Optional[str] = None) -> UploadStats:
+              state: SyncState | None = None, settle: float = 0.0,
+              journal: str | None = None) -> UploadStats:
     """Uploads the files of ``src`` that changed since ``state`` recorded them;
     ``journal`` (a key prefix) notes multipart uploads in flight there."""
     state = state or SyncState()
@@ -346,7 +346,7 @@ def put_objects(dest: Location, settings: Transfer, items: dict[str, bytes | Pat
 
 
 def begin_outputs(dest: Location, settings: Transfer, journal: str, log: Log,
-                  owner: Optional[bytes] = None) -> int:
+                  owner: bytes | None = None) -> int:
     """The first duty of an output sync: withdraw the previous run's completion
     manifest (a reader must never trust it while this run writes), say which job writes
     here now (``owner``, the journal's ``owner.json``: what a restarted job's restore

@@ -28,10 +28,10 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
-TYPE_CHECKING = False  # not typing's own: importing typing costs start-up time (bench/README.md)
 if TYPE_CHECKING:
-    from typing import Any, Optional
+    from typing import Any
 
     from .listing import RemoteObject
 
@@ -39,7 +39,7 @@ Layout = tuple[int, ...]  # the parts' lengths, in order
 MAX_HEADS = 100  # uneven parts: at most this many HEADs for one object
 
 
-def uniform(size: int, parts: int, first: int, reported: Optional[int]) -> Optional[Layout]:
+def uniform(size: int, parts: int, first: int, reported: int | None) -> Layout | None:
     """The layout when ``first`` (part 1's length, from the store) splits ``size`` bytes
     into the ETag's ``parts`` equal parts, the last one shorter; else None."""
     if reported not in (None, parts) or first <= 0 or \
@@ -48,8 +48,8 @@ def uniform(size: int, parts: int, first: int, reported: Optional[int]) -> Optio
     return (first,) * (parts - 1) + (size - first * (parts - 1),)
 
 
-def layout(obj: RemoteObject, part_length: Callable[[int], tuple[int, Optional[int]]],
-           every: bool = False) -> Optional[Layout]:
+def layout(obj: RemoteObject, part_length: Callable[[int], tuple[int, int | None]],
+           every: bool = False) -> Layout | None:
     """``obj``'s parts, from ``part_length(k)`` (HeadObject ``partNumber=k``: its length
     and the count the store reports); None when the store cannot say (it ignores
     ``partNumber``, or the lengths do not add up to the listed size). ``every``: each
@@ -72,8 +72,8 @@ def guessed(parts: Layout) -> bool:
     return len(parts) >= 3 and len(set(parts[:-1])) == 1
 
 
-def truer_parts(obj: RemoteObject, parts: Optional[Layout],
-                ask_every: Callable[[RemoteObject], Optional[Layout]]) -> Optional[Layout]:
+def truer_parts(obj: RemoteObject, parts: Layout | None,
+                ask_every: Callable[[RemoteObject], Layout | None]) -> Layout | None:
     """For a body that did not match ``parts``: when they may be the equal-parts guess
     (see :func:`guessed`), every part's length asked (``ask_every``: :func:`layout` with
     ``every``); the store's answer when it differs from the guess, else None (the
@@ -144,7 +144,7 @@ def etag_is_not_its_md5(encryption: str, server: str) -> bool:
     return encryption.upper() != "AES256" or server.upper().startswith("OBS")
 
 
-def checkable(obj: RemoteObject, parts: Optional[Layout]) -> bool:
+def checkable(obj: RemoteObject, parts: Layout | None) -> bool:
     return obj.md5 is not None or parts is not None
 
 
@@ -153,7 +153,7 @@ class Verifier:
     stream is cut: the MD5 (a plain ETag, ``parts`` None) or the parts' MD5s cut at the
     lengths in ``parts`` (a multipart ETag)."""
 
-    def __init__(self, obj: RemoteObject, parts: Optional[Layout]) -> None:
+    def __init__(self, obj: RemoteObject, parts: Layout | None) -> None:
         self.obj = obj
         self.parts = list(parts) if parts is not None else None
         self._part: Any = hashlib.md5(usedforsecurity=False)

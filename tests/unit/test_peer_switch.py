@@ -22,7 +22,7 @@ KEYS = {"AWS_ACCESS_KEY_ID": "AKEXAMPLE", "AWS_SECRET_ACCESS_KEY": "s3cr3t-examp
 
 
 def peers_for(tmp_path: Path, nodes: int, url: str = "s3://bucket/code/",
-              kind: str = "relay-code", **env: str) -> tuple[Optional[Peers], str]:
+              kind: str = "relay-code", **env: str) -> tuple[Peers | None, str]:
     hosts = {f"BATCH_CUSTOM{j}_HOSTS": f"node-{j}:29500" for j in range(nodes)}
     full = {"BOOTSTRAP_VOLCANO_DIR": "/nonexistent-volcano", "BOOTSTRAP_HOME": str(tmp_path),
             "DLS_TASK_INDEX": str(min(1, nodes - 1)), "DLS_TASK_NUMBER": str(nodes), **hosts,
