@@ -13,7 +13,8 @@ import re
 import sys
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -109,6 +110,24 @@ class Log:
             f"stage {name}: {seconds:.1f} s"
         self._emit("info", f"{text}{' (' + detail + ')' if detail else ''}",
                    {"stage": name, "seconds": round(seconds, 4), **fields})
+
+    @contextmanager
+    def timed(self, name: str) -> Iterator[Timing]:
+        """``with log.timed(NAME) as t:`` says ``stage NAME: N ms (t.detail)`` at the end,
+        with ``t.fields`` as JSON fields beside ``stage`` and ``seconds`` (not when the
+        stage raises: its error is the story then)."""
+        timing = Timing()
+        started = time.monotonic()
+        yield timing
+        self.stage(name, time.monotonic() - started, timing.detail, **timing.fields)
+
+
+class Timing:
+    """What a timed stage says at its end: a detail for the text line, fields for JSON."""
+
+    def __init__(self) -> None:
+        self.detail = ""
+        self.fields: dict[str, Any] = {}
 
 
 SCRUB_CHUNK = 256 << 10  # a block where a secret-like word appears is scanned by a regex

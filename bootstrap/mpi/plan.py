@@ -41,13 +41,25 @@ def port_conflict(base: int, cluster: Cluster, relay_base: int,
                   ephemeral: tuple[int, int]) -> str | None:
     """Why the agents' ports (nodes 1..N-1) cannot be used, or None (the rule:
     :mod:`bootstrap.cluster.ports`, the relay's ports counted as taken)."""
+    return ports.conflict([(port_of(base, r), r) for r in range(1, cluster.size)],
+                          ports_held(cluster, relay_base), ephemeral)
+
+
+def ports_held(cluster: Cluster, relay_base: int, agent_base: int | None = None,
+               ) -> dict[int, str]:
+    """The ports the job holds, each with what it is: MASTER_PORT, the host list's, the
+    relay's and, given their base, the launch agents' (a mode on the agents, Ray, must
+    keep clear of them all)."""
     taken = ports.taken_by_the_job(cluster)
     for r in range(cluster.size):
         for protocol in relay.PROTOCOLS:
             taken.setdefault(relay.port_of(relay_base, r, protocol),
                              f"node {r}'s relay port (BOOTSTRAP_RELAY_PORT)")
-    return ports.conflict([(port_of(base, r), r) for r in range(1, cluster.size)], taken,
-                          ephemeral)
+    if agent_base is not None:
+        for r in range(1, cluster.size):
+            taken.setdefault(port_of(agent_base, r),
+                             f"node {r}'s launch agent port (BOOTSTRAP_AGENT_PORT)")
+    return taken
 
 
 def agent_for(cluster: Cluster, host: str) -> int | None:

@@ -26,7 +26,8 @@ LAZY_STAGES = ("bootstrap.transfer.fetch", "bootstrap.transfer.download",
                "bootstrap.storage.native", "bootstrap.storage.boto", "bootstrap.mpi.agent",
                "bootstrap.mpi.channel", "bootstrap.restart.attempts", "bootstrap.restart.restore",
                "bootstrap.restart.evidence", "bootstrap.rayjob.plan", "bootstrap.rayjob.cluster",
-               "bootstrap.run.leftovers", "psutil", "cryptography")
+               "bootstrap.run.leftovers", "bootstrap.mpi.mode", "bootstrap.rayjob.mode",
+               "psutil", "cryptography")
 
 
 def loaded_by(module: str) -> list[str]:
@@ -76,12 +77,17 @@ def test_a_job_without_a_download_loads_nothing_heavy_up_to_its_exec(tmp_path: P
 
 
 # Where a module may import a sibling of its own package inside a function: the
-# entry points and the job's story load the stages a run needs, and the store opens
-# the one backend a job uses. Anywhere else a sibling is imported at the top.
+# entry points, the job's story and its stages (the cluster's, the run's, the launch
+# modes') load the parts a run needs, and the store opens the one backend a job uses.
+# Anywhere else a sibling is imported at the top.
 LAZY_SIBLINGS: dict[str, frozenset[str]] = {
     "bootstrap/__main__.py": frozenset({"job", "commands", "config", "version"}),
     "bootstrap/job.py": frozenset({"run", "transfer", "relay", "data", "cluster", "mpi",
                                    "restart", "rayjob"}),
+    "bootstrap/cluster/stage.py": frozenset({"peers", "ipoib", "barrier", "network"}),
+    "bootstrap/run/stage.py": frozenset({"supervise", "watchdog", "rounds"}),
+    "bootstrap/mpi/mode.py": frozenset({"agent", "install", "launcher"}),
+    "bootstrap/rayjob/mode.py": frozenset({"cluster"}),
     "bootstrap/storage/base.py": frozenset({"native", "boto"}),
 }
 
