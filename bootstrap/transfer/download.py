@@ -24,26 +24,24 @@ Contract (each point is tested):
   neither (a store that does not answer for parts) leaves the size alone to check, and
   the fetch says how many objects that was (``unverified``). Objects smaller than the
   multipart threshold are one GET each, verified in memory before a byte is written.
-  Larger ones are split into byte ranges (at most ``RANGE_STREAMS`` at once, on
-  threads, read into reused buffers: measured faster than the native library's
-  streams), aligned to the object's parts,
-  written in place with ``pwrite`` (one writer a file at a time, at most WRITE_SLICE a
-  call), the objects' ranges taken in turn; each part (the whole object, for a plain MD5) is
-  hashed in order as its contiguous prefix grows, parts in parallel: a range that
-  starts at its part's hashed prefix is hashed from its buffer as it arrives, a later
-  one read back from the page cache once the prefix reaches it. A range cut short (a
-  reset, a stall, a short body) is asked again from the byte it reached, its sum
-  continued. A body that does not match is fetched again whole, up to the retry
-  attempts, and never lands.
-  A range answer is accepted when its Content-Range is the one asked for, whatever its
-  2xx status (``rclone serve s3`` answers 200); a server that ignores
-  Range has its large objects streamed whole instead, never written at the wrong
-  offsets.
-* Every file lands under a hidden temporary name beside its destination and is
-  renamed into place only once verified. A killed or failed run never leaves a
-  truncated file under a final name; temporaries of a killed run are swept by the
-  next one. SIGTERM/SIGINT/SIGHUP stop the transfers, remove the temporaries and
-  surface as :class:`~bootstrap.errors.Terminated`.
+  Larger ones are split into byte ranges (at most ``RANGE_STREAMS`` at once, on threads,
+  read into reused buffers: measured faster than the native library's streams), aligned to
+  the object's parts, written in place with ``pwrite`` (one writer a file at a time, in
+  :func:`bootstrap.landing.write_all`'s slices), the objects' ranges taken in turn; each
+  part (the whole object, for a plain MD5) is hashed in order as its contiguous prefix
+  grows, parts in parallel: a range that starts at its part's hashed prefix is hashed from
+  its buffer as it arrives, a later one read back from the page cache once the prefix
+  reaches it. A range cut short (a reset, a stall, a short body) is asked again from the
+  byte it reached, its sum continued. A body that does not match is fetched again whole,
+  up to the retry attempts, and never lands. A range answer is accepted when its
+  Content-Range is the one asked for, whatever its 2xx status (``rclone serve s3`` answers
+  200); a server that ignores Range has its large objects streamed whole instead, never
+  written at the wrong offsets.
+* Every file lands under a hidden temporary name beside its destination and is renamed
+  into place only once verified (:mod:`bootstrap.landing`). A killed or failed run never
+  leaves a truncated file under a final name; temporaries of a killed run are swept by the
+  next one. SIGTERM/SIGINT/SIGHUP stop the transfers, remove the temporaries and surface
+  as :class:`~bootstrap.errors.Terminated`.
 * Transient failures are retried (:mod:`bootstrap.storage.retry`); anything else
   becomes a :class:`DownloadError` with one line saying what to fix (exit 127).
 * A rerun skips files whose size and ETag match the manifest.
@@ -52,7 +50,6 @@ Contract (each point is tested):
 from __future__ import annotations
 
 import bisect
-import contextlib
 import hashlib
 import itertools
 import os
@@ -64,6 +61,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .. import landing
 from ..config.location import Location
 from ..errors import DownloadError
 from ..log import Log
@@ -102,8 +100,6 @@ CHUNK = 1 << 20  # each range thread's buffer
 # page reporting, as on the benchmark machine) large folios come from memory the host
 # must fault in again: writing 1 GiB took 0.2-2.5 s in 1 MiB writes, 0.19-0.24 s in
 # 128 KiB ones (6-8 runs a size, order drawn at random; bench/README.md).
-WRITE_SLICE = 128 * 1024
-TMP_SUFFIX = ".bootstrap-tmp"
 ASK = -1  # a work item's start and end that mean: ask the store for the object's parts
 ASKERS = 32  # threads asking the store why a sum differs, for the event loop's objects
 
@@ -238,8 +234,6 @@ class Engine:
         self._temps: set[str] = set()  # every temporary that may exist: removed on the way out
         self._can_range = True
         self._dest = str(dest)
-        self._serials = itertools.count(1)  # next() is atomic: temporaries' names, any thread
-        self._tag = os.urandom(4).hex()  # not secrets: it imports random, hmac, base64
         self._lock = threading.Lock()  # the shared state the threads change: stats, segments
         self._more = threading.Condition(self._lock)  # ranges were added (parts answered)
         self._stop = threading.Event()  # set on the way out: threads stop at their next chunk
@@ -416,9 +410,7 @@ class Engine:
     def _temp_name(self, obj: RemoteObject) -> str:
         """A hidden temporary name beside ``obj``'s destination, known to the cleanup
         before anything is created under it."""
-        parent = obj.rel.rpartition("/")[0]
-        tmp = os.path.join(self._dest, parent,
-                           f".{next(self._serials):x}-{self._tag}{TMP_SUFFIX}")
+        tmp = landing.temporary(os.path.join(self._dest, obj.rel.rpartition("/")[0]))
         self._temps.add(tmp)
         return tmp
 
@@ -431,19 +423,14 @@ class Engine:
 
     def _drop_temp(self, tmp: str) -> None:
         self._temps.discard(tmp)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+        landing.discard(tmp)
 
     def _commit(self, obj: RemoteObject, tmp: str) -> None:
         final = self.dest / obj.rel
-        os.chmod(tmp, 0o644)
         try:
-            os.replace(tmp, final)  # rename(2) replaces a symlink, never follows it
-        except IsADirectoryError:
-            self._drop_temp(tmp)
-            raise DownloadError(f"{final} is a folder but the bucket holds a file of that "
-                                "name; remove it and rerun") from None
-        self._temps.discard(tmp)
+            landing.commit(tmp, final)
+        finally:
+            self._temps.discard(tmp)  # landed, or removed by the failed commit
         self.manifest.record(obj.rel, obj.size, obj.etag, final)
         self._count(files=1)
 
@@ -464,16 +451,12 @@ class Engine:
         self.dirs.ensure(obj.rel.rpartition("/")[0])
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
-            _pwrite_all(fd, data, 0)
+            landing.write_all(fd, data)
             os.fchmod(fd, 0o644)
         finally:
             os.close(fd)
         final = os.path.join(self._dest, obj.rel)
-        try:
-            os.replace(tmp, final)  # rename(2) replaces a symlink, never follows it
-        except IsADirectoryError:
-            raise DownloadError(f"{final} is a folder but the bucket holds a file of that "
-                                "name; remove it and rerun") from None
+        landing.commit(tmp, final, mode=None)
         self.manifest.record(obj.rel, obj.size, obj.etag, Path(final))
 
     # -- the threads: ranges, and a few whole objects
@@ -869,7 +852,7 @@ class Engine:
             elif not self.stats.backend:
                 self.stats.backend = "signed GETs"
             self.stats.seconds = time.monotonic() - started
-        self._sweep_stale_temps()
+        landing.sweep(self.dest)  # what a killed run left (SIGKILL cannot clean up)
         if self._encrypted_count:
             self.log.info(f"{self.label}: {self._encrypted_count} object(s) are encrypted by the "
                           "store (server-side encryption): their ETags are not MD5s, so they "
@@ -879,14 +862,6 @@ class Engine:
                           "by size only: the store gave no parts for their ETag (a store "
                           "that ignores partNumber)")
         return self.stats
-
-    def _sweep_stale_temps(self) -> None:
-        """Removes temporaries left by a run that was killed (SIGKILL cannot clean up)."""
-        for folder, _, names in os.walk(self.dest):
-            for name in names:
-                if name.endswith(TMP_SUFFIX):
-                    with contextlib.suppress(OSError):
-                        os.unlink(os.path.join(folder, name))
 
 
 class _SumDiffers(TransientError):
@@ -927,16 +902,9 @@ def _mismatch(obj: RemoteObject, size: int, segments: list[_Segment]) -> str | N
     return f"the parts' MD5s do not make the ETag {obj.etag}"
 
 
-def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
-    """All of ``data`` at ``offset`` in ``fd``, at most WRITE_SLICE a call."""
-    while data:
-        written = os.pwrite(fd, data[:WRITE_SLICE], offset)
-        data, offset = data[written:], offset + written
-
-
 def _writer(fd: int, lock: threading.Lock) -> Callable[[memoryview, int], None]:
     """Writes a whole chunk at its offset in ``fd``, holding ``lock`` (one a file)."""
     def write_at(data: memoryview, offset: int) -> None:
         with lock:
-            _pwrite_all(fd, data, offset)
+            landing.write_all(fd, data, offset)
     return write_at
