@@ -100,7 +100,6 @@ CHUNK = 1 << 20  # each range thread's buffer
 # page reporting, as on the benchmark machine) large folios come from memory the host
 # must fault in again: writing 1 GiB took 0.2-2.5 s in 1 MiB writes, 0.19-0.24 s in
 # 128 KiB ones (6-8 runs a size, order drawn at random; bench/README.md).
-ASK = -1  # a work item's start and end that mean: ask the store for the object's parts
 ASKERS = 32  # threads asking the store why a sum differs, for the event loop's objects
 
 
@@ -191,6 +190,26 @@ class _LargeFile:
         return self.segments[bisect.bisect_right(starts, offset) - 1]
 
 
+@dataclass(frozen=True, slots=True)
+class _Range:
+    """Work for a range thread: bytes ``[start, end)`` of a large object."""
+
+    state: _LargeFile
+    start: int
+    end: int
+
+
+@dataclass(frozen=True, slots=True)
+class _AskParts:
+    """Work for a range thread: ask the store for a large object's parts (the rest of its
+    ranges are planned from the answer: :meth:`Engine._learn_parts`)."""
+
+    state: _LargeFile
+
+
+_Work = _Range | _AskParts
+
+
 class Engine:
     """Runs the planned transfers; see the module's contract. Large objects' ranges run
     on threads, always (:func:`~.loop.run_threads`); whole objects on one event loop in
@@ -229,7 +248,7 @@ class Engine:
         self._late_unverified = 0  # objects found checkable by size only once asked
         self.dirs = SafeDirs(dest)
         self.stats = stats if stats is not None else Stats()
-        self._ranges: deque[tuple[_LargeFile, int, int]] = deque()
+        self._ranges: deque[_Work] = deque()
         self._smalls: deque[RemoteObject] = deque()
         self._temps: set[str] = set()  # every temporary that may exist: removed on the way out
         self._can_range = True
@@ -252,7 +271,7 @@ class Engine:
 
     # -- planning
     def plan(self, objects: list[RemoteObject], folders: list[str]) -> None:
-        large: list[list[tuple[_LargeFile, int, int]]] = []
+        large: list[list[_Work]] = []
         for obj in objects:
             self.stats.total_files += 1
             self.stats.total_bytes += obj.size
@@ -286,7 +305,7 @@ class Engine:
                 and obj.rel not in self.layouts and obj.rel not in self._asked)
 
     def _plan_large(self, obj: RemoteObject,
-                    attempt: int = 0) -> list[tuple[_LargeFile, int, int]]:
+                    attempt: int = 0) -> list[_Work]:
         """``obj``'s ranges, cut at its parts' boundaries so each range feeds one
         segment's sum."""
         if self._will_ask(obj):
@@ -299,9 +318,9 @@ class Engine:
         state = _LargeFile(obj, remaining=len(cuts), attempt=attempt, segments=[
             _Segment(start, end, hashlib.md5(usedforsecurity=False) if hashed else None)
             for start, end in spans])
-        return [(state, s, e) for s, e in cuts]
+        return [_Range(state, s, e) for s, e in cuts]
 
-    def _plan_ahead(self, obj: RemoteObject) -> list[tuple[_LargeFile, int, int]]:
+    def _plan_ahead(self, obj: RemoteObject) -> list[_Work]:
         """A multipart object whose parts are not known yet: the store is asked for them
         (HeadObject ``partNumber``, a round trip) while the object's first range is
         already under way, so that round trip is off the fetch's critical path. The first
@@ -316,7 +335,7 @@ class Engine:
         lead = min(self.settings.range_size, -(-obj.size // obj.parts))
         state = _LargeFile(obj, remaining=2, asking=True, lead=lead, segments=[
             _Segment(0, obj.size, hashlib.md5(usedforsecurity=False))])
-        return [(state, ASK, ASK), (state, 0, lead)]
+        return [_AskParts(state), _Range(state, 0, lead)]
 
     def _learn_parts(self, state: _LargeFile) -> None:
         """Asks the store for ``state``'s parts, then cuts its segments and plans the
@@ -345,7 +364,7 @@ class Engine:
             cuts = [(s, min(s + size, end)) for start, end in spans
                     for s in range(max(start, lead), end, size)]
             state.remaining += len(cuts) - 1  # the ask is answered
-            self._ranges.extend((state, s, e) for s, e in cuts)
+            self._ranges.extend(_Range(state, s, e) for s, e in cuts)
             touched = self._split_first(state) if lead > first.end else [first]
         for seg in touched:
             self._advance(state, seg)
@@ -379,8 +398,9 @@ class Engine:
     def _range_threads(self) -> int:
         """Threads for the ranges: one a range, at most RANGE_STREAMS, counting those
         an object whose parts are still asked for will have once they are known."""
-        later = sum(-(-state.obj.size // self.settings.range_size) + (state.obj.parts or 0)
-                    for state, start, _ in self._ranges if start == ASK)
+        later = sum(-(-work.state.obj.size // self.settings.range_size)
+                    + (work.state.obj.parts or 0)
+                    for work in self._ranges if isinstance(work, _AskParts))
         return min(RANGE_STREAMS, len(self._ranges) + later)
 
     def _threaded(self) -> bool:
@@ -481,7 +501,10 @@ class Engine:
                 if buf is None:
                     buf = memoryview(bytearray(CHUNK))
                 try:
-                    self._fetch_range(*work, buf)
+                    if isinstance(work, _AskParts):
+                        self._learn_parts(work.state)
+                    else:
+                        self._fetch_range(work.state, work.start, work.end, buf)
                 finally:
                     with self._lock:
                         self._ranging -= 1
@@ -513,9 +536,6 @@ class Engine:
             self._count(files=1)
 
     def _fetch_range(self, state: _LargeFile, start: int, end: int, buf: memoryview) -> None:
-        if start == ASK:
-            self._learn_parts(state)
-            return
         if state.failed or state.streamed:
             return
         if not self._can_range:
