@@ -50,7 +50,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .. import atomic
+from .. import landing
 from ..config.platform import Cluster
 
 if TYPE_CHECKING:
@@ -177,11 +177,11 @@ def write_files(topology: Topology, job_dir: Path) -> dict[str, Path]:
     job_dir.mkdir(parents=True, exist_ok=True)
     files = {"BOOTSTRAP_HOSTFILE": job_dir / "hostfile",
              "BOOTSTRAP_CLUSTER_FILE": job_dir / "cluster.json"}
-    atomic.write_text(files["BOOTSTRAP_HOSTFILE"], topology.hostfile())
-    atomic.write_text(files["BOOTSTRAP_CLUSTER_FILE"],
+    landing.write_text(files["BOOTSTRAP_HOSTFILE"], topology.hostfile())
+    landing.write_text(files["BOOTSTRAP_CLUSTER_FILE"],
                       json.dumps(topology.describe(), indent=2) + "\n")
     ib_map = topology.ib_map()
     if ib_map is not None:
         files["BOOTSTRAP_IB_MAP_FILE"] = job_dir / "ib_map.json"
-        atomic.write_text(files["BOOTSTRAP_IB_MAP_FILE"], json.dumps(ib_map, indent=2) + "\n")
+        landing.write_text(files["BOOTSTRAP_IB_MAP_FILE"], json.dumps(ib_map, indent=2) + "\n")
     return files

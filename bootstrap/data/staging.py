@@ -46,12 +46,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .. import atomic
+from .. import landing
 from ..config import location as locations
 from ..errors import DownloadError, NoSpaceForData
 from ..relay.fetch import download_with_peers, open_relay, serve_only
 from ..relay.server import AnnouncingManifest, Held
-from ..transfer.download import TMP_SUFFIX, Stats
+from ..transfer.download import Stats
 from ..transfer.fetch import manifest_path, remote
 from ..transfer.listing import RemoteObject, list_objects, named_object
 from ..transfer.manifest import Manifest
@@ -140,13 +140,13 @@ def stage(settings: Staging, transfer: Transfer, rank: int, nodes: int, log: Log
             reused = False
         share_file = history / f"{version.name}.share"
         if not reused:
-            atomic.write_text(share_file, "".join(f"{o.rel}\n" for o in mine), mode=0o644)
-            atomic.write_text(history / f"{version.name}.complete",
+            landing.write_text(share_file, "".join(f"{o.rel}\n" for o in mine), mode=0o644)
+            landing.write_text(history / f"{version.name}.complete",
                               json.dumps({"source": source.url, "shard": spec,
                                           "files": len(mine)}) + "\n", mode=0o644)
         target = version / single.rel if single is not None else version
         if not reused:
-            versions.switch(root / name, target)
+            landing.switch(root / name, target)
         hold = versions.hold(history / f"{version.name}.hold")
         versions.collect(history, keep=version, log=log)
     return Staged(target, share_file, stats, reused, hold)
@@ -316,16 +316,15 @@ def _copy_local(objects: list[RemoteObject], folders: list[str], version: Path,
 
     def copy(obj: RemoteObject) -> None:
         dest = version / obj.rel
-        tmp = dest.with_name(f".{dest.name}.{os.getpid()}{TMP_SUFFIX}")
+        tmp = landing.temporary(dest.parent)
         try:
             shutil.copyfile(obj.key, tmp)
             if os.path.getsize(tmp) != obj.size:
                 raise DownloadError(f"{obj.key} changed while it was being staged; rerun")
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, dest)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
+        except BaseException:
+            landing.discard(tmp)
+            raise
+        landing.commit(tmp, dest)
         record.record(obj.rel, obj.size, obj.etag, dest)
 
     record.open_for_append()

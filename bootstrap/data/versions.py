@@ -12,10 +12,10 @@ Layout, for a data set named ``<name>`` (the URL's last component)::
 
 The rules: one source per name (:func:`claim`); a version is reused only when it is
 complete, this uid's and not writable by others (:func:`current`, :func:`trusted`); the
-symlink moves in one rename (:func:`switch`); a job holds its version for the command's
-life (:func:`hold`, inherited across exec); a version is deleted only when nobody holds
-it, and only this uid's (:func:`collect`). Folders are sticky and world-writable like
-/tmp, so containers of other uids stage beside each other.
+symlink moves in one rename (:func:`bootstrap.landing.switch`); a job holds its version
+for the command's life (:func:`hold`, inherited across exec); a version is deleted only
+when nobody holds it, and only this uid's (:func:`collect`). Folders are sticky and
+world-writable like /tmp, so containers of other uids stage beside each other.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from .. import atomic
+from .. import landing
 from ..errors import ConfigError, DownloadError
 from ..log import Log
 from ..transfer.fetch import manifest_path
@@ -58,7 +58,7 @@ def claim(identity: Path, url: str, spec: str, link: Path) -> None:
             raise ConfigError(f"BOOTSTRAP_DATA_DIR already holds {link}, which the bootstrap "
                               "did not stage; point BOOTSTRAP_DATA_DIR at another folder or "
                               "move it away") from None
-        atomic.write_text(identity, json.dumps(want) + "\n", mode=0o644)
+        landing.write_text(identity, json.dumps(want) + "\n", mode=0o644)
         return
     except (OSError, ValueError):
         held = {}
@@ -86,15 +86,6 @@ def trusted(version: Path) -> bool:
     except OSError:
         return False
     return st.st_uid == os.getuid() and not st.st_mode & 0o022 and stat.S_ISDIR(st.st_mode)
-
-
-def switch(link: Path, target: Path) -> None:
-    """Points ``link`` at ``target`` in one rename: a reader sees the old or the new."""
-    tmp = link.with_name(f".{link.name}.{os.getpid()}.link")
-    with contextlib.suppress(FileNotFoundError):
-        tmp.unlink()
-    os.symlink(target, tmp)
-    os.replace(tmp, link)
 
 
 def hold(path: Path) -> int:

@@ -1,5 +1,5 @@
 """The files MPI-style launch leaves in the job directory, and the variables that point
-at them (every file whole or absent, :mod:`bootstrap.atomic`)::
+at them (every file whole or absent, :mod:`bootstrap.landing`)::
 
     <job dir>/.bootstrap-mpi/hostfile        each host once: "host slots=N"
     <job dir>/.bootstrap-mpi/hostfile.mpich  the same as "host:N"
@@ -16,7 +16,7 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-from .. import atomic
+from .. import landing
 from ..config.platform import Cluster
 from . import plan as mpi
 
@@ -29,15 +29,15 @@ def install(job_dir: Path, p: mpi.Plan, cluster: Cluster, slots: Mapping[int, in
     bin_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(folder, 0o700)  # the key's folder: this user's only
     hostfile, mpich = folder / "hostfile", folder / "hostfile.mpich"
-    atomic.write_text(hostfile, mpi.hostfile(cluster, slots), mode=0o644)
-    atomic.write_text(mpich, mpi.mpich_hostfile(cluster, slots), mode=0o644)
+    landing.write_text(hostfile, mpi.hostfile(cluster, slots), mode=0o644)
+    landing.write_text(mpich, mpi.mpich_hostfile(cluster, slots), mode=0o644)
     config = folder / "client.json"
-    atomic.write_text(config, json.dumps(mpi.client_config(p, addresses)) + "\n", mode=0o600)
+    landing.write_text(config, json.dumps(mpi.client_config(p, addresses)) + "\n", mode=0o600)
     root = Path(__file__).resolve().parents[2]  # the folder holding the bootstrap package
     program = (f"import sys; sys.path.insert(0, {str(root)!r}); "
                "from bootstrap.mpi.ssh import main; main()")
     client = bin_dir / "ssh"
-    atomic.write_text(client, "#!/bin/sh\n"
+    landing.write_text(client, "#!/bin/sh\n"
                       "# This job's ssh (BOOTSTRAP_LAUNCH=mpi): it reaches the bootstrap's "
                       "launch agents, not sshd.\n"
                       f"exec {shlex.quote(sys.executable)} -E -s -c {shlex.quote(program)} "

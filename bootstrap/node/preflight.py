@@ -39,7 +39,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .. import atomic
+from .. import landing
 from ..config.settings import GB, PREFLIGHT_CHECKS, Preflight
 from . import gpu, resources
 from .gpu import Inventory
@@ -229,5 +229,5 @@ def run(pol: Preflight, job_dir: Path, ipoib_device: str) -> Report:
 def write(report: Report, job_dir: Path) -> Path:
     job_dir.mkdir(parents=True, exist_ok=True)
     path = job_dir / "preflight.json"
-    atomic.write_text(path, json.dumps(report.to_json(), indent=2) + "\n")
+    landing.write_text(path, json.dumps(report.to_json(), indent=2) + "\n")
     return path

@@ -26,7 +26,7 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from .. import atomic
+from .. import landing
 from ..errors import BarrierFailed, ConfigError
 from ..log import Log
 from .plan import Plan
@@ -65,7 +65,7 @@ def write_token(plan: Plan, job_dir: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     os.chmod(folder, 0o700)
     token = folder / "token"
-    atomic.write_text(token, plan.token + "\n", mode=0o600)
+    landing.write_text(token, plan.token + "\n", mode=0o600)
     return token
 
 

@@ -4,18 +4,15 @@ against the store's listing, and leaves the parent at the first bound it crosses
 
 from __future__ import annotations
 
-import contextlib
-import os
-import secrets
 import socket
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .. import landing
 from ..cluster import auth
 from ..cluster.wire import Wire, hang_up
-from ..transfer.download import TMP_SUFFIX, WRITE_SLICE
 from ..transfer.manifest import Manifest
 from ..transfer.paths import SafeDirs
 from ..transfer.verify import Layout, Verifier, file_matches, truer_parts
@@ -216,7 +213,7 @@ def _receive(wire: Wire, pending: list[RemoteObject], layouts: dict[str, Layout]
             if size != obj.size:
                 raise _Mismatch(obj, f"{size} bytes, not {obj.size}")
             dest = dirs.ensure(obj.rel.rpartition("/")[0]) / obj.rel.rpartition("/")[2]
-            tmp = dest.with_name(f".{dest.name}.{secrets.token_hex(4)}{TMP_SUFFIX}")
+            tmp = Path(landing.temporary(dest.parent))
             check = Verifier(obj, layouts.get(obj.rel))
             try:
                 with open(tmp, "wb") as out:
@@ -225,8 +222,8 @@ def _receive(wire: Wire, pending: list[RemoteObject], layouts: dict[str, Layout]
                         chunk = wire.chunk(min(CHUNK, left), time.monotonic() + SILENCE)
                         check.update(chunk)
                         view = memoryview(chunk)
-                        for at in range(0, len(view), WRITE_SLICE):  # see WRITE_SLICE
-                            out.write(view[at:at + WRITE_SLICE])
+                        for at in range(0, len(view), landing.WRITE_SLICE):  # see there
+                            out.write(view[at:at + landing.WRITE_SLICE])
                         left -= len(chunk)
                         pace.add(len(chunk))
                         if pace.slow():
@@ -236,11 +233,9 @@ def _receive(wire: Wire, pending: list[RemoteObject], layouts: dict[str, Layout]
                     if check.seen == obj.size and encrypted is not None and encrypted(obj):
                         raise _Encrypted(obj, check.why_not())
                     raise _Mismatch(obj, check.why_not())
-                os.chmod(tmp, 0o644)
-                os.replace(tmp, dest)  # verified: only now under its name
+                landing.commit(tmp, dest)  # verified: only now under its name
             finally:
-                with contextlib.suppress(FileNotFoundError):
-                    tmp.unlink()
+                landing.discard(tmp)
             manifest.record(obj.rel, obj.size, obj.etag, dest)
             pace.add(0, files=1)
             if pace.slow():

@@ -24,26 +24,24 @@ Contract (each point is tested):
   neither (a store that does not answer for parts) leaves the size alone to check, and
   the fetch says how many objects that was (``unverified``). Objects smaller than the
   multipart threshold are one GET each, verified in memory before a byte is written.
-  Larger ones are split into byte ranges (at most ``RANGE_STREAMS`` at once, on
-  threads, read into reused buffers: measured faster than the native library's
-  streams), aligned to the object's parts,
-  written in place with ``pwrite`` (one writer a file at a time, at most WRITE_SLICE a
-  call), the objects' ranges taken in turn; each part (the whole object, for a plain MD5) is
-  hashed in order as its contiguous prefix grows, parts in parallel: a range that
-  starts at its part's hashed prefix is hashed from its buffer as it arrives, a later
-  one read back from the page cache once the prefix reaches it. A range cut short (a
-  reset, a stall, a short body) is asked again from the byte it reached, its sum
-  continued. A body that does not match is fetched again whole, up to the retry
-  attempts, and never lands.
-  A range answer is accepted when its Content-Range is the one asked for, whatever its
-  2xx status (``rclone serve s3`` answers 200); a server that ignores
-  Range has its large objects streamed whole instead, never written at the wrong
-  offsets.
-* Every file lands under a hidden temporary name beside its destination and is
-  renamed into place only once verified. A killed or failed run never leaves a
-  truncated file under a final name; temporaries of a killed run are swept by the
-  next one. SIGTERM/SIGINT/SIGHUP stop the transfers, remove the temporaries and
-  surface as :class:`~bootstrap.errors.Terminated`.
+  Larger ones are split into byte ranges (at most ``RANGE_STREAMS`` at once, on threads,
+  read into reused buffers: measured faster than the native library's streams), aligned to
+  the object's parts, written in place with ``pwrite`` (one writer a file at a time, in
+  :func:`bootstrap.landing.write_all`'s slices), the objects' ranges taken in turn; each
+  part (the whole object, for a plain MD5) is hashed in order as its contiguous prefix
+  grows, parts in parallel: a range that starts at its part's hashed prefix is hashed from
+  its buffer as it arrives, a later one read back from the page cache once the prefix
+  reaches it. A range cut short (a reset, a stall, a short body) is asked again from the
+  byte it reached, its sum continued. A body that does not match is fetched again whole,
+  up to the retry attempts, and never lands. A range answer is accepted when its
+  Content-Range is the one asked for, whatever its 2xx status (``rclone serve s3`` answers
+  200); a server that ignores Range has its large objects streamed whole instead, never
+  written at the wrong offsets.
+* Every file lands under a hidden temporary name beside its destination and is renamed
+  into place only once verified (:mod:`bootstrap.landing`). A killed or failed run never
+  leaves a truncated file under a final name; temporaries of a killed run are swept by the
+  next one. SIGTERM/SIGINT/SIGHUP stop the transfers, remove the temporaries and surface
+  as :class:`~bootstrap.errors.Terminated`.
 * Transient failures are retried (:mod:`bootstrap.storage.retry`); anything else
   becomes a :class:`DownloadError` with one line saying what to fix (exit 127).
 * A rerun skips files whose size and ETag match the manifest.
@@ -52,7 +50,6 @@ Contract (each point is tested):
 from __future__ import annotations
 
 import bisect
-import contextlib
 import hashlib
 import itertools
 import os
@@ -64,6 +61,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .. import landing
 from ..config.location import Location
 from ..errors import DownloadError
 from ..log import Log
@@ -102,9 +100,6 @@ CHUNK = 1 << 20  # each range thread's buffer
 # page reporting, as on the benchmark machine) large folios come from memory the host
 # must fault in again: writing 1 GiB took 0.2-2.5 s in 1 MiB writes, 0.19-0.24 s in
 # 128 KiB ones (6-8 runs a size, order drawn at random; bench/README.md).
-WRITE_SLICE = 128 * 1024
-TMP_SUFFIX = ".bootstrap-tmp"
-ASK = -1  # a work item's start and end that mean: ask the store for the object's parts
 ASKERS = 32  # threads asking the store why a sum differs, for the event loop's objects
 
 
@@ -195,6 +190,26 @@ class _LargeFile:
         return self.segments[bisect.bisect_right(starts, offset) - 1]
 
 
+@dataclass(frozen=True, slots=True)
+class _Range:
+    """Work for a range thread: bytes ``[start, end)`` of a large object."""
+
+    state: _LargeFile
+    start: int
+    end: int
+
+
+@dataclass(frozen=True, slots=True)
+class _AskParts:
+    """Work for a range thread: ask the store for a large object's parts (the rest of its
+    ranges are planned from the answer: :meth:`Engine._learn_parts`)."""
+
+    state: _LargeFile
+
+
+_Work = _Range | _AskParts
+
+
 class Engine:
     """Runs the planned transfers; see the module's contract. Large objects' ranges run
     on threads, always (:func:`~.loop.run_threads`); whole objects on one event loop in
@@ -233,13 +248,11 @@ class Engine:
         self._late_unverified = 0  # objects found checkable by size only once asked
         self.dirs = SafeDirs(dest)
         self.stats = stats if stats is not None else Stats()
-        self._ranges: deque[tuple[_LargeFile, int, int]] = deque()
+        self._ranges: deque[_Work] = deque()
         self._smalls: deque[RemoteObject] = deque()
         self._temps: set[str] = set()  # every temporary that may exist: removed on the way out
         self._can_range = True
         self._dest = str(dest)
-        self._serials = itertools.count(1)  # next() is atomic: temporaries' names, any thread
-        self._tag = os.urandom(4).hex()  # not secrets: it imports random, hmac, base64
         self._lock = threading.Lock()  # the shared state the threads change: stats, segments
         self._more = threading.Condition(self._lock)  # ranges were added (parts answered)
         self._stop = threading.Event()  # set on the way out: threads stop at their next chunk
@@ -258,7 +271,7 @@ class Engine:
 
     # -- planning
     def plan(self, objects: list[RemoteObject], folders: list[str]) -> None:
-        large: list[list[tuple[_LargeFile, int, int]]] = []
+        large: list[list[_Work]] = []
         for obj in objects:
             self.stats.total_files += 1
             self.stats.total_bytes += obj.size
@@ -292,7 +305,7 @@ class Engine:
                 and obj.rel not in self.layouts and obj.rel not in self._asked)
 
     def _plan_large(self, obj: RemoteObject,
-                    attempt: int = 0) -> list[tuple[_LargeFile, int, int]]:
+                    attempt: int = 0) -> list[_Work]:
         """``obj``'s ranges, cut at its parts' boundaries so each range feeds one
         segment's sum."""
         if self._will_ask(obj):
@@ -305,9 +318,9 @@ class Engine:
         state = _LargeFile(obj, remaining=len(cuts), attempt=attempt, segments=[
             _Segment(start, end, hashlib.md5(usedforsecurity=False) if hashed else None)
             for start, end in spans])
-        return [(state, s, e) for s, e in cuts]
+        return [_Range(state, s, e) for s, e in cuts]
 
-    def _plan_ahead(self, obj: RemoteObject) -> list[tuple[_LargeFile, int, int]]:
+    def _plan_ahead(self, obj: RemoteObject) -> list[_Work]:
         """A multipart object whose parts are not known yet: the store is asked for them
         (HeadObject ``partNumber``, a round trip) while the object's first range is
         already under way, so that round trip is off the fetch's critical path. The first
@@ -322,7 +335,7 @@ class Engine:
         lead = min(self.settings.range_size, -(-obj.size // obj.parts))
         state = _LargeFile(obj, remaining=2, asking=True, lead=lead, segments=[
             _Segment(0, obj.size, hashlib.md5(usedforsecurity=False))])
-        return [(state, ASK, ASK), (state, 0, lead)]
+        return [_AskParts(state), _Range(state, 0, lead)]
 
     def _learn_parts(self, state: _LargeFile) -> None:
         """Asks the store for ``state``'s parts, then cuts its segments and plans the
@@ -351,7 +364,7 @@ class Engine:
             cuts = [(s, min(s + size, end)) for start, end in spans
                     for s in range(max(start, lead), end, size)]
             state.remaining += len(cuts) - 1  # the ask is answered
-            self._ranges.extend((state, s, e) for s, e in cuts)
+            self._ranges.extend(_Range(state, s, e) for s, e in cuts)
             touched = self._split_first(state) if lead > first.end else [first]
         for seg in touched:
             self._advance(state, seg)
@@ -385,8 +398,9 @@ class Engine:
     def _range_threads(self) -> int:
         """Threads for the ranges: one a range, at most RANGE_STREAMS, counting those
         an object whose parts are still asked for will have once they are known."""
-        later = sum(-(-state.obj.size // self.settings.range_size) + (state.obj.parts or 0)
-                    for state, start, _ in self._ranges if start == ASK)
+        later = sum(-(-work.state.obj.size // self.settings.range_size)
+                    + (work.state.obj.parts or 0)
+                    for work in self._ranges if isinstance(work, _AskParts))
         return min(RANGE_STREAMS, len(self._ranges) + later)
 
     def _threaded(self) -> bool:
@@ -416,9 +430,7 @@ class Engine:
     def _temp_name(self, obj: RemoteObject) -> str:
         """A hidden temporary name beside ``obj``'s destination, known to the cleanup
         before anything is created under it."""
-        parent = obj.rel.rpartition("/")[0]
-        tmp = os.path.join(self._dest, parent,
-                           f".{next(self._serials):x}-{self._tag}{TMP_SUFFIX}")
+        tmp = landing.temporary(os.path.join(self._dest, obj.rel.rpartition("/")[0]))
         self._temps.add(tmp)
         return tmp
 
@@ -431,19 +443,14 @@ class Engine:
 
     def _drop_temp(self, tmp: str) -> None:
         self._temps.discard(tmp)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+        landing.discard(tmp)
 
     def _commit(self, obj: RemoteObject, tmp: str) -> None:
         final = self.dest / obj.rel
-        os.chmod(tmp, 0o644)
         try:
-            os.replace(tmp, final)  # rename(2) replaces a symlink, never follows it
-        except IsADirectoryError:
-            self._drop_temp(tmp)
-            raise DownloadError(f"{final} is a folder but the bucket holds a file of that "
-                                "name; remove it and rerun") from None
-        self._temps.discard(tmp)
+            landing.commit(tmp, final)
+        finally:
+            self._temps.discard(tmp)  # landed, or removed by the failed commit
         self.manifest.record(obj.rel, obj.size, obj.etag, final)
         self._count(files=1)
 
@@ -464,16 +471,12 @@ class Engine:
         self.dirs.ensure(obj.rel.rpartition("/")[0])
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
-            _pwrite_all(fd, data, 0)
+            landing.write_all(fd, data)
             os.fchmod(fd, 0o644)
         finally:
             os.close(fd)
         final = os.path.join(self._dest, obj.rel)
-        try:
-            os.replace(tmp, final)  # rename(2) replaces a symlink, never follows it
-        except IsADirectoryError:
-            raise DownloadError(f"{final} is a folder but the bucket holds a file of that "
-                                "name; remove it and rerun") from None
+        landing.commit(tmp, final, mode=None)
         self.manifest.record(obj.rel, obj.size, obj.etag, Path(final))
 
     # -- the threads: ranges, and a few whole objects
@@ -498,7 +501,10 @@ class Engine:
                 if buf is None:
                     buf = memoryview(bytearray(CHUNK))
                 try:
-                    self._fetch_range(*work, buf)
+                    if isinstance(work, _AskParts):
+                        self._learn_parts(work.state)
+                    else:
+                        self._fetch_range(work.state, work.start, work.end, buf)
                 finally:
                     with self._lock:
                         self._ranging -= 1
@@ -530,9 +536,6 @@ class Engine:
             self._count(files=1)
 
     def _fetch_range(self, state: _LargeFile, start: int, end: int, buf: memoryview) -> None:
-        if start == ASK:
-            self._learn_parts(state)
-            return
         if state.failed or state.streamed:
             return
         if not self._can_range:
@@ -869,7 +872,7 @@ class Engine:
             elif not self.stats.backend:
                 self.stats.backend = "signed GETs"
             self.stats.seconds = time.monotonic() - started
-        self._sweep_stale_temps()
+        landing.sweep(self.dest)  # what a killed run left (SIGKILL cannot clean up)
         if self._encrypted_count:
             self.log.info(f"{self.label}: {self._encrypted_count} object(s) are encrypted by the "
                           "store (server-side encryption): their ETags are not MD5s, so they "
@@ -879,14 +882,6 @@ class Engine:
                           "by size only: the store gave no parts for their ETag (a store "
                           "that ignores partNumber)")
         return self.stats
-
-    def _sweep_stale_temps(self) -> None:
-        """Removes temporaries left by a run that was killed (SIGKILL cannot clean up)."""
-        for folder, _, names in os.walk(self.dest):
-            for name in names:
-                if name.endswith(TMP_SUFFIX):
-                    with contextlib.suppress(OSError):
-                        os.unlink(os.path.join(folder, name))
 
 
 class _SumDiffers(TransientError):
@@ -927,16 +922,9 @@ def _mismatch(obj: RemoteObject, size: int, segments: list[_Segment]) -> str | N
     return f"the parts' MD5s do not make the ETag {obj.etag}"
 
 
-def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
-    """All of ``data`` at ``offset`` in ``fd``, at most WRITE_SLICE a call."""
-    while data:
-        written = os.pwrite(fd, data[:WRITE_SLICE], offset)
-        data, offset = data[written:], offset + written
-
-
 def _writer(fd: int, lock: threading.Lock) -> Callable[[memoryview, int], None]:
     """Writes a whole chunk at its offset in ``fd``, holding ``lock`` (one a file)."""
     def write_at(data: memoryview, offset: int) -> None:
         with lock:
-            _pwrite_all(fd, data, offset)
+            landing.write_all(fd, data, offset)
     return write_at

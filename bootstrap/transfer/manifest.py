@@ -16,7 +16,7 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .. import atomic
+from .. import landing
 
 if TYPE_CHECKING:
     from typing import TextIO
@@ -70,7 +70,7 @@ class Manifest:
     def open_for_append(self) -> None:
         """Starts a fresh manifest holding the still-valid entries, then appends."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        atomic.write_text(self.path, "".join(
+        landing.write_text(self.path, "".join(
             [json.dumps({"source": self.source}) + "\n"]
             + [json.dumps({"p": rel, "s": size, "e": etag, "m": mtime}) + "\n"
                for rel, (size, etag, mtime) in self._entries.items()]))

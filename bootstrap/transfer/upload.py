@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .. import atomic
+from .. import landing
 from ..config.location import Location
 from ..config.settings import Transfer
 from ..errors import BootstrapError
@@ -100,7 +100,7 @@ class SyncState:
     def save(self) -> None:
         if self.path is None:
             return
-        atomic.write_text(self.path, json.dumps({"done": self.done, "restored": self.restored}))
+        landing.write_text(self.path, json.dumps({"done": self.done, "restored": self.restored}))
 
 
 @dataclass(slots=True)
