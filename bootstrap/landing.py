@@ -36,6 +36,11 @@ from pathlib import Path
 from .errors import DownloadError
 
 TMP_SUFFIX = ".bootstrap-tmp"
+# The most one write(2) hands the page cache. Linux sizes a buffered write's page-cache
+# folios by the write's length; on a VM whose free memory goes back to the host (free
+# page reporting, as on the benchmark machine) large folios come from memory the host
+# must fault in again: writing 1 GiB took 0.2-2.5 s in 1 MiB writes, 0.19-0.24 s in
+# 128 KiB ones (6-8 runs a size, order drawn at random; bench/README.md).
 WRITE_SLICE = 128 * 1024
 
 _serials = itertools.count(1)  # next() is atomic in CPython: names from any thread
@@ -63,6 +68,19 @@ def commit(tmp: str | os.PathLike[str], final: str | os.PathLike[str],
     except IsADirectoryError:
         raise DownloadError(f"{os.fspath(final)} is a folder but the bucket holds a file of "
                             "that name; remove it and rerun") from None
+
+
+def land(tmp: str | os.PathLike[str], final: str | os.PathLike[str],
+         data: memoryview | bytes) -> None:
+    """A body in memory written under ``tmp`` (created, or truncated: a retry's), then
+    committed as ``final`` (0644); ``tmp`` is removed when the commit fails."""
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        write_all(fd, data)
+        os.fchmod(fd, 0o644)
+    finally:
+        os.close(fd)
+    commit(tmp, final, mode=None)
 
 
 def discard(tmp: str | os.PathLike[str]) -> None:

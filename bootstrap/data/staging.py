@@ -281,7 +281,7 @@ def _build(version: Path, previous: Path | None, objects: list[RemoteObject],
                       for o in objects for i in range(1, o.rel.count("/") + 1)})
     try:
         if source.is_remote:
-            with remote(source, transfer) as session:
+            with remote(source, transfer, log) as session:
                 if peers is not None:
                     assert isinstance(record, AnnouncingManifest)
                     return download_with_peers(session, objects, folders, version, record,

@@ -34,7 +34,7 @@ def fetch_with_peers(location: Location, dest: Path, settings: Transfer, peers: 
                             "BOOTSTRAP_HOME is writable") from None
     server = open_relay(peers, log)  # before the listing: children may knock already
     try:
-        with remote(location, settings) as source:
+        with remote(location, settings, log) as source:
             objects, folders = list_objects(source.client, location, settings)
             manifest = AnnouncingManifest(manifest_path(dest), location.url, Held())
             for obj in objects:

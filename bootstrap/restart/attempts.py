@@ -38,7 +38,7 @@ def begin(train: Location, rank: int, job_id: str | None, transfer: Transfer,
                  "job's)")
         return 1
     prefix = keys.attempts(train, rank, job_id)
-    with remote(train, transfer) as source:
+    with remote(train, transfer, log) as source:
         number = 1 + latest(source.client, train.bucket, prefix, transfer)
     put_objects(train, transfer, {keys.attempt(train, rank, job_id, number) + "started.json":
                                   json.dumps({"job_id": job_id, "attempt": number, "rank": rank,

@@ -102,7 +102,7 @@ def restore(outputs: Outputs, transfer: Transfer, rank: int, state_file: Path,
 
         server = open_relay(peers, log)  # before the listing: children may knock already
     try:
-        with remote(train, transfer) as source:
+        with remote(train, transfer, log) as source:
             root = _tree(source, train, train, 0, outputs, log)
             own = _tree(source, train, mine, rank, outputs, log) if mine != train else None
             if root is not None:  # without the records and the other nodes' trees
@@ -122,7 +122,7 @@ def restore(outputs: Outputs, transfer: Transfer, rank: int, state_file: Path,
                 done.trees = "node 0's outputs"
         if own is not None:
             objects = [o for o in own.objects if o.rel not in local]
-            with remote(mine, transfer) as own_source:
+            with remote(mine, transfer, log) as own_source:
                 _fetch(own_source, objects, own.folders, dest, rank, None, None, done, log)
             _record(state, objects, dest, ours=True)
             done.trees = ("node 0's outputs and " if root is not None else "") + \

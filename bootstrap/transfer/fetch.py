@@ -21,7 +21,7 @@ from ..config.location import Location
 from ..errors import BootstrapError, DownloadError
 from ..log import Log
 from ..storage import retry
-from ..storage.base import credentials, open_store
+from ..storage.base import Store, credentials, open_store
 from ..storage.errors import StorageError
 from .download import Engine, Stats
 from .explain import explain
@@ -31,10 +31,12 @@ from .manifest import Manifest
 from .verify import Layout, etag_is_not_its_md5, layout
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
 
     from ..config.settings import Transfer
     from ..config.storage import Credentials
-    from ..storage.signed import SignedClient
+    from ..storage.signed import SignedClient, WriteAt
 
 
 def copy_local(src: Path, dest: Path) -> Stats:
@@ -72,19 +74,44 @@ def fetch(location: Location, dest: Path, settings: Transfer, log: Log) -> Stats
     if not location.is_remote:
         assert location.path is not None
         return copy_local(location.path, dest)
-    with remote(location, settings) as source:
+    with remote(location, settings, log) as source:
         objects, folders = list_objects(source.client, location, settings)
         return source.download(objects, folders, dest,
                                Manifest(manifest_path(dest), location.url), log)
 
 
 class Remote:
-    """A remote tree being fetched: credentials resolved once, one signed client for
-    its listing and its large objects' ranges."""
+    """A remote tree being fetched, the one face of the store the engine sees: it lists
+    (through :func:`.listing.list_objects`), reads whole objects and ranges, and answers
+    HEADs (an object's parts, its encryption). Credentials are resolved once; one signed
+    client serves the listing, the large objects' ranges, a few files' GETs and the
+    HEADs; the store (the native core or boto3) is opened only when many whole objects
+    need it, and closed with the session."""
 
     def __init__(self, location: Location, settings: Transfer, creds: Credentials,
-                 client: SignedClient) -> None:
+                 client: SignedClient, log: Log | None = None) -> None:
         self.location, self.settings, self.creds, self.client = location, settings, creds, client
+        self.log = log
+        self._store: Store | None = None
+
+    @property
+    def backend(self) -> str:
+        """What served the whole objects, for the fetch's line."""
+        return self._store.backend if self._store is not None else "signed GETs"
+
+    def store(self) -> Store:
+        """The store, opened on first use: a tree of large objects and a few small ones
+        never loads the native core (obstore's import and its TLS roots: ~20-30 ms of
+        the job's start). Not thread-safe: opened before the workers start."""
+        if self._store is None:
+            self._store = open_store(self.settings, self.creds, self.location.bucket, self.log)
+        return self._store
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+        self.client.close()
 
     def download(self, objects: list[RemoteObject], folders: list[str], dest: Path,
                  manifest: Manifest, log: Log, label: str = "fetch",
@@ -102,14 +129,27 @@ class Remote:
                 and not manifest.unchanged(o.rel, o.size, o.etag, dest / o.rel)]
         known.update(self.layouts(todo))
 
-        engine = Engine(lambda: open_store(self.settings, self.creds, self.location.bucket, log),
-                        self.client, self.location, dest, self.settings, log, manifest, stats,
-                        known, self.parts_of, self.encrypted)
-        engine.label = label
+        engine = Engine(self, dest, manifest, log, label, stats, known)
         engine.plan(objects, folders)
         manifest.open_for_append()
         return engine.run()
 
+    # -- reads (any thread)
+    def get_object(self, key: str, size: int) -> bytes:
+        return self.client.get_object(self.location.bucket, key, size)
+
+    def read_range_into(self, key: str, start: int, end: int, write_at: WriteAt,
+                        buf: memoryview, stop: Callable[[], bool], digest: Any = None,
+                        wrote: Callable[[int], None] | None = None) -> int:
+        return self.client.read_range_into(self.location.bucket, key, start, end, write_at,
+                                           buf, stop, digest, wrote)
+
+    def read_whole_into(self, key: str, size: int, write_at: WriteAt, buf: memoryview,
+                        stop: Callable[[], bool], digest: Any = None) -> int:
+        return self.client.read_whole_into(self.location.bucket, key, size, write_at, buf,
+                                           stop, digest)
+
+    # -- HEADs (any thread)
     def parts_of(self, obj: RemoteObject, every: bool = False) -> Layout | None:
         """``obj``'s parts, asked of the store (retried; ``every``: each part's length,
         see :func:`~.verify.layout`); None when it cannot answer for them: the size is
@@ -159,7 +199,8 @@ class Remote:
 
 
 @contextmanager
-def remote(location: Location, settings: Transfer) -> Iterator[Remote]:
+def remote(location: Location, settings: Transfer,
+           log: Log | None = None) -> Iterator[Remote]:
     """The session for one remote tree; every store failure inside it leaves as one
     clear DownloadError line."""
     from ..storage.signed import SignedClient
@@ -168,10 +209,11 @@ def remote(location: Location, settings: Transfer) -> Iterator[Remote]:
         creds = credentials(settings)
         client = SignedClient(settings.endpoint, creds, settings.connect_timeout,
                               settings.read_timeout)
+        source = Remote(location, settings, creds, client, log)
         try:
-            yield Remote(location, settings, creds, client)
+            yield source
         finally:
-            client.close()
+            source.close()
     except BootstrapError:
         raise
     except Exception as exc:  # noqa: BLE001 - every store failure becomes one clear line

@@ -27,12 +27,14 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
+
+from ..storage.errors import TransientError
 
 if TYPE_CHECKING:
-    from typing import Any
-
+    from ..log import Log
     from .listing import RemoteObject
 
 Layout = tuple[int, ...]  # the parts' lengths, in order
@@ -191,3 +193,131 @@ class Verifier:
         if self.seen != self.obj.size:
             return f"{self.seen} bytes, not {self.obj.size}"
         return "MD5 differs" if self.parts is None else "the parts' MD5s differ from the ETag"
+
+
+class SumDiffers(TransientError):
+    """A body of the listed length whose sum is not the listing's (retried, unless the
+    store explains it: see :meth:`Doubts.explained`)."""
+
+
+def check_body(obj: RemoteObject, data: memoryview, parts: Layout | None) -> None:
+    """A whole body in memory against the listing; raises TransientError (retried), or
+    SumDiffers when its length is right and its sum is not."""
+    if len(data) != obj.size:
+        raise TransientError(f"{obj.key!r}: received {len(data)} bytes but the listing says "
+                             f"{obj.size}")
+    if obj.md5 is not None:
+        got = hashlib.md5(data, usedforsecurity=False).hexdigest()
+        if got != obj.md5:
+            raise SumDiffers(f"{obj.key!r}: MD5 {got} does not match the ETag {obj.md5}")
+    elif parts is not None and not body_matches(obj, data, parts):
+        raise SumDiffers(f"{obj.key!r}: the parts' MD5s do not make the ETag {obj.etag}")
+
+
+def body_matches(obj: RemoteObject, data: memoryview, parts: Layout) -> bool:
+    """Do ``data``'s parts, cut at ``parts``, make ``obj``'s multipart ETag?"""
+    return combined(obj, [hashlib.md5(data[s:e], usedforsecurity=False).digest()
+                          for s, e in boundaries(parts)])
+
+
+def sums_mismatch(obj: RemoteObject, size: int, digests: Sequence[Any]) -> str | None:
+    """Why a large object's file (``size`` bytes, its segments' ``digests``: None where
+    only the size can be checked) does not match its listing, or None."""
+    if size != obj.size:
+        return f"{size} bytes, not the listed {obj.size}"
+    if digests[0] is None:
+        return None  # nothing to check but the size
+    if obj.md5 is not None:
+        got = digests[0].hexdigest()
+        return None if got == obj.md5 else f"MD5 {got} does not match the ETag {obj.md5}"
+    if combined(obj, [d.digest() for d in digests]):
+        return None
+    return f"the parts' MD5s do not make the ETag {obj.etag}"
+
+
+class Asks(Protocol):
+    """The questions a fetch asks its store about one object (any thread)."""
+
+    def parts_of(self, obj: RemoteObject, every: bool = False) -> Layout | None: ...
+
+    def encrypted(self, obj: RemoteObject) -> bool: ...
+
+
+class Doubts:
+    """What one fetch knows and asks about its objects' sums: the multipart objects'
+    parts (``layouts``), asked once an object, and, when a body of the listed length does
+    not match, whether the store explains it (:meth:`explained`). Any thread."""
+
+    def __init__(self, store: Asks | None, log: Log, label: str,
+                 layouts: Mapping[str, Layout] | None = None) -> None:
+        self.store = store  # None: nothing to ask (sizes and known layouts only)
+        self.log, self.label = log, label
+        self.layouts = dict(layouts or {})
+        self._asked: set[str] = set()
+        self._asked_every: set[str] = set()
+        self._encrypted: dict[str, bool] = {}
+        self.encrypted_count = 0  # objects the store encrypts: checked by size only
+        self._lock = threading.Lock()
+
+    def will_ask(self, obj: RemoteObject) -> bool:
+        """Whether ``obj``'s parts are yet to be asked of the store (once an object)."""
+        return (self.store is not None and obj.md5 is None and obj.parts is not None
+                and obj.rel not in self.layouts and obj.rel not in self._asked)
+
+    def asking(self, obj: RemoteObject) -> None:
+        """``obj``'s parts are being asked (see :meth:`will_ask`)."""
+        with self._lock:
+            self._asked.add(obj.rel)
+
+    def parts(self, obj: RemoteObject) -> Layout | None:
+        """``obj``'s parts as the store gives them (kept as its layout), or None."""
+        found = self.store.parts_of(obj, False) if self.store is not None else None
+        if found is not None:
+            with self._lock:
+                self.layouts.setdefault(obj.rel, found)
+        return found
+
+    def explained(self, obj: RemoteObject, recheck: Callable[[Layout], bool]) -> bool:
+        """Whether a body of the listed length whose sum is not the listing's is sound all
+        the same, the store asked: its parts were the equal-parts guess and their lengths
+        from the store make it match (``recheck`` hashes it again, cut at them: see
+        :meth:`_asked_again`), or the store encrypts it, so its ETag is not its MD5 (see
+        :meth:`_encrypted_by_store`). False: damaged on the way."""
+        exact = self._asked_again(obj)
+        if exact is not None and recheck(exact):
+            return True
+        return self._encrypted_by_store(obj)
+
+    def _asked_again(self, obj: RemoteObject) -> Layout | None:
+        """A multipart body did not match ``obj``'s known parts, which may be the
+        equal-parts guess from part 1 alone (see :func:`guessed`): every part's length is
+        asked of the store, once an object. Returns the store's answer when it differs
+        from the guess (the layout from then on), else None."""
+        store = self.store
+        with self._lock:
+            parts = self.layouts.get(obj.rel)
+            if store is None or obj.rel in self._asked_every:
+                return None
+            self._asked_every.add(obj.rel)
+        exact = truer_parts(obj, parts, lambda o: store.parts_of(o, True))
+        if exact is None:
+            return None
+        with self._lock:
+            self.layouts[obj.rel] = exact
+        self.log.info(f"{self.label}: {obj.key!r}: its parts are not of equal lengths "
+                      f"({len(exact)} parts); checked again against each part's length")
+        return exact
+
+    def _encrypted_by_store(self, obj: RemoteObject) -> bool:
+        """Whether the store encrypts ``obj`` on its side, so that its ETag is not the MD5
+        of its bytes and the size is all there is to check (see
+        :func:`etag_is_not_its_md5`); asked once an object, counted once."""
+        with self._lock:
+            known = self._encrypted.get(obj.rel)
+        if known is None:
+            known = self.store is not None and self.store.encrypted(obj)
+            with self._lock:
+                if obj.rel not in self._encrypted:
+                    self._encrypted[obj.rel] = known
+                    self.encrypted_count += known
+        return known

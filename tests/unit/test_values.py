@@ -18,8 +18,8 @@ import bootstrap
 # The mutable ones: a transfer's counters and the restore's tally, changed as work lands.
 MUTABLE = {"bootstrap.restart.restore.Restored", "bootstrap.transfer.upload.SyncState",
            "bootstrap.transfer.upload.UploadStats", "bootstrap.transfer.download.Stats",
-           "bootstrap.transfer.download._Segment", "bootstrap.transfer.download._Landed",
-           "bootstrap.transfer.download._LargeFile"}
+           "bootstrap.transfer.plan.Segment", "bootstrap.transfer.ranges._Landed",
+           "bootstrap.transfer.plan.LargeFile"}
 SECRET_FIELD = re.compile(r"(secret|token|password|^key$|_key$)")
 NOT_SECRET = {"bootstrap.transfer.listing.RemoteObject.key",  # an object's name
               "bootstrap.config.settings.Launch.secret_file"}  # where the secret is
