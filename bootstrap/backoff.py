@@ -1,9 +1,11 @@
 """The one way the bootstrap waits before trying again: full-jitter exponential
 backoff under one deadline.
 
-Two callers, one idiom: the object store's retries (:mod:`bootstrap.storage.retry`
-adds which failures are worth another try) and the peers' DNS wait
-(:mod:`bootstrap.cluster.peers`). Full jitter (a uniform wait between 0 and the
+One idiom for every caller: the object store's retries (:mod:`bootstrap.storage.retry`
+adds which failures are worth another try), the peers' DNS wait
+(:mod:`bootstrap.cluster.peers`, :func:`until`), and every connect to another node
+until a deadline (the barrier, the master's port, the relay's parent, the launch
+agents: :func:`tries`). Full jitter (a uniform wait between 0 and the
 doubling cap) spreads a fleet of nodes that failed together instead of bringing them
 back in step, which is what OBS's SlowDown and a cluster's DNS both need.
 
@@ -17,7 +19,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 
 def uniform() -> float:
@@ -51,3 +53,28 @@ def until(done: Callable[[], bool], timeout: float, stop: threading.Event, base:
             return False
         if stop.wait(min(left, jittered(attempt, base, cap))):
             return False
+
+
+def tries(deadline: float, base: float, cap: float, stop: threading.Event | None = None,
+          clock: Callable[[], float] = time.monotonic) -> Iterator[float]:
+    """Yields once a try, with the seconds left to the deadline (a try's own timeout
+    should not pass it), until the caller stops asking (a try that worked), the
+    deadline passes or ``stop`` is set; between tries a jittered wait, never past the
+    deadline. The caller's ``for ... else`` is what happens when every try failed::
+
+        for left in backoff.tries(deadline, 0.1, 2.0):
+            try:
+                return socket.create_connection(address, timeout=min(left, 5))
+            except OSError as exc:
+                last = exc
+        raise Unreachable(last)
+    """
+    attempt = 0
+    while (left := deadline - clock()) > 0 and not (stop is not None and stop.is_set()):
+        yield left
+        attempt += 1
+        wait = min(jittered(attempt, base, cap), max(deadline - clock(), 0.0))
+        if stop is not None:
+            stop.wait(wait)
+        else:
+            time.sleep(wait)

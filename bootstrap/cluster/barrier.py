@@ -26,6 +26,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from .. import backoff
 from ..config.platform import Cluster
 from ..errors import BarrierFailed
 from ..log import Log
@@ -93,17 +94,7 @@ def serve(cluster: Cluster, mine: Readiness, deadline: float,
           log: Log) -> tuple[dict[int, Readiness], str | None]:
     """Node 0: collects every report, answers all, closes the port. Returns the map and
     the local address the peers dialled (what the network stage ties to an interface)."""
-    port = cluster.master.port
-    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        listener.bind(("", port))
-    except OSError as exc:
-        listener.close()
-        raise BarrierFailed(f"node 0 cannot listen on port {port} for the start barrier: "
-                            f"{exc.strerror}; is another process using it?") from None
-    listener.listen(max(cluster.size * 2, 16))
-    listener.setblocking(False)
+    listener = _listen(cluster)
     reports: dict[int, Readiness] = {0: mine}
     dialled: list[str] = []  # the local address of every accepted report
     waiting: dict[int, _Conn] = {}  # rank -> connection that reported it
@@ -156,17 +147,7 @@ def serve(cluster: Cluster, mine: Readiness, deadline: float,
                 with contextlib.suppress(OSError):
                     dialled.append(str(sock.getsockname()[0]))
         failed = {r: rep.reason for r, rep in reports.items() if not rep.ok}
-        answer = _encode({"magic": MAGIC, "token": token(cluster), "ok": not failed,
-                          "failed": {str(r): why for r, why in failed.items()},
-                          "facts": {str(r): {"gpus": rep.facts.gpus, "ib_addr": rep.facts.ib_addr}
-                                    for r, rep in reports.items()}})
-        for c in waiting.values():
-            try:
-                c.sock.setblocking(True)
-                c.sock.settimeout(5)
-                c.sock.sendall(answer)
-            except OSError as exc:
-                log.warn(f"barrier: could not answer {c.peer}: {exc}")
+        _answer(cluster, reports, failed, list(waiting.values()), log)
     finally:
         for c in list(pending.values()) + list(waiting.values()):
             c.sock.close()
@@ -176,18 +157,45 @@ def serve(cluster: Cluster, mine: Readiness, deadline: float,
     return reports, local
 
 
+def _listen(cluster: Cluster) -> socket.socket:
+    """Node 0's listening socket on MASTER_PORT (non-blocking), or BarrierFailed."""
+    port = cluster.master.port
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind(("", port))
+    except OSError as exc:
+        listener.close()
+        raise BarrierFailed(f"node 0 cannot listen on port {port} for the start barrier: "
+                            f"{exc.strerror}; is another process using it?") from None
+    listener.listen(max(cluster.size * 2, 16))
+    listener.setblocking(False)
+    return listener
+
+
+def _answer(cluster: Cluster, reports: Mapping[int, Readiness], failed: Mapping[int, str],
+            waiting: list[_Conn], log: Log) -> None:
+    """The verdict and every node's facts, to every node that reported."""
+    answer = _encode({"magic": MAGIC, "token": token(cluster), "ok": not failed,
+                      "failed": {str(r): why for r, why in failed.items()},
+                      "facts": {str(r): {"gpus": rep.facts.gpus, "ib_addr": rep.facts.ib_addr}
+                                for r, rep in reports.items()}})
+    for c in waiting:
+        try:
+            c.sock.setblocking(True)
+            c.sock.settimeout(5)
+            c.sock.sendall(answer)
+        except OSError as exc:
+            log.warn(f"barrier: could not answer {c.peer}: {exc}")
+
+
 def join(cluster: Cluster, mine: Readiness, address: str, deadline: float,
          log: Log) -> tuple[dict[int, Readiness], str | None]:
     """Nodes 1..N-1: report to node 0 (retrying until it listens), await the verdict.
     Also returns the local address the connection left from."""
     port = cluster.master.port
-    delay = 0.1
     last_error = ""
-    while True:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise BarrierFailed(f"start barrier timed out: node 0 ({cluster.master.host}:"
-                                f"{port}) never answered ({last_error or 'no answer'})")
+    for left in backoff.tries(deadline, 0.1, 2.0):
         try:
             with socket.create_connection((address, port), timeout=min(left, 5)) as sock:
                 local = str(sock.getsockname()[0])
@@ -197,8 +205,9 @@ def join(cluster: Cluster, mine: Readiness, address: str, deadline: float,
             break
         except (OSError, ValueError) as exc:
             last_error = str(exc) or type(exc).__name__
-            time.sleep(min(delay, max(deadline - time.monotonic(), 0)))
-            delay = min(delay * 1.5, 2.0)
+    else:
+        raise BarrierFailed(f"start barrier timed out: node 0 ({cluster.master.host}:"
+                            f"{port}) never answered ({last_error or 'no answer'})")
     try:
         msg = json.loads(answer)
         if msg.get("magic") != MAGIC or msg.get("token") != token(cluster):

@@ -31,11 +31,11 @@ import errno
 import ipaddress
 import os
 import socket
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .. import backoff
 from ..errors import BarrierFailed, PeersNotReady
 
 
@@ -258,14 +258,7 @@ def prove_reachable(master: str, port: int, source: str | None, deadline: float,
     only silence (a timeout) or no route does not. Retries until ``deadline``; then
     :class:`PeersNotReady` (exit 3) naming this node and the address."""
     last = "no answer"
-    delay = 0.2
-    while True:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            via = f" from {source}" if source else ""
-            raise PeersNotReady(f"node {rank} cannot reach node 0 at {master}:{port}{via} "
-                                f"({last}): the address resolves but gives no answer; check "
-                                "routes and security groups between the nodes")
+    for left in backoff.tries(deadline, 0.2, 2.0):
         family = socket.AF_INET6 if ":" in master else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.settimeout(min(left, 3.0))
@@ -278,11 +271,12 @@ def prove_reachable(master: str, port: int, source: str | None, deadline: float,
             return  # the host answered: the path works, the engine will listen later
         except OSError as exc:
             last = os.strerror(exc.errno) if exc.errno else (str(exc) or "timed out")
-            if exc.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH):
-                time.sleep(min(delay, max(deadline - time.monotonic(), 0)))
-                delay = min(delay * 2, 2.0)
         finally:
             sock.close()
+    via = f" from {source}" if source else ""
+    raise PeersNotReady(f"node {rank} cannot reach node 0 at {master}:{port}{via} ({last}): "
+                        "the address resolves but gives no answer; check routes and "
+                        "security groups between the nodes")
 
 
 def check_port_free(address: str | None, port: int) -> None:

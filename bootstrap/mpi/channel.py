@@ -29,6 +29,7 @@ from typing import Any
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from .. import backoff
 from ..cluster import auth
 from ..cluster.wire import Wire, hang_up
 from .plan import PROTOCOL
@@ -136,14 +137,12 @@ def dial(target: tuple[str, int], key: bytes, rank: int, agent: int,
     A failed connect or a handshake cut short is tried again for ``window`` seconds (the
     agent listens before the barrier and greets once it starts); a handshake that
     refuses ends at once (a wrong key does not get better). Raises :class:`Unreachable`."""
-    deadline = time.monotonic() + window
     why = "no answer"
-    while time.monotonic() < deadline:
+    for _ in backoff.tries(time.monotonic() + window, 0.1, 0.5):
         try:
             sock = socket.create_connection(target, timeout=HANDSHAKE)
         except OSError as exc:
             why = exc.strerror or str(exc)
-            time.sleep(0.2)
             continue
         try:
             wire = Wire(sock)
@@ -156,5 +155,4 @@ def dial(target: tuple[str, int], key: bytes, rank: int, agent: int,
         except (ValueError, OSError) as exc:  # not accepting yet (before its start), a reset
             hang_up(sock)
             why = str(exc) or type(exc).__name__
-            time.sleep(0.2)
     raise Unreachable(why)

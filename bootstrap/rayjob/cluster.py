@@ -26,7 +26,7 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from .. import landing
+from .. import backoff, landing
 from ..errors import BarrierFailed, ConfigError
 from ..log import Log
 from .plan import Plan
@@ -136,15 +136,14 @@ class RayCluster:
     def _wait_for_gcs(self, deadline: float) -> None:
         assert self.head is not None
         port = self.plan.port(0, "gcs")
-        while time.monotonic() < deadline:
+        for left in backoff.tries(deadline, 0.1, 0.5):
             if self.head.poll() is not None:
                 raise BarrierFailed(f"ray start --head ended (exit {self.head.returncode}) "
                                     "before its GCS listened; see the Ray output above")
             with socket.socket(socket.AF_INET6 if ":" in self.head_ip else socket.AF_INET) as s:
-                s.settimeout(1.0)
+                s.settimeout(min(left, 1.0))
                 if s.connect_ex((self.head_ip, port)) == 0:
                     return
-            time.sleep(0.2)
         raise BarrierFailed(f"Ray's head did not listen on {self.head_ip}:{port} within "
                             f"{self.timeout:g} s (BOOTSTRAP_PEER_TIMEOUT)")
 

@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .. import landing
+from .. import backoff, landing
 from ..cluster import auth
 from ..cluster.wire import Wire, hang_up
 from ..transfer.manifest import Manifest
@@ -158,18 +158,14 @@ def pull(peers: Peers, objects: list[RemoteObject], layouts: dict[str, Layout], 
 def _connect(address: str, port: int, log: Log) -> socket.socket | None:
     """The connection to the parent, retried for CONNECT_WINDOW (its process may start
     later than ours); None when it never answered."""
-    deadline = time.monotonic() + CONNECT_WINDOW
-    pause = 0.1
-    while True:
+    why: OSError | None = None
+    for left in backoff.tries(time.monotonic() + CONNECT_WINDOW, 0.1, 1.0):
         try:
-            return socket.create_connection((address, port), timeout=HANDSHAKE)
+            return socket.create_connection((address, port), timeout=min(left, HANDSHAKE))
         except OSError as exc:
-            if time.monotonic() + pause > deadline:
-                log.info(f"relay: parent {address}:{port} unreachable ({exc}); all from "
-                         "the store")
-                return None
-            time.sleep(pause)
-            pause = min(pause * 2, 1.0)
+            why = exc
+    log.info(f"relay: parent {address}:{port} unreachable ({why}); all from the store")
+    return None
 
 
 def _receive(wire: Wire, pending: list[RemoteObject], layouts: dict[str, Layout],

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
-from bootstrap.backoff import jittered, until
+from bootstrap.backoff import jittered, tries, until
 from bootstrap.storage import retry
 
 
@@ -40,3 +40,23 @@ def test_a_stop_ends_the_wait_at_once() -> None:
     started = time.monotonic()
     assert not until(lambda: False, 30.0, stop, base=5.0, cap=5.0)
     assert time.monotonic() - started < 1.0
+
+
+def test_tries_go_on_to_the_deadline_waiting_between_and_never_past_it() -> None:
+    start = time.monotonic()
+    lefts = list(tries(start + 0.3, 0.01, 0.05))
+    took = time.monotonic() - start
+    assert len(lefts) >= 4, lefts  # it waited between tries, not once and done
+    assert lefts == sorted(lefts, reverse=True) and 0 < lefts[-1] < lefts[0] <= 0.3
+    assert 0.3 <= took < 0.45
+
+
+def test_tries_end_at_the_callers_break_or_a_stop() -> None:
+    stop = threading.Event()
+    seen = 0
+    for _ in tries(time.monotonic() + 5, 0.01, 0.02, stop):
+        seen += 1
+        if seen == 3:
+            stop.set()
+    assert seen == 3
+    assert list(tries(time.monotonic() - 1, 0.01, 0.02)) == []  # past its deadline: none
