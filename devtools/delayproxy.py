@@ -18,7 +18,6 @@ import signal
 import socket
 import sys
 from pathlib import Path
-from typing import Optional
 
 
 async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,

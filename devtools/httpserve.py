@@ -11,7 +11,7 @@ import threading
 from collections.abc import Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
-from typing import Optional, TypeVar
+from typing import TypeVar
 
 S = TypeVar("S", bound="LocalServer")
 HOP_BY_HOP = ("transfer-encoding", "connection", "content-length")

@@ -27,7 +27,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Optional
+from typing import Any
 
 ACCESS_KEY = "AKIDTESTBOOTSTRAP0001"
 SECRET_KEY = "test-secret-9f2c41d7e0b34a5c8d6e1f0a"

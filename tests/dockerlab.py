@@ -12,7 +12,6 @@ import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Optional
 
 DATA_ROOT = "/var/lib/bootstrap-docker"
 EXEC_ROOT = "/run/bootstrap-docker"

@@ -30,7 +30,6 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from http.server import BaseHTTPRequestHandler
-from typing import Optional
 from urllib.parse import urlsplit
 
 from devtools.httpserve import LocalServer, relay, send, stream

@@ -21,7 +21,6 @@ import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Optional
 
 
 def _ip(*args: str) -> None:

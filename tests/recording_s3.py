@@ -19,7 +19,6 @@ import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler
-from typing import Optional
 from urllib.parse import parse_qs, unquote, urlsplit
 from xml.sax.saxutils import escape
 
