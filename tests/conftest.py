@@ -19,18 +19,18 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from devtools.s3server import S3Server
-from tests.dockerlab import docker, engine
-from tests.netns import Hosts, LoopbackHosts, namespaces_available
+from tests.support.dockerlab import docker, engine
+from tests.support.netns import Hosts, LoopbackHosts, namespaces_available
 
 if TYPE_CHECKING:
-    from tests.lab import Lab
+    from tests.support.lab import Lab
 
 REPO = Path(__file__).resolve().parent.parent
 RUN_TRAIN = REPO / "scripts" / "run_train.sh"
 VENV_BIN = str(Path(sys.executable).parent)
 
 
-# The NVML fake (tests/fake_nvml.py, loaded by the bootstrap as its NVML module): a
+# The NVML fake (tests/support/fake_nvml.py, loaded by the bootstrap as its NVML module): a
 # healthy 8-GPU node, and the environment that makes a run use a scenario.
 HEALTHY = {"mode": "ok", "driver": "550.54.15", "cuda": 12040, "gpus": [{}] * 8}
 
@@ -63,7 +63,7 @@ def variables_in_code(skip: frozenset[str] = frozenset()) -> set[str]:
 
 
 def fake_env(scenario: dict[str, Any], **extra: str) -> dict[str, str]:
-    return {"BOOTSTRAP_NVML_MODULE": "tests.fake_nvml", "FAKE_NVML": json.dumps(scenario),
+    return {"BOOTSTRAP_NVML_MODULE": "tests.support.fake_nvml", "FAKE_NVML": json.dumps(scenario),
             "PYTHONPATH": str(REPO), **extra}
 
 
@@ -172,7 +172,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     hosts: Hosts = Hosts(4) if reason is None else LoopbackHosts(4)
     if reason is not None:
         print(f"multi-node tests run on loopback addresses: {reason}")
-    from tests.lab import ALLREDUCE, Lab
+    from tests.support.lab import ALLREDUCE, Lab
 
     with hosts, S3Server(ip=hosts.bridge_ip) as s3:
         client = s3.client()

@@ -27,7 +27,7 @@ from tests.conftest import (
     run_train,
     stage,
 )
-from tests.faultproxy import ALL_FAULTS, FaultProxy
+from tests.support.faultproxy import ALL_FAULTS, FaultProxy
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 

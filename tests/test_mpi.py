@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.lab import (
+from tests.support.lab import (
     Lab,
     NodeResult,
     old_contract,

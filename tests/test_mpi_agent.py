@@ -26,7 +26,7 @@ from bootstrap.mpi import plan as mpi
 from bootstrap.mpi.agent import Agent
 from bootstrap.mpi.channel import Channel
 from bootstrap.mpi.launcher import Launcher
-from tests.lab import port
+from tests.support.lab import port
 
 pytest.importorskip("cryptography")
 KEY = auth.derive("a-shared-job-secret-for-tests", "job-1", mpi.PROTOCOL)

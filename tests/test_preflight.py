@@ -15,8 +15,8 @@ import pytest
 
 from bootstrap.config.settings import load_preflight
 from bootstrap.node import gpu, preflight
-from tests import fake_nvml
 from tests.conftest import HEALTHY, assert_one_error_line, base_env, fake_env, run_train
+from tests.support import fake_nvml
 
 
 def test_fake_nvml_mirrors_pynvml() -> None:
@@ -38,7 +38,7 @@ def test_fake_nvml_mirrors_pynvml() -> None:
 def report(scenario: dict[str, Any], monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
            **env: str) -> preflight.Report:
     monkeypatch.setenv("FAKE_NVML", json.dumps(scenario))
-    full = {"BOOTSTRAP_NVML_MODULE": "tests.fake_nvml", "FAKE_NVML": json.dumps(scenario),
+    full = {"BOOTSTRAP_NVML_MODULE": "tests.support.fake_nvml", "FAKE_NVML": json.dumps(scenario),
             "BOOTSTRAP_CACHE_DIR": str(tmp_path / "no-cache"), **env}
     return preflight.run(load_preflight(full), tmp_path, "ib0")
 

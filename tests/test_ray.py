@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import assert_one_error_line
-from tests.lab import Lab, NodeResult, old_contract, port, run_job, signal_node
+from tests.support.lab import Lab, NodeResult, old_contract, port, run_job, signal_node
 
 pytestmark = [pytest.mark.multinode, pytest.mark.timeout(600)]
 

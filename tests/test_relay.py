@@ -22,8 +22,8 @@ from bootstrap.cluster import auth
 from bootstrap.cluster.wire import Wire
 from bootstrap.relay import protocol
 from tests.conftest import REPO, log_records, stage
-from tests.faultproxy import FaultProxy
-from tests.lab import Lab, NodeResult, old_contract, port, run_job, shared_contract
+from tests.support.faultproxy import FaultProxy
+from tests.support.lab import Lab, NodeResult, old_contract, port, run_job, shared_contract
 
 pytestmark = [pytest.mark.multinode, pytest.mark.timeout(600)]
 

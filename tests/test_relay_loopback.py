@@ -23,7 +23,7 @@ from bootstrap.relay import client, protocol
 from bootstrap.relay import server as relay_server
 from bootstrap.transfer.listing import RemoteObject
 from bootstrap.transfer.manifest import Manifest
-from tests.lab import port as port_block
+from tests.support.lab import port as port_block
 
 KEY = auth.derive("loopback-secret", "loopback-job", "relay-code")
 

@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import RUN_TRAIN, VENV_BIN, assert_one_error_line, base_env, run_train
-from tests.recording_s3 import RecordingS3
+from tests.support.recording_s3 import RecordingS3
 
 DOMAIN = "obs.cn-test-1.myhuaweicloud.com"
 BUCKET = "bkt"
