@@ -101,6 +101,13 @@ class Bucket:
         return etag
 
 
+def keys(bucket: Bucket, prefix: str) -> dict[str, bytes]:
+    """The user's objects under ``prefix`` (the bootstrap's own ``.bootstrap/`` left out)."""
+    resp = bucket.client.list_objects_v2(Bucket=bucket.name, Prefix=prefix)
+    return {o["Key"]: bucket.client.get_object(Bucket=bucket.name, Key=o["Key"])["Body"].read()
+            for o in resp.get("Contents", []) if "/.bootstrap/" not in o["Key"]}
+
+
 @pytest.fixture
 def bucket(s3: S3Server) -> Bucket:
     name = "t-" + uuid.uuid4().hex[:12]
@@ -149,6 +156,12 @@ def run_train(argv: list[str], env: Mapping[str, str], cwd: Path | None = None,
                           capture_output=True, text=True, timeout=timeout)
 
 
+def start(argv: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
+    """The real entrypoint started, its output streams piped (run_train, without waiting)."""
+    return subprocess.Popen(["bash", str(RUN_TRAIN), *argv], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
 @pytest.fixture
 def home(tmp_path: Path) -> Path:
     h = tmp_path / "home"
@@ -164,6 +177,12 @@ def assert_one_error_line(stderr: str, *needles: str) -> str:
     for needle in needles:
         assert needle in errors[0], errors[0]
     return errors[0]
+
+
+def record(home: Path) -> dict[str, Any]:
+    """The failure record (failure.json) of the job whose home is ``home``."""
+    data: dict[str, Any] = json.loads((home / "user-job-dir" / "failure.json").read_text())
+    return data
 
 
 @pytest.fixture(scope="module")
