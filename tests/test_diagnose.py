@@ -5,13 +5,13 @@ classified in the failure record and in the log's last line."""
 from __future__ import annotations
 
 import subprocess
-import time
 import uuid
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import HEALTHY, base_env, fake_env, record, run_train
+from tests.support.wait import wait_until
 
 
 @pytest.mark.parametrize("script, reason, category, evidence", [
@@ -55,12 +55,14 @@ def test_the_oom_killer_is_named_not_just_137(home: Path, tmp_path: Path) -> Non
         assert (rec["reason"], rec["category"]) == ("oom", "user"), rec
         assert rec["oom_kills"] >= 1
     finally:
-        for _ in range(50):
+        def removed() -> bool:  # once the group's last process has gone
             try:
                 group.rmdir()
-                break
             except OSError:
-                time.sleep(0.1)
+                return False
+            return True
+
+        wait_until(removed, 5, interval=0.1)
 
 
 def test_an_xid_during_the_run_makes_it_the_nodes_fault(home: Path) -> None:

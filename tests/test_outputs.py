@@ -26,11 +26,14 @@ pytestmark = pytest.mark.timeout(300)
 def test_periodic_sync_uploads_complete_changed_files(s3: S3Server, bucket: Bucket, home: Path,
                                                       tmp_path: Path) -> None:
     out = tmp_path / "out"
+    sent = tmp_path / "ckpt-1-sent"  # the test's word that a round has sent ckpt-1
     script = r'''
-import os, time
+import os, sys, time
 out = os.environ["BOOTSTRAP_OUTPUT_DIR"]
 open(os.path.join(out, "ckpt-1.pt"), "w").write("epoch 1")
-time.sleep(3.5)                      # two sync rounds see ckpt-1 complete
+deadline = time.monotonic() + 60
+while not os.path.exists(sys.argv[1]) and time.monotonic() < deadline:
+    time.sleep(0.05)                 # until a sync round has sent ckpt-1 complete
 with open(os.path.join(out, "growing.log"), "w") as fh:
     for i in range(30):              # modified every 0.1 s: never settles while we run
         fh.write(f"line {i}\n"); fh.flush(); time.sleep(0.1)
@@ -40,11 +43,13 @@ print("done", flush=True)
                           "DLS_TRAIN_URL": f"s3://{bucket.name}/run1/",
                           "BOOTSTRAP_SYNC_INTERVAL": "1", "BOOTSTRAP_SYNC_SETTLE_SECONDS": "1",
                           "BOOTSTRAP_LOG_FORMAT": "json"})
-    proc = start(["python", "-c", script], env)
+    proc = start(["python", "-c", script, str(sent)], env)
     seen_mid_run: dict[str, bytes] = {}
     deadline = time.monotonic() + 60
     while proc.poll() is None and time.monotonic() < deadline:
         seen_mid_run.update(keys(bucket, "run1/"))
+        if "run1/ckpt-1.pt" in seen_mid_run:
+            sent.touch()
         time.sleep(0.3)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err

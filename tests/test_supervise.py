@@ -19,7 +19,7 @@ import pytest
 
 from devtools.s3server import S3Server
 from tests.conftest import RUN_TRAIN, Bucket, base_env, keys, run_train, start
-from tests.support.wait import wait_for_line
+from tests.support.wait import wait_for_line, wait_until
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -128,8 +128,11 @@ def test_pid1_reaps_zombies_and_forwards_signals(home: Path, tmp_path: Path) -> 
     script.write_text(r'''
 import os, signal, subprocess, time
 # An orphan: its parent (sh) exits at once, so the kernel hands it to PID 1.
-subprocess.run(["sh", "-c", "sleep 0.3 & exit 0"])
-time.sleep(1.5)
+orphan = subprocess.run(["sh", "-c", "sleep 0.3 >/dev/null 2>&1 & echo $!"], capture_output=True,
+                        text=True).stdout.strip()
+deadline = time.monotonic() + 10
+while os.path.exists(f"/proc/{orphan}") and time.monotonic() < deadline:
+    time.sleep(0.05)  # until it has ended and PID 1 has reaped it (a zombie stays listed)
 zombies = []
 for pid in os.listdir("/proc"):
     if pid.isdigit():
@@ -143,7 +146,9 @@ print("zombies", len(zombies), flush=True)
 got = []
 signal.signal(signal.SIGUSR2, lambda s, f: got.append(s))
 os.kill(1, signal.SIGUSR2)  # PID 1 is the bootstrap: it must forward this to us
-time.sleep(1)
+deadline = time.monotonic() + 10
+while not got and time.monotonic() < deadline:
+    time.sleep(0.05)  # until the forwarded signal has come
 print("forwarded", got == [signal.SIGUSR2], flush=True)
 ''')
     env = base_env(home)
@@ -189,9 +194,7 @@ def _detacher(tmp_path: Path, work: float, code1: int = 0) -> list[str]:
 
 
 def _worker_pids(out: Path) -> list[int]:
-    deadline = time.monotonic() + 20
-    while len(list(out.glob("*.pid"))) < 2 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_until(lambda: len(list(out.glob("*.pid"))) >= 2, 20)
     return [int(p.read_text()) for p in sorted(out.glob("*.pid"))]
 
 

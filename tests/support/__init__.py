@@ -16,6 +16,7 @@ tests/conftest.py's). Each module, and what it is for:
   with its own hostname and /etc/hosts), or loopback addresses where that is refused.
 - ``recording_s3``: an S3 endpoint that records every request as it arrived, to assert
   what a client sends on the wire (addressing, signature scope, checksums).
-- ``wait``: waiting for something to happen on the thing itself (a line a process
-  prints), never a sleep of a guessed length.
+- ``wait``: waiting for something to happen on the thing itself (``wait_until`` a
+  condition under a deadline, ``wait_for_line``, ``accepts``), never a sleep of a
+  guessed length.
 """
