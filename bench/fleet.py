@@ -36,7 +36,7 @@ from devtools.s3server import S3Server  # noqa: E402
 from devtools.throttle import Throttle  # noqa: E402
 
 if TYPE_CHECKING:
-    from tests.netns import Hosts
+    from tests.support.netns import Hosts
 
 BIN = Path(sys.executable).parent
 
@@ -55,7 +55,7 @@ def main() -> int:
     with contextlib.ExitStack() as stack:
         hosts = None
         if args.peers:
-            from tests.netns import Hosts, namespaces_available
+            from tests.support.netns import Hosts, namespaces_available
 
             reason = namespaces_available()
             if reason is not None:

@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from devtools.s3server import S3Server  # noqa: E402
-from tests.netns import Hosts  # noqa: E402
+from tests.support.netns import Hosts  # noqa: E402
 
 
 def run_once(hosts: Hosts, s3: S3Server, tree: Path, lag: float) -> list[float]:

@@ -30,9 +30,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from devtools.s3server import S3Server  # noqa: E402
 from tests.conftest import log_records, stage  # noqa: E402
-from tests.faultproxy import FaultProxy  # noqa: E402
-from tests.lab import Lab, old_contract, port, run_job  # noqa: E402
-from tests.netns import Hosts, namespaces_available  # noqa: E402
+from tests.support.faultproxy import FaultProxy  # noqa: E402
+from tests.support.lab import Lab, old_contract, port, run_job  # noqa: E402
+from tests.support.netns import Hosts, namespaces_available  # noqa: E402
 
 
 def build_tree(s3: S3Server, files: int) -> tuple[str, int]:

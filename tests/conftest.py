@@ -19,18 +19,18 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from devtools.s3server import S3Server
-from tests.dockerlab import docker, engine
-from tests.netns import Hosts, LoopbackHosts, namespaces_available
+from tests.support.dockerlab import docker, engine
+from tests.support.netns import Hosts, LoopbackHosts, namespaces_available
 
 if TYPE_CHECKING:
-    from tests.lab import Lab
+    from tests.support.lab import Lab
 
 REPO = Path(__file__).resolve().parent.parent
 RUN_TRAIN = REPO / "scripts" / "run_train.sh"
 VENV_BIN = str(Path(sys.executable).parent)
 
 
-# The NVML fake (tests/fake_nvml.py, loaded by the bootstrap as its NVML module): a
+# The NVML fake (tests/support/fake_nvml.py, loaded by the bootstrap as its NVML module): a
 # healthy 8-GPU node, and the environment that makes a run use a scenario.
 HEALTHY = {"mode": "ok", "driver": "550.54.15", "cuda": 12040, "gpus": [{}] * 8}
 
@@ -63,7 +63,7 @@ def variables_in_code(skip: frozenset[str] = frozenset()) -> set[str]:
 
 
 def fake_env(scenario: dict[str, Any], **extra: str) -> dict[str, str]:
-    return {"BOOTSTRAP_NVML_MODULE": "tests.fake_nvml", "FAKE_NVML": json.dumps(scenario),
+    return {"BOOTSTRAP_NVML_MODULE": "tests.support.fake_nvml", "FAKE_NVML": json.dumps(scenario),
             "PYTHONPATH": str(REPO), **extra}
 
 
@@ -99,6 +99,13 @@ class Bucket:
                                               MultipartUpload={"Parts": done})
         etag: str = self.client.head_object(Bucket=self.name, Key=key)["ETag"].strip('"')
         return etag
+
+
+def keys(bucket: Bucket, prefix: str) -> dict[str, bytes]:
+    """The user's objects under ``prefix`` (the bootstrap's own ``.bootstrap/`` left out)."""
+    resp = bucket.client.list_objects_v2(Bucket=bucket.name, Prefix=prefix)
+    return {o["Key"]: bucket.client.get_object(Bucket=bucket.name, Key=o["Key"])["Body"].read()
+            for o in resp.get("Contents", []) if "/.bootstrap/" not in o["Key"]}
 
 
 @pytest.fixture
@@ -149,6 +156,12 @@ def run_train(argv: list[str], env: Mapping[str, str], cwd: Path | None = None,
                           capture_output=True, text=True, timeout=timeout)
 
 
+def start(argv: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
+    """The real entrypoint started, its output streams piped (run_train, without waiting)."""
+    return subprocess.Popen(["bash", str(RUN_TRAIN), *argv], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
 @pytest.fixture
 def home(tmp_path: Path) -> Path:
     h = tmp_path / "home"
@@ -166,13 +179,19 @@ def assert_one_error_line(stderr: str, *needles: str) -> str:
     return errors[0]
 
 
+def record(home: Path) -> dict[str, Any]:
+    """The failure record (failure.json) of the job whose home is ``home``."""
+    data: dict[str, Any] = json.loads((home / "user-job-dir" / "failure.json").read_text())
+    return data
+
+
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     reason = namespaces_available()
     hosts: Hosts = Hosts(4) if reason is None else LoopbackHosts(4)
     if reason is not None:
         print(f"multi-node tests run on loopback addresses: {reason}")
-    from tests.lab import ALLREDUCE, Lab
+    from tests.support.lab import ALLREDUCE, Lab
 
     with hosts, S3Server(ip=hosts.bridge_ip) as s3:
         client = s3.client()

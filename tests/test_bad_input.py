@@ -13,7 +13,7 @@ import pytest
 
 from devtools.s3server import S3Server
 from tests.conftest import RUN_TRAIN, Bucket, assert_one_error_line, base_env, run_train
-from tests.hostile_s3 import HostileS3
+from tests.support.hostile_s3 import HostileS3
 
 HOSTS2 = {"DLS_TASK_INDEX": "0", "DLS_TASK_NUMBER": "2", "BATCH_CUSTOM0_HOSTS": "n0:6000",
           "BATCH_CUSTOM1_HOSTS": "n1:6000"}

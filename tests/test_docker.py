@@ -1,6 +1,6 @@
 """docker/: the image recipe proven with real `docker build` and `docker run`.
 
-Needs a Docker engine (tests/dockerlab.py starts one where it can); without one every
+Needs a Docker engine (tests/support/dockerlab.py starts one where it can); without one every
 test here is reported as skipped with the reason, never silently green.
 """
 
@@ -19,8 +19,8 @@ import pytest
 
 from devtools.s3server import S3Server
 from tests.conftest import REPO, Bucket
-from tests.dockerlab import docker, stop_when_ready
-from tests.lab import ALLREDUCE
+from tests.support.dockerlab import docker, stop_when_ready
+from tests.support.lab import ALLREDUCE
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(900)]
 IMAGE = "bootstrap-test:ci"

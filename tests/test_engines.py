@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO, VENV_BIN
-from tests.lab import Lab, NodeResult, old_contract, port, run_job
+from tests.support.lab import Lab, NodeResult, old_contract, port, run_job
 
 pytestmark = [pytest.mark.multinode, pytest.mark.timeout(600)]
 
@@ -151,7 +151,7 @@ from accelerate import Accelerator
 acc = Accelerator(cpu=True)
 total = acc.reduce(torch.tensor([float(acc.process_index + 1)]), reduction="sum")
 print(f"OK rank={acc.process_index} world={acc.num_processes} sum={total.item()}", flush=True)
-acc.wait_for_everyone()  # the ranks leave together: rank 0 hosts the store (see tests/lab.py)
+acc.wait_for_everyone()  # the ranks leave together: rank 0 hosts the store (tests/support/lab.py)
 acc.end_training()
 '''
 

@@ -198,16 +198,6 @@ def test_json_log_format(home: Path) -> None:
     assert any(rec["msg"].startswith("exec:") for rec in records)
 
 
-def test_secrets_never_reach_the_log(home: Path) -> None:
-    env = base_env(home, {"AWS_SECRET_ACCESS_KEY": "MARKER-SECRET-0001",
-                          "OBS_SECURITY_TOKEN": "MARKER-TOKEN-0002",
-                          "AWS_ACCESS_KEY_ID": "AKIDMARKER0003"})
-    r = run_train(["echo", "MARKER-SECRET-0001", "--token=abc"], env)
-    assert "MARKER-SECRET-0001" in r.stdout  # the command itself gets its arguments
-    assert "MARKER-SECRET-0001" not in r.stderr and "abc" not in r.stderr
-    assert "MARKER-TOKEN-0002" not in r.stderr and "AKIDMARKER0003" not in r.stderr
-
-
 @pytest.mark.parametrize("shadow", ["bootstrap.py", "bootstrap/__init__.py"])
 def test_a_users_bootstrap_module_in_the_working_directory_does_not_shadow_ours(
         home: Path, tmp_path: Path, shadow: str) -> None:

@@ -27,7 +27,8 @@ from tests.conftest import (
     run_train,
     stage,
 )
-from tests.faultproxy import ALL_FAULTS, FaultProxy
+from tests.support.faultproxy import ALL_FAULTS, FaultProxy
+from tests.support.wait import wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -246,11 +247,8 @@ def test_sigterm_during_download_cleans_up_and_exits_143(
         proc = subprocess.Popen(["bash", str(RUN_TRAIN), "true"], env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         code = tmp_path / "user-job-dir" / tree
-        deadline = time.monotonic() + 30
-        temporaries: list[Path] = []
-        while time.monotonic() < deadline and not temporaries:
-            temporaries = list(code.rglob("*.bootstrap-tmp")) if code.exists() else []
-            time.sleep(0.05)
+        temporaries = wait_until(
+            lambda: list(code.rglob("*.bootstrap-tmp")) if code.exists() else [], 30)
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=60)
     # The signal landed mid-transfer (temporaries were there), so the clean-up is real.
@@ -278,10 +276,14 @@ def test_sigkill_during_the_final_sync_then_a_rerun_leaves_nothing_dangling(
                                 env={**env, "AWS_ENDPOINT_URL": proxy.endpoint},
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                 start_new_session=True)
-        deadline = time.monotonic() + 60
-        while not bucket.client.list_multipart_uploads(Bucket=bucket.name).get("Uploads"):
-            assert time.monotonic() < deadline and proc.poll() is None, "no upload started"
-            time.sleep(0.05)
+
+        def upload_started() -> bool:
+            if bucket.client.list_multipart_uploads(Bucket=bucket.name).get("Uploads"):
+                return True
+            assert proc.poll() is None, "no upload started"
+            return False
+
+        assert wait_until(upload_started, 60), "no upload started"
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     # Control: the failure this guards against is real.

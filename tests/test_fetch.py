@@ -22,7 +22,7 @@ from tests.conftest import (
     run_train,
     stage,
 )
-from tests.hostile_s3 import HostileS3
+from tests.support.hostile_s3 import HostileS3
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -16,7 +16,7 @@ import pytest
 
 from devtools.s3server import S3Server
 from tests.conftest import REPO, Bucket
-from tests.dockerlab import docker, stop_when_ready
+from tests.support.dockerlab import docker, stop_when_ready
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(2400)]
 

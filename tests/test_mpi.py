@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.lab import (
+from tests.support.lab import (
     Lab,
     NodeResult,
     old_contract,
@@ -25,6 +25,7 @@ from tests.lab import (
     shared_contract,
     signal_node,
 )
+from tests.support.wait import wait_until
 
 pytestmark = [pytest.mark.multinode, pytest.mark.timeout(600)]
 
@@ -198,15 +199,13 @@ SLEEPER = ["sh", "-c", "sleep 120"]  # a rank that runs until it is stopped
 
 
 def wait_for_ranks(count: int) -> None:
-    """Until ``count`` sleeper ranks run (on any node), then a second more."""
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
+    """Until ``count`` sleeper ranks run (on any node)."""
+    def running() -> bool:
         ranks = subprocess.run(["pgrep", "-c", "-f", "^sleep 120"], capture_output=True,
                                text=True).stdout.strip()  # the ranks' sleeps, not their shells
-        if ranks and int(ranks) >= count:
-            break
-        time.sleep(0.5)
-    time.sleep(1)
+        return bool(ranks) and int(ranks) >= count
+
+    wait_until(running, 60, interval=0.5)
 
 
 def _node_of(pid: str) -> str:
@@ -326,12 +325,10 @@ def test_open_mpis_tree_spawn_goes_through_the_agents(lab: Lab, tmp_path: Path,
     seen: list[str] = []
 
     def catch_node2s_orted() -> None:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and not seen:
-            found = subprocess.run(["pgrep", "-af", "^(\\S*/)?orted .*ess_base_vpid \"?2\"? "],
-                                   capture_output=True, text=True).stdout
-            seen.extend(found.splitlines())
-            time.sleep(0.1)
+        found = wait_until(lambda: subprocess.run(
+            ["pgrep", "-af", "^(\\S*/)?orted .*ess_base_vpid \"?2\"? "],
+            capture_output=True, text=True).stdout.splitlines(), 60, interval=0.1)
+        seen.extend(found)
 
     argv = ["mpirun", "--mca", "plm_rsh_no_tree_spawn", "0", "--mca", "routed", "radix",
             "--mca", "routed_radix", "1", "-np", "3", "sh", "-c", "sleep 4"]

@@ -26,7 +26,8 @@ from bootstrap.mpi import plan as mpi
 from bootstrap.mpi.agent import Agent
 from bootstrap.mpi.channel import Channel
 from bootstrap.mpi.launcher import Launcher
-from tests.lab import port
+from tests.support.lab import port
+from tests.support.wait import wait_until
 
 pytest.importorskip("cryptography")
 KEY = auth.derive("a-shared-job-secret-for-tests", "job-1", mpi.PROTOCOL)
@@ -84,9 +85,7 @@ def test_a_signal_reaches_the_remote_command(running: Running, tmp_path: Path) -
     proc = subprocess.Popen(running.argv(
         "node1", f"trap 'echo got TERM; exit 9' TERM; touch {ready}; sleep 30 & wait"),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 20
-    while not ready.exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_until(ready.exists, 20)
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=20)
     assert (proc.returncode, out) == (9, b"got TERM\n")
@@ -105,9 +104,7 @@ def raw(running: Running) -> socket.socket:
 
 
 def wait_for(running: Running, count: int) -> list[str]:
-    deadline = time.monotonic() + 10
-    while len(running.refusals()) < count and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_until(lambda: len(running.refusals()) >= count, 10)
     return running.refusals()
 
 
@@ -208,7 +205,7 @@ def test_a_recorded_session_replayed_runs_nothing(running: Running, tmp_path: Pa
     sock = raw(running)
     sock.recv(256)  # a new greeting, a new nonce
     sock.sendall(bytes(recorded))
-    time.sleep(1)
+    wait_for(running, before + 1)  # the agent has judged the replay before it hangs up
     sock.close()
     assert len(wait_for(running, before + 1)) == before + 1
     assert not marker.exists()

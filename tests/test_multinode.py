@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO, assert_one_error_line, stage
-from tests.lab import Lab, NodeResult, new_contract, old_contract, port, run_job
+from tests.support.lab import Lab, NodeResult, new_contract, old_contract, port, run_job
 
 pytestmark = [pytest.mark.multinode, pytest.mark.timeout(600)]
 
@@ -196,7 +196,7 @@ def test_a_node_whose_gpu_driver_hangs_stops_the_others_at_once(lab: Lab, tmp_pa
     """NVML never answers on node 1 (a GPU off the bus): it fails its preflight at
     BOOTSTRAP_PREFLIGHT_TIMEOUT and the barrier stops node 0 long before its deadline."""
     contract = old_contract(lab, 2, port())
-    hung = {"BOOTSTRAP_NVML_MODULE": "tests.fake_nvml", "PYTHONPATH": str(REPO),
+    hung = {"BOOTSTRAP_NVML_MODULE": "tests.support.fake_nvml", "PYTHONPATH": str(REPO),
             "FAKE_NVML": json.dumps({"mode": "hang-init"}), "BOOTSTRAP_PREFLIGHT_TIMEOUT": "3"}
     started = time.monotonic()
     results = run_job(lab, tmp_path, 2, ["python", "-c", "print('must not run')"],

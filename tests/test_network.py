@@ -20,8 +20,8 @@ import pytest
 from bootstrap.cluster import network
 from bootstrap.cluster.network import Choice, HcaPort, Interface
 from tests.conftest import RUN_TRAIN, VENV_BIN, assert_one_error_line, base_env
-from tests.lab import ALLREDUCE
-from tests.netns import Hosts, namespaces_available
+from tests.support.lab import ALLREDUCE
+from tests.support.netns import Hosts, namespaces_available
 
 ETH0 = Interface("eth0", ("10.9.0.2", "fe80::1"))
 DECOY = Interface("dcy0", ("10.200.200.1",))

@@ -1,5 +1,5 @@
-"""GPU and node preflight: every check through the fake NVML, the real no-GPU path,
-the ``check`` command, and what the engines are handed."""
+"""GPU and node preflight: every check through the fake NVML, the real no-GPU path, an
+NVML that never answers, the ``check`` command, and what the engines are handed."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import inspect
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +16,15 @@ import pytest
 
 from bootstrap.config.settings import load_preflight
 from bootstrap.node import gpu, preflight
-from tests import fake_nvml
-from tests.conftest import HEALTHY, assert_one_error_line, base_env, fake_env, run_train
+from tests.conftest import (
+    HEALTHY,
+    assert_one_error_line,
+    base_env,
+    fake_env,
+    record,
+    run_train,
+)
+from tests.support import fake_nvml
 
 
 def test_fake_nvml_mirrors_pynvml() -> None:
@@ -38,7 +46,7 @@ def test_fake_nvml_mirrors_pynvml() -> None:
 def report(scenario: dict[str, Any], monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
            **env: str) -> preflight.Report:
     monkeypatch.setenv("FAKE_NVML", json.dumps(scenario))
-    full = {"BOOTSTRAP_NVML_MODULE": "tests.fake_nvml", "FAKE_NVML": json.dumps(scenario),
+    full = {"BOOTSTRAP_NVML_MODULE": "tests.support.fake_nvml", "FAKE_NVML": json.dumps(scenario),
             "BOOTSTRAP_CACHE_DIR": str(tmp_path / "no-cache"), **env}
     return preflight.run(load_preflight(full), tmp_path, "ib0")
 
@@ -221,6 +229,19 @@ def test_check_command(home: Path) -> None:
     console = Path(sys.executable).parent / "bootstrap-check"
     r = subprocess.run([str(console)], env=env, capture_output=True, text=True, timeout=60)
     assert r.returncode == 4 and "FAIL gpu.busy" in r.stdout
+
+
+def test_a_hung_nvml_fails_the_preflight_within_its_timeout(home: Path) -> None:
+    env = base_env(home, fake_env({"mode": "hang-init"}, BOOTSTRAP_PREFLIGHT_TIMEOUT="2"))
+    started = time.monotonic()
+    r = run_train(["python", "-c", "print('must not run')"], env, timeout=60)
+    assert r.returncode == 4, r.stderr
+    assert time.monotonic() - started < 15
+    assert "nvmlInit never returned" in r.stderr and "must not run" not in r.stdout
+    rec = record(home)  # stopped before the command: the record says so all the same
+    assert (rec["reason"], rec["category"], rec["exit_code"]) == \
+        ("preflight", "infrastructure", 4)
+    assert "nvmlInit never returned" in rec["evidence"]
 
 
 def test_the_cuda_compat_driver_is_found_by_its_libcuda(tmp_path: Path) -> None:

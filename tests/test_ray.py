@@ -10,13 +10,13 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import assert_one_error_line
-from tests.lab import Lab, NodeResult, old_contract, port, run_job, signal_node
+from tests.support.lab import Lab, NodeResult, old_contract, port, run_job, signal_node
+from tests.support.wait import wait_until
 
 pytestmark = [pytest.mark.multinode, pytest.mark.timeout(600)]
 
@@ -160,9 +160,7 @@ def test_a_node_that_dies_is_reported_and_the_driver_decides(lab: Lab, tmp_path:
     script.write_text(WATCHER)
 
     def stop_node_1() -> None:
-        deadline = time.monotonic() + 200
-        while not ready.exists() and time.monotonic() < deadline:
-            time.sleep(0.2)
+        wait_until(ready.exists, 200, interval=0.2)
         assert ready.exists() and ready.read_text() == "2"
         signal_node(tmp_path, 1, signal.SIGTERM, bootstrap_only=True)
 

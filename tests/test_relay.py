@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import signal
 import socket
 import subprocess
@@ -22,8 +23,9 @@ from bootstrap.cluster import auth
 from bootstrap.cluster.wire import Wire
 from bootstrap.relay import protocol
 from tests.conftest import REPO, log_records, stage
-from tests.faultproxy import FaultProxy
-from tests.lab import Lab, NodeResult, old_contract, port, run_job, shared_contract
+from tests.support.faultproxy import FaultProxy
+from tests.support.lab import Lab, NodeResult, old_contract, port, run_job, shared_contract
+from tests.support.wait import wait_until
 
 pytestmark = [pytest.mark.multinode, pytest.mark.timeout(600)]
 
@@ -343,14 +345,16 @@ def test_strangers_and_paths_outside_the_tree_are_refused(lab: Lab, tree: str,
     answers: list[list[bytes]] = []
 
     def dial() -> Wire:
-        deadline = time.monotonic() + 60
-        while True:
+        def connect() -> Wire | None:
             try:
                 return Wire(socket.create_connection((lab.hosts.addr(0), relay_port),
                                                      timeout=5))
             except OSError:
-                assert time.monotonic() < deadline
-                time.sleep(0.2)
+                return None
+
+        wire = wait_until(connect, 60, interval=0.2)
+        assert wire is not None
+        return wire
 
     def rest(wire: Wire) -> list[bytes]:
         lines = []
@@ -484,11 +488,14 @@ def test_a_stranger_holding_the_slots_does_not_keep_the_children_out(
     assert f"more than {protocol.MAX_PENDING} handshakes at once" in results[0].err
 
 
-def established(lab: Lab, host: int, sport: int) -> bool:
-    out = subprocess.run(["ip", "netns", "exec", lab.hosts.ns(host), "ss", "-Htn", "state",
+def segments_in(lab: Lab, host: int, sport: int) -> int:
+    """How many segments with data the established connection to port ``sport`` on
+    ``host`` has received (0 while there is none): what its peer has sent so far."""
+    out = subprocess.run(["ip", "netns", "exec", lab.hosts.ns(host), "ss", "-Htin", "state",
                           "established", f"( sport = :{sport} )"],
                          capture_output=True, text=True).stdout
-    return bool(out.strip())
+    found = re.search(r"\bdata_segs_in:(\d+)", out)
+    return int(found.group(1)) if found else 0
 
 
 def test_a_stopped_child_holds_its_parent_no_longer_than_the_silence_bound(
@@ -504,11 +511,9 @@ def test_a_stopped_child_holds_its_parent_no_longer_than_the_silence_bound(
 
     def stop_node_one() -> None:
         def run() -> None:
-            deadline = time.monotonic() + 60
-            while not established(lab, 0, relay_port):
-                assert time.monotonic() < deadline, "node 1 never connected"
-                time.sleep(0.05)
-            time.sleep(1)  # its handshake and first request are through
+            # Node 1's hello, proof and first request are through (node 0 has them all).
+            assert wait_until(lambda: segments_in(lab, 0, relay_port) >= 3, 60), \
+                "node 1 never connected and asked"
             node_one = lab.hosts.procs[-1]
             os.killpg(node_one.pid, signal.SIGSTOP)
             stopped.append(time.monotonic())

@@ -23,7 +23,8 @@ from bootstrap.relay import client, protocol
 from bootstrap.relay import server as relay_server
 from bootstrap.transfer.listing import RemoteObject
 from bootstrap.transfer.manifest import Manifest
-from tests.lab import port as port_block
+from tests.support.lab import port as port_block
+from tests.support.wait import wait_until
 
 KEY = auth.derive("loopback-secret", "loopback-job", "relay-code")
 
@@ -180,7 +181,8 @@ def test_strangers_holding_every_handshake_slot_do_not_keep_a_child_out(
                  for _ in range(protocol.MAX_PENDING)]
     for t in strangers:
         t.start()
-    time.sleep(1)  # every slot taken
+    # Every slot taken: the server holds MAX_PENDING handshakes in progress.
+    assert wait_until(lambda: len(server._pending) >= protocol.MAX_PENDING, 10)
     failed, child_said = pull(base, objects, tmp_path / "child")
     stop.set()
     server.finish(5)

@@ -18,6 +18,7 @@ import pytest
 
 from devtools.s3server import S3Server
 from tests.conftest import RUN_TRAIN, Bucket, base_env, run_train
+from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -93,20 +94,23 @@ def first_attempt_killed_after_step(s3: S3Server, bucket: Bucket, home: Path,
                             env=job_env(s3, bucket, home), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     log_key = f"train/.bootstrap/0/{JOB}/attempt-1/task.log"
+
+    def synced() -> tuple[int] | None:  # the step, once the store has it (and its log)
+        step = stored_step(bucket)
+        if step is not None and step >= at_least and (
+                not whole_round or f"saved step {step}\n" in stored_text(bucket, log_key)):
+            return (step,)
+        return None
+
     try:
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            step = stored_step(bucket)
-            if step is not None and step >= at_least and (
-                    not whole_round or f"saved step {step}\n" in stored_text(bucket, log_key)):
-                break
-            time.sleep(0.1)
-        else:
+        found = wait_until(synced, 90, interval=0.1)
+        if found is None:
             raise AssertionError("attempt 1 never synced a checkpoint")
+        (round_step,) = found
     finally:
         crash(proc)
     if whole_round:
-        return step
+        return round_step
     step = stored_step(bucket)
     assert step is not None and step >= at_least
     return step

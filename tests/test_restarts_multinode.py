@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 
 from tests.conftest import stage
-from tests.faultproxy import FaultProxy
-from tests.lab import Lab, NodeResult, old_contract, port, run_job
+from tests.support.faultproxy import FaultProxy
+from tests.support.lab import Lab, NodeResult, old_contract, port, run_job
 
 pytestmark = [pytest.mark.multinode, pytest.mark.timeout(600)]
 

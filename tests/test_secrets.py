@@ -50,6 +50,16 @@ def scenario_env(s3: S3Server, home: Path, out: Path) -> dict[str, str]:
     })
 
 
+def test_secrets_never_reach_the_log(home: Path) -> None:
+    env = base_env(home, {"AWS_SECRET_ACCESS_KEY": "MARKER-SECRET-0001",
+                          "OBS_SECURITY_TOKEN": "MARKER-TOKEN-0002",
+                          "AWS_ACCESS_KEY_ID": "AKIDMARKER0003"})
+    r = run_train(["echo", "MARKER-SECRET-0001", "--token=abc"], env)
+    assert "MARKER-SECRET-0001" in r.stdout  # the command itself gets its arguments
+    assert "MARKER-SECRET-0001" not in r.stderr and "abc" not in r.stderr
+    assert "MARKER-TOKEN-0002" not in r.stderr and "AKIDMARKER0003" not in r.stderr
+
+
 @pytest.mark.parametrize("fmt, code", [("text", 0), ("json", 3)])
 def test_no_secret_anywhere(marked_s3: S3Server, home: Path, tmp_path: Path, fmt: str,
                             code: int) -> None:

@@ -21,7 +21,7 @@ from tests.conftest import (
     run_train,
     stage,
 )
-from tests.faultproxy import FaultProxy
+from tests.support.faultproxy import FaultProxy
 
 SHOW = ("import json, os; print(json.dumps({k: os.environ.get(k) for k in "
         "['BOOTSTRAP_DATA_PATH', 'BOOTSTRAP_DATA_SHARE_FILE', 'DLS_DATA_URL']}))")

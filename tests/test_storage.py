@@ -19,14 +19,14 @@ import shutil
 import signal
 import socket
 import subprocess
-import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import RUN_TRAIN, VENV_BIN, assert_one_error_line, base_env, run_train
-from tests.recording_s3 import RecordingS3
+from tests.support.recording_s3 import RecordingS3
+from tests.support.wait import accepts, wait_until
 
 DOMAIN = "obs.cn-test-1.myhuaweicloud.com"
 BUCKET = "bkt"
@@ -214,13 +214,7 @@ def rclone(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]
                              "--auth-key", f"{key},{secret}", str(root)],
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            time.sleep(0.1)
-        else:
+        if not wait_until(lambda: accepts("127.0.0.1", port), 30, interval=0.1):
             pytest.fail("rclone serve s3 did not start")
         yield {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": key,
                "AWS_SECRET_ACCESS_KEY": secret, "AWS_DEFAULT_REGION": "us-east-1",

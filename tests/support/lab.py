@@ -1,5 +1,5 @@
 """The multi-node lab: a job's nodes started through run_train.sh on network-namespace
-hosts (tests/netns.py), one S3 server beside them, and the job contracts that describe
+hosts (tests/support/netns.py), one S3 server beside them, and the job contracts that describe
 them. Shared by the multi-node, relay and bench modules (the ``lab`` fixture itself is
 conftest.py's)."""
 
@@ -15,7 +15,7 @@ from pathlib import Path
 
 from devtools.s3server import S3Server
 from tests.conftest import RUN_TRAIN, base_env
-from tests.netns import Hosts
+from tests.support.netns import Hosts
 
 # The one torch.distributed check every multi-node test runs (netns hosts, docker):
 # an allreduce over gloo, then a barrier so that the ranks leave together (rank 0 hosts

@@ -3,7 +3,7 @@
 It mirrors the real module's names, constants, return types and exception classes
 (``test_fake_nvml_mirrors_pynvml`` checks them against the installed pynvml), and
 reads its scenario from the ``FAKE_NVML`` environment variable (JSON) so that a
-bootstrap started as a subprocess with ``BOOTSTRAP_NVML_MODULE=tests.fake_nvml``
+bootstrap started as a subprocess with ``BOOTSTRAP_NVML_MODULE=tests.support.fake_nvml``
 sees the same GPUs as the test that set it up::
 
     {"mode": "ok" | "missing" | "no-driver" | "mismatch" | "hang-init",

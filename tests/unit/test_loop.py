@@ -14,6 +14,7 @@ import pytest
 
 from bootstrap.errors import Terminated
 from bootstrap.transfer.loop import run_threads, run_workers
+from tests.support.wait import wait_until
 
 
 def test_workers_share_the_queue_until_it_is_empty() -> None:
@@ -39,7 +40,8 @@ def test_the_first_failure_stops_the_others_before_it_is_raised() -> None:
         running.add(me)
         try:
             if me == 3:
-                await asyncio.sleep(0.01)
+                while len(running) < 6:  # until the others run too (they wait below)
+                    await asyncio.sleep(0)
                 raise OSError("disk full")
             await asyncio.sleep(30)
         finally:
@@ -77,14 +79,17 @@ def test_a_threads_failure_stops_the_others_before_it_is_raised() -> None:
     ids = iter(range(100))
     lock = threading.Lock()
     ended: list[int] = []
+    waiting: list[int] = []
 
     def worker() -> None:
         with lock:
             me = next(ids)
         try:
             if me == 3:
-                time.sleep(0.01)
+                wait_until(lambda: len(waiting) == 5, 10, interval=0.001)  # the others wait
                 raise OSError("disk full")
+            with lock:
+                waiting.append(me)
             stop.wait(30)  # as a range thread looks at its stop between chunks
         finally:
             with lock:
@@ -104,7 +109,7 @@ def test_a_stop_signal_ends_the_threads_then_raises_terminated() -> None:
 
     def worker() -> None:
         if threading.current_thread().name == "transfer-0":
-            time.sleep(0.05)
+            wait_until(lambda: ticks, 10, interval=0.005)  # the main thread is in its join
             os.kill(os.getpid(), signal.SIGTERM)  # handled in the main thread, in its join
         stop.wait(30)
 

@@ -9,9 +9,10 @@ import os
 import shutil
 import signal
 import subprocess
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+
+from tests.support.wait import wait_until
 
 DATA_ROOT = "/var/lib/bootstrap-docker"
 EXEC_ROOT = "/run/bootstrap-docker"
@@ -50,9 +51,7 @@ def engine() -> Iterator[tuple[str | None, str]]:
                              "--storage-driver", "overlay2", "--iptables=false"],
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and proc.poll() is None and not _answers(SOCKET):
-            time.sleep(0.5)
+        wait_until(lambda: proc.poll() is not None or _answers(SOCKET), 60, interval=0.5)
         if not _answers(SOCKET):
             yield None, f"dockerd did not start (see {EXEC_ROOT}/dockerd.log)"
             return
@@ -82,12 +81,9 @@ def stop_when_ready(env: dict[str, str], cid: str, grace: int = 20) -> int:
     """Waits until container ``cid`` has logged "ready", stops it as the platform would
     (SIGTERM, then SIGKILL after ``grace`` seconds) and returns its exit code."""
     import json
-    import time
 
-    deadline = time.monotonic() + 120
-    while "ready" not in docker(env, "logs", cid).stdout:
-        assert time.monotonic() < deadline, docker(env, "logs", cid).stderr
-        time.sleep(0.5)
+    assert wait_until(lambda: "ready" in docker(env, "logs", cid).stdout, 120, interval=0.5), \
+        docker(env, "logs", cid).stderr
     docker(env, "stop", "-t", str(grace), cid)
     code: int = json.loads(docker(env, "inspect", cid).stdout)[0]["State"]["ExitCode"]
     return code
