@@ -52,7 +52,7 @@ from ..errors import DownloadError, NoSpaceForData
 from ..relay.fetch import download_with_peers, open_relay, serve_only
 from ..relay.server import AnnouncingManifest, Held
 from ..transfer.download import Stats
-from ..transfer.fetch import manifest_path, remote
+from ..transfer.fetch import Remote, manifest_path, remote
 from ..transfer.listing import RemoteObject, list_objects, named_object
 from ..transfer.manifest import Manifest
 from . import versions
@@ -106,8 +106,9 @@ def stage(settings: Staging, transfer: Transfer, rank: int, nodes: int, log: Log
                             "point it at a writable folder (e.g. /cache/data)") from None
     # The relay listens before the lock and the listing, so children knock in time.
     with _relay_server(peers if source.is_remote else None, log) as server, \
-            versions.node_lock(state / f"{name}.lock", settings.timeout, log):
-        listed, single = _list(source, transfer)
+            versions.node_lock(state / f"{name}.lock", settings.timeout, log), \
+            _session(source, transfer, log) as session:
+        listed, single = _list(source, transfer, session)
         # One object cannot be split: every node stages it.
         spec = "none" if settings.shard == "none" or nodes == 1 or single is not None \
             else f"node {rank}/{nodes}"
@@ -135,7 +136,7 @@ def stage(settings: Staging, transfer: Transfer, rank: int, nodes: int, log: Log
         else:
             version = history / f"v{time.time_ns()}-{os.getpid()}"
             _check_space(root, mine, unchanged, settings.max_bytes)
-            stats = _build(version, reusable, mine, unchanged, source, transfer, source.url,
+            stats = _build(version, reusable, mine, unchanged, session, transfer, source.url,
                            log, peers, server)
             reused = False
         share_file = history / f"{version.name}.share"
@@ -150,6 +151,17 @@ def stage(settings: Staging, transfer: Transfer, rank: int, nodes: int, log: Log
         hold = versions.hold(history / f"{version.name}.hold")
         versions.collect(history, keep=version, log=log)
     return Staged(target, share_file, stats, reused, hold)
+
+
+@contextlib.contextmanager
+def _session(source: locations.Location, transfer: Transfer,
+             log: Log) -> Iterator[Remote | None]:
+    """One store session for the listing and the download (None for a mounted path)."""
+    if not source.is_remote:
+        yield None
+        return
+    with remote(source, transfer, log) as session:
+        yield session
 
 
 @contextlib.contextmanager
@@ -170,21 +182,19 @@ def _relay_server(peers: Peers | None, log: Log) -> Iterator[RelayServer | None]
 
 # --------------------------------------------------------------------------- listing
 
-def _list(source: locations.Location,
-          transfer: Transfer) -> tuple[list[RemoteObject], RemoteObject | None]:
+def _list(source: locations.Location, transfer: Transfer,
+          session: Remote | None) -> tuple[list[RemoteObject], RemoteObject | None]:
     """Every file of the source (relative paths), and the single object when the URL
     names one."""
-    if not source.is_remote:
+    if session is None:
         assert source.path is not None
         return _list_local(source.path)
-
-    with remote(source, transfer) as session:
-        if not source.url.endswith("/"):
-            single = named_object(session.client, source, transfer)
-            if single is not None:
-                return [single], single
-        objects, _ = list_objects(session.client, source, transfer)
-        return objects, None
+    if not source.url.endswith("/"):
+        single = named_object(session.client, source, transfer)
+        if single is not None:
+            return [single], single
+    objects, _ = list_objects(session.client, source, transfer)
+    return objects, None
 
 
 def _list_local(path: Path) -> tuple[list[RemoteObject], RemoteObject | None]:
@@ -254,7 +264,7 @@ def _human(n: int) -> str:
 
 
 def _build(version: Path, previous: Path | None, objects: list[RemoteObject],
-           unchanged: set[str], source: locations.Location, transfer: Transfer, url: str,
+           unchanged: set[str], session: Remote | None, transfer: Transfer, url: str,
            log: Log, peers: Peers | None = None,
            server: RelayServer | None = None) -> Stats:
     """A new version: unchanged files hard-linked from ``previous`` (same inodes, never
@@ -265,7 +275,7 @@ def _build(version: Path, previous: Path | None, objects: list[RemoteObject],
         record: Manifest = AnnouncingManifest(manifest_path(version), url, Held())
     else:
         record = _manifest(version, url)
-    linked = 0
+    linked: set[str] = set()
     for obj in objects:
         if previous is None or obj.rel not in unchanged:
             continue
@@ -276,18 +286,18 @@ def _build(version: Path, previous: Path | None, objects: list[RemoteObject],
         except OSError:
             continue  # fetched instead
         record.record(obj.rel, obj.size, obj.etag, dest)
-        linked += 1
+        linked.add(obj.rel)
     folders = sorted({"/".join(o.rel.split("/")[:i])
                       for o in objects for i in range(1, o.rel.count("/") + 1)})
     try:
-        if source.is_remote:
-            with remote(source, transfer, log) as session:
-                if peers is not None:
-                    assert isinstance(record, AnnouncingManifest)
-                    return download_with_peers(session, objects, folders, version, record,
-                                               peers, server, log, label="data")
-                return session.download(objects, folders, version, record, log, label="data")
-        return _copy_local(objects, folders, version, record, transfer.workers)
+        if session is None:
+            return _copy_local(objects, folders, version, record, transfer.workers, linked)
+        if peers is not None:
+            assert isinstance(record, AnnouncingManifest)
+            return download_with_peers(session, objects, folders, version, record, peers,
+                                       server, log, label="data", unchanged=linked)
+        return session.download(objects, folders, version, record, log, label="data",
+                                unchanged=linked)
     except OSError as exc:
         if exc.errno == errno.ENOSPC:
             raise NoSpaceForData(f"{version.parent.parent.parent} ran out of space while "
@@ -296,10 +306,10 @@ def _build(version: Path, previous: Path | None, objects: list[RemoteObject],
 
 
 def _copy_local(objects: list[RemoteObject], folders: list[str], version: Path,
-                record: Manifest, workers: int) -> Stats:
-    """A mounted path's files, copied on threads, each under a temporary name first."""
+                record: Manifest, workers: int, unchanged: set[str]) -> Stats:
+    """A mounted path's files but the ``unchanged`` ones (linked from the version
+    before), copied on threads, each under a temporary name first."""
     from concurrent.futures import ThreadPoolExecutor
-
 
     stats = Stats(backend="local copy")
     started = time.monotonic()
@@ -309,7 +319,7 @@ def _copy_local(objects: list[RemoteObject], folders: list[str], version: Path,
     for obj in objects:
         stats.total_files += 1
         stats.total_bytes += obj.size
-        if record.unchanged(obj.rel, obj.size, obj.etag, version / obj.rel):
+        if obj.rel in unchanged:
             stats.skipped += 1
         else:
             todo.append(obj)

@@ -37,11 +37,12 @@ def fetch_with_peers(location: Location, dest: Path, settings: Transfer, peers: 
         with remote(location, settings, log) as source:
             objects, folders = list_objects(source.client, location, settings)
             manifest = AnnouncingManifest(manifest_path(dest), location.url, Held())
+            unchanged = source.unchanged(objects, dest, manifest)
             for obj in objects:
-                if manifest.unchanged(obj.rel, obj.size, obj.etag, dest / obj.rel):
+                if obj.rel in unchanged:
                     manifest.held.add(obj.rel, obj.size)
             return download_with_peers(source, objects, folders, dest, manifest, peers,
-                                       server, log)
+                                       server, log, unchanged=unchanged)
     finally:
         if server is not None:
             server.close()  # a failed listing: the children find no parent, use the store
@@ -54,35 +55,39 @@ def open_relay(peers: Peers, log: Log) -> RelayServer | None:
 
 def download_with_peers(source: Remote, objects: list[RemoteObject], folders: list[str],
                         dest: Path, manifest: AnnouncingManifest, peers: Peers,
-                        server: RelayServer | None, log: Log,
-                        label: str = "fetch") -> Stats:
+                        server: RelayServer | None, log: Log, label: str = "fetch",
+                        unchanged: set[str] | None = None) -> Stats:
     """``objects`` into ``dest``: from the parent what it can give and the listing can
     verify, the rest from the store, while ``server`` (from :func:`open_relay`) serves
     this node's children; ``manifest`` already holds (and has announced) what ``dest``
-    has."""
+    has, ``unchanged`` (judged here when not given)."""
     held = manifest.held
+    if unchanged is None:
+        unchanged = source.unchanged(objects, dest, manifest)
     if server is not None:
         server.offer(dest, {o.rel: o.size for o in objects}, held)
-    from_peer = peer_bytes = 0
+    pulled: set[str] = set()
+    peer_bytes = 0
     layouts: dict[str, Layout] = {}
     started = time.monotonic()
     try:
         up = parent(peers.rank)
         if up is not None:
-            want = [o for o in objects
-                    if not manifest.unchanged(o.rel, o.size, o.etag, dest / o.rel)]
+            want = [o for o in objects if o.rel not in unchanged]
             layouts = source.layouts(want)
             want = [o for o in want if checkable(o, layouts.get(o.rel))]
             failed = client.pull(peers, want, layouts, dest, manifest, log,
                                  ask_every=lambda obj: source.parts_of(obj, every=True),
                                  encrypted=source.encrypted)
-            from_peer = len(want) - len(failed)
+            pulled = {o.rel for o in want} - {o.rel for o in failed}
             peer_bytes = sum(o.size for o in want) - sum(o.size for o in failed)
+        from_peer = len(pulled)
         from_parent_s = time.monotonic() - started
         stats = Stats()
         held.live_bytes = lambda: stats.bytes  # the heartbeats' progress, range by range
         stats = source.download(objects, folders, dest, manifest, log, label=label,
-                                stats=stats, layouts=layouts)
+                                stats=stats, layouts=layouts, unchanged=unchanged,
+                                pulled=pulled)
     finally:
         held.close()  # what has not landed now never will: children go to the store
         if server is not None:
@@ -97,7 +102,6 @@ def download_with_peers(source: Remote, objects: list[RemoteObject], folders: li
              store_bytes=stats.bytes, served=served,
              peer_seconds=round(from_parent_s, 3),
              serve_seconds=round(time.monotonic() - started, 3))
-    stats.skipped -= from_peer  # fetched from a peer this run, not unchanged
     stats.peer_files = from_peer
     return stats
 

@@ -53,7 +53,7 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -150,13 +150,18 @@ class Engine:
         self._asking_pool: Any | None = None  # see _askers
 
     # -- planning
-    def plan(self, objects: list[RemoteObject], folders: list[str]) -> None:
+    def plan(self, objects: list[RemoteObject], folders: list[str],
+             unchanged: Collection[str] = (), pulled: Collection[str] = ()) -> None:
+        """Every object counted; the ``unchanged`` ones skipped (counted so), those a
+        peer gave (``pulled``) left alone; the rest planned."""
         large: list[list[Work]] = []
         for obj in objects:
             self.stats.total_files += 1
             self.stats.total_bytes += obj.size
-            if self.manifest.unchanged(obj.rel, obj.size, obj.etag, self.dest / obj.rel):
+            if obj.rel in unchanged:
                 self.stats.skipped += 1
+                continue
+            if obj.rel in pulled:
                 continue
             large_object = obj.size >= self.settings.multipart_threshold
             if not checkable(obj, self.doubts.layouts.get(obj.rel)) \

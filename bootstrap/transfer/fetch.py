@@ -113,24 +113,32 @@ class Remote:
             self._store = None
         self.client.close()
 
+    @staticmethod
+    def unchanged(objects: list[RemoteObject], dest: Path, manifest: Manifest) -> set[str]:
+        """The objects ``manifest`` vouches for in ``dest`` (same size and ETag as listed,
+        the file as it was recorded): asked once a tree, and handed on."""
+        return {o.rel for o in objects if manifest.unchanged(o.rel, o.size, o.etag, dest / o.rel)}
+
     def download(self, objects: list[RemoteObject], folders: list[str], dest: Path,
                  manifest: Manifest, log: Log, label: str = "fetch",
-                 stats: Stats | None = None,
-                 layouts: dict[str, Layout] | None = None) -> Stats:
-        """Fetches ``objects`` into ``dest``, skipping those ``manifest`` vouches for,
-        each verified against its ETag (``layouts``: multipart objects' parts already
-        known; the rest are asked for: a whole object's before the fetch, as its body is
-        checked in one piece, a large one's by the engine beside its first range);
-        ``stats``, when given, is the one the engine counts into as it goes."""
-
+                 stats: Stats | None = None, layouts: dict[str, Layout] | None = None,
+                 unchanged: set[str] | None = None, pulled: set[str] | None = None) -> Stats:
+        """Fetches ``objects`` into ``dest``, but the ``unchanged`` ones (judged here when
+        not given, see :meth:`unchanged`) and those a peer already gave (``pulled``), each
+        verified against its ETag (``layouts``: multipart objects' parts already known;
+        the rest are asked for: a whole object's before the fetch, as its body is checked
+        in one piece, a large one's by the engine beside its first range); ``stats``,
+        when given, is the one the engine counts into as it goes."""
+        if unchanged is None:
+            unchanged = self.unchanged(objects, dest, manifest)
+        done = unchanged | (pulled or set())
         known = dict(layouts or {})
-        todo = [o for o in objects if o.parts and o.rel not in known
-                and o.size < self.settings.multipart_threshold
-                and not manifest.unchanged(o.rel, o.size, o.etag, dest / o.rel)]
-        known.update(self.layouts(todo))
+        known.update(self.layouts([o for o in objects if o.parts and o.rel not in known
+                                   and o.size < self.settings.multipart_threshold
+                                   and o.rel not in done]))
 
         engine = Engine(self, dest, manifest, log, label, stats, known)
-        engine.plan(objects, folders)
+        engine.plan(objects, folders, unchanged, pulled or set())
         manifest.open_for_append()
         return engine.run()
 
