@@ -308,8 +308,8 @@ def previous_engine(rev: str) -> Path | None:
     return target
 
 
-def contenders(endpoint: str, s3: S3Server,
-               bench_env: Path) -> dict[str, Callable[[str, Path], Invocation]]:
+def contenders(endpoint: str, s3: S3Server, bench_env: Path,
+               before_rev: str = "") -> dict[str, Callable[[str, Path], Invocation]]:
     base = {**os.environ, **s3.env(), "AWS_ENDPOINT_URL": endpoint}
 
     def bootstrap_env(prefix: str, work: Path, **extra: str) -> dict[str, str]:
@@ -333,6 +333,15 @@ def contenders(endpoint: str, s3: S3Server,
             work / "user-job-dir" / prefix
 
     old = previous_engine(BASELINE_REV)
+    before = previous_engine(before_rev) if before_rev else None
+
+    def as_before(prefix: str, work: Path) -> Invocation:
+        """The bootstrap as of ``--before REV``, interleaved with this one (a change's
+        before and after, measured in one run)."""
+        assert before is not None
+        env = bootstrap_env(prefix, work, PYTHONPATH=str(before))
+        return ["bash", str(before / "scripts/run_train.sh"), "true"], env, \
+            work / "user-job-dir" / prefix
 
     def lean(prefix: str, work: Path) -> Invocation:
         assert old is not None
@@ -386,6 +395,8 @@ def contenders(endpoint: str, s3: S3Server,
         "awscrt": awscrt,
         "boto3-fallback": fallback, "rclone": rclone, "aws-cli": aws,
         "boto3-pool": boto3_pool, "bootstrap-runtime": on_runtime}
+    if before is not None:
+        found["before"] = as_before
     if not (RUNTIME / "glibc-floor").exists():
         del found["bootstrap-runtime"]
     if old is None or importlib.util.find_spec("tenacity") is None:  # the old engine's
@@ -461,11 +472,12 @@ def run_downloads(sets: list[DataSet], names: dict[str, Callable[[str, Path], In
         sums = uploaded[ds.name]
         print(f"\n{ds.label}: {len(sums)} files", flush=True)
         chosen = {n: b for n, b in names.items()
-                  if (not ds.only and n != "staging") or n in ds.only}
+                  if (not ds.only and n != "staging") or n in ds.only or n == "before"}
         rows = {n: Row([], len(sums)) for n in chosen}
         for rep in range(ds.reps or reps):
             for name, build in chosen.items():
-                if name not in ("bootstrap", "s5cmd", "s5cmd+md5sum") and rep >= FEW_REPS:
+                if name not in ("bootstrap", "before", "s5cmd", "s5cmd+md5sum") \
+                        and rep >= FEW_REPS:
                     continue
                 work = Path(tempfile.mkdtemp(prefix="bench-", dir=out_root))
                 try:
@@ -534,16 +546,17 @@ class DelayProxy:
 
 
 def run_latency(ds: DataSet, s3: S3Server, delays: list[float], reps: int,
-                uploaded: dict[str, dict[str, str]], data_root: Path,
-                out_root: Path) -> dict[str, dict[str, dict[str, float]]]:
+                uploaded: dict[str, dict[str, str]], data_root: Path, out_root: Path,
+                before_rev: str = "") -> dict[str, dict[str, dict[str, float]]]:
     """The same data set with the store ``delay`` ms away each way (0: through the proxy
     with no delay, to show the proxy itself costs nothing)."""
     results: dict[str, dict[str, dict[str, float]]] = {}
     for delay in delays:
         proxy = DelayProxy(s3.endpoint, delay)
         try:
-            names = contenders(proxy.endpoint, s3, REPO / ".venv-bench")
-            names = {n: b for n, b in names.items() if n in ("bootstrap", "s5cmd", "lean-py")}
+            names = contenders(proxy.endpoint, s3, REPO / ".venv-bench", before_rev)
+            names = {n: b for n, b in names.items()
+                     if n in ("bootstrap", "before", "s5cmd", "lean-py")}
             label = f"{ds.name} +{delay:g} ms"
             sub = DataSet(ds.name, ds.make, label=label)
             results.update(run_downloads([sub], names, data_root, reps, uploaded, out_root))
@@ -582,20 +595,25 @@ def source_folder(ds: DataSet, data_root: Path) -> Path:
     return next(p for p in data_root.iterdir() if p.is_dir() and p.name.startswith(ds.name + "-"))
 
 
-def startup(reps: int) -> dict[str, float]:
+def startup(reps: int, before_rev: str = "") -> dict[str, float]:
     """Start-up as an image has it: a regular (not editable) install in a fresh venv,
-    whose ``python -c pass`` is the baseline."""
+    whose ``python -c pass`` is the baseline (``before_rev``: that revision's bootstrap
+    on the same venv, interleaved)."""
+    before = previous_engine(before_rev) if before_rev else None
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DLS_", "BATCH_", "VC_"))}
     with tempfile.TemporaryDirectory() as home:
         # No dependencies: the no-download path imports none of them.
         venv_bin = regular_install(Path(home), deps=False)
         env["PATH"] = f"{venv_bin}:{env['PATH']}"
         env["BOOTSTRAP_HOME"] = home
-        bare, boot = [], []
+        bare, boot, old = [], [], []
         for _ in range(reps):
             bare.append(timed([str(venv_bin / "python"), "-c", "pass"], env).seconds)
             boot.append(timed(["bash", str(REPO / "scripts/run_train.sh"), "python", "-c",
                                "pass"], env).seconds)
+            if before is not None:
+                old.append(timed(["bash", str(before / "scripts/run_train.sh"), "python",
+                                  "-c", "pass"], {**env, "PYTHONPATH": str(before)}).seconds)
         runtime = []
         if (RUNTIME / "glibc-floor").exists():  # the same job, on the runtime
             on_runtime = {**env, "BOOTSTRAP_PYTHON": str(RUNTIME / "bin/python3"),
@@ -606,6 +624,8 @@ def startup(reps: int) -> dict[str, float]:
     found = {"python_ms": statistics.median(bare) * 1000,
              "run_train_ms": statistics.median(boot) * 1000,
              "overhead_ms": (statistics.median(boot) - statistics.median(bare)) * 1000}
+    if old:
+        found["before_overhead_ms"] = (statistics.median(old) - statistics.median(bare)) * 1000
     if runtime:
         found["runtime_run_train_ms"] = statistics.median(runtime) * 1000
         found["runtime_overhead_ms"] = (statistics.median(runtime) - statistics.median(bare)) \
@@ -654,6 +674,8 @@ def main() -> int:
     ap.add_argument("--data", default=os.environ.get("BENCH_DATA", "/tmp/bootstrap-bench-data"))
     ap.add_argument("--downloads-only", action="store_true",
                     help="no uploads, latency mode or overlap (bench/device.sh: no boto3)")
+    ap.add_argument("--before", default="", metavar="REV",
+                    help="also run the bootstrap as of this git revision, interleaved")
     args = ap.parse_args()
     reps = 1 if args.smoke else args.reps
     sets = SMOKE if args.smoke else FULL
@@ -676,7 +698,7 @@ def main() -> int:
                             f"{source_folder(ds, data_root)}/", f"s3://bench/{ds.name}/"],
                            env={**os.environ, **s3.env()}, check=True,
                            stdout=subprocess.DEVNULL)
-        names = contenders(s3.endpoint, s3, REPO / ".venv-bench")
+        names = contenders(s3.endpoint, s3, REPO / ".venv-bench", args.before)
         results = run_downloads(sets, names, data_root, reps, uploaded, out_root)
         more = not args.downloads_only  # uploads, the latency mode, the overlap
         ups = [d for d in sets if d.name in ("small2k", "large4x64") and more]
@@ -685,10 +707,11 @@ def main() -> int:
         # the round trips before the first byte, the parts asked beside the first range).
         latency: dict[str, dict[str, dict[str, float]]] = {}
         for ds in (d for d in sets if d.name in ("small2k", "large4x64") and delays and more):
-            latency.update(run_latency(ds, s3, delays, reps, uploaded, data_root, out_root))
+            latency.update(run_latency(ds, s3, delays, reps, uploaded, data_root, out_root,
+                                       args.before))
         both = overlap(s3, "small2k", "mixed1g", 1 if args.smoke else 3, out_root) \
             if {"small2k", "mixed1g"} <= {d.name for d in sets} and more else {}
-        start = startup(5 if args.smoke else 30)
+        start = startup(5 if args.smoke else 30, args.before)
         imports = import_costs(3 if args.smoke else 15)
     print_ratios("ratio to s5cmd (median time; < 1 is faster than s5cmd)", results)
     if upload_results:
@@ -700,7 +723,9 @@ def main() -> int:
               f"longest {both['longest_s']:.2f} s, job wall {both['wall_s']:.2f} s")
     print("\nimport cost: " + ", ".join(f"{k} {v:.0f} ms" for k, v in imports.items()))
     print(f"\nstart-up: python -c pass {start['python_ms']:.1f} ms, run_train.sh python -c pass "
-          f"{start['run_train_ms']:.1f} ms, overhead {start['overhead_ms']:.1f} ms")
+          f"{start['run_train_ms']:.1f} ms, overhead {start['overhead_ms']:.1f} ms"
+          + (f" (--before: {start['before_overhead_ms']:.1f} ms)"
+             if "before_overhead_ms" in start else ""))
     if "runtime_run_train_ms" in start:
         print(f"start-up on the self-contained runtime: run_train.sh python -c pass "
               f"{start['runtime_run_train_ms']:.1f} ms, overhead "

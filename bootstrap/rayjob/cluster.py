@@ -150,9 +150,12 @@ class RayCluster:
     def _watch(self, rank: int) -> None:
         """A worker that ends while the driver runs is reported, as a node lost."""
         code = self.workers[rank].wait()
+        # The supervisor reaps every child (waitpid(-1)) and may take this one's status
+        # first; wait() then reads 0, so a 0 says nothing and is not shown.
+        said = f" (exit {code})" if code else ""
         if not self._stopping.is_set():
-            self.log.warn(f"ray: node {rank}'s worker ended (exit {code}) while the job ran: "
-                          "that node is lost to the cluster; see its log")
+            self.log.warn(f"ray: node {rank}'s worker ended{said} while the job ran: that "
+                          "node is lost to the cluster; see its log")
 
     def stop(self) -> None:
         """Workers first, then the head: SIGTERM, the grace period, SIGKILL."""
