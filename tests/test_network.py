@@ -20,7 +20,7 @@ import pytest
 from bootstrap.cluster import network
 from bootstrap.cluster.network import Choice, HcaPort, Interface
 from tests.conftest import RUN_TRAIN, VENV_BIN, assert_one_error_line, base_env
-from tests.support.lab import ALLREDUCE
+from tests.support.lab import ALLREDUCE, finish
 from tests.support.netns import Hosts, namespaces_available
 
 ETH0 = Interface("eth0", ("10.9.0.2", "fe80::1"))
@@ -155,20 +155,6 @@ def _misresolve(hosts: Hosts) -> None:
         hosts.hosts_file(i).write_text("\n".join(lines) + "\n")
 
 
-def _finish(procs: list[subprocess.Popen[str]], timeout: float) -> list[tuple[int, str, str]]:
-    out = []
-    deadline = time.monotonic() + timeout
-    for proc in procs:
-        try:
-            o, e = proc.communicate(timeout=max(deadline - time.monotonic(), 1))
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            o, e = proc.communicate()
-            e += "\n[test: killed after the timeout]"
-        out.append((proc.returncode, o, e))
-    return out
-
-
 def _job_env(hosts: Hosts, home: Path, i: int, port: int, **extra: str) -> dict[str, str]:
     names = ",".join(hosts.name(j) for j in range(hosts.n))
     return base_env(home / f"n{i}", {"VC_TASK_INDEX": str(i), "MA_NUM_HOSTS": str(hosts.n),
@@ -195,7 +181,7 @@ def test_decoy_interface_control_fails_and_the_bootstrap_fixes_it(decoyed: Hosts
                                         "RANK": str(i), "T": "15"})
         (home / f"c{i}").mkdir(parents=True)
         procs.append(decoyed.spawn(i, ["python", str(script)], env))
-    control = _finish(procs, 40)
+    control = finish(procs, 40)
     assert not any("OK rank" in out for _, out, _ in control), control
     # The failure is the one the decoy causes: a peer dialled at the shared address
     # (or a rank left waiting for it until the test's timeout).
@@ -209,7 +195,7 @@ def test_decoy_interface_control_fails_and_the_bootstrap_fixes_it(decoyed: Hosts
         (home / f"n{i}").mkdir(parents=True, exist_ok=True)
         procs.append(decoyed.spawn(i, ["bash", str(RUN_TRAIN), "python", str(script)],
                                    _job_env(decoyed, home, i, port + 1)))
-    results = _finish(procs, 120)
+    results = finish(procs, 120)
     for code, out, err in results:
         assert code == 0, err + out
         assert "world=2 gloo=eth0" in out, out
@@ -228,7 +214,7 @@ def test_decoy_with_torchrun_2x2_and_a_user_choice_that_wins(decoyed: Hosts, hom
         (home / f"n{i}").mkdir(parents=True, exist_ok=True)
         procs.append(decoyed.spawn(i, ["bash", str(RUN_TRAIN), "torchrun", "--nproc-per-node=2",
                                        str(script)], _job_env(decoyed, home, i, 29631)))
-    for code, out, err in _finish(procs, 180):
+    for code, out, err in finish(procs, 180):
         assert code == 0, err + out
         assert out.count("world=4 gloo=eth0") == 2, out
     # A user's own GLOO_SOCKET_IFNAME wins (here: the wrong one on purpose; the job
@@ -239,7 +225,7 @@ def test_decoy_with_torchrun_2x2_and_a_user_choice_that_wins(decoyed: Hosts, hom
     procs = [decoyed.spawn(i, probe, _job_env(decoyed, home, i, 29641,
                                               GLOO_SOCKET_IFNAME="dcy0"))
              for i in range(2)]
-    for code, out, err in _finish(procs, 60):
+    for code, out, err in finish(procs, 60):
         assert code == 0, err
         assert out.strip() == "dcy0 =eth0", out
 
@@ -256,7 +242,7 @@ def test_master_port_in_use_on_node_0_is_exit_5(decoyed: Hosts, home: Path) -> N
     (home / "n0").mkdir(parents=True)
     proc = decoyed.spawn(0, ["bash", str(RUN_TRAIN), "python", "-c", "print('ran')"],
                          _job_env(decoyed, home, 0, 29651))
-    code, out, err = _finish([proc], 60)[0]
+    code, out, err = finish([proc], 60)[0]
     assert code == 5, err
     assert "ran" not in out
     assert_one_error_line(err, "MASTER_PORT 29651", "in use", "pid")
@@ -273,7 +259,7 @@ def test_a_master_without_route_is_exit_3_within_the_deadline(decoyed: Hosts,
         started = time.monotonic()
         proc = decoyed.spawn(1, ["bash", str(RUN_TRAIN), "python", "-c", "print('ran')"],
                              _job_env(decoyed, home, 1, 29661, BOOTSTRAP_PEER_TIMEOUT="5"))
-        code, out, err = _finish([proc], 60)[0]
+        code, out, err = finish([proc], 60)[0]
         elapsed = time.monotonic() - started
     finally:
         _ip("-n", decoyed.ns(1), "route", "del", "unreachable", f"{decoyed.addr(0)}/32")

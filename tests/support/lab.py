@@ -104,17 +104,25 @@ def run_job(lab: Lab, tmp: Path, n: int, argv: list[str],
         procs.append(lab.hosts.spawn(host, ["bash", str(RUN_TRAIN), *argv], env))
     if during is not None:
         during()
-    results = []
+    return [NodeResult(i, code, out, err, homes[ranks.index(i)])
+            for i, (code, out, err) in zip(ranks, finish(procs, timeout), strict=True)]
+
+
+def finish(procs: Sequence[subprocess.Popen[str]],
+           timeout: float) -> list[tuple[int, str, str]]:
+    """Each process's exit code, stdout and stderr, all of them within ``timeout``
+    seconds together (one that is still running then is killed, and says so)."""
+    out = []
     deadline = time.monotonic() + timeout
-    for i, proc in zip(ranks, procs, strict=True):
+    for proc in procs:
         try:
-            out, err = proc.communicate(timeout=max(deadline - time.monotonic(), 1))
+            o, e = proc.communicate(timeout=max(deadline - time.monotonic(), 1))
         except subprocess.TimeoutExpired:
             proc.kill()
-            out, err = proc.communicate()
-            err += "\n[test: killed after timeout]"
-        results.append(NodeResult(i, proc.returncode, out, err, homes[ranks.index(i)]))
-    return results
+            o, e = proc.communicate()
+            e += "\n[test: killed after the timeout]"
+        out.append((proc.returncode, o, e))
+    return out
 
 
 def port() -> int:
