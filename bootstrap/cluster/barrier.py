@@ -87,7 +87,7 @@ class _Conn:
     def __init__(self, sock: socket.socket, peer: str) -> None:
         self.sock = sock
         self.peer = peer
-        self.buf = b""
+        self.wire = Wire(sock)
 
 
 def serve(cluster: Cluster, mine: Readiness, deadline: float,
@@ -118,21 +118,15 @@ def serve(cluster: Cluster, mine: Readiness, deadline: float,
                     continue
                 c = pending[sock]
                 try:
-                    data = sock.recv(4096)
-                except OSError:
-                    data = b""
-                if not data:
+                    line = c.wire.line_ready(MAX_LINE)
+                except (OSError, ValueError) as exc:  # closed, or a line past the cap
+                    if isinstance(exc, ValueError):
+                        log.warn(f"barrier: refused {c.peer}: message too long")
                     del pending[sock]
                     sock.close()
                     continue
-                c.buf += data
-                if b"\n" not in c.buf:
-                    if len(c.buf) > MAX_LINE:
-                        log.warn(f"barrier: refused {c.peer}: message too long")
-                        del pending[sock]
-                        sock.close()
+                if line is None:
                     continue
-                line = c.buf.split(b"\n", 1)[0]
                 del pending[sock]
                 try:
                     report = parse_report(line, cluster)

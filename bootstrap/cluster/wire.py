@@ -37,17 +37,27 @@ class Wire:
 
     def line(self, deadline: float, limit: int = MAX_LINE) -> bytes:
         """The next line (without its newline), complete by ``deadline``."""
-        while True:
-            end = self._buf.find(b"\n")
-            if end >= 0:
-                if end > limit:
-                    raise ValueError(f"a line over {limit} bytes")
-                line = bytes(self._buf[:end])
-                del self._buf[:end + 1]
-                return line
-            if len(self._buf) > limit:
-                raise ValueError(f"a line over {limit} bytes")
+        while (line := self._take(limit)) is None:
             self._buf += self._recv(1 << 16, deadline)
+        return line
+
+    def line_ready(self, limit: int = MAX_LINE) -> bytes | None:
+        """For a socket ``select`` found readable (a server reading many at once): one
+        ``recv``, then the next line if it is complete now, else None (ask again when
+        it is readable). Raises as :meth:`line` does."""
+        self._buf += self._recv(1 << 16, time.monotonic() + 1.0)
+        return self._take(limit)
+
+    def _take(self, limit: int) -> bytes | None:
+        """The next complete line out of the buffer, or None; ValueError past ``limit``."""
+        end = self._buf.find(b"\n")
+        if end > limit or (end < 0 and len(self._buf) > limit):
+            raise ValueError(f"a line over {limit} bytes")
+        if end < 0:
+            return None
+        line = bytes(self._buf[:end])
+        del self._buf[:end + 1]
+        return line
 
     def json(self, deadline: float, limit: int = MAX_LINE) -> dict[str, Any]:
         """The next line as a JSON object."""
