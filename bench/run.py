@@ -597,8 +597,10 @@ def source_folder(ds: DataSet, data_root: Path) -> Path:
 
 def startup(reps: int, before_rev: str = "") -> dict[str, float]:
     """Start-up as an image has it: a regular (not editable) install in a fresh venv,
-    whose ``python -c pass`` is the baseline (``before_rev``: that revision's bootstrap
-    on the same venv, interleaved)."""
+    whose ``python -c pass`` is the baseline. With ``before_rev``, that revision's
+    bootstrap and this one both from their sources (``PYTHONPATH``: the same way for
+    both, which costs more than the install, so compare them with each other only),
+    interleaved with the rest."""
     before = previous_engine(before_rev) if before_rev else None
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DLS_", "BATCH_", "VC_"))}
     with tempfile.TemporaryDirectory() as home:
@@ -606,7 +608,7 @@ def startup(reps: int, before_rev: str = "") -> dict[str, float]:
         venv_bin = regular_install(Path(home), deps=False)
         env["PATH"] = f"{venv_bin}:{env['PATH']}"
         env["BOOTSTRAP_HOME"] = home
-        bare, boot, old = [], [], []
+        bare, boot, old, new = [], [], [], []
         for _ in range(reps):
             bare.append(timed([str(venv_bin / "python"), "-c", "pass"], env).seconds)
             boot.append(timed(["bash", str(REPO / "scripts/run_train.sh"), "python", "-c",
@@ -614,6 +616,8 @@ def startup(reps: int, before_rev: str = "") -> dict[str, float]:
             if before is not None:
                 old.append(timed(["bash", str(before / "scripts/run_train.sh"), "python",
                                   "-c", "pass"], {**env, "PYTHONPATH": str(before)}).seconds)
+                new.append(timed(["bash", str(REPO / "scripts/run_train.sh"), "python",
+                                  "-c", "pass"], {**env, "PYTHONPATH": str(REPO)}).seconds)
         runtime = []
         if (RUNTIME / "glibc-floor").exists():  # the same job, on the runtime
             on_runtime = {**env, "BOOTSTRAP_PYTHON": str(RUNTIME / "bin/python3"),
@@ -626,6 +630,7 @@ def startup(reps: int, before_rev: str = "") -> dict[str, float]:
              "overhead_ms": (statistics.median(boot) - statistics.median(bare)) * 1000}
     if old:
         found["before_overhead_ms"] = (statistics.median(old) - statistics.median(bare)) * 1000
+        found["after_overhead_ms"] = (statistics.median(new) - statistics.median(bare)) * 1000
     if runtime:
         found["runtime_run_train_ms"] = statistics.median(runtime) * 1000
         found["runtime_overhead_ms"] = (statistics.median(runtime) - statistics.median(bare)) \
@@ -724,7 +729,8 @@ def main() -> int:
     print("\nimport cost: " + ", ".join(f"{k} {v:.0f} ms" for k, v in imports.items()))
     print(f"\nstart-up: python -c pass {start['python_ms']:.1f} ms, run_train.sh python -c pass "
           f"{start['run_train_ms']:.1f} ms, overhead {start['overhead_ms']:.1f} ms"
-          + (f" (--before: {start['before_overhead_ms']:.1f} ms)"
+          + (f"; from the sources (PYTHONPATH), --before {start['before_overhead_ms']:.1f} ms"
+             f" -> this tree {start['after_overhead_ms']:.1f} ms"
              if "before_overhead_ms" in start else ""))
     if "runtime_run_train_ms" in start:
         print(f"start-up on the self-contained runtime: run_train.sh python -c pass "
