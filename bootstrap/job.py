@@ -26,11 +26,7 @@ from .cluster import stage as cluster_stage
 from .cluster import topology
 from .config import location
 from .config.settings import ACTIVE_MARKER, Settings, load, nearest_variable
-from .errors import (
-    STOP_SIGNALS,
-    BootstrapError,
-    Terminated,
-)
+from .errors import STOP_SIGNALS, BootstrapError, Terminated
 from .log import Log, Redactor
 from .node import preflight
 from .restart import Attempt
