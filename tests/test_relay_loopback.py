@@ -23,6 +23,7 @@ from bootstrap.relay import client, protocol
 from bootstrap.relay import server as relay_server
 from bootstrap.transfer.listing import RemoteObject
 from bootstrap.transfer.manifest import Manifest
+from bootstrap.transfer.verify import Doubts, Layout
 from tests.support.lab import port as port_block
 from tests.support.wait import wait_until
 
@@ -49,12 +50,29 @@ def quiet() -> tuple[Log, io.StringIO]:
     return Log(Redactor({}), stream=said), said
 
 
+class Answers:
+    """The store's answers about one object (``verify.Asks``): no parts; encrypted or
+    not, as ``says``; and which objects it was asked about."""
+
+    def __init__(self, says: bool) -> None:
+        self.says = says
+        self.asked: list[str] = []
+
+    def parts_of(self, obj: RemoteObject, every: bool = False) -> Layout | None:
+        return None
+
+    def encrypted(self, obj: RemoteObject) -> bool:
+        self.asked.append(obj.rel)
+        return self.says
+
+
 def pull(base: int, objects: list[RemoteObject], child: Path) -> tuple[list[RemoteObject], str]:
     log, said = quiet()
     child.mkdir(exist_ok=True)
     manifest = Manifest(child.parent / f"{child.name}.manifest", "s3://b/")
     manifest.open_for_append()
-    failed = client.pull(peers(1, base), objects, {}, child, manifest, log)
+    failed = client.pull(peers(1, base), objects, Doubts(None, log, "fetch"), child, manifest,
+                         log)
     return failed, said.getvalue()
 
 
@@ -209,15 +227,10 @@ def test_a_child_takes_what_the_store_encrypts_from_the_store_not_its_parent(
         child.mkdir()
         manifest = Manifest(tmp_path / f"child-{says}.manifest", "s3://b/")
         manifest.open_for_append()
-        asked: list[str] = []
-
-        def encrypted(obj: RemoteObject, says: bool = says,
-                      asked: list[str] = asked) -> bool:
-            asked.append(obj.rel)
-            return says
-
-        failed = client.pull(peers(1, base), listed, {}, child, manifest, log,
-                             encrypted=encrypted)
+        store = Answers(says)
+        failed = client.pull(peers(1, base), listed, Doubts(store, log, "fetch"), child,
+                             manifest, log)
+        asked = store.asked
         server.finish(5)
         assert failed == listed, said.getvalue()  # all of them from the store
         assert asked == [listed[0].rel]  # one answer is enough: the rest from the store

@@ -52,9 +52,10 @@ from ..errors import DownloadError, NoSpaceForData
 from ..relay.fetch import download_with_peers, open_relay, serve_only
 from ..relay.server import AnnouncingManifest, Held
 from ..transfer.download import Stats
-from ..transfer.fetch import Remote, manifest_path, remote
+from ..transfer.fetch import download, manifest_path
 from ..transfer.listing import RemoteObject, list_objects, named_object
 from ..transfer.manifest import Manifest
+from ..transfer.source import Remote, remote
 from . import versions
 
 if TYPE_CHECKING:
@@ -296,8 +297,8 @@ def _build(version: Path, previous: Path | None, objects: list[RemoteObject],
             assert isinstance(record, AnnouncingManifest)
             return download_with_peers(session, objects, folders, version, record, peers,
                                        server, log, label="data", unchanged=linked)
-        return session.download(objects, folders, version, record, log, label="data",
-                                unchanged=linked)
+        return download(session, objects, folders, version, record, log, label="data",
+                        unchanged=linked)
     except OSError as exc:
         if exc.errno == errno.ENOSPC:
             raise NoSpaceForData(f"{version.parent.parent.parent} ran out of space while "

@@ -15,7 +15,7 @@ from ..cluster import auth
 from ..cluster.wire import Wire, hang_up
 from ..transfer.manifest import Manifest
 from ..transfer.paths import SafeDirs
-from ..transfer.verify import Layout, Verifier, file_matches, truer_parts
+from ..transfer.verify import Doubts, Verifier, file_matches
 from .protocol import (
     BATCH,
     CHUNK,
@@ -108,18 +108,15 @@ class ParentClock:
         return stamp - self.moved_at > STALL
 
 
-def pull(peers: Peers, objects: list[RemoteObject], layouts: dict[str, Layout], root: Path,
-         manifest: Manifest, log: Log, server: int | None = None,
-         ask_every: Callable[[RemoteObject], Layout | None] | None = None,
-         encrypted: Callable[[RemoteObject], bool] | None = None) -> list[RemoteObject]:
+def pull(peers: Peers, objects: list[RemoteObject], doubts: Doubts, root: Path,
+         manifest: Manifest, log: Log, server: int | None = None) -> list[RemoteObject]:
     """Fetches ``objects`` from this node's parent (or node ``server``), verifying each
-    against the listing (plain MD5, or multipart with its parts in ``layouts``);
+    against the listing (plain MD5, or multipart with its parts in ``doubts.layouts``);
     returns those that must come from the store instead. A body whose sum differs has
-    the store asked why: ``ask_every``, each part's length of an object whose parts may
-    be the equal-parts guess (see :func:`~bootstrap.transfer.verify.guessed`; the answer
-    replaces the guess in ``layouts``); ``encrypted``, whether the store encrypts it, so
-    that its ETag is no MD5: then no peer's copy of it can be checked, and it and the
-    rest come from the store."""
+    the store asked why (:class:`~bootstrap.transfer.verify.Doubts`): each part's length
+    of an object whose parts may be the equal-parts guess (the answer replaces the
+    guess); whether the store encrypts it, so that its ETag is no MD5: then no peer's
+    copy of it can be checked, and it and the rest come from the store."""
     up = parent(peers.rank) if server is None else server
     assert up is not None
     address, port = peers.hosts[up], peers.ports[up]
@@ -131,7 +128,7 @@ def pull(peers: Peers, objects: list[RemoteObject], layouts: dict[str, Layout], 
     try:
         auth.connect(wire, peers.key, peers.protocol, peers.rank, up,
                      time.monotonic() + HANDSHAKE)
-        failed = _receive(wire, list(objects), layouts, root, manifest, ask_every, encrypted)
+        failed = _receive(wire, list(objects), doubts, root, manifest)
         wire.send(b'{"done":true}\n', SILENCE)
     except (_Mismatch, _Slow, _Stalled, auth.Refused, OSError, ValueError) as exc:
         if isinstance(exc, _Encrypted):
@@ -168,11 +165,8 @@ def _connect(address: str, port: int, log: Log) -> socket.socket | None:
     return None
 
 
-def _receive(wire: Wire, pending: list[RemoteObject], layouts: dict[str, Layout],
-             root: Path, manifest: Manifest,
-             ask_every: Callable[[RemoteObject], Layout | None] | None = None,
-             encrypted: Callable[[RemoteObject], bool] | None = None
-             ) -> list[RemoteObject]:
+def _receive(wire: Wire, pending: list[RemoteObject], doubts: Doubts, root: Path,
+             manifest: Manifest) -> list[RemoteObject]:
     """Asks for ``pending`` in batches and keeps each file that verifies; returns the
     ones the parent said it does not have. Raises on anything else, and when a bound
     of the module's contract is crossed."""
@@ -210,7 +204,7 @@ def _receive(wire: Wire, pending: list[RemoteObject], layouts: dict[str, Layout]
                 raise _Mismatch(obj, f"{size} bytes, not {obj.size}")
             dest = dirs.ensure(obj.rel.rpartition("/")[0]) / obj.rel.rpartition("/")[2]
             tmp = Path(landing.temporary(dest.parent))
-            check = Verifier(obj, layouts.get(obj.rel))
+            check = Verifier(obj, doubts.layouts.get(obj.rel))
             try:
                 with open(tmp, "wb") as out:
                     left = obj.size
@@ -224,9 +218,8 @@ def _receive(wire: Wire, pending: list[RemoteObject], layouts: dict[str, Layout]
                         pace.add(len(chunk))
                         if pace.slow():
                             raise _Slow()
-                if not check.matches() and not _matches_asked_again(obj, tmp, layouts,
-                                                                    ask_every, check.seen):
-                    if check.seen == obj.size and encrypted is not None and encrypted(obj):
+                if not check.matches() and not _sound_after_all(obj, tmp, doubts, check.seen):
+                    if check.seen == obj.size and doubts.encrypted_by_store(obj):
                         raise _Encrypted(obj, check.why_not())
                     raise _Mismatch(obj, check.why_not())
                 landing.commit(tmp, dest)  # verified: only now under its name
@@ -239,18 +232,13 @@ def _receive(wire: Wire, pending: list[RemoteObject], layouts: dict[str, Layout]
     return failed
 
 
-def _matches_asked_again(obj: RemoteObject, tmp: Path, layouts: dict[str, Layout],
-                         ask_every: Callable[[RemoteObject], Layout | None] | None,
-                         seen: int) -> bool:
+def _sound_after_all(obj: RemoteObject, tmp: Path, doubts: Doubts, seen: int) -> bool:
     """A whole body that did not match parts that may be the equal-parts guess: checked
     again against each part's length from the store (which then replaces the guess)."""
-    if ask_every is None or seen != obj.size:
+    if seen != obj.size:
         return False
-    exact = truer_parts(obj, layouts.get(obj.rel), ask_every)
-    if exact is None:
-        return False
-    layouts[obj.rel] = exact
-    return file_matches(obj, tmp, exact)
+    exact = doubts.asked_again(obj)
+    return exact is not None and file_matches(obj, tmp, exact)
 
 
 class _Slow(Exception):

@@ -10,9 +10,10 @@ from typing import TYPE_CHECKING
 
 from ..errors import DownloadError
 from ..transfer.download import Stats
-from ..transfer.fetch import Remote, manifest_path, remote
+from ..transfer.fetch import download, manifest_path, unchanged_in
 from ..transfer.listing import RemoteObject, list_objects
-from ..transfer.verify import Layout, checkable
+from ..transfer.source import Remote, remote
+from ..transfer.verify import Doubts, Layout, checkable
 from . import client
 from .protocol import Peers, children, parent
 from .server import AnnouncingManifest, Held, RelayServer, open_server
@@ -37,7 +38,7 @@ def fetch_with_peers(location: Location, dest: Path, settings: Transfer, peers: 
         with remote(location, settings, log) as source:
             objects, folders = list_objects(source.client, location, settings)
             manifest = AnnouncingManifest(manifest_path(dest), location.url, Held())
-            unchanged = source.unchanged(objects, dest, manifest)
+            unchanged = unchanged_in(objects, dest, manifest)
             for obj in objects:
                 if obj.rel in unchanged:
                     manifest.held.add(obj.rel, obj.size)
@@ -63,7 +64,7 @@ def download_with_peers(source: Remote, objects: list[RemoteObject], folders: li
     has, ``unchanged`` (judged here when not given)."""
     held = manifest.held
     if unchanged is None:
-        unchanged = source.unchanged(objects, dest, manifest)
+        unchanged = unchanged_in(objects, dest, manifest)
     if server is not None:
         server.offer(dest, {o.rel: o.size for o in objects}, held)
     pulled: set[str] = set()
@@ -76,18 +77,17 @@ def download_with_peers(source: Remote, objects: list[RemoteObject], folders: li
             want = [o for o in objects if o.rel not in unchanged]
             layouts = source.layouts(want)
             want = [o for o in want if checkable(o, layouts.get(o.rel))]
-            failed = client.pull(peers, want, layouts, dest, manifest, log,
-                                 ask_every=lambda obj: source.parts_of(obj, every=True),
-                                 encrypted=source.encrypted)
+            doubts = Doubts(source, log, label, layouts)
+            failed = client.pull(peers, want, doubts, dest, manifest, log)
+            layouts = doubts.layouts  # with any guess the store overruled
             pulled = {o.rel for o in want} - {o.rel for o in failed}
             peer_bytes = sum(o.size for o in want) - sum(o.size for o in failed)
         from_peer = len(pulled)
         from_parent_s = time.monotonic() - started
         stats = Stats()
         held.live_bytes = lambda: stats.bytes  # the heartbeats' progress, range by range
-        stats = source.download(objects, folders, dest, manifest, log, label=label,
-                                stats=stats, layouts=layouts, unchanged=unchanged,
-                                pulled=pulled)
+        stats = download(source, objects, folders, dest, manifest, log, label=label,
+                         stats=stats, layouts=layouts, unchanged=unchanged, pulled=pulled)
     finally:
         held.close()  # what has not landed now never will: children go to the store
         if server is not None:

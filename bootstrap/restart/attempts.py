@@ -20,8 +20,8 @@ from ..config.settings import Transfer
 from ..log import Log
 from ..storage.signed import SignedClient
 from ..transfer import keys
-from ..transfer.fetch import remote
 from ..transfer.listing import keys_under
+from ..transfer.source import remote
 from ..transfer.upload import put_objects
 from ..version import describe
 

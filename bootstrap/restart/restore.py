@@ -36,9 +36,10 @@ from ..errors import DownloadError
 from ..log import Log
 from ..storage.signed import SignedClient
 from ..transfer import keys
-from ..transfer.fetch import Remote, remote
+from ..transfer.fetch import download
 from ..transfer.listing import RemoteObject, keys_under, list_objects
 from ..transfer.manifest import Manifest
+from ..transfer.source import Remote, remote
 from ..transfer.upload import OWNER_NAME, SyncState
 
 if TYPE_CHECKING:
@@ -178,9 +179,9 @@ def _fetch(source: Remote, objects: list[RemoteObject], folders: tuple[str, ...]
                                                            Held()),
                                         peers, server, log, label="restore")
         elif objects:
-            stats = source.download(objects, list(folders), dest,
-                                    Manifest(manifest_file, source.location.url), log,
-                                    label="restore")
+            stats = download(source, objects, list(folders), dest,
+                             Manifest(manifest_file, source.location.url), log,
+                             label="restore")
         else:
             return
     finally:

@@ -70,7 +70,7 @@ from .ranges import LargeObjects
 from .verify import Doubts, Layout, SumDiffers, body_matches, check_body, checkable
 
 if TYPE_CHECKING:
-    from .fetch import Remote
+    from .source import Remote
 
 RANGE_STREAMS = 8  # concurrent ranged GETs of large objects (measured: 8 beat 32)
 # At most this many whole objects go on threads, one each (no loop): the crossing point,
@@ -416,12 +416,15 @@ class Engine:
             self.stats.unverified += self.doubts.encrypted_count
             self.stats.seconds = time.monotonic() - started
         landing.sweep(self.dest)  # what a killed run left (SIGKILL cannot clean up)
-        if self.doubts.encrypted_count:
-            self.log.info(f"{self.label}: {self.doubts.encrypted_count} object(s) are "
-                          "encrypted by the store (server-side encryption): their ETags are "
-                          "not MD5s, so they were checked by size only")
-        if self.late_unverified:
-            self.log.info(f"{self.label}: {self.late_unverified} large object(s) were checked "
-                          "by size only: the store gave no parts for their ETag (a store "
-                          "that ignores partNumber)")
+        _say_unverified(self.log, self.label, self.doubts.encrypted_count, self.late_unverified)
         return self.stats
+
+
+def _say_unverified(log: Log, label: str, encrypted: int, late: int) -> None:
+    """Why objects found during the fetch were checked by size only."""
+    if encrypted:
+        log.info(f"{label}: {encrypted} object(s) are encrypted by the store (server-side "
+                 "encryption): their ETags are not MD5s, so they were checked by size only")
+    if late:
+        log.info(f"{label}: {late} large object(s) were checked by size only: the store gave "
+                 "no parts for their ETag (a store that ignores partNumber)")

@@ -281,14 +281,14 @@ class Doubts:
         """Whether a body of the listed length whose sum is not the listing's is sound all
         the same, the store asked: its parts were the equal-parts guess and their lengths
         from the store make it match (``recheck`` hashes it again, cut at them: see
-        :meth:`_asked_again`), or the store encrypts it, so its ETag is not its MD5 (see
-        :meth:`_encrypted_by_store`). False: damaged on the way."""
-        exact = self._asked_again(obj)
+        :meth:`asked_again`), or the store encrypts it, so its ETag is not its MD5 (see
+        :meth:`encrypted_by_store`). False: damaged on the way."""
+        exact = self.asked_again(obj)
         if exact is not None and recheck(exact):
             return True
-        return self._encrypted_by_store(obj)
+        return self.encrypted_by_store(obj)
 
-    def _asked_again(self, obj: RemoteObject) -> Layout | None:
+    def asked_again(self, obj: RemoteObject) -> Layout | None:
         """A multipart body did not match ``obj``'s known parts, which may be the
         equal-parts guess from part 1 alone (see :func:`guessed`): every part's length is
         asked of the store, once an object. Returns the store's answer when it differs
@@ -308,7 +308,7 @@ class Doubts:
                       f"({len(exact)} parts); checked again against each part's length")
         return exact
 
-    def _encrypted_by_store(self, obj: RemoteObject) -> bool:
+    def encrypted_by_store(self, obj: RemoteObject) -> bool:
         """Whether the store encrypts ``obj`` on its side, so that its ETag is not the MD5
         of its bytes and the size is all there is to check (see
         :func:`etag_is_not_its_md5`); asked once an object, counted once."""

@@ -18,7 +18,9 @@ HEAVY = ("obstore", "boto3", "botocore", "asyncio", "ssl", "http.client", "psuti
          # shutil pulls in three compression modules on every start (measured, 3.11);
          # typing and dataclasses are the project's ordinary tools and are not listed.
          "shutil")
-LAZY_STAGES = ("bootstrap.transfer.fetch", "bootstrap.transfer.download",
+LAZY_STAGES = ("bootstrap.transfer.fetch", "bootstrap.transfer.source",
+               "bootstrap.transfer.download", "bootstrap.transfer.plan",
+               "bootstrap.transfer.ranges",
                "bootstrap.relay.protocol", "bootstrap.relay.server", "bootstrap.relay.client",
                "bootstrap.relay.fetch", "bootstrap.data.staging",
                "bootstrap.transfer.upload", "bootstrap.run.supervise", "bootstrap.run.watchdog",
