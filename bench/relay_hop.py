@@ -48,6 +48,7 @@ from bootstrap.relay import client, protocol
 from bootstrap.relay import server as relay_server
 from bootstrap.transfer.listing import RemoteObject
 from bootstrap.transfer.manifest import Manifest
+from bootstrap.transfer.verify import Doubts
 port, rank, root, listing = int(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[3]), sys.argv[4]
 objects = [RemoteObject(*o) for o in json.loads(Path(listing).read_text())]
 root.mkdir(parents=True)
@@ -57,7 +58,8 @@ manifest.open_for_append()
 key = auth.derive("bench-secret", "bench-job", "relay-code")
 peers = protocol.Peers(rank, ("127.0.0.1",) * (rank + 1), (port,) * (rank + 1), key, "relay-code",
                     60.0)
-failed = client.pull(peers, objects, {}, root, manifest, log, server=0)
+failed = client.pull(peers, objects, Doubts(None, log, "fetch"), root, manifest, log,
+                     server=0)
 print(json.dumps({"failed": len(failed)}))
 """
 
